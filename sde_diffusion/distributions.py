@@ -1,0 +1,139 @@
+"""Gaussian mixtures with exact perturbed scores: sampler studies with the model error removed.
+
+Under any SDE of `sde_diffusion.sdes` the transition kernel is N(m(t) x_0, s(t)^2 I), so the
+perturbed marginal of a mixture of N(mu_k, diag(v_k)) is again a mixture, of
+N(m(t) mu_k, diag(m(t)^2 v_k + s(t)^2)), with the same weights. Its score is exact.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from .sdes import SDE
+
+
+class GaussianMixture:
+    """sum_k w_k N(mu_k, diag(std_k^2)) in D dimensions.
+
+    weights: [K] (normalized here); means: [K, D]; stds: [K] (isotropic) or [K, D] (diagonal).
+    Points may be given with any trailing shape whose size is D (e.g. images), as [B, ...].
+    """
+
+    def __init__(self, weights, means, stds, dtype: torch.dtype = torch.float64):
+        weights = torch.as_tensor(weights, dtype=dtype)
+        means = torch.as_tensor(means, dtype=dtype)
+        stds = torch.as_tensor(stds, dtype=dtype)
+        if means.ndim != 2:
+            raise ValueError(f"means must be [K, D], got shape {tuple(means.shape)}")
+        K, D = means.shape
+        if weights.shape != (K,) or (weights < 0).any() or weights.sum() <= 0:
+            raise ValueError(f"weights must be {K} non-negative numbers with a positive sum")
+        if stds.ndim == 1:
+            stds = stds[:, None].expand(K, D)
+        if stds.shape != (K, D) or (stds <= 0).any():
+            raise ValueError(f"stds must be positive, of shape [{K}] or [{K}, {D}]")
+        self.weights = weights / weights.sum()
+        self.means = means
+        self.stds = stds.contiguous()
+        self.num_components, self.dim = K, D
+
+    def to(self, dtype=None, device=None) -> "GaussianMixture":
+        """A copy with parameters in `dtype` on `device` (for GPU or float32 studies)."""
+        mixture = GaussianMixture.__new__(GaussianMixture)
+        mixture.__dict__.update(self.__dict__)
+        for name in ("weights", "means", "stds"):
+            setattr(mixture, name, getattr(self, name).to(dtype=dtype, device=device))
+        return mixture
+
+    def sample(self, n: int, generator: Optional[torch.Generator] = None,
+               return_components: bool = False):
+        """n samples [n, D] (and their component indices when `return_components`)."""
+        device = self.means.device
+        components = torch.multinomial(self.weights, n, replacement=True, generator=generator)
+        noise = torch.randn((n, self.dim), generator=generator, dtype=self.means.dtype, device=device)
+        x = self.means[components] + self.stds[components] * noise
+        return (x, components) if return_components else x
+
+    # -- densities of the mixture perturbed to time t (t=None: the mixture itself) ----------
+    def _perturbed(self, x: torch.Tensor, mean_coef: torch.Tensor, std: torch.Tensor):
+        """Flattened x [B, D], and per-sample component means and variances, [B, K, D]."""
+        flat = x.reshape(x.shape[0], self.dim)
+        means = self.means.to(flat.dtype)
+        variances = self.stds.to(flat.dtype) ** 2
+        m = mean_coef.to(flat.dtype).reshape(-1, 1, 1)
+        s = std.to(flat.dtype).reshape(-1, 1, 1)
+        return flat, m * means, m ** 2 * variances + s ** 2
+
+    def _component_log_probs(self, flat, means, variances):
+        """log w_k + log N(x; mean_k, diag(var_k)), [B, K]."""
+        diff = flat[:, None, :] - means
+        log_normal = -0.5 * ((diff ** 2 / variances).sum(-1) + torch.log(variances).sum(-1)
+                             + self.dim * math.log(2 * math.pi))
+        return torch.log(self.weights.to(flat.dtype)) + log_normal
+
+    def _coefs(self, x, sde: Optional[SDE], t):
+        if sde is None:
+            ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+            return ones, torch.zeros_like(ones)
+        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        return sde.marginal_coefs(t)
+
+    def log_prob(self, x: torch.Tensor, sde: Optional[SDE] = None, t=None) -> torch.Tensor:
+        """log p(x) per sample, or log p_t(x) of the mixture perturbed by `sde` to time t."""
+        flat, means, variances = self._perturbed(x, *self._coefs(x, sde, t))
+        return torch.logsumexp(self._component_log_probs(flat, means, variances), dim=1)
+
+    def responsibilities(self, x: torch.Tensor, sde: Optional[SDE] = None, t=None) -> torch.Tensor:
+        """Posterior probabilities of the components given x, [B, K]: the Bayes classifier."""
+        flat, means, variances = self._perturbed(x, *self._coefs(x, sde, t))
+        return torch.softmax(self._component_log_probs(flat, means, variances), dim=1)
+
+    def score(self, x: torch.Tensor, sde: Optional[SDE] = None, t=None) -> torch.Tensor:
+        """grad_x log p_t(x) = sum_k r_k(x) (mean_k - x) / var_k, same shape as x."""
+        flat, means, variances = self._perturbed(x, *self._coefs(x, sde, t))
+        resp = torch.softmax(self._component_log_probs(flat, means, variances), dim=1)
+        score = (resp[:, :, None] * (means - flat[:, None, :]) / variances).sum(1)
+        return score.reshape(x.shape)
+
+    def score_fn(self, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The exact score(x, t) of p_t under `sde`, for any sampler or the likelihood."""
+        def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            return self.score(x, sde, t)
+        return score
+
+    # -- how far samples are from the mixture ----------------------------------------------
+    def component_statistics(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Weights [K], means [K, D] and stds [K, D] of samples x, each sample shared among the
+        components by its exact posterior probability (a hard assignment when they are apart)."""
+        flat = x.reshape(x.shape[0], self.dim).to(self.means.dtype)
+        resp = self.responsibilities(flat)
+        mass = resp.sum(0).clamp_min(1e-12)
+        means = resp.T @ flat / mass[:, None]
+        variances = (resp.T @ flat ** 2) / mass[:, None] - means ** 2
+        return mass / flat.shape[0], means, variances.clamp_min(0).sqrt()
+
+    def sample_errors(self, x: torch.Tensor) -> dict:
+        """Errors of samples x against the mixture, as tests and benchmarks report them:
+        - weight: largest |estimated - true| component weight;
+        - mean: largest (over components) RMS over dims of the mean error in units of the std;
+        - std: largest (over components) |mean over dims of estimated / true std - 1|;
+        - logp_gap: E_x[log p] - E_p[log p], the mean log-density of the samples minus the
+          mixture's own (its negative entropy, by Monte Carlo): > 0 when samples are too
+          concentrated, < 0 when spread out or off the components."""
+        weights, means, stds = self.component_statistics(x)
+        flat = x.reshape(x.shape[0], self.dim).to(self.means.dtype)
+        return {
+            "weight": (weights - self.weights).abs().max().item(),
+            "mean": (((means - self.means) / self.stds) ** 2).mean(1).sqrt().max().item(),
+            "std": ((stds / self.stds).mean(1) - 1).abs().max().item(),
+            "logp_gap": self.log_prob(flat).mean().item() - self.mean_log_prob(),
+        }
+
+    def mean_log_prob(self, n: int = 200_000) -> float:
+        """E_p[log p] by Monte Carlo with a fixed seed, computed once."""
+        if getattr(self, "_mean_log_prob", None) is None:
+            generator = torch.Generator(device=self.means.device).manual_seed(0)
+            self._mean_log_prob = self.log_prob(self.sample(n, generator=generator)).mean().item()
+        return self._mean_log_prob

@@ -1,0 +1,310 @@
+"""Forward SDEs dx = f(x, t) dt + g(t) dw and their discretizations (Song et al. 2021).
+
+Every SDE here has a drift linear in x, f(x, t) = f(t) x, and a Gaussian transition kernel
+p_t(x_t | x_0) = N(m(t) x_0, s(t)^2 I). The classes therefore expose those scalar
+coefficients as functions of a [B] time tensor (`drift_coef`, `diffusion`, `marginal_coefs`),
+and build the tensor-valued API of the reference code (`sde`, `marginal_prob`, `discretize`)
+on top, for inputs of any shape [B, ...]. Samplers precompute the coefficients on their time
+grid once and never call back into these classes inside the loop.
+
+Each SDE also carries a discrete Markov chain of `N` steps (DDPM for VP, SMLD/NCSN for VE)
+whose step i is the one `discretize` takes at times t with floor(t (N - 1) / T) == i.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from typing import Callable, Optional, Tuple
+
+import torch
+
+from .utils import Registry, append_dims, batch_sum
+
+ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+SDES: Registry = Registry("SDE")
+register_sde = SDES.register
+
+# DDPM (Ho et al. 2020) defines its chain with 1000 steps; shorter VP chains are respaced
+# from it (Nichol & Dhariwal 2021, sec. 4) so that no discrete beta can reach 1.
+DDPM_STEPS = 1000
+
+
+def get_sde(name: str, **kwargs) -> "SDE":
+    """Build a registered SDE by name, e.g. get_sde("vpsde", beta_max=20.)."""
+    return SDES.get_or_raise(name)(**kwargs)
+
+
+def _as_time(t, like: Optional[torch.Tensor] = None) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        return t
+    dtype = like.dtype if like is not None else torch.get_default_dtype()
+    device = like.device if like is not None else None
+    return torch.as_tensor(t, dtype=dtype, device=device)
+
+
+class SDE(abc.ABC):
+    """A forward SDE on [0, T] with linear drift and a discrete chain of N steps."""
+
+    T: float = 1.0
+
+    def __init__(self, N: int):
+        if int(N) < 1:
+            raise ValueError(f"N must be a positive number of steps, got {N}")
+        self.N = int(N)
+
+    # -- scalar coefficients, functions of a [B] time tensor --------------------------------
+    @abc.abstractmethod
+    def drift_coef(self, t: torch.Tensor) -> torch.Tensor:
+        """f(t) with f(x, t) = f(t) x."""
+
+    @abc.abstractmethod
+    def diffusion(self, t: torch.Tensor) -> torch.Tensor:
+        """g(t)."""
+
+    @abc.abstractmethod
+    def marginal_coefs(self, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(m(t), s(t)) with p_t(x_t | x_0) = N(m(t) x_0, s(t)^2 I)."""
+
+    @property
+    @abc.abstractmethod
+    def prior_std(self) -> float:
+        """Standard deviation of the prior N(0, prior_std^2 I) that p_T is close to."""
+
+    @abc.abstractmethod
+    def chain_coefs(self, index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(f_i, G_i) of the discrete chain x_{i+1} = x_i + f_i x_i + G_i z at step `index`."""
+
+    # -- the reference code's tensor API ----------------------------------------------------
+    def sde(self, x: torch.Tensor, t) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Drift f(x, t) ([B, ...]) and diffusion g(t) ([B])."""
+        t = _as_time(t, x)
+        return append_dims(self.drift_coef(t), x.ndim) * x, self.diffusion(t)
+
+    def marginal_prob(self, x: torch.Tensor, t) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Mean ([B, ...]) and std ([B]) of p_t(x_t | x_0 = x)."""
+        mean_coef, std = self.marginal_coefs(_as_time(t, x))
+        return append_dims(mean_coef, x.ndim) * x, std
+
+    def prior_sampling(self, shape, generator: Optional[torch.Generator] = None,
+                       dtype: Optional[torch.dtype] = None, device=None) -> torch.Tensor:
+        noise = torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
+        return noise * self.prior_std
+
+    def prior_logp(self, z: torch.Tensor) -> torch.Tensor:
+        """log N(z; 0, prior_std^2 I) per sample, in nats."""
+        dim = z[0].numel()
+        var = self.prior_std ** 2
+        return -0.5 * dim * math.log(2 * math.pi * var) - batch_sum(z ** 2) / (2 * var)
+
+    def step_index(self, t: torch.Tensor) -> torch.Tensor:
+        """The chain step taken at time t: floor(t (N - 1) / T) as the reference code maps it,
+        with a small tolerance so that t = i T / (N - 1) computed in floating point maps to i."""
+        index = torch.floor(t * (max(self.N - 1, 1) / self.T) + 1e-4).long()
+        return index.clamp(0, self.N - 1)
+
+    def discretize(self, x: torch.Tensor, t) -> Tuple[torch.Tensor, torch.Tensor]:
+        """One step of the discrete chain at time t: x_{i+1} = x_i + f + G z; returns (f, G)."""
+        f_coef, G = self.chain_coefs(self.step_index(_as_time(t, x)))
+        f_coef, G = f_coef.to(x.dtype), G.to(x.dtype)
+        return append_dims(f_coef, x.ndim) * x, G
+
+    def ancestral_coefs(self, index: torch.Tensor):
+        """(a_i, b_i, c_i) of the ancestral step x_{i-1} = a_i x_i + b_i score + c_i z."""
+        raise ValueError(f"ancestral sampling is not defined for {type(self).__name__}; "
+                         "use the reverse_diffusion or euler_maruyama predictor")
+
+    def langevin_alpha(self, index: torch.Tensor) -> torch.Tensor:
+        """Scale of the Langevin corrector's step size at chain step `index` (1 by default)."""
+        return torch.ones(index.shape, dtype=torch.float64, device=index.device)
+
+    def with_steps(self, N: int) -> "SDE":
+        """The same SDE with its discrete chain respaced to N steps."""
+        if int(N) == self.N:
+            return self
+        return type(self)(**{**self._init_kwargs(), "N": int(N)})
+
+    def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
+        return ReverseSDE(self, score_fn, probability_flow)
+
+    def _init_kwargs(self) -> dict:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v}" for k, v in self._init_kwargs().items())
+        return f"{type(self).__name__}({args})"
+
+
+class ReverseSDE:
+    """The reverse-time SDE dx = [f - g^2 score] dt + g dw_bar (Song et al. 2021, eq. 6), or its
+    probability-flow ODE dx = [f - g^2 score / 2] dt (eq. 13) when `probability_flow`."""
+
+    def __init__(self, forward: SDE, score_fn: ScoreFn, probability_flow: bool = False):
+        self.forward = forward
+        self.score_fn = score_fn
+        self.probability_flow = probability_flow
+        self.N, self.T = forward.N, forward.T
+        self._score_weight = 0.5 if probability_flow else 1.0
+
+    def sde(self, x: torch.Tensor, t) -> Tuple[torch.Tensor, torch.Tensor]:
+        t = _as_time(t, x)
+        drift, g = self.forward.sde(x, t)
+        score = self.score_fn(x, t)
+        drift = drift - append_dims(g ** 2, x.ndim) * score * self._score_weight
+        return drift, torch.zeros_like(g) if self.probability_flow else g
+
+    def discretize(self, x: torch.Tensor, t) -> Tuple[torch.Tensor, torch.Tensor]:
+        t = _as_time(t, x)
+        f, G = self.forward.discretize(x, t)
+        f = f - append_dims(G ** 2, x.ndim) * self.score_fn(x, t) * self._score_weight
+        return f, torch.zeros_like(G) if self.probability_flow else G
+
+
+class _LinearBetaSDE(SDE):
+    """Shared by VP and sub-VP: beta(t) = beta_min + t (beta_max - beta_min), and the DDPM chain."""
+
+    def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
+        super().__init__(N)
+        if not 0 < beta_min <= beta_max:
+            raise ValueError(f"need 0 < beta_min <= beta_max, got {beta_min}, {beta_max}")
+        self.beta_min, self.beta_max = float(beta_min), float(beta_max)
+        self.discrete_betas = self._chain_betas(self.N)
+        self.discrete_alphas = 1.0 - self.discrete_betas
+        self.discrete_alpha_bar = torch.cumprod(self.discrete_alphas, dim=0)
+
+    def _chain_betas(self, N: int) -> torch.Tensor:
+        """DDPM's linear betas beta(t_i) / N for N >= 1000 (exactly DDPM's at N = 1000); fewer
+        steps keep every N-th point of the 1000-step alpha_bar and recompute the betas from
+        the ratios, beta_i = 1 - alpha_bar_i / alpha_bar_{i-1}, which always lie in (0, 1)."""
+        fine_N = max(N, DDPM_STEPS)
+        betas = torch.linspace(self.beta_min / fine_N, self.beta_max / fine_N, fine_N,
+                               dtype=torch.float64)
+        if fine_N == N:
+            return betas
+        fine_alpha_bar = torch.cumprod(1.0 - betas, dim=0)
+        if N == 1:
+            keep = torch.tensor([fine_N - 1])
+        else:
+            keep = torch.round(torch.arange(N, dtype=torch.float64) * (fine_N - 1) / (N - 1)).long()
+        alpha_bar = fine_alpha_bar[keep]
+        previous = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
+        return 1.0 - alpha_bar / previous
+
+    def beta(self, t: torch.Tensor) -> torch.Tensor:
+        return self.beta_min + t * (self.beta_max - self.beta_min)
+
+    def integrated_beta(self, t: torch.Tensor) -> torch.Tensor:
+        """int_0^t beta(s) ds."""
+        return self.beta_min * t + 0.5 * t ** 2 * (self.beta_max - self.beta_min)
+
+    def drift_coef(self, t):
+        return -0.5 * self.beta(t)
+
+    def langevin_alpha(self, index):
+        return self.discrete_alphas.to(index.device)[index]
+
+    def _init_kwargs(self):
+        return dict(beta_min=self.beta_min, beta_max=self.beta_max, N=self.N)
+
+
+@register_sde("vpsde")
+class VPSDE(_LinearBetaSDE):
+    """Variance preserving SDE, dx = -beta(t) x / 2 dt + sqrt(beta(t)) dw (Song et al. 2021,
+    eq. 11); its chain is DDPM's."""
+
+    prior_std = 1.0
+
+    def diffusion(self, t):
+        return torch.sqrt(self.beta(t))
+
+    def marginal_coefs(self, t):
+        # Song et al. 2021, eq. 29; expm1 keeps the std accurate for t near 0.
+        log_mean = -0.5 * self.integrated_beta(t)
+        return torch.exp(log_mean), torch.sqrt(-torch.expm1(2 * log_mean))
+
+    def chain_coefs(self, index):
+        # DDPM's forward step x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z.
+        beta = self.discrete_betas.to(index.device)[index]
+        return torch.sqrt(1.0 - beta) - 1.0, torch.sqrt(beta)
+
+    def ancestral_coefs(self, index):
+        # DDPM's sampler (Ho et al. 2020, Algorithm 2) with eps = -sqrt(1 - alpha_bar) score:
+        # x_{i-1} = (x_i + beta_i score) / sqrt(alpha_i) + sqrt(beta_i) z.
+        beta = self.discrete_betas.to(index.device)[index]
+        alpha = 1.0 - beta
+        return 1.0 / torch.sqrt(alpha), beta / torch.sqrt(alpha), torch.sqrt(beta)
+
+
+@register_sde("subvpsde")
+class SubVPSDE(_LinearBetaSDE):
+    """Sub-VP SDE (Song et al. 2021, eq. 12): VP's drift, diffusion
+    sqrt(beta(t) (1 - exp(-2 int_0^t beta))), whose marginal variances never exceed VP's."""
+
+    prior_std = 1.0
+
+    def diffusion(self, t):
+        return torch.sqrt(self.beta(t) * -torch.expm1(-2 * self.integrated_beta(t)))
+
+    def marginal_coefs(self, t):
+        # Song et al. 2021, eq. 30: mean exp(-B/2), std 1 - exp(-B) with B = int_0^t beta.
+        integral = self.integrated_beta(t)
+        return torch.exp(-0.5 * integral), -torch.expm1(-integral)
+
+    def chain_coefs(self, index):
+        # No published chain: the Euler-Maruyama step of length T / N at the step's time.
+        t = index.to(torch.float64) * (self.T / max(self.N - 1, 1))
+        dt = self.T / self.N
+        return self.drift_coef(t) * dt, self.diffusion(t) * math.sqrt(dt)
+
+
+@register_sde("vesde")
+class VESDE(SDE):
+    """Variance exploding SDE dx = sqrt(d sigma(t)^2 / dt) dw with the geometric
+    sigma(t) = sigma_min (sigma_max / sigma_min)^t (Song et al. 2021, eq. 9); its chain is
+    SMLD/NCSN's with geometric noise levels."""
+
+    def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, N: int = 1000):
+        super().__init__(N)
+        if not 0 < sigma_min < sigma_max:
+            raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
+        self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
+        self.discrete_sigmas = torch.exp(torch.linspace(
+            math.log(self.sigma_min), math.log(self.sigma_max), self.N, dtype=torch.float64))
+        self._log_ratio = math.log(self.sigma_max / self.sigma_min)
+
+    @property
+    def prior_std(self):
+        return self.sigma_max
+
+    def sigma(self, t):
+        return self.sigma_min * (self.sigma_max / self.sigma_min) ** t
+
+    def drift_coef(self, t):
+        return torch.zeros_like(t)
+
+    def diffusion(self, t):
+        return self.sigma(t) * math.sqrt(2 * self._log_ratio)
+
+    def marginal_coefs(self, t):
+        # The perturbation kernel has variance sigma(t)^2 - sigma(0)^2 strictly; like the
+        # reference code we take sigma(t)^2 so that p_0 is the data smoothed by sigma_min.
+        return torch.ones_like(t), self.sigma(t)
+
+    def _sigma_pairs(self, index):
+        sigmas = self.discrete_sigmas.to(index.device)
+        previous = torch.where(index > 0, sigmas[(index - 1).clamp(min=0)], torch.zeros_like(sigmas[index]))
+        return sigmas[index], previous
+
+    def chain_coefs(self, index):
+        sigma, previous = self._sigma_pairs(index)
+        return torch.zeros_like(sigma), torch.sqrt(sigma ** 2 - previous ** 2)
+
+    def ancestral_coefs(self, index):
+        # SMLD's ancestral step (Song et al. 2021, eq. 47): the posterior of x_{i-1} given x_i.
+        sigma, previous = self._sigma_pairs(index)
+        variance_step = sigma ** 2 - previous ** 2
+        return (torch.ones_like(sigma), variance_step,
+                torch.sqrt(previous ** 2 * variance_step / sigma ** 2))
+
+    def _init_kwargs(self):
+        return dict(sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=self.N)
