@@ -1,0 +1,158 @@
+"""Predictor-corrector sampling (Song et al. 2021, sec. 4.2 and Algorithms 1-5).
+
+A predictor takes one step of a discretized reverse SDE. Every predictor here is affine in x
+and the score, x_mean = a_k x + b_k score(x, t_k), x = x_mean + c_k z, with coefficients that
+depend only on the grid, so a predictor is a function `(sde, t, t_next, index) -> (a, b, c)`
+over the whole grid, evaluated once before the loop. Register new ones with
+`@register_predictor("name")`; return None to take no predictor step.
+
+A corrector runs a few steps of score-based MCMC at a fixed time. It is a function
+`(sde, t, index, snr, n_steps) -> step` whose `step(score_fn, x, k, t_k, generator)`
+returns (x, x_mean) after its MCMC steps at grid point k; register with
+`@register_corrector("name")`; return None for no corrector.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional
+
+import torch
+
+from ..sdes import SDE
+from ..utils import Registry, append_dims, randn
+from .registry import register_sampler
+
+PREDICTORS: Registry = Registry("predictor")
+CORRECTORS: Registry = Registry("corrector")
+register_predictor = PREDICTORS.register
+register_corrector = CORRECTORS.register
+
+
+class AffineStep(NamedTuple):
+    """Per-grid-point coefficients of x_mean = x_coef x + score_coef score; x = x_mean + noise_std z."""
+    x_coef: torch.Tensor
+    score_coef: torch.Tensor
+    noise_std: torch.Tensor
+
+
+# -- predictors ------------------------------------------------------------------------------
+@register_predictor("euler_maruyama")
+def euler_maruyama(sde: SDE, t, t_next, index) -> AffineStep:
+    """Euler-Maruyama on the reverse SDE (Song et al. 2021, eq. 6) from t to t_next < t:
+    x + [f(t) x - g(t)^2 score] dt + g(t) sqrt(-dt) z with dt = t_next - t."""
+    dt = t_next - t
+    g2 = sde.diffusion(t) ** 2
+    return AffineStep(1 + sde.drift_coef(t) * dt, -g2 * dt, torch.sqrt(g2 * -dt))
+
+
+@register_predictor("reverse_diffusion")
+def reverse_diffusion(sde: SDE, t, t_next, index) -> AffineStep:
+    """The reverse of the forward chain x_{i+1} = x_i + f_i x_i + G_i z (Song et al. 2021,
+    eq. 46): x_i = x_{i+1} - f_i x_{i+1} + G_i^2 score + G_i z."""
+    f_coef, G = sde.chain_coefs(index)
+    return AffineStep(1 - f_coef, G ** 2, G)
+
+
+@register_predictor("ancestral")
+def ancestral(sde: SDE, t, t_next, index) -> AffineStep:
+    """Ancestral sampling of the chain: DDPM's for VP, SMLD's for VE (Song et al. 2021, eq. 47)."""
+    return AffineStep(*sde.ancestral_coefs(index))
+
+
+@register_predictor("none")
+def no_predictor(sde: SDE, t, t_next, index) -> None:
+    return None
+
+
+# -- correctors ------------------------------------------------------------------------------
+def _langevin_loop(step_size_fn: Callable, n_steps: int):
+    """Langevin MCMC x <- x + e score + sqrt(2 e) z, with step size e = step_size_fn(...)."""
+    def step(score_fn, x, k, t_k, generator):
+        x_mean = x
+        for _ in range(n_steps):
+            score = score_fn(x, t_k)
+            noise = randn(x.shape, generator, x)
+            step_size = append_dims(step_size_fn(k, score, noise), x.ndim)
+            x_mean = x + step_size * score
+            x = x_mean + torch.sqrt(2 * step_size) * noise
+        return x, x_mean
+    return step
+
+
+def _batch_norm(v: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=1)
+
+
+@register_corrector("langevin")
+def langevin(sde: SDE, t, index, snr: float, n_steps: int):
+    """Langevin corrector (Song et al. 2021, Algorithm 5 for VP, 4 for VE): the step size
+    2 alpha_i (snr ||z|| / ||score||)^2 keeps the signal-to-noise ratio at `snr`. The norms are
+    averaged over the batch, as in the reference code: a per-sample ratio explodes wherever a
+    sample's score nearly vanishes, which happens at the modes of low-dimensional data."""
+    alphas = sde.langevin_alpha(index).tolist()
+
+    def step_size(k, score, noise):
+        ratio = snr * _batch_norm(noise).mean() / _batch_norm(score).mean().clamp_min(1e-30)
+        return (2 * alphas[k] * ratio ** 2).expand(score.shape[0])
+    return _langevin_loop(step_size, n_steps)
+
+
+@register_corrector("ald")
+def annealed_langevin(sde: SDE, t, index, snr: float, n_steps: int):
+    """Annealed Langevin dynamics (Song & Ermon 2019): step size 2 alpha_i (snr s(t))^2 set by
+    the noise level s(t) rather than by the score's norm."""
+    alphas = sde.langevin_alpha(index)
+    step_sizes = (2 * alphas * (snr * sde.marginal_coefs(t)[1]) ** 2).tolist()
+
+    def step_size(k, score, noise):
+        return score.new_full((score.shape[0],), step_sizes[k])
+    return _langevin_loop(step_size, n_steps)
+
+
+@register_corrector("none")
+def no_corrector(sde: SDE, t, index, snr: float, n_steps: int):
+    return None
+
+
+# -- the sampler -----------------------------------------------------------------------------
+@register_sampler("pc")
+def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
+               generator: Optional[torch.Generator] = None, *, predictor: str = "reverse_diffusion",
+               corrector: str = "langevin", snr: float = 0.16, n_steps: int = 1,
+               corrector_first: bool = False, denoise: bool = True) -> torch.Tensor:
+    """Predictor-corrector sampling along `timesteps` (Song et al. 2021, Algorithm 1).
+
+    At each grid point t_k the predictor steps from t_k toward t_{k+1} (the last step goes
+    to t = 0) and the corrector then refines the result at t_{k+1}, as in Algorithm 1 (not
+    after the last step: the score at t = 0 is that of the data, singular for images).
+    `corrector_first=True` runs the corrector at t_k before the predictor instead, the order
+    of the reference code: it corrects the prior sample and leaves the final sample
+    uncorrected. Chain-based predictors (reverse_diffusion, ancestral) take step
+    len(timesteps) - 1 - k of the SDE's chain respaced to len(timesteps) steps.
+    `denoise` returns the last noise-free mean instead of adding the last step's noise.
+    """
+    steps = len(timesteps)
+    sde = sde.with_steps(steps)
+    t_next = torch.cat([timesteps[1:], timesteps.new_zeros(1)])
+    index = torch.arange(steps - 1, -1, -1, device=timesteps.device)
+    predict = PREDICTORS.get_or_raise(predictor)(sde, timesteps, t_next, index)
+    if corrector_first:
+        correct = CORRECTORS.get_or_raise(corrector)(sde, timesteps, index, snr, n_steps)
+    else:  # the corrector acts at t_{k+1}, on the chain step below it
+        correct = CORRECTORS.get_or_raise(corrector)(sde, t_next, (index - 1).clamp(min=0), snr, n_steps)
+    # Schedules are data: Python floats and per-step time vectors, made before the loop.
+    if predict is not None:
+        x_coefs, score_coefs, noise_stds = (c.tolist() for c in predict)
+    batch = x.shape[0]
+    t_batch = timesteps.to(x.dtype)[:, None].expand(steps, batch)
+    t_next_batch = t_next.to(x.dtype)[:, None].expand(steps, batch)
+
+    x_mean = x
+    for k in range(steps):
+        if correct is not None and corrector_first:
+            x, x_mean = correct(score_fn, x, k, t_batch[k], generator)
+        if predict is not None:
+            x_mean = torch.add(x * x_coefs[k], score_fn(x, t_batch[k]), alpha=score_coefs[k])
+            x = x_mean + randn(x.shape, generator, x) * noise_stds[k] if noise_stds[k] else x_mean
+        if correct is not None and not corrector_first and k < steps - 1:
+            x, x_mean = correct(score_fn, x, k, t_next_batch[k], generator)
+    return x_mean if denoise else x
