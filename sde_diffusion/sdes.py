@@ -103,6 +103,11 @@ class SDE(abc.ABC):
         index = torch.floor(t * (max(self.N - 1, 1) / self.T) + 1e-4).long()
         return index.clamp(0, self.N - 1)
 
+    def chain_time(self, index: torch.Tensor) -> torch.Tensor:
+        """The time whose perturbation kernel matches chain step `index`'s noise level: where
+        samplers that take chain steps evaluate the score. i T / (N - 1) unless overridden."""
+        return index.to(torch.float64) * (self.T / max(self.N - 1, 1))
+
     def discretize(self, x: torch.Tensor, t) -> Tuple[torch.Tensor, torch.Tensor]:
         """One step of the discrete chain at time t: x_{i+1} = x_i + f + G z; returns (f, G)."""
         f_coef, G = self.chain_coefs(self.step_index(_as_time(t, x)))
@@ -203,6 +208,13 @@ class _LinearBetaSDE(SDE):
     def langevin_alpha(self, index):
         return self.discrete_alphas.to(index.device)[index]
 
+    def time_of_alpha_bar(self, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """Invert VP's exp(-int_0^t beta) = alpha_bar: the root of a quadratic in t."""
+        a, b, c = 0.5 * (self.beta_max - self.beta_min), self.beta_min, torch.log(alpha_bar)
+        if a == 0:
+            return -c / b
+        return (-b + torch.sqrt(b * b - 4 * a * c)) / (2 * a)
+
     def _init_kwargs(self):
         return dict(beta_min=self.beta_min, beta_max=self.beta_max, N=self.N)
 
@@ -226,6 +238,11 @@ class VPSDE(_LinearBetaSDE):
         # DDPM's forward step x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z.
         beta = self.discrete_betas.to(index.device)[index]
         return torch.sqrt(1.0 - beta) - 1.0, torch.sqrt(beta)
+
+    def chain_time(self, index):
+        # Step i turns x_{i+1} into x_i, so its score is the one at alpha_bar_i's noise level:
+        # about (i + 1) T / N, which a grid ending at eps = 1/N hits only for N = 1000.
+        return self.time_of_alpha_bar(self.discrete_alpha_bar.to(index.device)[index])
 
     def ancestral_coefs(self, index):
         # DDPM's sampler (Ho et al. 2020, Algorithm 2) with eps = -sqrt(1 - alpha_bar) score:

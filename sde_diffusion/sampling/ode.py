@@ -25,7 +25,7 @@ def probability_flow_drift(score_fn: ScoreFn, sde: SDE) -> Callable[[torch.Tenso
 
 def solve_ivp_torch(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.Tensor,
                     t_start: float, t_end: float, *, rtol: float = 1e-5, atol: float = 1e-5,
-                    method: str = "RK45") -> torch.Tensor:
+                    solver: str = "RK45") -> torch.Tensor:
     """Integrate dy/dt = fun(y, t) for a batch y0 [B, ...] from t_start to t_end with scipy.
 
     scipy works on one flat float64 vector; `fun` sees tensors of y0's shape, dtype and device,
@@ -42,9 +42,9 @@ def solve_ivp_torch(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y
 
     y0_flat = y0.detach().reshape(-1).to("cpu", torch.float64).numpy()
     solution = solve_ivp(numpy_fun, (float(t_start), float(t_end)), y0_flat,
-                         rtol=rtol, atol=atol, method=method)
+                         rtol=rtol, atol=atol, method=solver)
     if not solution.success:
-        raise RuntimeError(f"ODE solver {method} failed: {solution.message}")
+        raise RuntimeError(f"ODE solver {solver} failed: {solution.message}")
     return torch.from_numpy(solution.y[:, -1]).reshape(shape).to(device=device, dtype=dtype)
 
 
@@ -79,13 +79,13 @@ def tweedie_denoise(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t: torch.Tenso
 @register_sampler("ode")
 def ode_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                 generator: Optional[torch.Generator] = None, *, rtol: float = 1e-5,
-                atol: float = 1e-5, method: str = "RK45", denoise: bool = False) -> torch.Tensor:
+                atol: float = 1e-5, solver: str = "RK45", denoise: bool = False) -> torch.Tensor:
     """Solve the probability-flow ODE from timesteps[0] to timesteps[-1] with scipy's adaptive
-    `method` (RK45, DOP853, Radau, ...); only the grid's ends matter. Deterministic: the
+    `solver` (solve_ivp's method: RK45, DOP853, Radau, ...); only the grid's ends matter. Deterministic: the
     generator only draws the prior. `denoise` applies Tweedie's formula at the end (+1 NFE)."""
     t_start, t_end = float(timesteps[0]), float(timesteps[-1])
     x = solve_ivp_torch(probability_flow_drift(score_fn, sde), x, t_start, t_end,
-                        rtol=rtol, atol=atol, method=method)
+                        rtol=rtol, atol=atol, solver=solver)
     if denoise:
         x = tweedie_denoise(score_fn, sde, x, torch.full((x.shape[0],), t_end, dtype=x.dtype, device=x.device))
     return x

@@ -1,10 +1,12 @@
 """Predictor-corrector sampling (Song et al. 2021, sec. 4.2 and Algorithms 1-5).
 
 A predictor takes one step of a discretized reverse SDE. Every predictor here is affine in x
-and the score, x_mean = a_k x + b_k score(x, t_k), x = x_mean + c_k z, with coefficients that
-depend only on the grid, so a predictor is a function `(sde, t, t_next, index) -> (a, b, c)`
-over the whole grid, evaluated once before the loop. Register new ones with
-`@register_predictor("name")`; return None to take no predictor step.
+and the score, x_mean = a_k x + b_k score(x, s_k), x = x_mean + c_k z, with coefficients that
+depend only on the grid, so a predictor is a function `(sde, t, t_next, index) -> AffineStep`
+of (a, b, c, s) over the whole grid, evaluated once before the loop. Continuous-time
+predictors evaluate the score on the grid (s_k = t_k); those that take the SDE's chain steps
+evaluate it at the chain's own times (s_k = sde.chain_time(i)), so their grid is the chain's.
+Register new ones with `@register_predictor("name")`; return None to take no predictor step.
 
 A corrector runs a few steps of score-based MCMC at a fixed time. It is a function
 `(sde, t, index, snr, n_steps) -> step` whose `step(score_fn, x, k, t_k, generator)`
@@ -18,7 +20,7 @@ from typing import Callable, NamedTuple, Optional
 import torch
 
 from ..sdes import SDE
-from ..utils import Registry, append_dims, randn
+from ..utils import Registry, randn
 from .registry import register_sampler
 
 PREDICTORS: Registry = Registry("predictor")
@@ -28,10 +30,12 @@ register_corrector = CORRECTORS.register
 
 
 class AffineStep(NamedTuple):
-    """Per-grid-point coefficients of x_mean = x_coef x + score_coef score; x = x_mean + noise_std z."""
+    """Per-grid-point coefficients of x_mean = x_coef x + score_coef score(x, score_time);
+    x = x_mean + noise_std z."""
     x_coef: torch.Tensor
     score_coef: torch.Tensor
     noise_std: torch.Tensor
+    score_time: torch.Tensor
 
 
 # -- predictors ------------------------------------------------------------------------------
@@ -41,7 +45,7 @@ def euler_maruyama(sde: SDE, t, t_next, index) -> AffineStep:
     x + [f(t) x - g(t)^2 score] dt + g(t) sqrt(-dt) z with dt = t_next - t."""
     dt = t_next - t
     g2 = sde.diffusion(t) ** 2
-    return AffineStep(1 + sde.drift_coef(t) * dt, -g2 * dt, torch.sqrt(g2 * -dt))
+    return AffineStep(1 + sde.drift_coef(t) * dt, -g2 * dt, torch.sqrt(g2 * -dt), t)
 
 
 @register_predictor("reverse_diffusion")
@@ -49,13 +53,13 @@ def reverse_diffusion(sde: SDE, t, t_next, index) -> AffineStep:
     """The reverse of the forward chain x_{i+1} = x_i + f_i x_i + G_i z (Song et al. 2021,
     eq. 46): x_i = x_{i+1} - f_i x_{i+1} + G_i^2 score + G_i z."""
     f_coef, G = sde.chain_coefs(index)
-    return AffineStep(1 - f_coef, G ** 2, G)
+    return AffineStep(1 - f_coef, G ** 2, G, sde.chain_time(index))
 
 
 @register_predictor("ancestral")
 def ancestral(sde: SDE, t, t_next, index) -> AffineStep:
     """Ancestral sampling of the chain: DDPM's for VP, SMLD's for VE (Song et al. 2021, eq. 47)."""
-    return AffineStep(*sde.ancestral_coefs(index))
+    return AffineStep(*sde.ancestral_coefs(index), sde.chain_time(index))
 
 
 @register_predictor("none")
@@ -65,15 +69,16 @@ def no_predictor(sde: SDE, t, t_next, index) -> None:
 
 # -- correctors ------------------------------------------------------------------------------
 def _langevin_loop(step_size_fn: Callable, n_steps: int):
-    """Langevin MCMC x <- x + e score + sqrt(2 e) z, with step size e = step_size_fn(...)."""
+    """Langevin MCMC x <- x + e score + sqrt(2 e) z, with the step size e = step_size_fn(...)
+    a scalar (a float or a 0-d tensor) shared by the batch."""
     def step(score_fn, x, k, t_k, generator):
         x_mean = x
         for _ in range(n_steps):
             score = score_fn(x, t_k)
             noise = randn(x.shape, generator, x)
-            step_size = append_dims(step_size_fn(k, score, noise), x.ndim)
+            step_size = step_size_fn(k, score, noise)
             x_mean = x + step_size * score
-            x = x_mean + torch.sqrt(2 * step_size) * noise
+            x = x_mean + (2 * step_size) ** 0.5 * noise
         return x, x_mean
     return step
 
@@ -92,7 +97,7 @@ def langevin(sde: SDE, t, index, snr: float, n_steps: int):
 
     def step_size(k, score, noise):
         ratio = snr * _batch_norm(noise).mean() / _batch_norm(score).mean().clamp_min(1e-30)
-        return (2 * alphas[k] * ratio ** 2).expand(score.shape[0])
+        return 2 * alphas[k] * ratio ** 2
     return _langevin_loop(step_size, n_steps)
 
 
@@ -104,7 +109,7 @@ def annealed_langevin(sde: SDE, t, index, snr: float, n_steps: int):
     step_sizes = (2 * alphas * (snr * sde.marginal_coefs(t)[1]) ** 2).tolist()
 
     def step_size(k, score, noise):
-        return score.new_full((score.shape[0],), step_sizes[k])
+        return step_sizes[k]
     return _langevin_loop(step_size, n_steps)
 
 
@@ -127,7 +132,8 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
     `corrector_first=True` runs the corrector at t_k before the predictor instead, the order
     of the reference code: it corrects the prior sample and leaves the final sample
     uncorrected. Chain-based predictors (reverse_diffusion, ancestral) take step
-    len(timesteps) - 1 - k of the SDE's chain respaced to len(timesteps) steps.
+    len(timesteps) - 1 - k of the SDE's chain respaced to len(timesteps) steps, and their grid
+    is the chain's times (sde.chain_time) rather than `timesteps`, whose eps they ignore.
     `denoise` returns the last noise-free mean instead of adding the last step's noise.
     """
     steps = len(timesteps)
@@ -135,16 +141,16 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
     t_next = torch.cat([timesteps[1:], timesteps.new_zeros(1)])
     index = torch.arange(steps - 1, -1, -1, device=timesteps.device)
     predict = PREDICTORS.get_or_raise(predictor)(sde, timesteps, t_next, index)
-    if corrector_first:
-        correct = CORRECTORS.get_or_raise(corrector)(sde, timesteps, index, snr, n_steps)
-    else:  # the corrector acts at t_{k+1}, on the chain step below it
-        correct = CORRECTORS.get_or_raise(corrector)(sde, t_next, (index - 1).clamp(min=0), snr, n_steps)
     # Schedules are data: Python floats and per-step time vectors, made before the loop.
     if predict is not None:
-        x_coefs, score_coefs, noise_stds = (c.tolist() for c in predict)
-    batch = x.shape[0]
-    t_batch = timesteps.to(x.dtype)[:, None].expand(steps, batch)
-    t_next_batch = t_next.to(x.dtype)[:, None].expand(steps, batch)
+        x_coefs, score_coefs, noise_stds = (c.tolist() for c in predict[:3])
+        timesteps = predict.score_time.to(timesteps)
+    make_corrector = CORRECTORS.get_or_raise(corrector)
+    if corrector_first:
+        correct = make_corrector(sde, timesteps, index, snr, n_steps)
+    else:  # the corrector acts after step k, at the next grid point
+        correct = make_corrector(sde, timesteps[1:], index[1:], snr, n_steps)
+    t_batch = timesteps.to(x.dtype)[:, None].expand(steps, x.shape[0])
 
     x_mean = x
     for k in range(steps):
@@ -154,5 +160,5 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
             x_mean = torch.add(x * x_coefs[k], score_fn(x, t_batch[k]), alpha=score_coefs[k])
             x = x_mean + randn(x.shape, generator, x) * noise_stds[k] if noise_stds[k] else x_mean
         if correct is not None and not corrector_first and k < steps - 1:
-            x, x_mean = correct(score_fn, x, k, t_next_batch[k], generator)
+            x, x_mean = correct(score_fn, x, k, t_batch[k + 1], generator)
     return x_mean if denoise else x

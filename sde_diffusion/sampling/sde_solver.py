@@ -54,12 +54,12 @@ def torchsde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tenso
     rtol/atol (torchsde's, by step doubling). The Brownian path is seeded from `generator`.
     """
     t_start, t_end = float(timesteps[0]), float(timesteps[-1])
-    if dt is None:
-        dt = (t_start - t_end) / max(len(timesteps) - 1, 1)
+    span = torch.tensor([0.0, t_start - t_end], dtype=x.dtype, device=x.device)
+    if dt is None:  # from the span in x's precision, so no sliver of a step is left at the end
+        dt = float(span[1]) / max(len(timesteps) - 1, 1)
     seed = int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator, device=generator.device
                              if generator is not None else "cpu").item())
     y0 = x.reshape(x.shape[0], -1)
-    span = torch.tensor([0.0, t_start - t_end], dtype=x.dtype, device=x.device)
     levy_area = "space-time" if solver == "srk" else "none"
     # The Brownian interval must end exactly where the span does, in x's precision.
     brownian = torchsde.BrownianInterval(t0=0.0, t1=float(span[1]), size=y0.shape, dtype=x.dtype,

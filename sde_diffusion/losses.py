@@ -1,0 +1,82 @@
+"""Denoising score-matching losses. Each takes a score function score_fn(x, t) (a network
+wrapped by the model layer, or an exact oracle) and a batch of data, and returns a scalar.
+
+For x_t = m(t) x_0 + s(t) z the denoising target is grad log p(x_t | x_0) = -z / s(t)
+(Vincent 2011); the losses below differ in how times are drawn and terms are weighted.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .sdes import SDE, VESDE, VPSDE, ScoreFn
+from .utils import append_dims, batch_sum
+
+
+def _reduce(squares: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
+    """Per-sample sum (or mean, with `reduce_mean`) over all dims but the batch."""
+    per_sample = batch_sum(squares)
+    return per_sample / squares[0].numel() if reduce_mean else per_sample
+
+
+def _noise(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+
+
+def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
+             likelihood_weighting: bool = False, eps: float = 1e-5,
+             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Continuous-time denoising score matching (Song et al. 2021, eq. 7), t ~ U(eps, T).
+
+    Weighting lambda(t) = s(t)^2 by default, which makes each term || s score + z ||^2 / 2;
+    `likelihood_weighting` uses lambda(t) = g(t)^2, for which the loss bounds the negative
+    log-likelihood (Song et al. 2021b, "Maximum likelihood training", Theorem 1).
+    """
+    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+    t = t * (sde.T - eps) + eps
+    z = _noise(x, generator)
+    mean_coef, std = sde.marginal_coefs(t)
+    x_t = append_dims(mean_coef, x.ndim) * x + append_dims(std, x.ndim) * z
+    score = score_fn(x_t, t)
+    if likelihood_weighting:
+        residual = score + z / append_dims(std, x.ndim)
+        weight = sde.diffusion(t) ** 2
+    else:
+        residual = score * append_dims(std, x.ndim) + z
+        weight = torch.ones_like(t)
+    return (0.5 * weight * _reduce(residual ** 2, reduce_mean)).mean()
+
+
+def ddpm_loss(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, *, reduce_mean: bool = True,
+              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """DDPM's simple loss || eps - eps_pred ||^2 (Ho et al. 2020, eq. 14) on the VP chain:
+    step i ~ U{0..N-1}, x_i = sqrt(alpha_bar_i) x + sqrt(1 - alpha_bar_i) z, scored at the step's
+    time i T / (N - 1); with eps_pred = -sqrt(1 - alpha_bar_i) score the residual is
+    sqrt(1 - alpha_bar_i) score + z."""
+    if not isinstance(sde, VPSDE):
+        raise ValueError(f"the DDPM loss needs a VP SDE's chain, got {type(sde).__name__}")
+    index = torch.randint(0, sde.N, (x.shape[0],), generator=generator, device=x.device)
+    alpha_bar = sde.discrete_alpha_bar.to(device=x.device, dtype=x.dtype)[index]
+    std = torch.sqrt(1 - alpha_bar)
+    z = _noise(x, generator)
+    x_t = append_dims(torch.sqrt(alpha_bar), x.ndim) * x + append_dims(std, x.ndim) * z
+    t = index.to(x.dtype) * (sde.T / max(sde.N - 1, 1))
+    residual = score_fn(x_t, t) * append_dims(std, x.ndim) + z
+    return _reduce(residual ** 2, reduce_mean).mean()
+
+
+def smld_loss(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, *, reduce_mean: bool = False,
+              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """SMLD/NCSN's loss (Song & Ermon 2019, eq. 6) on the VE chain's noise levels: level i ~
+    U{0..N-1}, x_i = x + sigma_i z, weighted by sigma_i^2 so the term is || sigma_i score + z ||^2 / 2;
+    scored at the level's time i T / (N - 1)."""
+    if not isinstance(sde, VESDE):
+        raise ValueError(f"the SMLD loss needs a VE SDE's noise levels, got {type(sde).__name__}")
+    index = torch.randint(0, sde.N, (x.shape[0],), generator=generator, device=x.device)
+    sigma = sde.discrete_sigmas.to(device=x.device, dtype=x.dtype)[index]
+    z = _noise(x, generator)
+    x_t = x + append_dims(sigma, x.ndim) * z
+    t = index.to(x.dtype) * (sde.T / max(sde.N - 1, 1))
+    residual = score_fn(x_t, t) * append_dims(sigma, x.ndim) + z
+    return (0.5 * _reduce(residual ** 2, reduce_mean)).mean()
