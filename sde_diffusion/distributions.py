@@ -38,6 +38,7 @@ class GaussianMixture:
         self.means = means
         self.stds = stds.contiguous()
         self.num_components, self.dim = K, D
+        self.isotropic = bool((self.stds == self.stds[:, :1]).all())
 
     def to(self, dtype=None, device=None) -> "GaussianMixture":
         """A copy with parameters in `dtype` on `device` (for GPU or float32 studies)."""
@@ -57,45 +58,60 @@ class GaussianMixture:
         return (x, components) if return_components else x
 
     # -- densities of the mixture perturbed to time t (t=None: the mixture itself) ----------
-    def _perturbed(self, x: torch.Tensor, mean_coef: torch.Tensor, std: torch.Tensor):
-        """Flattened x [B, D], and per-sample component means and variances, [B, K, D]."""
-        flat = x.reshape(x.shape[0], self.dim)
-        means = self.means.to(flat.dtype)
-        variances = self.stds.to(flat.dtype) ** 2
-        m = mean_coef.to(flat.dtype).reshape(-1, 1, 1)
-        s = std.to(flat.dtype).reshape(-1, 1, 1)
-        return flat, m * means, m ** 2 * variances + s ** 2
-
-    def _component_log_probs(self, flat, means, variances):
-        """log w_k + log N(x; mean_k, diag(var_k)), [B, K]."""
-        diff = flat[:, None, :] - means
-        log_normal = -0.5 * ((diff ** 2 / variances).sum(-1) + torch.log(variances).sum(-1)
-                             + self.dim * math.log(2 * math.pi))
-        return torch.log(self.weights.to(flat.dtype)) + log_normal
-
+    # Computed in the mixture's dtype (float64 by default) whatever the dtype of x, so that a
+    # float32 sampler study measures the sampler and not the oracle's rounding. Isotropic
+    # components take a matrix-product path that never forms [B, K, D] tensors.
     def _coefs(self, x, sde: Optional[SDE], t):
+        batch, dtype, device = x.shape[0], self.means.dtype, self.means.device
         if sde is None:
-            ones = torch.ones(x.shape[0], dtype=x.dtype, device=x.device)
+            ones = torch.ones(batch, dtype=dtype, device=device)
             return ones, torch.zeros_like(ones)
-        t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        t = torch.as_tensor(t, dtype=dtype, device=device).expand(batch)
         return sde.marginal_coefs(t)
+
+    def _log_probs_and_precisions(self, flat, mean_coef, std):
+        """log w_k + log N(x; m mu_k, var) per component ([B, K]) and 1 / var, whose shape
+        is [B, K] for isotropic components and [B, K, D] otherwise."""
+        m, s2 = mean_coef[:, None], std[:, None] ** 2
+        if self.isotropic:
+            variances = m ** 2 * self.stds[None, :, 0] ** 2 + s2  # [B, K]
+            squared_distances = ((flat ** 2).sum(1, keepdim=True) - 2 * m * (flat @ self.means.T)
+                                 + m ** 2 * (self.means ** 2).sum(1)).clamp_min(0)
+            quadratic = squared_distances / variances
+            log_det = self.dim * torch.log(variances)
+        else:
+            variances = m[:, :, None] ** 2 * self.stds ** 2 + s2[:, :, None]  # [B, K, D]
+            quadratic = ((flat[:, None, :] - m[:, :, None] * self.means) ** 2 / variances).sum(-1)
+            log_det = torch.log(variances).sum(-1)
+        log_probs = torch.log(self.weights) - 0.5 * (quadratic + log_det + self.dim * math.log(2 * math.pi))
+        return log_probs, 1.0 / variances
+
+    def _flat(self, x: torch.Tensor) -> torch.Tensor:
+        return x.reshape(x.shape[0], self.dim).to(self.means.dtype)
 
     def log_prob(self, x: torch.Tensor, sde: Optional[SDE] = None, t=None) -> torch.Tensor:
         """log p(x) per sample, or log p_t(x) of the mixture perturbed by `sde` to time t."""
-        flat, means, variances = self._perturbed(x, *self._coefs(x, sde, t))
-        return torch.logsumexp(self._component_log_probs(flat, means, variances), dim=1)
+        log_probs, _ = self._log_probs_and_precisions(self._flat(x), *self._coefs(x, sde, t))
+        return torch.logsumexp(log_probs, dim=1).to(x.dtype)
 
     def responsibilities(self, x: torch.Tensor, sde: Optional[SDE] = None, t=None) -> torch.Tensor:
         """Posterior probabilities of the components given x, [B, K]: the Bayes classifier."""
-        flat, means, variances = self._perturbed(x, *self._coefs(x, sde, t))
-        return torch.softmax(self._component_log_probs(flat, means, variances), dim=1)
+        log_probs, _ = self._log_probs_and_precisions(self._flat(x), *self._coefs(x, sde, t))
+        return torch.softmax(log_probs, dim=1)
 
     def score(self, x: torch.Tensor, sde: Optional[SDE] = None, t=None) -> torch.Tensor:
-        """grad_x log p_t(x) = sum_k r_k(x) (mean_k - x) / var_k, same shape as x."""
-        flat, means, variances = self._perturbed(x, *self._coefs(x, sde, t))
-        resp = torch.softmax(self._component_log_probs(flat, means, variances), dim=1)
-        score = (resp[:, :, None] * (means - flat[:, None, :]) / variances).sum(1)
-        return score.reshape(x.shape)
+        """grad_x log p_t(x) = sum_k r_k(x) (m mu_k - x) / var_k, same shape and dtype as x."""
+        flat = self._flat(x)
+        mean_coef, std = self._coefs(x, sde, t)
+        log_probs, precisions = self._log_probs_and_precisions(flat, mean_coef, std)
+        resp = torch.softmax(log_probs, dim=1)
+        if self.isotropic:
+            weighted = resp * precisions  # [B, K]
+            score = mean_coef[:, None] * (weighted @ self.means) - weighted.sum(1, keepdim=True) * flat
+        else:
+            weighted = resp[:, :, None] * precisions  # [B, K, D]
+            score = (weighted * (mean_coef[:, None, None] * self.means - flat[:, None, :])).sum(1)
+        return score.reshape(x.shape).to(x.dtype)
 
     def score_fn(self, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
         """The exact score(x, t) of p_t under `sde`, for any sampler or the likelihood."""
@@ -107,7 +123,7 @@ class GaussianMixture:
     def component_statistics(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Weights [K], means [K, D] and stds [K, D] of samples x, each sample shared among the
         components by its exact posterior probability (a hard assignment when they are apart)."""
-        flat = x.reshape(x.shape[0], self.dim).to(self.means.dtype)
+        flat = self._flat(x)
         resp = self.responsibilities(flat)
         mass = resp.sum(0).clamp_min(1e-12)
         means = resp.T @ flat / mass[:, None]
@@ -123,7 +139,7 @@ class GaussianMixture:
           mixture's own (its negative entropy, by Monte Carlo): > 0 when samples are too
           concentrated, < 0 when spread out or off the components."""
         weights, means, stds = self.component_statistics(x)
-        flat = x.reshape(x.shape[0], self.dim).to(self.means.dtype)
+        flat = self._flat(x)
         return {
             "weight": (weights - self.weights).abs().max().item(),
             "mean": (((means - self.means) / self.stds) ** 2).mean(1).sqrt().max().item(),
