@@ -1,0 +1,54 @@
+import math
+
+import pytest
+import torch
+
+from sde_diffusion.distributions import GaussianMixture
+from sde_diffusion.losses import ddpm_loss, dsm_loss, smld_loss
+from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
+
+from conftest import mixture_2d
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(sigma_max=10.0)], ids=lambda s: type(s).__name__)
+def test_dsm_loss_at_the_exact_score_has_its_closed_form(sde):
+    # Data N(0, s0^2 I): with x_t = m x + s z and the exact score -x_t / v, v = m^2 s0^2 + s^2,
+    # E || s score + z ||^2 / 2 = D m^2 s0^2 / (2 v); averaged over t ~ U(eps, T) by quadrature.
+    s0, dim, n, eps = 0.5, 3, 200_000, 1e-5
+    data = GaussianMixture([1.0], torch.zeros(1, dim, dtype=torch.float64), [s0])
+    x = data.sample(n, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    per_sample = [dsm_loss(data.score_fn(sde), sde, x[i:i + 1000], eps=eps, generator=generator)
+                  for i in range(0, n, 1000)]
+    estimate = torch.stack(per_sample)
+    t = torch.linspace(eps, 1.0, 200_001, dtype=torch.float64)
+    m, s = sde.marginal_coefs(t)
+    integrand = dim * m ** 2 * s0 ** 2 / (2 * (m ** 2 * s0 ** 2 + s ** 2))
+    expected = torch.trapezoid(integrand, t) / (1.0 - eps)
+    assert abs(estimate.mean() - expected) < 4 * estimate.std() / math.sqrt(len(estimate))
+
+
+@pytest.mark.parametrize("loss_fn, sde, options", [
+    (dsm_loss, VPSDE(), {}),
+    (dsm_loss, SubVPSDE(), {"reduce_mean": True}),
+    (dsm_loss, VESDE(), {"likelihood_weighting": True, "eps": 1e-3}),
+    (ddpm_loss, VPSDE(), {}),
+    (smld_loss, VESDE(sigma_max=10.0, N=100), {}),
+], ids=["dsm-vp", "dsm-subvp-mean", "dsm-ve-likelihood", "ddpm", "smld"])
+def test_exact_score_minimizes_the_loss(loss_fn, sde, options):
+    mixture = mixture_2d()
+    x = mixture.sample(50_000, generator=torch.Generator().manual_seed(0))
+    exact = mixture.score_fn(sde)
+    def loss(score_fn):  # the same times and noise for every score: common random numbers
+        return loss_fn(score_fn, sde, x, generator=torch.Generator().manual_seed(1), **options).item()
+    at_exact = loss(exact)
+    for perturbed in (lambda x, t: 1.1 * exact(x, t), lambda x, t: exact(x, t) + 0.05, lambda x, t: 0.9 * exact(x, t)):
+        assert loss(perturbed) > at_exact * 1.001
+
+
+def test_chain_losses_need_their_sde():
+    x = torch.zeros(4, 2)
+    with pytest.raises(ValueError, match="VP SDE"):
+        ddpm_loss(lambda x, t: x, VESDE(), x)
+    with pytest.raises(ValueError, match="VE SDE"):
+        smld_loss(lambda x, t: x, VPSDE(), x)
