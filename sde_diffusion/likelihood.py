@@ -19,7 +19,7 @@ import torch
 from .sampling.ode import probability_flow_drift, solve_ivp_torch
 from .sampling.registry import CountingScore
 from .sdes import SDE, ScoreFn
-from .utils import Seed, batch_sum, make_generator
+from .utils import Seed, batch_sum, make_generator, randn
 
 
 def _divergence_exact(drift: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -40,7 +40,7 @@ def _divergence_hutchinson(drift: torch.Tensor, x: torch.Tensor, probe: torch.Te
 
 def _probe(shape, noise: str, generator, like: torch.Tensor) -> torch.Tensor:
     if noise == "gaussian":
-        return torch.randn(shape, generator=generator, dtype=like.dtype, device=like.device)
+        return randn(shape, generator, like)
     if noise == "rademacher":
         bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
         return bits.to(like.dtype) * 2 - 1

@@ -11,17 +11,13 @@ from typing import Optional
 import torch
 
 from .sdes import SDE, VESDE, VPSDE, ScoreFn
-from .utils import append_dims, batch_sum
+from .utils import append_dims, batch_sum, randn
 
 
 def _reduce(squares: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
     """Per-sample sum (or mean, with `reduce_mean`) over all dims but the batch."""
     per_sample = batch_sum(squares)
     return per_sample / squares[0].numel() if reduce_mean else per_sample
-
-
-def _noise(x: torch.Tensor, generator: Optional[torch.Generator]) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
 
 
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
@@ -35,7 +31,7 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
     """
     t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
     t = t * (sde.T - eps) + eps
-    z = _noise(x, generator)
+    z = randn(x.shape, generator, x)
     mean_coef, std = sde.marginal_coefs(t)
     x_t = append_dims(mean_coef, x.ndim) * x + append_dims(std, x.ndim) * z
     score = score_fn(x_t, t)
@@ -51,17 +47,17 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
 def ddpm_loss(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, *, reduce_mean: bool = True,
               generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """DDPM's simple loss || eps - eps_pred ||^2 (Ho et al. 2020, eq. 14) on the VP chain:
-    step i ~ U{0..N-1}, x_i = sqrt(alpha_bar_i) x + sqrt(1 - alpha_bar_i) z, scored at the step's
-    time i T / (N - 1); with eps_pred = -sqrt(1 - alpha_bar_i) score the residual is
+    step i ~ U{0..N-1}, x_i = sqrt(alpha_bar_i) x + sqrt(1 - alpha_bar_i) z, scored at the time of
+    the same noise level, sde.chain_time(i), where chain samplers evaluate it; with eps_pred = -sqrt(1 - alpha_bar_i) score the residual is
     sqrt(1 - alpha_bar_i) score + z."""
     if not isinstance(sde, VPSDE):
         raise ValueError(f"the DDPM loss needs a VP SDE's chain, got {type(sde).__name__}")
     index = torch.randint(0, sde.N, (x.shape[0],), generator=generator, device=x.device)
     alpha_bar = sde.discrete_alpha_bar.to(device=x.device, dtype=x.dtype)[index]
     std = torch.sqrt(1 - alpha_bar)
-    z = _noise(x, generator)
+    z = randn(x.shape, generator, x)
     x_t = append_dims(torch.sqrt(alpha_bar), x.ndim) * x + append_dims(std, x.ndim) * z
-    t = index.to(x.dtype) * (sde.T / max(sde.N - 1, 1))
+    t = sde.chain_time(index).to(x.dtype)
     residual = score_fn(x_t, t) * append_dims(std, x.ndim) + z
     return _reduce(residual ** 2, reduce_mean).mean()
 
@@ -70,13 +66,13 @@ def smld_loss(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, *, reduce_mean: bo
               generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """SMLD/NCSN's loss (Song & Ermon 2019, eq. 6) on the VE chain's noise levels: level i ~
     U{0..N-1}, x_i = x + sigma_i z, weighted by sigma_i^2 so the term is || sigma_i score + z ||^2 / 2;
-    scored at the level's time i T / (N - 1)."""
+    scored at the level's time sde.chain_time(i) = i T / (N - 1)."""
     if not isinstance(sde, VESDE):
         raise ValueError(f"the SMLD loss needs a VE SDE's noise levels, got {type(sde).__name__}")
     index = torch.randint(0, sde.N, (x.shape[0],), generator=generator, device=x.device)
     sigma = sde.discrete_sigmas.to(device=x.device, dtype=x.dtype)[index]
-    z = _noise(x, generator)
+    z = randn(x.shape, generator, x)
     x_t = x + append_dims(sigma, x.ndim) * z
-    t = index.to(x.dtype) * (sde.T / max(sde.N - 1, 1))
+    t = sde.chain_time(index).to(x.dtype)
     residual = score_fn(x_t, t) * append_dims(sigma, x.ndim) + z
     return (0.5 * _reduce(residual ** 2, reduce_mean)).mean()
