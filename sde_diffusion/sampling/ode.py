@@ -16,11 +16,8 @@ from .registry import CountingScore, register_sampler
 
 def probability_flow_drift(score_fn: ScoreFn, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     """drift(x, t) of the probability-flow ODE (Song et al. 2021, eq. 13)."""
-    def drift(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        f = append_dims(sde.drift_coef(t), x.ndim)
-        g2 = append_dims(sde.diffusion(t) ** 2, x.ndim)
-        return f * x - 0.5 * g2 * score_fn(x, t)
-    return drift
+    flow = sde.reverse(score_fn, probability_flow=True)
+    return lambda x, t: flow.sde(x, t)[0]
 
 
 def solve_ivp_torch(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.Tensor,

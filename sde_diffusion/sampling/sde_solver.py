@@ -13,7 +13,6 @@ import torch
 import torchsde
 
 from ..sdes import SDE
-from ..utils import append_dims
 from .registry import register_sampler
 
 
@@ -25,17 +24,16 @@ class _ReverseTimeSDE(torch.nn.Module):
 
     def __init__(self, score_fn, sde: SDE, shape, t_start: float):
         super().__init__()
-        self.score_fn, self.forward_sde, self.shape, self.t_start = score_fn, sde, shape, t_start
+        self.reverse_sde, self.forward_sde = sde.reverse(score_fn), sde
+        self.shape, self.t_start = shape, t_start
 
     def _time(self, tau, y):
         return (self.t_start - tau).expand(y.shape[0]).to(y.dtype)
 
     def f(self, tau, y):
-        t = self._time(tau, y)
-        x = y.reshape(self.shape)
-        f_coef = append_dims(self.forward_sde.drift_coef(t), x.ndim)
-        g2 = append_dims(self.forward_sde.diffusion(t) ** 2, x.ndim)
-        return (-f_coef * x + g2 * self.score_fn(x, t)).reshape(y.shape)
+        # d/dtau of x(T - tau) is minus the reverse drift at t = T - tau.
+        drift, _ = self.reverse_sde.sde(y.reshape(self.shape), self._time(tau, y))
+        return -drift.reshape(y.shape)
 
     def g(self, tau, y):
         # y * 0 keeps g connected to y, as Milstein's derivative of g with respect to y requires.
