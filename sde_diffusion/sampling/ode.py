@@ -78,11 +78,12 @@ def ode_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                 generator: Optional[torch.Generator] = None, *, rtol: float = 1e-5,
                 atol: float = 1e-5, solver: str = "RK45", denoise: bool = False) -> torch.Tensor:
     """Solve the probability-flow ODE from timesteps[0] to timesteps[-1] with scipy's adaptive
-    `solver` (solve_ivp's method: RK45, DOP853, Radau, ...); only the grid's ends matter. Deterministic: the
-    generator only draws the prior. `denoise` applies Tweedie's formula at the end (+1 NFE)."""
-    t_start, t_end = float(timesteps[0]), float(timesteps[-1])
-    x = solve_ivp_torch(probability_flow_drift(score_fn, sde), x, t_start, t_end,
-                        rtol=rtol, atol=atol, solver=solver)
+    `solver` (solve_ivp's method: RK45, DOP853, Radau, ...); only the grid's ends matter.
+    Deterministic: the generator only draws the prior. `denoise` applies Tweedie's formula at
+    the end (+1 NFE)."""
+    t_end = float(timesteps[-1])
+    x, _ = solve_probability_flow(score_fn, sde, x, float(timesteps[0]), t_end,
+                                  rtol=rtol, atol=atol, solver=solver)
     if denoise:
         x = tweedie_denoise(score_fn, sde, x, torch.full((x.shape[0],), t_end, dtype=x.dtype, device=x.device))
     return x

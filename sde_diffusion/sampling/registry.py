@@ -8,7 +8,7 @@ sampler cannot misreport its cost.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence, Tuple, Union
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
@@ -65,7 +65,3 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "pc"
     counted = CountingScore(score_fn)
     x = sampler(counted, sde, x, timesteps, generator, **options)
     return x, counted.calls
-
-
-def get_sampler(name: str) -> Callable:
-    return SAMPLERS.get_or_raise(name)
