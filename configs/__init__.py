@@ -1,0 +1,1 @@
+"""ml_collections config files, loaded by main.py through `--config configs/NAME.py`."""

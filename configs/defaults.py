@@ -1,0 +1,79 @@
+"""Fields every config has, in the reference score_sde layout (training, sampling, eval, data,
+model, optim). Dataset defaults (default_*.py) and method files build on this."""
+import ml_collections
+
+
+def get_base_config():
+    config = ml_collections.ConfigDict()
+    config.seed = 42
+    config.device = "auto"  # "auto" = cuda when available, else cpu
+
+    config.training = training = ml_collections.ConfigDict()
+    training.sde = "vpsde"
+    training.continuous = True            # False: the discrete DDPM / SMLD losses
+    training.reduce_mean = False
+    training.likelihood_weighting = False
+    training.batch_size = 128
+    training.n_iters = 1300001
+    training.log_freq = 50
+    training.eval_freq = 100              # loss on a test batch
+    training.snapshot_freq = 50000        # kept checkpoints (+ snapshot samples)
+    training.snapshot_freq_for_preemption = 10000  # the overwritten resume checkpoint
+    training.snapshot_sampling = True
+    training.num_snapshot_samples = 64
+
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.method = "pc"                # any registered sampler
+    sampling.steps = 1000
+    sampling.eps = 1e-3
+    sampling.predictor = "reverse_diffusion"
+    sampling.corrector = "langevin"
+    sampling.snr = 0.16
+    sampling.n_steps = 1                  # corrector steps per noise level
+    sampling.denoise = True
+    sampling.rtol = 1e-5                  # ode / adaptive solvers
+    sampling.atol = 1e-5
+    sampling.solver = ""                  # "" = the sampler's default solver
+    sampling.num_samples = 64
+    sampling.batch_size = 64
+
+    config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.checkpoint = 0               # 0 = the latest checkpoint
+    evaluate.batch_size = 64
+    evaluate.num_samples = 1000
+    evaluate.bpd_num_images = 256
+    evaluate.bpd_trace = "hutchinson"     # or "exact"
+    evaluate.bpd_rtol = 1e-5
+    evaluate.bpd_atol = 1e-5
+    evaluate.inception_path = ""          # clean-fid's inception-2015-12-05.pt, for FID/KID
+
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = "cifar10"
+    data.root = ""                        # folder holding mnist / cifar10 files
+    data.download = False                 # explicit opt-in to fetch through torchvision
+    data.image_size = 32
+    data.num_channels = 3
+    data.centered = False
+    data.random_flip = True
+    data.uniform_dequantization = False
+    data.num_points = 10000               # toy sets
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "ddpm"
+    model.ema_rate = 0.9999
+    model.sigma_min = 0.01
+    model.sigma_max = 50.0
+    model.num_scales = 1000
+    model.beta_min = 0.1
+    model.beta_max = 20.0
+    model.dropout = 0.1
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.optimizer = "Adam"
+    optim.lr = 2e-4
+    optim.beta1 = 0.9
+    optim.eps = 1e-8
+    optim.weight_decay = 0.0
+    optim.warmup = 5000
+    optim.grad_clip = 1.0
+    return config

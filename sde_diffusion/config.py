@@ -1,0 +1,178 @@
+"""Everything that reads an ml_collections config: validation, and turning the config into the
+library's plain objects (SDE, network, score function, loss, sampler options).
+
+Library modules take plain arguments; this module and the entry points are the only readers of
+config fields. `validate_config` runs before anything touches the disk, so a bad value stops
+the run with one line naming the field.
+"""
+from __future__ import annotations
+
+import inspect
+from functools import partial
+from typing import Callable
+
+import torch
+
+from . import losses
+from .models import get_model, model_names, score_fn_from_model
+from .sampling import CORRECTORS, PREDICTORS, SAMPLERS
+from .sdes import SDES, SDE, ScoreFn, get_sde
+
+MODES = ("train", "sample", "likelihood", "eval")
+IMAGE_MODELS = ("ddpm", "ncsnpp")
+IMAGE_DATASETS = ("digits", "mnist", "cifar10")  # the rest are point sets
+
+
+class ConfigError(ValueError):
+    """A config value that cannot work; the message names the field."""
+
+
+def _require(condition: bool, field: str, message: str, value) -> None:
+    if not condition:
+        raise ConfigError(f"config.{field}: {message}, got {value!r}")
+
+
+def _positive_int(config, field: str) -> None:
+    section, name = field.split(".")
+    value = config[section][name]
+    _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
+             "must be a positive integer", value)
+
+
+def _positive_number(config, field: str) -> None:
+    section, name = field.split(".")
+    value = config[section][name]
+    _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, field,
+             "must be a positive number", value)
+
+
+def _known(name, known, field: str) -> None:
+    _require(name in known, field, f"unknown name (known: {', '.join(sorted(known))})", name)
+
+
+def is_image_data(config) -> bool:
+    return config.data.dataset in IMAGE_DATASETS
+
+
+def validate_config(config) -> None:
+    """Raise ConfigError naming the first field whose value cannot work."""
+    from .datasets import DATASETS
+
+    _known(config.training.sde, SDES, "training.sde")
+    _known(config.model.name, model_names(), "model.name")
+    _known(config.sampling.method, SAMPLERS, "sampling.method")
+    _known(config.sampling.predictor, PREDICTORS, "sampling.predictor")
+    _known(config.sampling.corrector, CORRECTORS, "sampling.corrector")
+    _known(config.data.dataset, DATASETS, "data.dataset")
+    for field in ("training.batch_size", "training.n_iters", "training.log_freq", "training.eval_freq",
+                  "training.snapshot_freq", "training.snapshot_freq_for_preemption",
+                  "training.num_snapshot_samples", "sampling.steps", "sampling.num_samples",
+                  "sampling.batch_size", "sampling.n_steps", "eval.batch_size", "eval.num_samples",
+                  "eval.bpd_num_images", "model.num_scales"):
+        _positive_int(config, field)
+    for field in ("optim.lr", "model.beta_min", "model.beta_max", "model.sigma_min", "model.sigma_max",
+                  "sampling.rtol", "sampling.atol", "eval.bpd_rtol", "eval.bpd_atol"):
+        _positive_number(config, field)
+    _require(0 <= config.model.ema_rate < 1, "model.ema_rate", "must lie in [0, 1)", config.model.ema_rate)
+    _require(0 <= config.model.get("dropout", 0.0) < 1, "model.dropout", "must lie in [0, 1)",
+             config.model.get("dropout"))
+    _require(0 <= config.sampling.eps < 1, "sampling.eps", "must lie in [0, 1)", config.sampling.eps)
+    _require(config.optim.optimizer in ("Adam", "AdamW"), "optim.optimizer", "must be 'Adam' or 'AdamW'",
+             config.optim.optimizer)
+    _require(config.optim.warmup >= 0, "optim.warmup", "must be >= 0", config.optim.warmup)
+    _require(config.eval.bpd_trace in ("exact", "hutchinson"), "eval.bpd_trace",
+             "must be 'exact' or 'hutchinson'", config.eval.bpd_trace)
+    if not config.training.continuous:
+        _require(config.training.sde in ("vpsde", "vesde"), "training.sde",
+                 "discrete training (training.continuous=False) needs the DDPM chain (vpsde) or the "
+                 "SMLD chain (vesde)", config.training.sde)
+    if config.sampling.predictor == "ancestral" and config.sampling.method == "pc":
+        _require(config.training.sde != "subvpsde", "sampling.predictor",
+                 "ancestral sampling is not defined for the sub-VP SDE", "ancestral")
+    if config.training.sde == "vesde":
+        _require(config.model.sigma_min < config.model.sigma_max, "model.sigma_max",
+                 "must exceed model.sigma_min", config.model.sigma_max)
+    else:
+        _require(config.model.beta_min <= config.model.beta_max, "model.beta_max",
+                 "must be at least model.beta_min", config.model.beta_max)
+    if is_image_data(config):
+        _validate_image_config(config)
+    else:
+        _positive_int(config, "data.num_points")
+        _require(config.model.name not in IMAGE_MODELS, "model.name",
+                 f"{config.model.name!r} is an image network; use 'mlp' for point data", config.model.name)
+
+
+def _validate_image_config(config) -> None:
+    _positive_int(config, "data.image_size")
+    _positive_int(config, "data.num_channels")
+    if config.model.name not in IMAGE_MODELS:
+        return
+    _positive_int(config, "model.nf")
+    _positive_int(config, "model.num_res_blocks")
+    ch_mult = tuple(config.model.ch_mult)
+    _require(len(ch_mult) > 0 and all(isinstance(m, int) and m > 0 for m in ch_mult), "model.ch_mult",
+             "must be a non-empty list of positive integers", ch_mult)
+    size = config.data.image_size
+    factor = 2 ** (len(ch_mult) - 1)
+    _require(size % factor == 0, "data.image_size",
+             f"must be divisible by 2**(len(model.ch_mult) - 1) = {factor} for this network", size)
+    resolutions = {size // 2 ** level for level in range(len(ch_mult))}
+    for resolution in config.model.attn_resolutions:
+        _require(resolution in resolutions, "model.attn_resolutions",
+                 f"each must be one of the network's resolutions {sorted(resolutions)}",
+                 tuple(config.model.attn_resolutions))
+
+
+# -- builders -------------------------------------------------------------------------------
+
+def select_device(config) -> torch.device:
+    if config.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(config.device)
+
+
+def build_sde(config) -> SDE:
+    """The SDE the model is trained with; its N is the training chain (model.num_scales)."""
+    model = config.model
+    if config.training.sde == "vesde":
+        return get_sde("vesde", sigma_min=model.sigma_min, sigma_max=model.sigma_max, N=model.num_scales)
+    return get_sde(config.training.sde, beta_min=model.beta_min, beta_max=model.beta_max, N=model.num_scales)
+
+
+def build_model(config) -> torch.nn.Module:
+    return get_model(config)
+
+
+def build_score_fn(model: torch.nn.Module, sde: SDE, config) -> ScoreFn:
+    return score_fn_from_model(model, sde, continuous=config.training.continuous)
+
+
+def build_loss(config, sde: SDE) -> Callable:
+    """loss(score_fn, x, generator) -> scalar, the training objective the config names."""
+    training = config.training
+    if training.continuous:
+        loss = partial(losses.dsm_loss, reduce_mean=training.reduce_mean,
+                       likelihood_weighting=training.likelihood_weighting)
+    elif training.sde == "vpsde":
+        loss = partial(losses.ddpm_loss, reduce_mean=training.reduce_mean)
+    else:
+        loss = partial(losses.smld_loss, reduce_mean=training.reduce_mean)
+    return lambda score_fn, x, generator: loss(score_fn, sde, x, generator=generator)
+
+
+def sampler_options(config) -> dict:
+    """The `sampling.*` fields the configured sampler accepts as keyword options; "" means
+    "the sampler's default"."""
+    sampler = SAMPLERS[config.sampling.method]
+    parameters = inspect.signature(sampler).parameters
+    return {name: value for name, value in config.sampling.items()
+            if name in parameters and parameters[name].kind == inspect.Parameter.KEYWORD_ONLY
+            and value != ""}
+
+
+def data_shape(config) -> tuple:
+    """Shape of one sample: (C, H, W) for images, (2,) for 2-D point sets."""
+    if is_image_data(config):
+        return (config.data.num_channels, config.data.image_size, config.data.image_size)
+    return (config.data.dim,)

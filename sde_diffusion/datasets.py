@@ -1,0 +1,430 @@
+"""Training data: 2-D toy distributions, image data sets read from their standard files, the
+scaling and augmentation applied to images, and a resumable stream of index batches.
+
+Every data set is loaded whole into memory as `.data` (float32; images [N, C, H, W] in [0, 1],
+toy points [N, 2] unscaled) and `.labels` (int64 [N]); training draws batches by indexing with
+`BatchStream`, so no DataLoader worker state has to be saved to resume a run exactly.
+Image files are parsed here (IDX for MNIST, the CIFAR-10 python batches) rather than through
+torchvision, which is needed only for the opt-in `download=True`, and nothing is ever fetched
+unless asked for.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import math
+import pickle
+import struct
+from pathlib import Path
+from typing import Callable, Dict, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .distributions import GaussianMixture
+from .utils import Registry, append_dims
+
+SPLITS = ("train", "test")
+
+
+def derive_seed(*parts) -> int:
+    """A 63-bit seed from `parts` (ints and strings), the same in every process and Python
+    version, unlike hash(), so that streams derived from one user seed are reproducible."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2 ** 63 - 1)
+
+
+class ArrayDataset(torch.utils.data.Dataset):
+    """A data set held in memory: `data` [N, ...] float32 and `labels` [N] int64."""
+
+    def __init__(self, data: torch.Tensor, labels: torch.Tensor):
+        if data.shape[0] != labels.shape[0]:
+            raise ValueError(f"{data.shape[0]} samples but {labels.shape[0]} labels")
+        self.data = data.to(torch.float32).contiguous()
+        self.labels = labels.to(torch.int64).contiguous()
+
+    def __len__(self) -> int:
+        return self.data.shape[0]
+
+    def __getitem__(self, index):
+        return self.data[index], self.labels[index]
+
+
+# -- registries ------------------------------------------------------------------------------
+# A dataset loader is called as loader(split, root=, image_size=, download=, num_points=, seed=)
+# and ignores the arguments that do not concern it (toy data have no root, images no num_points).
+DATASETS: Registry[Callable[..., ArrayDataset]] = Registry("dataset")
+register_dataset = DATASETS.register
+
+# A toy generator is f(n, generator) -> [n, 2] float32 points, roughly within [-4, 4].
+TOY_DATA: Registry[Callable[[int, Optional[torch.Generator]], torch.Tensor]] = Registry("toy dataset")
+
+
+def load_dataset(name: str, split: str, *, root=None, image_size: Optional[int] = None,
+                 download: bool = False, num_points: int = 10000, seed: int = 0) -> ArrayDataset:
+    """Load data set `name` ('moons', 'digits', 'mnist', ...; see DATASETS) for `split`.
+
+    root: the directory with the files of mnist / cifar10; image_size: the side length of the
+    returned images (None: the data set's own); download: fetch missing mnist / cifar10 files
+    with torchvision; num_points, seed: size (train; test gets num_points // 5) and seed of
+    toy data.
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+    if image_size is not None and (int(image_size) != image_size or image_size < 1):
+        raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
+    loader = DATASETS.get_or_raise(name)
+    return loader(split, root=root, image_size=image_size, download=download,
+                  num_points=num_points, seed=seed)
+
+
+# -- toy 2-D data ------------------------------------------------------------------------------
+def _uniform(n: int, generator, *shape) -> torch.Tensor:
+    return torch.rand((n,) + shape, generator=generator)
+
+
+def _normal(n: int, generator, *shape) -> torch.Tensor:
+    return torch.randn((n,) + shape, generator=generator)
+
+
+@TOY_DATA.register("moons")
+def moons(n: int, generator=None) -> torch.Tensor:
+    """Two interleaved half circles (upper: centre (0, 0); lower: centre (1, 0.5)), centred
+    and doubled to span about [-3, 3] x [-1.5, 1.5]."""
+    angle = math.pi * _uniform(n, generator)
+    lower = _uniform(n, generator) < 0.5
+    upper_arc = torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    lower_arc = torch.stack([1 - torch.cos(angle), 0.5 - torch.sin(angle)], dim=1)
+    points = torch.where(lower[:, None], lower_arc, upper_arc) + 0.05 * _normal(n, generator, 2)
+    return 2 * (points - torch.tensor([0.5, 0.25]))
+
+
+@TOY_DATA.register("swiss_roll")
+def swiss_roll(n: int, generator=None) -> torch.Tensor:
+    """The 2-D swiss roll r(t) = t (cos t, sin t), t in [1.5 pi, 4.5 pi], divided by 5 so that
+    it fits in a radius of about 2.8."""
+    t = 1.5 * math.pi * (1 + 2 * _uniform(n, generator))
+    points = torch.stack([t * torch.cos(t), t * torch.sin(t)], dim=1) / 5
+    return points + 0.05 * _normal(n, generator, 2)
+
+
+@TOY_DATA.register("checkerboard")
+def checkerboard(n: int, generator=None) -> torch.Tensor:
+    """Uniform on the 8 'black' unit squares ((row + column) even) of a 4 x 4 board on [-2, 2]^2."""
+    column = torch.randint(0, 4, (n,), generator=generator)
+    row = 2 * torch.randint(0, 2, (n,), generator=generator) + column % 2
+    corner = torch.stack([column, row], dim=1).to(torch.float32) - 2
+    return corner + _uniform(n, generator, 2)
+
+
+@TOY_DATA.register("rings")
+def rings(n: int, generator=None) -> torch.Tensor:
+    """Four concentric circles of radii 0.75, 1.5, 2.25, 3, each chosen with probability
+    proportional to its radius so that density along the curves is the same on every ring."""
+    radii = torch.tensor([0.75, 1.5, 2.25, 3.0])
+    radius = radii[torch.multinomial(radii, n, replacement=True, generator=generator)]
+    angle = 2 * math.pi * _uniform(n, generator)
+    points = radius[:, None] * torch.stack([torch.cos(angle), torch.sin(angle)], dim=1)
+    return points + 0.08 * _normal(n, generator, 2)
+
+
+def toy_mixture() -> GaussianMixture:
+    """The mixture behind the 'gmm' toy data: 8 Gaussians of std 0.25 on a circle of radius
+    2.5, with weights proportional to 1..8 so that a model must get the mode weights right,
+    not only their positions. Evaluation can use its exact density and score."""
+    angles = 2 * math.pi * torch.arange(8, dtype=torch.float64) / 8
+    means = 2.5 * torch.stack([torch.cos(angles), torch.sin(angles)], dim=1)
+    return GaussianMixture(torch.arange(1, 9, dtype=torch.float64), means, [0.25] * 8)
+
+
+@TOY_DATA.register("gmm")
+def gmm(n: int, generator=None) -> torch.Tensor:
+    """Samples of `toy_mixture()`."""
+    return toy_mixture().sample(n, generator=generator).to(torch.float32)
+
+
+def _toy_loader(kind: str) -> Callable[..., ArrayDataset]:
+    def load(split: str, *, num_points: int, seed: int, **ignored) -> ArrayDataset:
+        n = num_points if split == "train" else num_points // 5
+        # Train and test draw from different seed-derived streams, so they are independent.
+        generator = torch.Generator().manual_seed(derive_seed(seed, "toy", kind, split))
+        points = TOY_DATA.get_or_raise(kind)(n, generator)
+        return ArrayDataset(points, torch.zeros(n, dtype=torch.int64))
+    load.__doc__ = TOY_DATA[kind].__doc__
+    return load
+
+
+for _kind in list(TOY_DATA):
+    register_dataset(_kind)(_toy_loader(_kind))
+
+
+# -- image helpers -----------------------------------------------------------------------------
+def _to_unit_interval(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N, C, H, W] -> float32 in [0, 1]."""
+    return torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32).div_(255)
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize to size x size without antialiasing (a no-op at the native size).
+    Bilinear weights are convex, so the clamp only removes rounding excursions."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False,
+                         antialias=False).clamp_(0, 1)
+
+
+# -- digits: scikit-learn's bundled 8x8 digits -----------------------------------------------
+DIGITS_TEST_FRACTION = 0.15
+
+
+@register_dataset("digits")
+def load_digits(split: str, *, image_size: Optional[int] = None, **ignored) -> ArrayDataset:
+    """sklearn.datasets.load_digits (1797 images 8x8, 17 grey levels 0..16, 10 classes), bundled
+    with scikit-learn so it needs no files. Split: for every class, its last
+    round(0.15 * count) images in the file's order are the test set (~270 in all), the rest
+    train; so both splits hold every class in the same proportions. image_size: 8 or 16."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    if image_size not in (None, 8, 16):
+        raise ValueError(f"digits come at image_size 8 or 16, got {image_size}")
+    bunch = sklearn_digits()
+    labels = torch.as_tensor(bunch.target, dtype=torch.int64)
+    in_test = torch.zeros(len(labels), dtype=torch.bool)
+    for label in labels.unique():
+        (members,) = torch.nonzero(labels == label, as_tuple=True)
+        in_test[members[len(members) - round(DIGITS_TEST_FRACTION * len(members)):]] = True
+    keep = in_test if split == "test" else ~in_test
+    images = torch.as_tensor(bunch.images, dtype=torch.float32)[keep, None] / 16
+    return ArrayDataset(_resize(images, image_size or 8), labels[keep])
+
+
+# -- locating image files, and the opt-in download -------------------------------------------
+def _find_files(directories: Sequence[Path], names: Sequence[str],
+                suffixes: Sequence[str]) -> Optional[list]:
+    """The paths of all `names` (each with the first suffix that exists) in the first
+    directory that holds all of them, or None."""
+    for directory in directories:
+        found = [next((directory / (name + s) for s in suffixes
+                       if (directory / (name + s)).is_file()), None) for name in names]
+        if all(found):
+            return found
+    return None
+
+
+def _download(name: str, root: Path) -> None:
+    """Fetch a data set's files into `root` with torchvision, imported only here."""
+    try:
+        import torchvision.datasets
+    except ImportError as error:
+        raise ImportError(f"data.download=True needs torchvision to fetch {name}") from error
+    dataset_class = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[name]
+    dataset_class(str(root), download=True)
+
+
+def _locate(name: str, root, download: bool, subdirectories: Sequence[str],
+            names: Sequence[str], suffixes: Sequence[str], url: str) -> list:
+    if root is None:
+        raise ValueError(f"{name} is read from files: data.root must be set to their directory")
+    root = Path(root).expanduser().resolve()
+    directories = [root / sub for sub in subdirectories]
+    files = _find_files(directories, names, suffixes)
+    if files is None and download:
+        _download(name, root)
+        files = _find_files(directories, names, suffixes)
+    if files is None:
+        expected = ", ".join(n + ("[.gz]" if ".gz" in suffixes else "") for n in names)
+        where = " or ".join(str(d) for d in directories)
+        raise FileNotFoundError(f"{name} files not found: expected {expected} in {where}; "
+                                f"set data.download=True or get them from {url}")
+    return files
+
+
+# -- MNIST: IDX files --------------------------------------------------------------------------
+MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/ (mirror of http://yann.lecun.com/exdb/mnist/)"
+MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+               "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+# IDX type codes (third magic byte) -> element type; multi-byte types are big-endian.
+_IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (gzipped if its name ends in .gz): magic = two zero bytes, a type
+    code, the number of dims; then each dim as a big-endian uint32; then the elements."""
+    path = Path(path)
+    with (gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")) as f:
+        content = f.read()
+    if len(content) < 4 or content[:2] != b"\0\0" or content[2] not in _IDX_TYPES:
+        raise ValueError(f"{path} is not an IDX file (magic bytes {content[:4].hex()})")
+    ndim = content[3]
+    header = 4 + 4 * ndim
+    dims = struct.unpack(f">{ndim}I", content[4:header])
+    dtype = np.dtype(_IDX_TYPES[content[2]])
+    expected = header + dtype.itemsize * int(np.prod(dims))
+    if len(content) != expected:
+        raise ValueError(f"{path}: dims {dims} need {expected} bytes, the file has {len(content)}")
+    return np.frombuffer(content, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+@register_dataset("mnist")
+def load_mnist(split: str, *, root=None, image_size: Optional[int] = None, download: bool = False,
+               **ignored) -> ArrayDataset:
+    """MNIST from its IDX files (plain or .gz) in `root` or torchvision's `root/MNIST/raw`.
+    image_size: 28 (native), 32 (zero padding of 2 pixels per side, as is usual for U-Nets),
+    anything else a bilinear resize. 1 channel."""
+    image_path, label_path = _locate("mnist", root, download, (".", "MNIST/raw"),
+                                     MNIST_FILES[split], ("", ".gz"), MNIST_URL)
+    images, labels = read_idx(image_path), read_idx(label_path)
+    if images.ndim != 3 or images.dtype != np.uint8 or labels.shape != images.shape[:1]:
+        raise ValueError(f"{image_path} and {label_path} are not MNIST images [N, H, W] of "
+                         f"bytes and labels [N]: got {images.shape}, {labels.shape}")
+    data = _to_unit_interval(images[:, None])
+    if image_size == 32 and data.shape[-1] == 28:
+        data = F.pad(data, (2, 2, 2, 2))
+    else:
+        data = _resize(data, image_size or data.shape[-1])
+    return ArrayDataset(data, torch.from_numpy(labels.astype(np.int64)))
+
+
+# -- CIFAR-10: python pickle batches -------------------------------------------------------------
+CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+CIFAR10_FILES = {"train": tuple(f"data_batch_{i}" for i in range(1, 6)), "test": ("test_batch",)}
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickles plain containers and numpy arrays only: unpickling can run arbitrary code,
+    and these files come from wherever data.root points."""
+
+    _ALLOWED = {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")} | {
+        (f"numpy.{core}.{module}", name) for core in ("core", "_core")
+        for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"),
+                             ("numeric", "_frombuffer"))}
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self._ALLOWED:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a CIFAR batch")
+        return super().find_class(module, name)
+
+
+def read_cifar_batch(path) -> Dict[str, np.ndarray]:
+    """One CIFAR-10 batch: {'data': uint8 [N, 3, 32, 32], 'labels': int64 [N]}. The file
+    holds a dict with b'data' ([N, 3072], each row the red, green then blue planes row-major)
+    and b'labels'."""
+    with open(path, "rb") as f:
+        batch = _ArrayUnpickler(io.BytesIO(f.read()), encoding="bytes").load()
+    batch = {k.decode() if isinstance(k, bytes) else k: v for k, v in batch.items()}
+    data = np.asarray(batch["data"], dtype=np.uint8)
+    labels = np.asarray(batch["labels"], dtype=np.int64)
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != data.shape[:1]:
+        raise ValueError(f"{path} is not a CIFAR-10 batch: data {data.shape}, labels {labels.shape}")
+    return {"data": data.reshape(-1, 3, 32, 32), "labels": labels}
+
+
+@register_dataset("cifar10")
+def load_cifar10(split: str, *, root=None, image_size: Optional[int] = None, download: bool = False,
+                 **ignored) -> ArrayDataset:
+    """CIFAR-10 from its python batches in `root/cifar-10-batches-py` or `root` itself
+    (train: data_batch_1..5 in order; test: test_batch). 3 channels; image_size 32 is native,
+    anything else a bilinear resize."""
+    paths = _locate("cifar10", root, download, ("cifar-10-batches-py", "."),
+                    CIFAR10_FILES[split], ("",), CIFAR10_URL)
+    batches = [read_cifar_batch(path) for path in paths]
+    data = _to_unit_interval(np.concatenate([b["data"] for b in batches]))
+    labels = torch.from_numpy(np.concatenate([b["labels"] for b in batches]))
+    return ArrayDataset(_resize(data, image_size or 32), labels)
+
+
+# -- scaling and augmentation --------------------------------------------------------------------
+def to_model_space(x: torch.Tensor, centered: bool) -> torch.Tensor:
+    """Images in [0, 1] -> [-1, 1] when `centered` (as VP models expect), else unchanged."""
+    return 2 * x - 1 if centered else x
+
+
+def from_model_space(x: torch.Tensor, centered: bool) -> torch.Tensor:
+    """The inverse of `to_model_space`, clamped to [0, 1] (samples overshoot slightly)."""
+    return ((x + 1) / 2 if centered else x).clamp(0, 1)
+
+
+def uniform_dequantize(x: torch.Tensor, generator: Optional[torch.Generator] = None,
+                       levels: int = 256) -> torch.Tensor:
+    """Continuous data from discrete: x in [0, 1] on the grid k / (levels - 1) becomes
+    (k + u) / levels with u ~ U[0, 1), uniform on bin k = [k / levels, (k + 1) / levels), so that
+    likelihoods of the result are densities of a discrete model (Theis et al. 2016).
+    `quantize` inverts it. k is rounded from x, so x only needs to be near its grid point."""
+    k = torch.round(x * (levels - 1)).clamp_(0, levels - 1)
+    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+    y = (k + u) / levels
+    # k + u rounds up to k + 1 when u is within half an ulp of 1 (~1e-6 of float32 draws near
+    # k = 255): pull such values back below the bin's upper edge. Exact for power-of-two levels.
+    return torch.minimum(y, torch.nextafter((k + 1) / levels, torch.zeros_like(y)))
+
+
+def quantize(y: torch.Tensor, levels: int = 256) -> torch.Tensor:
+    """The inverse of `uniform_dequantize`: bin k = floor(y * levels) back to k / (levels - 1)."""
+    k = torch.floor(y.double() * levels).clamp_(0, levels - 1)
+    return (k / (levels - 1)).to(y.dtype)
+
+
+def random_flip(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """Mirror each image of the batch [B, C, H, W] left-right with probability 1/2."""
+    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
+    return torch.where(append_dims(flip, x.ndim), x.flip(-1), x)
+
+
+# -- batches -------------------------------------------------------------------------------------
+class BatchStream:
+    """Endless batches of indices into a data set of `dataset_size` samples.
+
+    Epoch e visits the indices in a permutation drawn from a generator seeded with
+    derive_seed(seed, e) (or in order when not `shuffle`), so that the whole sequence is a
+    function of (seed, epoch, position) and `state_dict()` = {epoch, position} resumes it
+    exactly. With `drop_last` an epoch's final incomplete batch is skipped.
+    """
+
+    def __init__(self, dataset_size: int, batch_size: int, seed: int = 0, shuffle: bool = True,
+                 drop_last: bool = True):
+        if dataset_size < 1 or batch_size < 1:
+            raise ValueError(f"need dataset_size >= 1 and batch_size >= 1, got {dataset_size}, {batch_size}")
+        if drop_last and batch_size > dataset_size:
+            raise ValueError(f"batch_size {batch_size} exceeds the {dataset_size} samples and "
+                             f"drop_last is set: no batch would ever be produced")
+        self.dataset_size, self.batch_size, self.seed = dataset_size, batch_size, seed
+        self.shuffle, self.drop_last = shuffle, drop_last
+        self.epoch, self.position = 0, 0
+        self._order, self._order_epoch = None, None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        full, rest = divmod(self.dataset_size, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+    def _epoch_order(self) -> torch.Tensor:
+        if self._order_epoch != self.epoch:
+            if self.shuffle:
+                generator = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
+                self._order = torch.randperm(self.dataset_size, generator=generator)
+            else:
+                self._order = torch.arange(self.dataset_size)
+            self._order_epoch = self.epoch
+        return self._order
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        remaining = self.dataset_size - self.position
+        if remaining <= 0 or (self.drop_last and remaining < self.batch_size):
+            self.epoch, self.position = self.epoch + 1, 0
+        batch = self._epoch_order()[self.position:self.position + self.batch_size]
+        self.position += batch.shape[0]
+        return batch
+
+    def state_dict(self) -> Dict[str, int]:
+        return {"epoch": self.epoch, "position": self.position}
+
+    def load_state_dict(self, state: Dict[str, int]) -> None:
+        epoch, position = int(state["epoch"]), int(state["position"])
+        if epoch < 0 or not 0 <= position <= self.dataset_size:
+            raise ValueError(f"invalid BatchStream state {state} for {self.dataset_size} samples")
+        self.epoch, self.position = epoch, position

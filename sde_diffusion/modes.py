@@ -1,0 +1,169 @@
+"""What main.py's modes do with a trained workdir: draw samples, score likelihoods, evaluate.
+
+Shared with the trainer: `draw_samples` (the configured sampler, in batches) and
+`save_sample_pictures` (an image grid, or a scatter plot against the data for 2-D sets).
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoints
+from .config import build_model, build_score_fn, build_sde, data_shape, is_image_data, sampler_options, select_device
+from .datasets import from_model_space, load_dataset
+from .ema import EMA
+from .plotting import save_image_grid, save_scatter
+from .sampling import sample
+
+
+def load_dataset_from_config(config, split: str):
+    data = config.data
+    return load_dataset(data.dataset, split, root=data.root or None,
+                        image_size=data.image_size if is_image_data(config) else None,
+                        download=data.download, num_points=data.num_points, seed=config.seed)
+
+
+def to_data_space(x: torch.Tensor, config) -> torch.Tensor:
+    """Samples in the model's space -> the data's ([0, 1] images; points unchanged)."""
+    return from_model_space(x, config.data.centered) if is_image_data(config) else x
+
+
+def draw_samples(score_fn, sde, config, num_samples: int, generator: torch.Generator,
+                 device: torch.device):
+    """`num_samples` samples in data space with the configured sampler; returns (x, nfe per batch)."""
+    sampling = config.sampling
+    options = sampler_options(config)
+    batches, nfe = [], 0
+    for start in range(0, num_samples, sampling.batch_size):
+        count = min(sampling.batch_size, num_samples - start)
+        x, nfe = sample(score_fn, sde, (count,) + data_shape(config), method=sampling.method,
+                        steps=sampling.steps, generator=generator, eps=sampling.eps, device=device, **options)
+        batches.append(to_data_space(x, config).cpu())
+    return torch.cat(batches), nfe
+
+
+def save_sample_pictures(samples: torch.Tensor, path, config, data=None, title: str = "") -> None:
+    if is_image_data(config):
+        save_image_grid(samples[:256], path)
+    else:
+        save_scatter(samples, path, data=data, title=title)
+
+
+def load_trained(config, workdir, device):
+    """(EMA network in eval mode, SDE, step) from the workdir's latest checkpoint (or the one
+    at `eval.checkpoint` when that is set)."""
+    if config.eval.checkpoint:
+        state = checkpoints.load_checkpoint(checkpoints.snapshot_path(workdir, config.eval.checkpoint), device)
+    else:
+        state = checkpoints.latest_checkpoint(workdir, device)
+    if state is None:
+        raise checkpoints.CheckpointError(f"no checkpoint in {workdir}; train first with --mode train")
+    model = build_model(config).to(device)
+    ema = EMA(model, config.model.ema_rate)
+    try:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0]
+        raise checkpoints.CheckpointError(
+            f"checkpoint in {workdir} does not fit this config's model: {first_line}") from error
+    return ema.averaged_model(model), build_sde(config), int(state["step"])
+
+
+def run_sample(config, workdir) -> dict:
+    device = select_device(config)
+    model, sde, step = load_trained(config, workdir, device)
+    score_fn = build_score_fn(model, sde, config)
+    generator = torch.Generator(device).manual_seed(config.seed)
+    start = time.perf_counter()
+    with torch.no_grad():
+        samples, nfe = draw_samples(score_fn, sde, config, config.sampling.num_samples, generator, device)
+    seconds = time.perf_counter() - start
+    folder = Path(workdir) / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    name = f"samples_{step}_{config.sampling.method}"
+    np.savez(folder / f"{name}.npz", samples=samples.numpy())
+    data = None if is_image_data(config) else load_dataset_from_config(config, "test").data
+    save_sample_pictures(samples, folder / f"{name}.png", config, data=data,
+                         title=f"{config.sampling.method}, step {step}, NFE {nfe}")
+    report = {"step": step, "num_samples": len(samples), "nfe": nfe, "seconds": round(seconds, 3),
+              "npz": str(folder / f"{name}.npz"), "png": str(folder / f"{name}.png")}
+    print(json.dumps(report))
+    return report
+
+
+def _write_report(workdir, name: str, report: dict) -> dict:
+    path = Path(workdir) / "eval" / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
+    return report
+
+
+def run_likelihood(config, workdir) -> dict:
+    """Bits/dim of test images (nats per point for 2-D sets) through the probability-flow ODE."""
+    from .likelihood import bits_per_dim, log_likelihood
+
+    device = select_device(config)
+    model, sde, step = load_trained(config, workdir, device)
+    score_fn = build_score_fn(model, sde, config)
+    evaluate = config.eval
+    generator = torch.Generator(device).manual_seed(config.seed)
+    options = dict(trace=evaluate.bpd_trace, rtol=evaluate.bpd_rtol, atol=evaluate.bpd_atol, generator=generator)
+    data = load_dataset_from_config(config, "test").data[:evaluate.bpd_num_images]
+    values, total_nfe = [], 0
+    start = time.perf_counter()
+    for batch in torch.split(data, evaluate.batch_size):
+        batch = batch.to(device)
+        if is_image_data(config):
+            value, nfe = bits_per_dim(score_fn, sde, batch, centered=config.data.centered, **options)
+        else:
+            logp, _, nfe = log_likelihood(score_fn, sde, batch, **options)
+            value = -logp
+        values.append(value.detach().cpu())
+        total_nfe += nfe
+    values = torch.cat(values)
+    unit = "bits_per_dim" if is_image_data(config) else "nats_per_point"
+    return _write_report(workdir, f"likelihood_{step}.json", {
+        "step": step, "metric": unit, "mean": values.mean().item(),
+        "stderr": (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan"),
+        "num": len(values), "trace": evaluate.bpd_trace, "nfe": total_nfe,
+        "seconds": round(time.perf_counter() - start, 3)})
+
+
+def run_eval(config, workdir) -> dict:
+    """Sample quality: sliced Wasserstein distance to the test set for 2-D sets; FID and KID
+    through clean-fid for images."""
+    from .evaluate import fid_kid, load_inception, sliced_wasserstein
+
+    device = select_device(config)
+    evaluate = config.eval
+    feature_extractor = None
+    if is_image_data(config):  # fail on missing Inception weights before sampling for an hour
+        feature_extractor = load_inception(evaluate.inception_path or None, device)
+    model, sde, step = load_trained(config, workdir, device)
+    score_fn = build_score_fn(model, sde, config)
+    generator = torch.Generator(device).manual_seed(config.seed)
+    start = time.perf_counter()
+    with torch.no_grad():
+        samples, nfe = draw_samples(score_fn, sde, config, evaluate.num_samples, generator, device)
+    test = load_dataset_from_config(config, "test").data
+    report = {"step": step, "num_samples": len(samples), "sampler": config.sampling.method, "nfe": nfe}
+    if is_image_data(config):
+        report.update(fid_kid(_to_uint8_hwc(samples), _to_uint8_hwc(test),
+                              feature_extractor=feature_extractor, device=device))
+    else:
+        projection_generator = torch.Generator().manual_seed(config.seed)
+        report["sliced_wasserstein"] = sliced_wasserstein(samples.double(), test.double(),
+                                                          generator=projection_generator)
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    return _write_report(workdir, f"eval_{step}.json", report)
+
+
+def _to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] in [0, 1] -> uint8 [N, H, W, C], the layout clean-fid reads."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
