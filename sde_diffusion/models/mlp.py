@@ -1,26 +1,17 @@
 """A time-conditioned MLP for low-dimensional data (2-D toy sets, small vectors).
 
 Residual blocks of SiLU MLPs, each adding a projection of the noise-label embedding, as the
-U-Nets do per residual block (Ho et al. 2020); a zero-initialised output layer so that training
-starts from eps_pred = 0 (a score of 0), the least harmful guess at every noise level.
+U-Nets do per residual block (Ho et al. 2020); a zero-initialised output layer so that every
+noise level starts from the same output (eps_pred = 0) rather than from a random one.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import nn
 
 from ..utils import append_dims
+from .layers import GaussianFourierProjection, sinusoidal_embedding
 from .registry import register_model
-
-
-def sinusoidal_embedding(labels: torch.Tensor, dim: int, max_period: float = 10000.0) -> torch.Tensor:
-    """Transformer position encoding of real-valued labels (Vaswani et al. 2017, sec. 3.5)."""
-    half = dim // 2
-    frequencies = torch.exp(-math.log(max_period) * torch.arange(half, device=labels.device) / max(half - 1, 1))
-    angles = labels.float()[:, None] * frequencies[None]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
 
 
 class _ResidualBlock(nn.Module):
@@ -47,8 +38,7 @@ class MLP(nn.Module):
             raise ValueError(f"model.embedding_type must be 'positional' or 'fourier', got {embedding_type!r}")
         self.embedding_type, self.embed_dim, self.scale_by_sigma = embedding_type, embed_dim, scale_by_sigma
         if embedding_type == "fourier":
-            # Random Fourier features of log sigma (Tancik et al. 2020; Song et al. 2021, app. H).
-            self.register_buffer("fourier_weights", torch.randn(embed_dim // 2) * fourier_scale)
+            self.fourier_projection = GaussianFourierProjection(embed_dim // 2, scale=fourier_scale)
         self.embed_mlp = nn.Sequential(nn.Linear(embed_dim, embed_dim), nn.SiLU(), nn.Linear(embed_dim, embed_dim))
         self.input = nn.Linear(data_dim, width)
         self.blocks = nn.ModuleList(_ResidualBlock(width, embed_dim) for _ in range(num_blocks))
@@ -66,8 +56,7 @@ class MLP(nn.Module):
 
     def _embed(self, labels: torch.Tensor) -> torch.Tensor:
         if self.embedding_type == "fourier":
-            angles = 2 * math.pi * torch.log(labels.float())[:, None] * self.fourier_weights[None]
-            embedding = torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+            embedding = self.fourier_projection(torch.log(labels.float()))
         else:
             embedding = sinusoidal_embedding(labels, self.embed_dim)
         return self.embed_mlp(embedding)

@@ -1,0 +1,126 @@
+"""Configs: every shipped file loads and validates, builds the objects it names, and each bad
+value stops with an error naming its field."""
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+from sde_diffusion import losses
+from sde_diffusion.config import (ConfigError, build_loss, build_sde, data_shape, sampler_options,
+                                  validate_config)
+from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+METHOD_CONFIGS = ["vp_cifar10", "subvp_cifar10", "ve_cifar10", "ddpm_cifar10", "ncsn_cifar10",
+                  "vp_toy", "ve_toy", "vp_digits", "ve_digits"]
+
+
+def load_config(name):
+    spec = importlib.util.spec_from_file_location(name, CONFIG_DIR / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+@pytest.mark.parametrize("name", METHOD_CONFIGS)
+def test_shipped_configs_validate(name):
+    validate_config(load_config(name))
+
+
+@pytest.mark.parametrize("name, sde_type, continuous", [
+    ("vp_cifar10", VPSDE, True), ("subvp_cifar10", SubVPSDE, True), ("ve_cifar10", VESDE, True),
+    ("ddpm_cifar10", VPSDE, False), ("ncsn_cifar10", VESDE, False)])
+def test_cifar10_configs_name_their_method(name, sde_type, continuous):
+    config = load_config(name)
+    assert type(build_sde(config)) is sde_type
+    assert config.training.continuous is continuous
+    assert data_shape(config) == (3, 32, 32)
+
+
+def test_ddpm_config_has_the_papers_hyper_parameters():
+    config = load_config("ddpm_cifar10")
+    sde = build_sde(config)
+    assert sde.N == 1000
+    torch.testing.assert_close(sde.discrete_betas[[0, -1]], torch.tensor([1e-4, 0.02], dtype=torch.float64))
+    assert (config.optim.lr, config.optim.warmup, config.optim.grad_clip) == (2e-4, 5000, 1.0)
+    assert (config.training.batch_size, config.model.dropout, config.model.ema_rate) == (128, 0.1, 0.9999)
+    assert (config.model.nf, tuple(config.model.ch_mult), config.model.num_res_blocks) == (128, (1, 2, 2, 2), 2)
+
+
+def test_discrete_losses_follow_the_sde():
+    """The DDPM loss for discrete VP, the SMLD loss for discrete VE: each equals the library loss
+    called directly with the same noise."""
+    for name, direct in (("ddpm_cifar10", losses.ddpm_loss), ("ncsn_cifar10", losses.smld_loss)):
+        config = load_config(name)
+        sde = build_sde(config)
+        x = torch.rand(4, 3)
+        score_fn = lambda x, t: -x  # noqa: E731
+        got = build_loss(config, sde)(score_fn, x, torch.Generator().manual_seed(0))
+        want = direct(score_fn, sde, x, reduce_mean=config.training.reduce_mean,
+                      generator=torch.Generator().manual_seed(0))
+        assert torch.equal(got, want)
+
+
+def test_sampler_options_are_the_samplers_keywords():
+    config = load_config("vp_toy")
+    assert sampler_options(config) == {"predictor": "euler_maruyama", "corrector": "none", "snr": 0.16,
+                                       "n_steps": 1, "denoise": True}
+    config.sampling.method = "ode"
+    assert set(sampler_options(config)) == {"rtol", "atol", "denoise"}  # solver "" = default
+
+
+BAD_VALUES = [
+    ("training.sde", "vpsdee", "training.sde"),
+    ("model.name", "unet9000", "model.name"),
+    ("sampling.method", "magic", "sampling.method"),
+    ("sampling.predictor", "leapfrog", "sampling.predictor"),
+    ("sampling.corrector", "hmc", "sampling.corrector"),
+    ("data.dataset", "imagenet", "data.dataset"),
+    ("training.batch_size", 0, "training.batch_size"),
+    ("training.n_iters", -5, "training.n_iters"),
+    ("sampling.steps", 0, "sampling.steps"),
+    ("model.num_scales", 0, "model.num_scales"),
+    ("optim.lr", 0.0, "optim.lr"),
+    ("model.ema_rate", 1.0, "model.ema_rate"),
+    ("model.sigma_min", -1.0, "model.sigma_min"),
+    ("eval.bpd_trace", "approx", "eval.bpd_trace"),
+]
+
+
+@pytest.mark.parametrize("field, value, named", BAD_VALUES)
+def test_bad_values_name_their_field(field, value, named):
+    config = load_config("vp_toy")
+    section, name = field.split(".")
+    config[section][name] = value
+    with pytest.raises(ConfigError, match=f"config.{named}"):
+        validate_config(config)
+
+
+def test_resolution_the_network_cannot_take():
+    config = load_config("vp_cifar10")
+    config.data.image_size = 36  # four levels halve three times: needs a multiple of 8
+    with pytest.raises(ConfigError, match="config.data.image_size"):
+        validate_config(config)
+    config = load_config("vp_cifar10")
+    config.model.attn_resolutions = (12,)
+    with pytest.raises(ConfigError, match="config.model.attn_resolutions"):
+        validate_config(config)
+
+
+def test_discrete_sub_vp_and_ancestral_sub_vp_are_refused():
+    config = load_config("subvp_cifar10")
+    config.training.continuous = False
+    with pytest.raises(ConfigError, match="config.training.sde"):
+        validate_config(config)
+    config = load_config("subvp_cifar10")
+    config.sampling.predictor = "ancestral"
+    with pytest.raises(ConfigError, match="config.sampling.predictor"):
+        validate_config(config)
+
+
+def test_image_network_on_point_data_is_refused():
+    config = load_config("vp_toy")
+    config.model.name = "ddpm"
+    with pytest.raises(ConfigError, match="config.model.name"):
+        validate_config(config)
