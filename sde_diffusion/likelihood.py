@@ -12,7 +12,7 @@ Hutchinson's unbiased estimate E[v^T (d f~/dx) v] with one probe v per solve (Gr
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 

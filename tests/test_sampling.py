@@ -1,9 +1,8 @@
-import math
 
 import pytest
 import torch
 
-from sde_diffusion.sampling import (CORRECTORS, PREDICTORS, SAMPLERS, AffineStep, decode, encode,
+from sde_diffusion.sampling import (PREDICTORS, AffineStep, decode, encode,
                                     register_predictor, sample)
 from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
 
