@@ -1,6 +1,7 @@
 """Discrete DDPM (Ho et al. 2020): the VP chain with 1000 steps, the simple eps loss, the
-35.7M-parameter U-Net, ancestral sampling. The DDPM paper's hyper-parameters: Adam 2e-4,
-batch 128, 5000 warmup steps, gradient clipping at 1, dropout 0.1, EMA 0.9999, random flips."""
+DDPM U-Net (35.2M parameters as built here), ancestral sampling. The DDPM paper's
+hyper-parameters: Adam 2e-4, batch 128, 5000 warmup steps, gradient clipping at 1, dropout 0.1,
+EMA 0.9999, random flips."""
 from configs.default_cifar10 import get_default_configs
 
 

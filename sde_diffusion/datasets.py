@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .toy_data import TOY_DATA, toy_mixture  # noqa: F401  (toy_mixture: part of this API)
+from .toy_data import TOY_DATA
 from .utils import Registry, append_dims
 
 SPLITS = ("train", "test")

@@ -66,6 +66,16 @@ class SDE(abc.ABC):
     def marginal_coefs(self, t: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(m(t), s(t)) with p_t(x_t | x_0) = N(m(t) x_0, s(t)^2 I)."""
 
+    def log_snr(self, t: torch.Tensor) -> torch.Tensor:
+        """lambda(t) = log(m(t)^2 / s(t)^2), decreasing in t: the time variable of DDIM and
+        DPM-Solver (Lu et al. 2022, sec. 3.1)."""
+        mean_coef, std = self.marginal_coefs(t)
+        return 2 * (torch.log(mean_coef) - torch.log(std))
+
+    @abc.abstractmethod
+    def time_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
+        """The inverse of `log_snr`: the time t with lambda(t) = log_snr."""
+
     @property
     @abc.abstractmethod
     def prior_std(self) -> float:
@@ -234,6 +244,10 @@ class VPSDE(_LinearBetaSDE):
         log_mean = -0.5 * self.integrated_beta(t)
         return torch.exp(log_mean), torch.sqrt(-torch.expm1(2 * log_mean))
 
+    def time_of_log_snr(self, log_snr):
+        # alpha_bar / (1 - alpha_bar) = exp(lambda), so alpha_bar = sigmoid(lambda).
+        return self.time_of_alpha_bar(torch.sigmoid(log_snr))
+
     def chain_coefs(self, index):
         # DDPM's forward step x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z.
         beta = self.discrete_betas.to(index.device)[index]
@@ -266,6 +280,13 @@ class SubVPSDE(_LinearBetaSDE):
         # Song et al. 2021, eq. 30: mean exp(-B/2), std 1 - exp(-B) with B = int_0^t beta.
         integral = self.integrated_beta(t)
         return torch.exp(-0.5 * integral), -torch.expm1(-integral)
+
+    def time_of_log_snr(self, log_snr):
+        # With a = exp(-B/2), the root of r a^2 + a - r = 0 for r = exp(lambda / 2) = a / (1 - a^2),
+        # written as 2r / (1 + sqrt(1 + 4 r^2)) to stay accurate when r is small or large.
+        r = torch.exp(0.5 * log_snr)
+        mean_coef = 2 * r / (1 + torch.sqrt(1 + 4 * r * r))
+        return self.time_of_alpha_bar(mean_coef ** 2)
 
     def chain_coefs(self, index):
         # No published chain: the Euler-Maruyama step of length T / N at the step's time.
@@ -306,6 +327,10 @@ class VESDE(SDE):
         # The perturbation kernel has variance sigma(t)^2 - sigma(0)^2 strictly; like the
         # reference code we take sigma(t)^2 so that p_0 is the data smoothed by sigma_min.
         return torch.ones_like(t), self.sigma(t)
+
+    def time_of_log_snr(self, log_snr):
+        # sigma = exp(-lambda / 2) = sigma_min (sigma_max / sigma_min)^t.
+        return (-0.5 * log_snr - math.log(self.sigma_min)) / self._log_ratio
 
     def _sigma_pairs(self, index):
         sigmas = self.discrete_sigmas.to(index.device)

@@ -9,8 +9,8 @@ import torch
 
 from sde_diffusion import datasets
 from sde_diffusion.datasets import (DATASETS, TOY_DATA, BatchStream, from_model_space, load_dataset,
-                                    quantize, random_flip, read_idx, to_model_space, toy_mixture,
-                                    uniform_dequantize)
+                                    quantize, random_flip, read_idx, to_model_space, uniform_dequantize)
+from sde_diffusion.toy_data import toy_mixture
 
 
 @pytest.fixture(autouse=True)

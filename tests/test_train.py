@@ -8,7 +8,7 @@ import torch
 
 from sde_diffusion import checkpoints
 from sde_diffusion.config import build_model, build_score_fn, build_sde
-from sde_diffusion.datasets import toy_mixture
+from sde_diffusion.toy_data import toy_mixture
 from sde_diffusion.evaluate import sliced_wasserstein
 from sde_diffusion.modes import draw_samples, load_trained
 from sde_diffusion.train import train

@@ -1,12 +1,14 @@
 """Samplers behind one entry point, `sample(score_fn, sde, shape, method=..., steps=...)`."""
-from .registry import SAMPLERS, CountingScore, register_sampler, sample, uniform_timesteps
+from .registry import SAMPLERS, CountingScore, register_sampler, sample
+from .schedules import SCHEDULES, get_timesteps, register_schedule
 from .pc import CORRECTORS, PREDICTORS, AffineStep, pc_sampler, register_corrector, register_predictor
 from . import sde_solver  # noqa: F401  (registers "sde_solver")
+from .fast import data_prediction, ddim_sampler, dpm_solver_pp_sampler, heun_sampler
 from .ode import decode, encode, ode_sampler, probability_flow_drift, solve_probability_flow, tweedie_denoise
 
 __all__ = [
     "SAMPLERS", "PREDICTORS", "CORRECTORS", "AffineStep", "CountingScore",
     "sample", "register_sampler", "register_predictor", "register_corrector",
-    "uniform_timesteps", "pc_sampler", "ode_sampler", "encode", "decode",
-    "probability_flow_drift", "solve_probability_flow", "tweedie_denoise",
+    "SCHEDULES", "get_timesteps", "register_schedule", "pc_sampler", "ode_sampler", "encode", "decode",
+    "probability_flow_drift", "data_prediction", "ddim_sampler", "dpm_solver_pp_sampler", "heun_sampler", "solve_probability_flow", "tweedie_denoise",
 ]

@@ -14,6 +14,7 @@ import torch
 
 from ..sdes import SDE, ScoreFn
 from ..utils import Registry, Seed, make_generator
+from .schedules import get_timesteps
 
 SAMPLERS: Registry = Registry("sampler")
 register_sampler = SAMPLERS.register
@@ -32,27 +33,18 @@ class CountingScore:
         return self.score_fn(x, t)
 
 
-def uniform_timesteps(sde: SDE, steps: int, eps: float = 1e-3,
-                      device=None, dtype=torch.float64) -> torch.Tensor:
-    """`steps` times uniform from T down to eps, the grid of Song et al. 2021."""
-    if int(steps) < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps}")
-    if not 0 <= eps < sde.T:
-        raise ValueError(f"eps must lie in [0, T={sde.T}), got {eps}")
-    return torch.linspace(sde.T, eps, int(steps), device=device, dtype=dtype)
-
-
 def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "pc",
            steps: Optional[int] = None, generator: Seed = None, *, eps: float = 1e-3,
            z: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32,
-           device: Union[str, torch.device, None] = None,
-           **options) -> Tuple[torch.Tensor, int]:
+           device: Union[str, torch.device, None] = None, schedule: str = "uniform",
+           rho: Optional[float] = None, **options) -> Tuple[torch.Tensor, int]:
     """Draw samples of `shape` ([B, ...]) by `method` with `steps` steps; returns (x, nfe).
 
     steps: grid size (default sde.N); eps: the last time of the grid (the reverse process
     stops at t = eps > 0, where the score is still finite); z: start from this latent instead
     of a prior sample (decoding with `ode`); generator: an int seed or a torch.Generator
-    that makes the run reproducible; options: the sampler's own (see each sampler).
+    that makes the run reproducible; schedule: the grid's spacing (`schedules.SCHEDULES`:
+    uniform, quadratic, logsnr, karras with `rho`); options: the sampler's own.
     """
     sampler = SAMPLERS.get_or_raise(method)
     device = torch.device(device) if device is not None else (z.device if z is not None else torch.device("cpu"))
@@ -61,7 +53,9 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "pc"
         x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
     else:
         x = z.to(device=device, dtype=dtype)
-    timesteps = uniform_timesteps(sde, steps if steps is not None else sde.N, eps, device=device)
+    schedule_options = {} if rho is None else {"rho": rho}
+    timesteps = get_timesteps(sde, steps if steps is not None else sde.N, eps, schedule,
+                              device=device, **schedule_options)
     counted = CountingScore(score_fn)
     x = sampler(counted, sde, x, timesteps, generator, **options)
     return x, counted.calls

@@ -1,0 +1,177 @@
+"""Few-step samplers written in the SDE's marginal coefficients: DDIM, Heun (EDM) and
+DPM-Solver++.
+
+With p_t(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) (alpha = m(t), sigma = s(t) of the SDE), the
+score gives the data prediction x0(x, t) = (x + sigma_t^2 score) / alpha_t (Tweedie) and the noise
+prediction eps(x, t) = -sigma_t score. Every sampler below needs only (alpha, sigma) on its grid,
+so each runs unchanged on VP, sub-VP and VE.
+
+Grid convention (shared with `pc`): the sampler evaluates the score at the `steps` times
+`timesteps` (T down to eps) and its last step goes from eps to the data itself
+(alpha = 1, sigma = 0), where the update is x = x0(x, eps). So one evaluation per grid time for
+DDIM and DPM-Solver++ (NFE = steps) and two for Heun but one for its last step (NFE = 2 steps - 1).
+"""
+from __future__ import annotations
+
+import math
+from typing import List, NamedTuple, Optional
+
+import torch
+
+from ..sdes import SDE
+from ..utils import randn
+from .registry import register_sampler
+
+
+class _Grid(NamedTuple):
+    """Per-step scalars, as Python floats, for the grid times plus the final data point."""
+    times: List[float]       # t_0 = T > ... > t_{n-1} = eps (n = steps)
+    alphas: List[float]      # alpha at t_0 .. t_{n-1}, then 1 (the data)
+    sigmas: List[float]      # sigma at t_0 .. t_{n-1}, then 0
+    half_log_snr: List[float]  # log(alpha / sigma) at t_0 .. t_{n-1}, then +inf
+
+
+def _grid(sde: SDE, timesteps: torch.Tensor) -> _Grid:
+    times = timesteps.to(torch.float64)
+    alpha, sigma = sde.marginal_coefs(times)
+    lam = torch.log(alpha) - torch.log(sigma)
+    return _Grid(times.tolist(), alpha.tolist() + [1.0], sigma.tolist() + [0.0], lam.tolist() + [math.inf])
+
+
+def _time_batch(t: float, x: torch.Tensor) -> torch.Tensor:
+    return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
+
+
+def data_prediction(score_fn, x: torch.Tensor, t: float, alpha: float, sigma: float) -> torch.Tensor:
+    """x0(x, t) = (x + sigma_t^2 score(x, t)) / alpha_t: E[x_0 | x_t] by Tweedie's formula."""
+    return (x + sigma * sigma * score_fn(x, _time_batch(t, x))) / alpha
+
+
+# -- DDIM ------------------------------------------------------------------------------------
+@register_sampler("ddim")
+def ddim_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
+                 generator: Optional[torch.Generator] = None, *, eta: float = 0.0) -> torch.Tensor:
+    """DDIM (Song et al. 2021a, eq. 12) for any Gaussian kernel: from t to s,
+
+        x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z,
+        c = eta sigma_s sqrt(1 - exp(lambda_t - lambda_s)),
+
+    where lambda is the log-SNR; c is the std of q(x_s | x_t, x_0) times eta, so eta = 0 is the
+    deterministic DDIM (the first-order solver of the probability-flow ODE in lambda) and
+    eta = 1 samples the exact posterior like DDPM's ancestral step."""
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    grid = _grid(sde, timesteps)
+    n = len(grid.times)
+    for k in range(n):
+        alpha_t, sigma_t = grid.alphas[k], grid.sigmas[k]
+        x0 = data_prediction(score_fn, x, grid.times[k], alpha_t, sigma_t)
+        if k == n - 1:
+            return x0
+        alpha_s, sigma_s = grid.alphas[k + 1], grid.sigmas[k + 1]
+        log_snr_gap = 2 * (grid.half_log_snr[k] - grid.half_log_snr[k + 1])  # lambda_t - lambda_s <= 0
+        noise_std = eta * sigma_s * math.sqrt(-math.expm1(log_snr_gap))
+        noise_std = min(noise_std, sigma_s)  # eta > 1 cannot take more noise than sigma_s holds
+        eps = (x - alpha_t * x0) / sigma_t
+        x = alpha_s * x0 + math.sqrt(sigma_s ** 2 - noise_std ** 2) * eps
+        if noise_std > 0:
+            x = x + noise_std * randn(x.shape, generator, x)
+    return x
+
+
+# -- Heun, Karras et al. 2022 ----------------------------------------------------------------
+@register_sampler("heun")
+def heun_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
+                 generator: Optional[torch.Generator] = None, *, churn: float = 0.0,
+                 churn_min: float = 0.0, churn_max: float = math.inf,
+                 churn_noise: float = 1.0) -> torch.Tensor:
+    """Heun's 2nd-order method with optional stochastic churn (Karras et al. 2022, Algorithm 2).
+
+    It works on y = x / alpha_t, whose noise level is sigma~ = sigma_t / alpha_t: the
+    probability-flow ODE becomes dy/dsigma~ = (y - x0(y)) / sigma~ (their eq. 3 with s = 1).
+    churn (S_churn) adds noise to raise sigma~ by gamma = min(churn / steps, sqrt(2) - 1) at
+    grid levels within [churn_min, churn_max] (S_tmin, S_tmax) before each step; churn_noise is
+    S_noise. The last step, to sigma~ = 0, is an Euler step (their Algorithm 2, line 9)."""
+    grid = _grid(sde, timesteps)
+    n = len(grid.times)
+    noise_levels = [s / a for a, s in zip(grid.alphas, grid.sigmas)]  # sigma~, ends with 0
+    gamma_max = min(churn / n, math.sqrt(2) - 1) if churn > 0 else 0.0
+    top_level = noise_levels[0]
+
+    def denoise(y: torch.Tensor, level: float) -> torch.Tensor:
+        # Evaluate the score at the time whose noise level is `level`; the network sees x = alpha y.
+        t = grid.times[0] if level >= top_level else float(sde.time_of_log_snr(
+            torch.tensor(-2 * math.log(level), dtype=torch.float64)))
+        alpha, sigma = (c.item() for c in sde.marginal_coefs(torch.tensor(t, dtype=torch.float64)))
+        return data_prediction(score_fn, alpha * y, t, alpha, sigma)
+
+    y = x / grid.alphas[0]
+    for k in range(n):
+        level, next_level = noise_levels[k], noise_levels[k + 1]
+        gamma = gamma_max if churn_min <= level <= churn_max else 0.0
+        if gamma > 0:  # churn: go up to level_hat by adding fresh noise
+            level_hat = min(level * (1 + gamma), top_level)
+            extra = math.sqrt(max(level_hat ** 2 - level ** 2, 0.0)) * churn_noise
+            y = y + extra * randn(y.shape, generator, y)
+            level = level_hat
+            x0 = denoise(y, level)
+        else:
+            x0 = data_prediction(score_fn, grid.alphas[k] * y, grid.times[k], grid.alphas[k], grid.sigmas[k])
+        slope = (y - x0) / level
+        y_next = y + (next_level - level) * slope
+        if next_level > 0:  # 2nd-order correction with the slope at the end of the step
+            x0_next = data_prediction(score_fn, grid.alphas[k + 1] * y_next, grid.times[k + 1],
+                                      grid.alphas[k + 1], grid.sigmas[k + 1])
+            slope_next = (y_next - x0_next) / next_level
+            y_next = y + (next_level - level) * 0.5 * (slope + slope_next)
+        y = y_next
+    return y  # alpha = 1 at the data
+
+
+# -- DPM-Solver++ ----------------------------------------------------------------------------
+@register_sampler("dpm_solver++")
+def dpm_solver_pp_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
+                          generator: Optional[torch.Generator] = None, *, order: int = 2,
+                          eta: float = 0.0) -> torch.Tensor:
+    """Multistep DPM-Solver++ in the data prediction (Lu et al. 2022b), orders 1 to 3; eta > 0 is
+    its SDE variant (eta = 1: DPM-Solver++(2M) SDE, their eq. for the SDE solver).
+
+    With half log-SNR l = log(alpha / sigma) and h = l_s - l_t, the first-order step is
+
+        x_s = (sigma_s / sigma_t) e^(-eta h) x_t + alpha_s (1 - e^(-(1 + eta) h)) x0_t
+              + sigma_s sqrt(1 - e^(-2 eta h)) z,
+
+    (DDIM for eta = 0), and orders 2 and 3 add finite differences of the previous x0 along l
+    (the multistep corrections of Lu et al. 2022b, Algorithm 2, and the 3rd-order phi terms).
+    The first steps use the orders their history allows; the last step returns x0(x, eps)."""
+    if order not in (1, 2, 3):
+        raise ValueError(f"order must be 1, 2 or 3, got {order}")
+    if eta < 0:
+        raise ValueError(f"eta must be >= 0, got {eta}")
+    grid = _grid(sde, timesteps)
+    n = len(grid.times)
+    lam = grid.half_log_snr
+    history: List[torch.Tensor] = []  # x0 at the latest grid times, newest last
+    for k in range(n):
+        x0 = data_prediction(score_fn, x, grid.times[k], grid.alphas[k], grid.sigmas[k])
+        if k == n - 1:
+            return x0
+        history = (history + [x0])[-order:]
+        h = lam[k + 1] - lam[k]
+        h_eta = h * (1 + eta)
+        alpha_s, sigma_s = grid.alphas[k + 1], grid.sigmas[k + 1]
+        x = (sigma_s / grid.sigmas[k]) * math.exp(-eta * h) * x + alpha_s * -math.expm1(-h_eta) * x0
+        if len(history) == 2:
+            r = (lam[k] - lam[k - 1]) / h
+            x = x + alpha_s * -math.expm1(-h_eta) / (2 * r) * (x0 - history[-2])
+        elif len(history) == 3:
+            r0, r1 = (lam[k] - lam[k - 1]) / h, (lam[k - 1] - lam[k - 2]) / h
+            d1_0, d1_1 = (x0 - history[-2]) / r0, (history[-2] - history[-3]) / r1
+            d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
+            d2 = (d1_0 - d1_1) / (r0 + r1)
+            phi_2 = math.expm1(-h_eta) / h_eta + 1
+            phi_3 = phi_2 / h_eta - 0.5
+            x = x + alpha_s * (phi_2 * d1 - phi_3 * d2)
+        if eta > 0:
+            x = x + sigma_s * math.sqrt(-math.expm1(-2 * eta * h)) * randn(x.shape, generator, x)
+    return x
