@@ -26,6 +26,11 @@ def get_base_config():
     sampling.method = "pc"                # any registered sampler
     sampling.steps = 1000
     sampling.eps = 1e-3
+    sampling.schedule = "uniform"         # time grid: uniform, quadratic, logsnr, karras
+    sampling.rho = 7.0                    # karras schedule's exponent
+    sampling.eta = 0.0                    # ddim, dpm_solver++: 0 deterministic, 1 stochastic
+    sampling.order = 2                    # dpm_solver++: 1, 2 or 3
+    sampling.churn = 0.0                  # heun: Karras et al.'s S_churn
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"
     sampling.snr = 0.16

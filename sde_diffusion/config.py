@@ -15,7 +15,7 @@ import torch
 
 from . import losses
 from .models import get_model, model_names, score_fn_from_model
-from .sampling import CORRECTORS, PREDICTORS, SAMPLERS
+from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
 from .sdes import SDES, SDE, ScoreFn, get_sde
 
 MODES = ("train", "sample", "likelihood", "eval")
@@ -63,6 +63,7 @@ def validate_config(config) -> None:
     _known(config.sampling.method, SAMPLERS, "sampling.method")
     _known(config.sampling.predictor, PREDICTORS, "sampling.predictor")
     _known(config.sampling.corrector, CORRECTORS, "sampling.corrector")
+    _known(config.sampling.schedule, SCHEDULES, "sampling.schedule")
     _known(config.data.dataset, DATASETS, "data.dataset")
     for field in ("training.batch_size", "training.n_iters", "training.log_freq", "training.eval_freq",
                   "training.snapshot_freq", "training.snapshot_freq_for_preemption",
@@ -77,6 +78,10 @@ def validate_config(config) -> None:
     _require(0 <= config.model.get("dropout", 0.0) < 1, "model.dropout", "must lie in [0, 1)",
              config.model.get("dropout"))
     _require(0 <= config.sampling.eps < 1, "sampling.eps", "must lie in [0, 1)", config.sampling.eps)
+    if config.sampling.schedule in ("logsnr", "karras"):
+        _require(config.sampling.eps > 0, "sampling.eps",
+                 f"must be > 0 for the {config.sampling.schedule} schedule", config.sampling.eps)
+    _positive_number(config, "sampling.rho")
     _require(config.optim.optimizer in ("Adam", "AdamW"), "optim.optimizer", "must be 'Adam' or 'AdamW'",
              config.optim.optimizer)
     _require(config.optim.warmup >= 0, "optim.warmup", "must be >= 0", config.optim.warmup)

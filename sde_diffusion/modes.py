@@ -41,7 +41,9 @@ def draw_samples(score_fn, sde, config, num_samples: int, generator: torch.Gener
     for start in range(0, num_samples, sampling.batch_size):
         count = min(sampling.batch_size, num_samples - start)
         x, nfe = sample(score_fn, sde, (count,) + data_shape(config), method=sampling.method,
-                        steps=sampling.steps, generator=generator, eps=sampling.eps, device=device, **options)
+                        steps=sampling.steps, generator=generator, eps=sampling.eps, device=device,
+                        schedule=sampling.schedule, rho=sampling.rho if sampling.schedule == "karras" else None,
+                        **options)
         batches.append(to_data_space(x, config).cpu())
     return torch.cat(batches), nfe
 
@@ -143,7 +145,10 @@ def run_eval(config, workdir) -> dict:
     device = select_device(config)
     evaluate = config.eval
     feature_extractor = None
-    if is_image_data(config):  # fail on missing Inception weights before sampling for an hour
+    digits = config.data.dataset == "digits"
+    # Fail on missing Inception weights before sampling for an hour. Digits are also (and
+    # without Inception weights, only) judged in a digit classifier's feature space.
+    if is_image_data(config) and (evaluate.inception_path or not digits):
         feature_extractor = load_inception(evaluate.inception_path or None, device)
     model, sde, step = load_trained(config, workdir, device)
     score_fn = build_score_fn(model, sde, config)
@@ -153,15 +158,28 @@ def run_eval(config, workdir) -> dict:
         samples, nfe = draw_samples(score_fn, sde, config, evaluate.num_samples, generator, device)
     test = load_dataset_from_config(config, "test").data
     report = {"step": step, "num_samples": len(samples), "sampler": config.sampling.method, "nfe": nfe}
-    if is_image_data(config):
+    if feature_extractor is not None:
         report.update(fid_kid(_to_uint8_hwc(samples), _to_uint8_hwc(test),
                               feature_extractor=feature_extractor, device=device))
+    if digits:
+        report.update(digits_scores(samples, test, config.data.image_size))
     else:
         projection_generator = torch.Generator().manual_seed(config.seed)
         report["sliced_wasserstein"] = sliced_wasserstein(samples.double(), test.double(),
                                                           generator=projection_generator)
     report["seconds"] = round(time.perf_counter() - start, 3)
     return _write_report(workdir, f"eval_{step}.json", report)
+
+
+def digits_scores(samples: torch.Tensor, test: torch.Tensor, image_size: int) -> dict:
+    """Frechet and kernel distances between samples and test digits in the feature space of
+    the digits classifier (`digits_judge`), the digit analogue of FID and KID."""
+    from .digits_judge import DigitsJudge
+    from .evaluate import fid_kid
+
+    judge = DigitsJudge(image_size)
+    scores = fid_kid(judge.features(samples), judge.features(test), kid_subset_size=min(1000, len(test)))
+    return {"fd_digits": scores["fid"], "kd_digits": scores["kid"]}
 
 
 def _to_uint8_hwc(images: torch.Tensor) -> np.ndarray:

@@ -85,6 +85,8 @@ BAD_VALUES = [
     ("model.ema_rate", 1.0, "model.ema_rate"),
     ("model.sigma_min", -1.0, "model.sigma_min"),
     ("eval.bpd_trace", "approx", "eval.bpd_trace"),
+    ("sampling.schedule", "cosine", "sampling.schedule"),
+    ("sampling.rho", 0.0, "sampling.rho"),
 ]
 
 
@@ -94,6 +96,13 @@ def test_bad_values_name_their_field(field, value, named):
     section, name = field.split(".")
     config[section][name] = value
     with pytest.raises(ConfigError, match=f"config.{named}"):
+        validate_config(config)
+
+
+def test_log_snr_schedules_need_a_positive_eps():
+    config = load_config("vp_toy")
+    config.sampling.schedule, config.sampling.eps = "logsnr", 0.0
+    with pytest.raises(ConfigError, match="config.sampling.eps"):
         validate_config(config)
 
 

@@ -44,6 +44,15 @@ def test_sample_mode_writes_npz_and_png(workdir):
     assert Path(report["png"]).stat().st_size > 10_000
 
 
+def test_sample_mode_takes_fast_samplers_and_schedules(workdir):
+    result = main_py(f"--workdir={workdir}", "--mode=sample", *SMALL, "--config.sampling.method=dpm_solver++",
+                     "--config.sampling.steps=12", "--config.sampling.schedule=logsnr", "--config.sampling.order=3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = last_json(result.stdout)
+    assert report["nfe"] == 12 and report["npz"].endswith("samples_200_dpm_solver++.npz")
+    assert np.isfinite(np.load(report["npz"])["samples"]).all()
+
+
 def test_likelihood_mode_reports_a_finite_nll(workdir):
     result = main_py(f"--workdir={workdir}", "--mode=likelihood", *SMALL)
     assert result.returncode == 0, result.stderr[-2000:]
