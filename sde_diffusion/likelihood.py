@@ -5,9 +5,10 @@ Along the ODE dx/dt = f~(x, t), the log-density obeys d log p_t(x_t)/dt = -div f
 
     log p_eps(x) = log p_T(x_T) + int_eps^T div f~(x_t, t) dt,
 
-solved jointly with x_t by scipy. The divergence is exact (one backward pass per dimension) or
-Hutchinson's unbiased estimate E[v^T (d f~/dx) v] with one probe v per solve (Grathwohl et al.
-2019), which keeps the ODE deterministic for the adaptive solver.
+solved jointly with x_t by an adaptive ODE solver (scipy's or torchdiffeq's). The divergence
+is exact (one backward pass per dimension) or Hutchinson's unbiased estimate E[v^T (d f~/dx) v]
+with one probe v per solve (Grathwohl et al. 2019), which keeps the ODE deterministic for the
+adaptive solver.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
 
     trace: "exact" (D backward passes per evaluation: small D only) or "hutchinson";
     noise: Hutchinson's probe distribution, "rademacher" (lower variance) or "gaussian";
-    solver, rtol, atol: scipy's solve_ivp method and tolerances; eps: the start time.
+    solver, rtol, atol: an ODE solver of `sampling.ode` (scipy's RK45, DOP853, ... or
+    torchdiffeq's dopri5, dopri8, ...) and its tolerances; eps: the start time.
     Returns (logp [B], z = x_T, nfe), nfe being the number of score evaluations.
     """
     if trace not in ("exact", "hutchinson"):

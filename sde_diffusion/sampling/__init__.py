@@ -5,10 +5,12 @@ from .pc import CORRECTORS, PREDICTORS, AffineStep, pc_sampler, register_correct
 from . import sde_solver  # noqa: F401  (registers "sde_solver")
 from .fast import data_prediction, ddim_sampler, dpm_solver_pp_sampler, heun_sampler
 from .ode import decode, encode, ode_sampler, probability_flow_drift, solve_probability_flow, tweedie_denoise
+from .adaptive import adaptive_sde_sampler
 
 __all__ = [
     "SAMPLERS", "PREDICTORS", "CORRECTORS", "AffineStep", "CountingScore",
     "sample", "register_sampler", "register_predictor", "register_corrector",
     "SCHEDULES", "get_timesteps", "register_schedule", "pc_sampler", "ode_sampler", "encode", "decode",
     "probability_flow_drift", "data_prediction", "ddim_sampler", "dpm_solver_pp_sampler", "heun_sampler", "solve_probability_flow", "tweedie_denoise",
+    "adaptive_sde_sampler",
 ]

@@ -1,12 +1,18 @@
 """The probability-flow ODE dx/dt = f(t) x - g(t)^2 score(x, t) / 2 (Song et al. 2021, eq. 13),
-solved with scipy's `solve_ivp`. It maps data to latents (`encode`) and back (`decode`)
-deterministically, and is the basis of the likelihood in `sde_diffusion.likelihood`."""
+solved by an adaptive Runge-Kutta method from scipy's `solve_ivp` or from torchdiffeq. It maps
+data to latents (`encode`) and back (`decode`) deterministically, and is the basis of the
+likelihood in `sde_diffusion.likelihood`.
+
+scipy works on one float64 vector on the host, so every evaluation copies the batch there and
+back; torchdiffeq steps in torch on the tensors' own device and dtype, which is what a GPU
+wants. Both control the error to rtol/atol in an RMS norm over the whole batch."""
 from __future__ import annotations
 
 from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
+import torchdiffeq
 from scipy.integrate import solve_ivp
 
 from ..sdes import SDE, ScoreFn
@@ -20,14 +26,38 @@ def probability_flow_drift(score_fn: ScoreFn, sde: SDE) -> Callable[[torch.Tenso
     return lambda x, t: flow.sde(x, t)[0]
 
 
+# solve_ivp's methods, and torchdiffeq's adaptive ones (its fixed-step methods would need a
+# step size, which this interface does not take).
+SCIPY_SOLVERS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+TORCHDIFFEQ_SOLVERS = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+def check_solver(solver: str) -> str:
+    """Return `solver` if either family knows it; otherwise a ValueError that lists both."""
+    if solver not in SCIPY_SOLVERS and solver not in TORCHDIFFEQ_SOLVERS:
+        raise ValueError(f"unknown ODE solver {solver!r}; known: scipy {', '.join(SCIPY_SOLVERS)}; "
+                         f"torchdiffeq {', '.join(TORCHDIFFEQ_SOLVERS)}")
+    return solver
+
+
 def solve_ivp_torch(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y0: torch.Tensor,
                     t_start: float, t_end: float, *, rtol: float = 1e-5, atol: float = 1e-5,
                     solver: str = "RK45") -> torch.Tensor:
-    """Integrate dy/dt = fun(y, t) for a batch y0 [B, ...] from t_start to t_end with scipy.
+    """Integrate dy/dt = fun(y, t) for a batch y0 [B, ...] from t_start to t_end.
 
-    scipy works on one flat float64 vector; `fun` sees tensors of y0's shape, dtype and device,
-    and t as a [B] tensor. Raises RuntimeError when the solver fails.
+    solver: one of SCIPY_SOLVERS (scipy's solve_ivp) or TORCHDIFFEQ_SOLVERS (torchdiffeq's
+    odeint). `fun` sees tensors of y0's shape, dtype and device, and t as a [B] tensor; it runs
+    without autograd (enable it inside `fun` where a derivative is needed). Raises RuntimeError
+    when the solver fails.
     """
+    if check_solver(solver) in TORCHDIFFEQ_SOLVERS:
+        return _solve_torchdiffeq(fun, y0, t_start, t_end, rtol, atol, solver)
+    return _solve_scipy(fun, y0, t_start, t_end, rtol, atol, solver)
+
+
+def _solve_scipy(fun, y0: torch.Tensor, t_start: float, t_end: float, rtol: float, atol: float,
+                 solver: str) -> torch.Tensor:
+    # scipy works on one flat float64 vector; convert at each evaluation.
     shape, dtype, device = y0.shape, y0.dtype, y0.device
     batch = shape[0]
 
@@ -43,6 +73,27 @@ def solve_ivp_torch(fun: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], y
     if not solution.success:
         raise RuntimeError(f"ODE solver {solver} failed: {solution.message}")
     return torch.from_numpy(solution.y[:, -1]).reshape(shape).to(device=device, dtype=dtype)
+
+
+def _solve_torchdiffeq(fun, y0: torch.Tensor, t_start: float, t_end: float, rtol: float,
+                       atol: float, solver: str) -> torch.Tensor:
+    batch = y0.shape[0]
+
+    def torch_fun(t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        # torchdiffeq keeps its times in float64 whatever y's dtype; fun gets y's.
+        return fun(y, t.to(y.dtype).expand(batch))
+
+    span = torch.tensor([float(t_start), float(t_end)], dtype=y0.dtype, device=y0.device)
+    # torchdiffeq steps past the end and interpolates back, which would evaluate the score
+    # beyond eps (at t < 0 the VP std is NaN); step_t makes its last step land on t_end.
+    options = {"step_t": span[1:]}
+    try:
+        with torch.no_grad():
+            path = torchdiffeq.odeint(torch_fun, y0.detach(), span, rtol=rtol, atol=atol,
+                                      method=solver, options=options)
+    except AssertionError as error:  # its failures: step-size underflow, non-finite state
+        raise RuntimeError(f"ODE solver {solver} failed: {error}") from error
+    return path[-1]
 
 
 def solve_probability_flow(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t_start: float,
@@ -77,10 +128,10 @@ def tweedie_denoise(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t: torch.Tenso
 def ode_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                 generator: Optional[torch.Generator] = None, *, rtol: float = 1e-5,
                 atol: float = 1e-5, solver: str = "RK45", denoise: bool = False) -> torch.Tensor:
-    """Solve the probability-flow ODE from timesteps[0] to timesteps[-1] with scipy's adaptive
-    `solver` (solve_ivp's method: RK45, DOP853, Radau, ...); only the grid's ends matter.
-    Deterministic: the generator only draws the prior. `denoise` applies Tweedie's formula at
-    the end (+1 NFE)."""
+    """Solve the probability-flow ODE from timesteps[0] to timesteps[-1] with an adaptive
+    `solver` to rtol/atol: scipy's (RK45, DOP853, Radau, ...) or torchdiffeq's (dopri5, dopri8,
+    bosh3, ...), which stays on x's device; only the grid's ends matter. Deterministic: the
+    generator only draws the prior. `denoise` applies Tweedie's formula at the end (+1 NFE)."""
     t_end = float(timesteps[-1])
     x, _ = solve_probability_flow(score_fn, sde, x, float(timesteps[0]), t_end,
                                   rtol=rtol, atol=atol, solver=solver)
