@@ -4,6 +4,7 @@
     python main.py --config configs/vp_toy.py --workdir runs/toy --mode sample \
         --config.sampling.method=ode
     python main.py --config configs/vp_digits.py --workdir runs/digits --mode likelihood
+    python main.py --config configs/vp_digits.py --workdir runs/digits --mode study
 
 Bad input (config values, missing data, unusable checkpoints) ends with one line on stderr and a
 non-zero exit, before anything in the workdir is written.
@@ -17,7 +18,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (ml_collections), e.g. configs/vp_toy.py.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, samples and metrics.")
-flags.DEFINE_enum("mode", None, ["train", "sample", "likelihood", "eval"], "What to run.")
+flags.DEFINE_enum("mode", None, ["train", "sample", "likelihood", "eval", "study"], "What to run.")
 flags.mark_flags_as_required(["config", "workdir", "mode"])
 
 
@@ -27,13 +28,14 @@ def main(argv):
     # Imported here so that `--help` and flag errors do not pay for importing torch.
     from sde_diffusion import checkpoints
     from sde_diffusion.config import ConfigError, validate_config
-    from sde_diffusion.modes import run_eval, run_likelihood, run_sample
+    from sde_diffusion.modes import run_eval, run_likelihood, run_sample, run_study_mode
     from sde_diffusion.train import train
 
     config = FLAGS.config
     try:
         validate_config(config)
-        run = {"train": train, "sample": run_sample, "likelihood": run_likelihood, "eval": run_eval}[FLAGS.mode]
+        run = {"train": train, "sample": run_sample, "likelihood": run_likelihood, "eval": run_eval,
+               "study": run_study_mode}[FLAGS.mode]
         run(config, FLAGS.workdir)
     except (ConfigError, checkpoints.CheckpointError, OSError, ValueError) as error:
         sys.exit(f"error: {error}")

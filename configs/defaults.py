@@ -52,6 +52,20 @@ def get_base_config():
     evaluate.bpd_atol = 1e-5
     evaluate.inception_path = ""          # clean-fid's inception-2015-12-05.pt, for FID/KID
 
+    # --mode study: sampler specs "method key=value ..." (sde_diffusion.study) x NFE budgets.
+    config.study = study = ml_collections.ConfigDict()
+    study.samplers = ("pc predictor=euler_maruyama corrector=none",
+                      "pc predictor=reverse_diffusion corrector=langevin",
+                      "ddim schedule=quadratic",
+                      "heun schedule=karras",
+                      "dpm_solver++ order=2 schedule=logsnr",
+                      "dpm_solver++ order=3 schedule=logsnr",
+                      "ode solver=RK45 rtol=1e-3 atol=1e-3")
+    study.nfe = (10, 20, 50, 100)
+    study.num_samples = 1000
+    study.reference_tol = 1e-5            # the probability-flow ODE deterministic samplers are compared to
+    study.oracle = False                  # the exact score instead of a checkpoint (data.dataset=gmm)
+
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "cifar10"
     data.root = ""                        # folder holding mnist / cifar10 files

@@ -85,6 +85,7 @@ def validate_config(config) -> None:
     _require(config.optim.optimizer in ("Adam", "AdamW"), "optim.optimizer", "must be 'Adam' or 'AdamW'",
              config.optim.optimizer)
     _require(config.optim.warmup >= 0, "optim.warmup", "must be >= 0", config.optim.warmup)
+    _validate_study(config)
     _require(config.eval.bpd_trace in ("exact", "hutchinson"), "eval.bpd_trace",
              "must be 'exact' or 'hutchinson'", config.eval.bpd_trace)
     if not config.training.continuous:
@@ -106,6 +107,21 @@ def validate_config(config) -> None:
         _positive_int(config, "data.num_points")
         _require(config.model.name not in IMAGE_MODELS, "model.name",
                  f"{config.model.name!r} is an image network; use 'mlp' for point data", config.model.name)
+
+
+def _validate_study(config) -> None:
+    from .study import parse_spec
+
+    _positive_int(config, "study.num_samples")
+    _positive_number(config, "study.reference_tol")
+    nfe = tuple(config.study.nfe)
+    _require(len(nfe) > 0 and all(isinstance(n, int) and n > 0 for n in nfe), "study.nfe",
+             "must be a non-empty list of positive integers", nfe)
+    for text in config.study.samplers:
+        try:
+            parse_spec(text)
+        except ValueError as error:
+            raise ConfigError(f"config.study.samplers: {error}") from None
 
 
 def _validate_image_config(config) -> None:

@@ -171,6 +171,58 @@ def run_eval(config, workdir) -> dict:
     return _write_report(workdir, f"eval_{step}.json", report)
 
 
+def run_study_mode(config, workdir) -> dict:
+    """`--mode study`: the grid `study.samplers` x `study.nfe` (`sde_diffusion.study`) on the
+    trained checkpoint, or on the exact score when `study.oracle` (the `gmm` toy data only),
+    scored by the eval metric: sliced Wasserstein to the test set for 2-D data (plus the
+    mixture errors for the oracle), FD in digit-classifier features for digits, FID/KID
+    otherwise. Writes study/study_<step>.{csv,md,png}."""
+    from .evaluate import fid_kid, load_inception, sliced_wasserstein
+    from .study import parse_spec, run_study, write_study
+    from .toy_data import toy_mixture
+
+    study = config.study
+    for text in study.samplers:
+        parse_spec(text)  # a malformed spec stops here, before any work
+    device = select_device(config)
+    test = load_dataset_from_config(config, "test").data
+    if study.oracle:
+        if config.data.dataset != "gmm":
+            raise ValueError("study.oracle needs data.dataset=gmm, whose exact score is known")
+        sde, step, mixture = build_sde(config), "oracle", toy_mixture()
+        score_fn = mixture.score_fn(sde)
+    else:
+        model, sde, step = load_trained(config, workdir, device)
+        score_fn, mixture = build_score_fn(model, sde, config), None
+
+    if not is_image_data(config):
+        def metric(x):
+            scores = {"sliced_wasserstein": sliced_wasserstein(
+                x.double().cpu(), test.double(), generator=torch.Generator().manual_seed(config.seed))}
+            if mixture is not None:
+                scores.update(mixture.sample_errors(x.double().cpu()))
+            return scores
+        metric_key = "sliced_wasserstein"
+    elif config.data.dataset == "digits":
+        def metric(x):
+            return digits_scores(to_data_space(x, config).cpu(), test, config.data.image_size)
+        metric_key = "fd_digits"
+    else:
+        extractor = load_inception(config.eval.inception_path or None, device)
+        reference = _to_uint8_hwc(test)
+
+        def metric(x):
+            return fid_kid(_to_uint8_hwc(to_data_space(x, config).cpu()), reference,
+                           feature_extractor=extractor, device=device)
+        metric_key = "fid"
+    rows = run_study(score_fn, sde, (study.num_samples,) + data_shape(config), list(study.samplers),
+                     list(study.nfe), metric, seed=config.seed, reference_tol=study.reference_tol, device=device)
+    title = f"{Path(workdir).name}: {config.training.sde}, step {step}, {study.num_samples} samples"
+    paths = write_study(rows, Path(workdir) / "study", metric_key, title, name=f"study_{step}")
+    print(json.dumps({"step": step, "rows": len(rows), **paths}))
+    return {"rows": rows, **paths}
+
+
 def digits_scores(samples: torch.Tensor, test: torch.Tensor, image_size: int) -> dict:
     """Frechet and kernel distances between samples and test digits in the feature space of
     the digits classifier (`digits_judge`), the digit analogue of FID and KID."""

@@ -1,0 +1,210 @@
+"""The sampler study: quality and cost of samplers as the number of score evaluations varies.
+
+A study runs a grid of sampler specs x NFE budgets from the same seed and scores every result with
+one metric (a callable x -> {name: value}): errors against the truth for the exact-score oracle,
+sliced Wasserstein distance or FID for trained models. For deterministic samplers it also reports
+the distance to a tight-tolerance probability-flow ODE solution from the same latent, which
+isolates the discretization error from the model's. Behind `main.py --mode study` and
+`benchmarks/fast_samplers.py`.
+
+A spec is a string "method key=value ...", e.g. "dpm_solver++ order=3 schedule=logsnr" or
+"pc predictor=euler_maruyama corrector=none": the sampler's name, then its options, where
+`schedule`, `rho` and `eps` go to `sample` itself. Adaptive samplers (`ode`, `adaptive_sde`)
+choose their own steps: they run once, at the tolerances in their spec, and report their NFE.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence
+
+import torch
+from tqdm import tqdm
+
+from .sampling import SAMPLERS, sample
+from .sdes import SDE, ScoreFn
+
+SAMPLE_ARGUMENTS = ("schedule", "rho", "eps")  # keywords of `sample`, not of a sampler
+ADAPTIVE = ("ode", "adaptive_sde")
+Metric = Callable[[torch.Tensor], Dict[str, float]]
+
+
+@dataclass
+class SamplerSpec:
+    text: str
+    method: str
+    sample_kwargs: dict = field(default_factory=dict)
+    options: dict = field(default_factory=dict)
+
+    @property
+    def adaptive(self) -> bool:
+        return self.method in ADAPTIVE or bool(self.options.get("adaptive", False))
+
+    @property
+    def deterministic(self) -> bool:
+        """True for solvers of the probability-flow ODE, which map a latent to one sample."""
+        if self.method == "ode":
+            return True
+        if self.method in ("ddim", "dpm_solver++"):
+            return self.options.get("eta", 0.0) == 0
+        if self.method == "heun":
+            return self.options.get("churn", 0.0) == 0
+        return False
+
+
+def _parse_value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_spec(text: str) -> SamplerSpec:
+    """'dpm_solver++ order=3 schedule=logsnr' -> SamplerSpec; ValueError when malformed."""
+    words = text.split()
+    if not words:
+        raise ValueError("empty sampler spec")
+    method, assignments = words[0], words[1:]
+    if method not in SAMPLERS:
+        raise ValueError(f"sampler spec {text!r}: unknown sampler {method!r}; known: {', '.join(sorted(SAMPLERS))}")
+    spec = SamplerSpec(text=" ".join(words), method=method)
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"sampler spec {text!r}: expected key=value, got {assignment!r}")
+        target = spec.sample_kwargs if key in SAMPLE_ARGUMENTS else spec.options
+        target[key] = _parse_value(value)
+    return spec
+
+
+def steps_for_nfe(spec: SamplerSpec, nfe: int) -> int:
+    """Grid steps that make `spec` use `nfe` score evaluations (or the nearest below)."""
+    method, options = spec.method, spec.options
+    if method == "heun":  # two per step, one for the last (Euler) step
+        steps = (nfe + 1) // 2
+    elif method == "pc" and options.get("corrector", "langevin") != "none":
+        n_steps = int(options.get("n_steps", 1))  # the corrector does not run after the last step
+        steps = (nfe + n_steps) // (1 + n_steps)
+    else:
+        steps = nfe
+    if steps < 1:
+        raise ValueError(f"{spec.text!r} cannot run with {nfe} score evaluations")
+    return steps
+
+
+def _distances(x: torch.Tensor, reference: torch.Tensor) -> Dict[str, float]:
+    per_sample = (x.double() - reference.double()).flatten(1).norm(dim=1)
+    return {"ode_rms": per_sample.pow(2).mean().sqrt().item(), "ode_median": per_sample.median().item()}
+
+
+def run_study(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], specs: Sequence[str], nfes: Sequence[int],
+              metric: Metric, *, seed: int = 0, reference_ode: bool = True, reference_tol: float = 1e-6,
+              device=None, dtype: torch.dtype = torch.float32, progress: bool = True) -> List[dict]:
+    """Run every spec at every NFE budget (adaptive specs once) from the latent drawn with
+    `seed`; one row per run with its true NFE, wall seconds, the metric and, for deterministic
+    samplers, the distance to the probability-flow ODE solution from the same latent (RK45 at
+    `reference_tol`, then Tweedie's x0 at eps = 1e-3). A failing run gives a status, not a crash."""
+    parsed = [parse_spec(text) for text in specs]
+    latent = sde.prior_sampling(tuple(shape), generator=torch.Generator().manual_seed(seed),
+                                dtype=dtype).to(device)
+    reference = None
+    if reference_ode and any(spec.deterministic for spec in parsed):
+        with torch.no_grad():
+            reference, _ = sample(score_fn, sde, latent.shape, "ode", z=latent, rtol=reference_tol,
+                                  atol=reference_tol, denoise=True)
+    grid = [(spec, None) if spec.adaptive else (spec, nfe) for spec in parsed
+            for nfe in ([None] if spec.adaptive else sorted(nfes))]
+    rows = []
+    for spec, target in tqdm(grid, desc="study", disable=not progress):
+        rows.append(_run_one(score_fn, sde, latent, spec, target, metric, seed, reference))
+    return rows
+
+
+def _run_one(score_fn, sde, latent, spec: SamplerSpec, target: Optional[int], metric: Metric, seed: int,
+             reference: Optional[torch.Tensor]) -> dict:
+    row = {"sampler": spec.text, "method": spec.method, "target_nfe": target if target is not None else "",
+           "nfe": 0, "seconds": math.nan, "status": "ok"}
+    start = time.perf_counter()
+    try:
+        steps = steps_for_nfe(spec, target) if target is not None else None
+        with torch.no_grad():
+            x, row["nfe"] = sample(score_fn, sde, latent.shape, spec.method, steps=steps, z=latent,
+                                   generator=seed, **spec.sample_kwargs, **spec.options)
+        row["seconds"] = time.perf_counter() - start
+        if not torch.isfinite(x).all():
+            raise FloatingPointError("non-finite samples")
+        row.update(metric(x))
+        if reference is not None and spec.deterministic:
+            row.update(_distances(x, reference))
+    except Exception as error:  # noqa: BLE001 (a study reports a failed run and goes on)
+        row["status"] = f"{type(error).__name__}: {error}"[:100]
+    return row
+
+
+# -- output ----------------------------------------------------------------------------------
+def _format(value) -> str:
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def markdown_table(rows: Sequence[dict], columns: Optional[Sequence[str]] = None) -> str:
+    columns = list(columns or _columns(rows))
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(_format(row.get(c, "")) for c in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _columns(rows: Sequence[dict]) -> List[str]:
+    columns: List[str] = []
+    for row in rows:
+        columns += [key for key in row if key not in columns]
+    return columns
+
+
+def plot_study(rows: Sequence[dict], path, metric_key: str, title: str = "") -> None:
+    """Two panels against NFE: `metric_key` and wall seconds, one line per sampler spec."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for sampler in dict.fromkeys(row["sampler"] for row in rows):
+        mine = sorted((r for r in rows if r["sampler"] == sampler and r["status"] == "ok"), key=lambda r: r["nfe"])
+        if not mine or metric_key not in mine[0]:
+            continue
+        nfe = [r["nfe"] for r in mine]
+        style = dict(marker="o", markersize=4, label=sampler)
+        axes[0].plot(nfe, [abs(r[metric_key]) for r in mine], **style)
+        axes[1].plot(nfe, [r["seconds"] for r in mine], **style)
+    for axis, label in zip(axes, (metric_key, "wall seconds")):
+        axis.set(xscale="log", yscale="log", xlabel="score evaluations (NFE)", ylabel=label)
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def write_study(rows: Sequence[dict], out_dir, metric_key: str, title: str = "", name: str = "study") -> dict:
+    """Write <name>.csv (every row), <name>.md (the table) and <name>.png (the plot); returns the paths."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {kind: out_dir / f"{name}.{kind}" for kind in ("csv", "md", "png")}
+    columns = _columns(rows)
+    with open(paths["csv"], "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    paths["md"].write_text((f"### {title}\n\n" if title else "") + markdown_table(rows, columns) + "\n")
+    plot_study(rows, paths["png"], metric_key, title)
+    return {kind: str(path) for kind, path in paths.items()}

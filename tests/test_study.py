@@ -1,0 +1,69 @@
+"""The sampler study: spec parsing, NFE budgets that samplers really use, the grid on the exact
+oracle, and its three output files."""
+import csv
+
+import pytest
+import torch
+
+from sde_diffusion.sampling import sample
+from sde_diffusion.sdes import VPSDE
+from sde_diffusion.study import parse_spec, run_study, steps_for_nfe, write_study
+
+from conftest import mixture_2d
+
+
+def test_parse_spec_splits_sample_arguments_from_sampler_options():
+    spec = parse_spec("dpm_solver++ order=3 schedule=logsnr eps=1e-4 rho=7 eta=0.5 denoise=true")
+    assert spec.method == "dpm_solver++"
+    assert spec.sample_kwargs == {"schedule": "logsnr", "eps": 1e-4, "rho": 7}
+    assert spec.options == {"order": 3, "eta": 0.5, "denoise": True}
+    assert not spec.deterministic and not spec.adaptive
+    assert parse_spec("ddim").deterministic and parse_spec("heun").deterministic
+    assert parse_spec("ode rtol=1e-3").adaptive and parse_spec("adaptive_sde").adaptive
+    assert not parse_spec("heun churn=10").deterministic
+
+
+@pytest.mark.parametrize("text, message", [("", "empty"), ("magic steps=3", "unknown sampler"),
+                                           ("ddim eta", "key=value"), ("ddim =3", "key=value")])
+def test_parse_spec_errors(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_spec(text)
+
+
+@pytest.mark.parametrize("text", ["ddim", "dpm_solver++ order=3", "heun", "pc predictor=euler_maruyama corrector=none",
+                                  "pc predictor=reverse_diffusion corrector=langevin",
+                                  "pc predictor=reverse_diffusion corrector=langevin n_steps=2",
+                                  "sde_solver solver=euler"])
+@pytest.mark.parametrize("nfe", [10, 21])
+def test_steps_for_nfe_give_the_budget(text, nfe):
+    """The NFE `sample` counts never exceeds the budget and misses it by less than one step."""
+    spec = parse_spec(text)
+    _, used = sample(lambda x, t: -x, VPSDE(), (4, 2), spec.method, steps=steps_for_nfe(spec, nfe),
+                     generator=0, **spec.options)
+    per_step = 1 + spec.options.get("n_steps", 1) if "langevin" in text else (2 if spec.method == "heun" else 1)
+    assert nfe - per_step < used <= nfe, used
+
+
+def test_study_on_the_oracle_writes_rows_files_and_shrinking_ode_distances(tmp_path):
+    mixture, sde = mixture_2d(), VPSDE()
+    specs = ["dpm_solver++ order=2 schedule=logsnr", "ddim eta=1", "ode rtol=1e-3 atol=1e-3", "heun"]
+    rows = run_study(mixture.score_fn(sde), sde, (2000, 2), specs, [10, 20, 40], mixture.sample_errors,
+                     progress=False)
+    assert len(rows) == 3 + 3 + 1 + 3 and all(row["status"] == "ok" for row in rows)
+    dpm = [row for row in rows if row["method"] == "dpm_solver++"]
+    assert [row["nfe"] for row in dpm] == [10, 20, 40]
+    assert dpm[0]["ode_median"] > dpm[1]["ode_median"] > dpm[2]["ode_median"]
+    assert dpm[2]["std"] < 0.05 and dpm[2]["ode_median"] < 0.01
+    assert all("ode_rms" not in row for row in rows if row["method"] == "ddim")  # stochastic
+    paths = write_study(rows, tmp_path, "std", title="oracle")
+    with open(paths["csv"]) as handle:
+        assert len(list(csv.DictReader(handle))) == len(rows)
+    assert "| dpm_solver++ order=2 schedule=logsnr |" in open(paths["md"]).read()
+    assert (tmp_path / "study.png").stat().st_size > 10_000
+
+
+def test_a_failing_run_is_a_status_not_a_crash():
+    def broken(x, t):
+        return torch.full_like(x, float("nan"))
+    rows = run_study(broken, VPSDE(), (10, 2), ["ddim"], [5], lambda x: {}, progress=False, reference_ode=False)
+    assert rows[0]["status"].startswith("FloatingPointError")
