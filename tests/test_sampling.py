@@ -135,8 +135,8 @@ def test_ode_encode_decode_round_trip(sde):
 
 def test_unknown_names_list_the_known_ones():
     score = mixture_2d().score_fn(VP)
-    with pytest.raises(ValueError, match="unknown sampler 'heun'; known: ode, pc, sde_solver"):
-        sample(score, VP, (4, 2), method="heun")
+    with pytest.raises(ValueError, match="unknown sampler 'heun2'; known: adaptive_sde, ddim, dpm_solver"):
+        sample(score, VP, (4, 2), method="heun2")
     with pytest.raises(ValueError, match="unknown predictor 'euler'; known: ancestral, euler_maruyama"):
         sample(score, VP, (4, 2), predictor="euler", steps=5)
     with pytest.raises(ValueError, match="unknown corrector 'mala'; known: ald, langevin, none"):
