@@ -178,7 +178,8 @@ def plot_study(rows: Sequence[dict], path, metric_key: str, title: str = "") -> 
 
     figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
     for sampler in dict.fromkeys(row["sampler"] for row in rows):
-        mine = sorted((r for r in rows if r["sampler"] == sampler and r["status"] == "ok"), key=lambda r: r["nfe"])
+        mine = sorted((r for r in rows if r["sampler"] == sampler and r["status"] == "ok" and r["nfe"] > 0),
+                      key=lambda r: r["nfe"])
         if not mine or metric_key not in mine[0]:
             continue
         nfe = [r["nfe"] for r in mine]
