@@ -51,6 +51,9 @@ OURS = (
     "dpm_solver++ order=3 schedule=logsnr eps=1e-4",
     "dpm_solver++ order=2 schedule=logsnr eps=1e-4",
     "dpm_solver++ order=2 eta=1 schedule=logsnr",
+    "dpm_solver++ order=2 unipc=true schedule=logsnr",
+    "dpm_solver++ order=3 unipc=true schedule=logsnr",
+    "dpm_solver++ order=3 unipc=true schedule=logsnr eps=3e-4",
 )
 REFERENCE = {  # 1000 steps each: NFE 1000 without a corrector, 1999 with Langevin after each step
     "pc predictor=euler_maruyama corrector=none": 1000,

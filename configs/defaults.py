@@ -30,6 +30,7 @@ def get_base_config():
     sampling.rho = 7.0                    # karras schedule's exponent
     sampling.eta = 0.0                    # ddim, dpm_solver++: 0 deterministic, 1 stochastic
     sampling.order = 2                    # dpm_solver++: 1, 2 or 3
+    sampling.unipc = False                # dpm_solver++: UniPC's corrector (eta = 0)
     sampling.churn = 0.0                  # heun: Karras et al.'s S_churn
     sampling.predictor = "reverse_diffusion"
     sampling.corrector = "langevin"

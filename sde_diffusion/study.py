@@ -15,11 +15,12 @@ choose their own steps: they run once, at the tolerances in their spec, and repo
 from __future__ import annotations
 
 import csv
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from tqdm import tqdm
@@ -29,6 +30,7 @@ from .sdes import SDE, ScoreFn
 
 SAMPLE_ARGUMENTS = ("schedule", "rho", "eps")  # keywords of `sample`, not of a sampler
 ADAPTIVE = ("ode", "adaptive_sde")
+DEFAULT_EPS = inspect.signature(sample).parameters["eps"].default
 Metric = Callable[[torch.Tensor], Dict[str, float]]
 
 
@@ -38,6 +40,10 @@ class SamplerSpec:
     method: str
     sample_kwargs: dict = field(default_factory=dict)
     options: dict = field(default_factory=dict)
+
+    @property
+    def eps(self) -> float:
+        return float(self.sample_kwargs.get("eps", DEFAULT_EPS))
 
     @property
     def adaptive(self) -> bool:
@@ -111,21 +117,30 @@ def run_study(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], specs: Sequence
     """Run every spec at every NFE budget (adaptive specs once) from the latent drawn with
     `seed`; one row per run with its true NFE, wall seconds, the metric and, for deterministic
     samplers, the distance to the probability-flow ODE solution from the same latent (RK45 at
-    `reference_tol`, then Tweedie's x0 at eps = 1e-3). A failing run gives a status, not a crash."""
+    `reference_tol`, then Tweedie's x0 at the spec's own eps, so that only the discretization
+    error remains). A failing run gives a status, not a crash."""
     parsed = [parse_spec(text) for text in specs]
     latent = sde.prior_sampling(tuple(shape), generator=torch.Generator().manual_seed(seed),
                                 dtype=dtype).to(device)
-    reference = None
-    if reference_ode and any(spec.deterministic for spec in parsed):
-        with torch.no_grad():
-            reference, _ = sample(score_fn, sde, latent.shape, "ode", z=latent, rtol=reference_tol,
-                                  atol=reference_tol, denoise=True)
+    references = {}
+    if reference_ode:  # one solve per eps that a deterministic spec ends at
+        for eps in sorted({spec.eps for spec in parsed if spec.deterministic}):
+            references[eps] = _reference(score_fn, sde, latent, eps, reference_tol)
     grid = [(spec, None) if spec.adaptive else (spec, nfe) for spec in parsed
             for nfe in ([None] if spec.adaptive else sorted(nfes))]
     rows = []
     for spec, target in tqdm(grid, desc="study", disable=not progress):
-        rows.append(_run_one(score_fn, sde, latent, spec, target, metric, seed, reference))
+        rows.append(_run_one(score_fn, sde, latent, spec, target, metric, seed, references.get(spec.eps)))
     return rows
+
+
+def _reference(score_fn, sde: SDE, latent: torch.Tensor, eps: float, tol: float) -> Optional[torch.Tensor]:
+    try:
+        with torch.no_grad():
+            x, _ = sample(score_fn, sde, latent.shape, "ode", z=latent, eps=eps, rtol=tol, atol=tol, denoise=True)
+    except Exception:  # noqa: BLE001 (no reference: the rows go without ODE distances)
+        return None
+    return x if torch.isfinite(x).all() else None
 
 
 def _run_one(score_fn, sde, latent, spec: SamplerSpec, target: Optional[int], metric: Metric, seed: int,
@@ -170,34 +185,40 @@ def _columns(rows: Sequence[dict]) -> List[str]:
     return columns
 
 
-def plot_study(rows: Sequence[dict], path, metric_key: str, title: str = "") -> None:
-    """Two panels against NFE: `metric_key` and wall seconds, one line per sampler spec."""
+def plot_study(rows: Sequence[dict], path, metric_keys: Union[str, Sequence[str]], title: str = "") -> None:
+    """Panels against NFE, log-log: each metric in `metric_keys` (its absolute value) and the
+    wall seconds; one line per sampler spec."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    keys = [metric_keys] if isinstance(metric_keys, str) else list(metric_keys)
+    figure, axes = plt.subplots(1, len(keys) + 1, figsize=(6 * (len(keys) + 1), 4.5), squeeze=False)
+    axes = axes[0]
     for sampler in dict.fromkeys(row["sampler"] for row in rows):
         mine = sorted((r for r in rows if r["sampler"] == sampler and r["status"] == "ok" and r["nfe"] > 0),
                       key=lambda r: r["nfe"])
-        if not mine or metric_key not in mine[0]:
+        if not mine or keys[0] not in mine[0]:
             continue
         nfe = [r["nfe"] for r in mine]
-        style = dict(marker="o", markersize=4, label=sampler)
-        axes[0].plot(nfe, [abs(r[metric_key]) for r in mine], **style)
-        axes[1].plot(nfe, [r["seconds"] for r in mine], **style)
-    for axis, label in zip(axes, (metric_key, "wall seconds")):
+        style = dict(marker="o", markersize=3, linewidth=1, label=sampler)
+        for axis, key in zip(axes, keys):
+            axis.plot(nfe, [abs(r.get(key, math.nan)) for r in mine], **style)
+        axes[-1].plot(nfe, [r["seconds"] for r in mine], **style)
+    for axis, label in zip(axes, [f"|{key}|" for key in keys] + ["wall seconds"]):
         axis.set(xscale="log", yscale="log", xlabel="score evaluations (NFE)", ylabel=label)
         axis.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=7)
-    figure.suptitle(title)
+    axes[0].legend(fontsize=6)
+    figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
 
-def write_study(rows: Sequence[dict], out_dir, metric_key: str, title: str = "", name: str = "study") -> dict:
-    """Write <name>.csv (every row), <name>.md (the table) and <name>.png (the plot); returns the paths."""
+def write_study(rows: Sequence[dict], out_dir, metric_key: Union[str, Sequence[str]], title: str = "",
+                name: str = "study") -> dict:
+    """Write <name>.csv (every row), <name>.md (the table) and <name>.png (`metric_key`, one key
+    or several, and wall time against NFE); returns the paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: out_dir / f"{name}.{kind}" for kind in ("csv", "md", "png")}

@@ -68,6 +68,8 @@ def test_sampler_options_are_the_samplers_keywords():
                                        "n_steps": 1, "denoise": True}
     config.sampling.method = "ode"
     assert set(sampler_options(config)) == {"rtol", "atol", "denoise"}  # solver "" = default
+    config.sampling.method = "dpm_solver++"  # not the pc sampler's `corrector`
+    assert sampler_options(config) == {"order": 2, "eta": 0.0, "unipc": False}
 
 
 BAD_VALUES = [

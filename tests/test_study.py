@@ -62,6 +62,17 @@ def test_study_on_the_oracle_writes_rows_files_and_shrinking_ode_distances(tmp_p
     assert (tmp_path / "study.png").stat().st_size > 10_000
 
 
+def test_ode_distance_is_to_the_reference_at_the_specs_own_eps(tmp_path):
+    """A sampler that stops at eps = 0.2 is compared with the ODE stopped there too (one
+    reference per eps), so its distance measures discretization only."""
+    mixture, sde = mixture_2d(), VPSDE()
+    specs = ["dpm_solver++ order=2 schedule=logsnr eps=0.2", "dpm_solver++ order=2 schedule=logsnr"]
+    rows = run_study(mixture.score_fn(sde), sde, (500, 2), specs, [40], mixture.sample_errors, progress=False)
+    assert all(row["ode_median"] < 0.01 for row in rows), rows
+    paths = write_study(rows, tmp_path, ["std", "ode_median"], name="two")  # one panel per key
+    assert (tmp_path / "two.png").stat().st_size > 10_000 and paths["md"].endswith("two.md")
+
+
 def test_a_failing_run_is_a_status_not_a_crash():
     def broken(x, t):
         return torch.full_like(x, float("nan"))

@@ -132,7 +132,7 @@ def heun_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
 @register_sampler("dpm_solver++")
 def dpm_solver_pp_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                           generator: Optional[torch.Generator] = None, *, order: int = 2,
-                          eta: float = 0.0) -> torch.Tensor:
+                          eta: float = 0.0, unipc: bool = False) -> torch.Tensor:
     """Multistep DPM-Solver++ in the data prediction (Lu et al. 2022b), orders 1 to 3; eta > 0 is
     its SDE variant (eta = 1: DPM-Solver++(2M) SDE, their eq. for the SDE solver).
 
@@ -143,30 +143,42 @@ def dpm_solver_pp_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.
 
     (DDIM for eta = 0), and orders 2 and 3 add finite differences of the previous x0 along l
     (the multistep corrections of Lu et al. 2022b, Algorithm 2, and the 3rd-order phi terms).
-    The first steps use the orders their history allows; the last step returns x0(x, eps)."""
+    The first steps use the orders their history allows; the last step returns x0(x, eps).
+
+    unipc (eta = 0 only): once x0 has been evaluated at the new point x_s, x_s is recomputed
+    from x_t with x0 interpolated through that new value as well (UniPC's corrector, Zhao et al.
+    2023, in the form of an exponential Adams-Moulton step), which raises the order by one at
+    no extra NFE; the new x0, evaluated before the correction, is reused by the next step."""
     if order not in (1, 2, 3):
         raise ValueError(f"order must be 1, 2 or 3, got {order}")
     if eta < 0:
         raise ValueError(f"eta must be >= 0, got {eta}")
+    if unipc and eta > 0:
+        raise ValueError("the unipc corrector is for the deterministic solver (eta = 0)")
     grid = _grid(sde, timesteps)
     n = len(grid.times)
     lam = grid.half_log_snr
     history: List[torch.Tensor] = []  # x0 at the latest grid times, newest last
+    x_previous = x
     for k in range(n):
         x0 = data_prediction(score_fn, x, grid.times[k], grid.alphas[k], grid.sigmas[k])
         if k == n - 1:
             return x0
-        history = (history + [x0])[-order:]
+        if unipc and history:
+            x = _corrected(x_previous, x0, history, lam, grid, k)
+        x_previous = x
+        history = (history + [x0])[-max(order, 3 if unipc else 1):]
+        x0_steps = history[-order:]
         h = lam[k + 1] - lam[k]
         h_eta = h * (1 + eta)
         alpha_s, sigma_s = grid.alphas[k + 1], grid.sigmas[k + 1]
         x = (sigma_s / grid.sigmas[k]) * math.exp(-eta * h) * x + alpha_s * -math.expm1(-h_eta) * x0
-        if len(history) == 2:
+        if len(x0_steps) == 2:
             r = (lam[k] - lam[k - 1]) / h
-            x = x + alpha_s * -math.expm1(-h_eta) / (2 * r) * (x0 - history[-2])
-        elif len(history) == 3:
+            x = x + alpha_s * -math.expm1(-h_eta) / (2 * r) * (x0 - x0_steps[-2])
+        elif len(x0_steps) == 3:
             r0, r1 = (lam[k] - lam[k - 1]) / h, (lam[k - 1] - lam[k - 2]) / h
-            d1_0, d1_1 = (x0 - history[-2]) / r0, (history[-2] - history[-3]) / r1
+            d1_0, d1_1 = (x0 - x0_steps[-2]) / r0, (x0_steps[-2] - x0_steps[-3]) / r1
             d1 = d1_0 + (d1_0 - d1_1) * r0 / (r0 + r1)
             d2 = (d1_0 - d1_1) / (r0 + r1)
             phi_2 = math.expm1(-h_eta) / h_eta + 1
@@ -175,3 +187,24 @@ def dpm_solver_pp_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.
         if eta > 0:
             x = x + sigma_s * math.sqrt(-math.expm1(-2 * eta * h)) * randn(x.shape, generator, x)
     return x
+
+
+def _corrected(x_previous: torch.Tensor, x0_new: torch.Tensor, history: List[torch.Tensor], lam, grid: _Grid,
+               k: int) -> torch.Tensor:
+    """x_k again from x_{k-1}, with x0 along l taken as the polynomial through x0_k (new) and the
+    one or two x0 before it: x_k = (sigma_k / sigma_{k-1}) x_{k-1} + sigma_k int e^l x0(l) dl, whose
+    integrals against 1, u, u^2 (u = l - l_{k-1}) are alpha_k times (1 - e^-h), I1, I2 below."""
+    h = lam[k] - lam[k - 1]
+    alpha, ratio = grid.alphas[k], grid.sigmas[k] / grid.sigmas[k - 1]
+    x0_start = history[-1]
+    i1 = h - 1 + math.exp(-h)                      # int_0^h e^(u - h) u du
+    i2 = h * h - 2 * h + 2 - 2 * math.exp(-h)      # int_0^h e^(u - h) u^2 du
+    ahead = x0_new - x0_start
+    if len(history) < 2:  # linear in l: the exponential trapezoidal rule
+        slope, curvature = ahead / h, 0.0
+    else:  # quadratic through l_{k-2}, l_{k-1}, l_k
+        h_back = lam[k - 1] - lam[k - 2]
+        behind = history[-2] - x0_start
+        curvature = (ahead * h_back + behind * h) / (h * h_back * (h + h_back))
+        slope = (ahead - curvature * h * h) / h
+    return ratio * x_previous + alpha * (-math.expm1(-h) * x0_start + i1 * slope + i2 * curvature)
