@@ -186,31 +186,40 @@ def _columns(rows: Sequence[dict]) -> List[str]:
 
 
 def plot_study(rows: Sequence[dict], path, metric_keys: Union[str, Sequence[str]], title: str = "") -> None:
-    """Panels against NFE, log-log: each metric in `metric_keys` (its absolute value) and the
-    wall seconds; one line per sampler spec."""
+    """Panels against NFE, log-log, two to a row: each metric in `metric_keys` (its absolute
+    value) and the wall seconds; one line per sampler spec, the legend below."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     keys = [metric_keys] if isinstance(metric_keys, str) else list(metric_keys)
-    figure, axes = plt.subplots(1, len(keys) + 1, figsize=(6 * (len(keys) + 1), 4.5), squeeze=False)
-    axes = axes[0]
-    for sampler in dict.fromkeys(row["sampler"] for row in rows):
+    labels = [f"|{key}|" for key in keys] + ["wall seconds"]
+    samplers = list(dict.fromkeys(row["sampler"] for row in rows))
+    grid_rows, legend_rows = math.ceil(len(labels) / 2), math.ceil(len(samplers) / 3)
+    height = 4 * grid_rows + 0.2 * legend_rows + 0.6
+    figure, axes = plt.subplots(grid_rows, 2, figsize=(12, height), squeeze=False)
+    axes = axes.flatten()
+    for index, sampler in enumerate(samplers):
         mine = sorted((r for r in rows if r["sampler"] == sampler and r["status"] == "ok" and r["nfe"] > 0),
                       key=lambda r: r["nfe"])
         if not mine or keys[0] not in mine[0]:
             continue
         nfe = [r["nfe"] for r in mine]
-        style = dict(marker="o", markersize=3, linewidth=1, label=sampler)
+        # a new line style each time the colour cycle (10 colours) comes round again
+        style = dict(marker="o", markersize=3, linewidth=1, label=sampler,
+                     linestyle=("-", "--", ":", "-.")[index // 10 % 4])
         for axis, key in zip(axes, keys):
             axis.plot(nfe, [abs(r.get(key, math.nan)) for r in mine], **style)
-        axes[-1].plot(nfe, [r["seconds"] for r in mine], **style)
-    for axis, label in zip(axes, [f"|{key}|" for key in keys] + ["wall seconds"]):
+        axes[len(keys)].plot(nfe, [r["seconds"] for r in mine], **style)
+    for axis, label in zip(axes, labels):
         axis.set(xscale="log", yscale="log", xlabel="score evaluations (NFE)", ylabel=label)
         axis.grid(True, which="both", alpha=0.3)
-    axes[0].legend(fontsize=6)
+    for axis in axes[len(labels):]:
+        axis.set_visible(False)
+    legend_height = (0.2 * legend_rows + 0.2) / height
+    figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7, frameon=False)
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, legend_height, 1, 1))
     figure.savefig(path, dpi=110)
     plt.close(figure)
 
