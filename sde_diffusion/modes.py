@@ -204,8 +204,12 @@ def run_study_mode(config, workdir) -> dict:
             return scores
         metric_key = "sliced_wasserstein"
     elif config.data.dataset == "digits":
+        from .digits_judge import DigitsJudge
+
+        judge = DigitsJudge(config.data.image_size)  # fitted once for the whole grid
+
         def metric(x):
-            return digits_scores(to_data_space(x, config).cpu(), test, config.data.image_size)
+            return digits_scores(to_data_space(x, config).cpu(), test, config.data.image_size, judge)
         metric_key = "fd_digits"
     else:
         extractor = load_inception(config.eval.inception_path or None, device)
@@ -223,13 +227,14 @@ def run_study_mode(config, workdir) -> dict:
     return {"rows": rows, **paths}
 
 
-def digits_scores(samples: torch.Tensor, test: torch.Tensor, image_size: int) -> dict:
+def digits_scores(samples: torch.Tensor, test: torch.Tensor, image_size: int, judge=None) -> dict:
     """Frechet and kernel distances between samples and test digits in the feature space of
-    the digits classifier (`digits_judge`), the digit analogue of FID and KID."""
+    the digits classifier (`digits_judge`), the digit analogue of FID and KID. Pass `judge` to
+    reuse a fitted classifier across calls."""
     from .digits_judge import DigitsJudge
     from .evaluate import fid_kid
 
-    judge = DigitsJudge(image_size)
+    judge = judge or DigitsJudge(image_size)
     scores = fid_kid(judge.features(samples), judge.features(test), kid_subset_size=min(1000, len(test)))
     return {"fd_digits": scores["fid"], "kd_digits": scores["kid"]}
 
