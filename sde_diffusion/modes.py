@@ -137,36 +137,55 @@ def run_likelihood(config, workdir) -> dict:
         "seconds": round(time.perf_counter() - start, 3)})
 
 
-def run_eval(config, workdir) -> dict:
-    """Sample quality: sliced Wasserstein distance to the test set for 2-D sets; FID and KID
-    through clean-fid for images."""
+def quality_metric(config, test: torch.Tensor, device, mixture=None):
+    """(metric, main key) for `eval` and `study`: metric(samples in data space) -> scores against
+    the test set. 2-D sets: sliced Wasserstein (plus `mixture.sample_errors` when the exact
+    mixture is known); digits: FD/KD in digit-classifier features; images: FID/KID with clean-fid's
+    Inception (digits too when eval.inception_path is set). The feature extractors are loaded
+    here, so missing Inception weights stop the run before any sampling."""
     from .evaluate import fid_kid, load_inception, sliced_wasserstein
 
-    device = select_device(config)
-    evaluate = config.eval
-    feature_extractor = None
+    if not is_image_data(config):
+        def metric(x):
+            scores = {"sliced_wasserstein": sliced_wasserstein(
+                x.double().cpu(), test.double(), generator=torch.Generator().manual_seed(config.seed))}
+            if mixture is not None:
+                scores.update(mixture.sample_errors(x.double().cpu()))
+            return scores
+        return metric, "sliced_wasserstein"
+
     digits = config.data.dataset == "digits"
-    # Fail on missing Inception weights before sampling for an hour. Digits are also (and
-    # without Inception weights, only) judged in a digit classifier's feature space.
-    if is_image_data(config) and (evaluate.inception_path or not digits):
-        feature_extractor = load_inception(evaluate.inception_path or None, device)
+    judge = extractor = None
+    if digits:
+        from .digits_judge import DigitsJudge
+        judge = DigitsJudge(config.data.image_size)  # fitted once, however many calls follow
+    if config.eval.inception_path or not digits:
+        extractor = load_inception(config.eval.inception_path or None, device)
+        reference = _to_uint8_hwc(test)
+
+    def metric(x):
+        scores = {}
+        if extractor is not None:
+            scores.update(fid_kid(_to_uint8_hwc(x.cpu()), reference, feature_extractor=extractor, device=device))
+        if judge is not None:
+            scores.update(digits_scores(x.cpu(), test, config.data.image_size, judge))
+        return scores
+    return metric, "fd_digits" if digits else "fid"
+
+
+def run_eval(config, workdir) -> dict:
+    """Sample quality against the test set by `quality_metric`."""
+    device = select_device(config)
+    test = load_dataset_from_config(config, "test").data
+    metric, _ = quality_metric(config, test, device)
     model, sde, step = load_trained(config, workdir, device)
     score_fn = build_score_fn(model, sde, config)
     generator = torch.Generator(device).manual_seed(config.seed)
     start = time.perf_counter()
     with torch.no_grad():
-        samples, nfe = draw_samples(score_fn, sde, config, evaluate.num_samples, generator, device)
-    test = load_dataset_from_config(config, "test").data
+        samples, nfe = draw_samples(score_fn, sde, config, config.eval.num_samples, generator, device)
     report = {"step": step, "num_samples": len(samples), "sampler": config.sampling.method, "nfe": nfe}
-    if feature_extractor is not None:
-        report.update(fid_kid(_to_uint8_hwc(samples), _to_uint8_hwc(test),
-                              feature_extractor=feature_extractor, device=device))
-    if digits:
-        report.update(digits_scores(samples, test, config.data.image_size))
-    else:
-        projection_generator = torch.Generator().manual_seed(config.seed)
-        report["sliced_wasserstein"] = sliced_wasserstein(samples.double(), test.double(),
-                                                          generator=projection_generator)
+    report.update(metric(samples))
     report["seconds"] = round(time.perf_counter() - start, 3)
     return _write_report(workdir, f"eval_{step}.json", report)
 
@@ -174,16 +193,11 @@ def run_eval(config, workdir) -> dict:
 def run_study_mode(config, workdir) -> dict:
     """`--mode study`: the grid `study.samplers` x `study.nfe` (`sde_diffusion.study`) on the
     trained checkpoint, or on the exact score when `study.oracle` (the `gmm` toy data only),
-    scored by the eval metric: sliced Wasserstein to the test set for 2-D data (plus the
-    mixture errors for the oracle), FD in digit-classifier features for digits, FID/KID
-    otherwise. Writes study/study_<step>.{csv,md,png}."""
-    from .evaluate import fid_kid, load_inception, sliced_wasserstein
-    from .study import parse_spec, run_study, write_study
+    scored by `quality_metric`. Writes study/study_<step>.{csv,md,png}."""
+    from .study import run_study, write_study
     from .toy_data import toy_mixture
 
     study = config.study
-    for text in study.samplers:
-        parse_spec(text)  # a malformed spec stops here, before any work
     device = select_device(config)
     test = load_dataset_from_config(config, "test").data
     if study.oracle:
@@ -194,33 +208,10 @@ def run_study_mode(config, workdir) -> dict:
     else:
         model, sde, step = load_trained(config, workdir, device)
         score_fn, mixture = build_score_fn(model, sde, config), None
-
-    if not is_image_data(config):
-        def metric(x):
-            scores = {"sliced_wasserstein": sliced_wasserstein(
-                x.double().cpu(), test.double(), generator=torch.Generator().manual_seed(config.seed))}
-            if mixture is not None:
-                scores.update(mixture.sample_errors(x.double().cpu()))
-            return scores
-        metric_key = "sliced_wasserstein"
-    elif config.data.dataset == "digits":
-        from .digits_judge import DigitsJudge
-
-        judge = DigitsJudge(config.data.image_size)  # fitted once for the whole grid
-
-        def metric(x):
-            return digits_scores(to_data_space(x, config).cpu(), test, config.data.image_size, judge)
-        metric_key = "fd_digits"
-    else:
-        extractor = load_inception(config.eval.inception_path or None, device)
-        reference = _to_uint8_hwc(test)
-
-        def metric(x):
-            return fid_kid(_to_uint8_hwc(to_data_space(x, config).cpu()), reference,
-                           feature_extractor=extractor, device=device)
-        metric_key = "fid"
+    data_metric, metric_key = quality_metric(config, test, device, mixture)
     rows = run_study(score_fn, sde, (study.num_samples,) + data_shape(config), list(study.samplers),
-                     list(study.nfe), metric, seed=config.seed, reference_tol=study.reference_tol, device=device)
+                     list(study.nfe), lambda x: data_metric(to_data_space(x, config)), seed=config.seed,
+                     reference_tol=study.reference_tol, device=device)
     title = f"{Path(workdir).name}: {config.training.sde}, step {step}, {study.num_samples} samples"
     paths = write_study(rows, Path(workdir) / "study", metric_key, title, name=f"study_{step}")
     print(json.dumps({"step": step, "rows": len(rows), **paths}))
