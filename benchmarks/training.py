@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*`
 
 from sde_diffusion.config import build_loss, build_model, build_score_fn, build_sde, data_shape  # noqa: E402
 from sde_diffusion.ema import EMA  # noqa: E402
+from sde_diffusion.performance import grad_scaler, to_memory_format, training_network  # noqa: E402
 
 # (config module, batch size, what the row shows)
 ROWS = (
@@ -39,34 +40,49 @@ ROWS = (
 )
 
 
-def time_training_steps(config, steps: int, warmup: int, repeats: int) -> tuple[float, int]:
-    """Best steps/s over `repeats` runs of `steps` trainer steps, and the parameter count."""
+def time_training_steps(config, steps: int, warmup: int, repeats: int, device: str = "cpu",
+                        precision: str = "fp32", channels_last: bool = False,
+                        compile: bool = False) -> tuple[float, int]:
+    """Best steps/s over `repeats` runs of `steps` trainer steps, and the parameter count.
+    precision / channels_last / compile are the trainer's speed options (`training.*`)."""
     torch.manual_seed(config.seed)
     sde = build_sde(config)
-    model = build_model(config)
+    model = build_model(config).to(device)
     ema = EMA(model, config.model.ema_rate)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr)
     loss_fn = build_loss(config, sde)
-    score_fn = build_score_fn(model, sde, config)
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand((config.training.batch_size, *data_shape(config)), generator=generator) * 2 - 1
+    network = training_network(model, torch.device(device), precision=precision,
+                               channels_last=channels_last, compile=compile)
+    score_fn = build_score_fn(network, sde, config)
+    scaler = grad_scaler(precision, torch.device(device))
+    generator = torch.Generator(device).manual_seed(0)
+    x = torch.rand((config.training.batch_size, *data_shape(config)), generator=generator, device=device) * 2 - 1
+    x = to_memory_format(x, channels_last)
     model.train()
 
     def step() -> None:
         loss = loss_fn(score_fn, x, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         ema.update(model)
+
+    def synchronize() -> None:
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
 
     for _ in range(warmup):
         step()
     best = 0.0
     for _ in range(repeats):
+        synchronize()
         start = time.perf_counter()
         for _ in range(steps):
             step()
+        synchronize()
         best = max(best, steps / (time.perf_counter() - start))
     return best, sum(p.numel() for p in model.parameters())
 

@@ -21,6 +21,9 @@ def get_base_config():
     training.snapshot_freq_for_preemption = 10000  # the overwritten resume checkpoint
     training.snapshot_sampling = True
     training.num_snapshot_samples = 64
+    training.precision = "fp32"           # fp32, bf16 or fp16 autocast of the network (fp16 with loss scaling)
+    training.channels_last = False        # NHWC layout for image batches and conv weights
+    training.compile = False              # torch.compile the network for the training step
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"                # any registered sampler

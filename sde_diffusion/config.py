@@ -15,6 +15,7 @@ import torch
 
 from . import losses
 from .models import get_model, model_names, score_fn_from_model
+from .performance import PRECISIONS
 from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
 from .sdes import SDES, SDE, ScoreFn, get_sde
 
@@ -84,6 +85,12 @@ def validate_config(config) -> None:
     _positive_number(config, "sampling.rho")
     _require(config.optim.optimizer in ("Adam", "AdamW"), "optim.optimizer", "must be 'Adam' or 'AdamW'",
              config.optim.optimizer)
+    _require(config.training.precision in PRECISIONS, "training.precision",
+             f"must be one of {', '.join(PRECISIONS)}", config.training.precision)
+    if config.training.precision == "fp16":
+        _require(select_device(config).type == "cuda", "training.precision",
+                 "fp16 autocast is for CUDA devices (on CPU it runs far slower than fp32); use bf16",
+                 "fp16")
     _require(config.optim.warmup >= 0, "optim.warmup", "must be >= 0", config.optim.warmup)
     _validate_study(config)
     _require(config.eval.bpd_trace in ("exact", "hutchinson"), "eval.bpd_trace",

@@ -21,6 +21,7 @@ from .config import build_loss, build_model, build_score_fn, build_sde, is_image
 from .datasets import BatchStream, random_flip, to_model_space, uniform_dequantize
 from .ema import EMA
 from .modes import draw_samples, load_dataset_from_config, save_sample_pictures
+from .performance import grad_scaler, to_memory_format, training_network
 
 
 class _Scalars:
@@ -87,8 +88,14 @@ def train(config, workdir) -> dict:
     optimizer = optimizer_class(model.parameters(), lr=optim.lr, betas=(optim.beta1, 0.999),
                                 eps=optim.eps, weight_decay=optim.weight_decay)
     loss_fn = build_loss(config, sde)
-    score_fn = build_score_fn(model, sde, config)
     training = config.training
+    # The loss runs through a (possibly compiled / autocast) view sharing the model's parameters;
+    # state dicts, EMA and evaluation use the plain model.
+    network = training_network(model, device, precision=training.precision,
+                               channels_last=training.channels_last, compile=training.compile)
+    score_fn = build_score_fn(network, sde, config)
+    eval_score_fn = build_score_fn(model, sde, config)
+    scaler = grad_scaler(training.precision, device)
     stream = BatchStream(len(train_set), training.batch_size, seed=config.seed)
     generator = torch.Generator(device).manual_seed(config.seed)
 
@@ -100,6 +107,8 @@ def train(config, workdir) -> dict:
         optimizer.load_state_dict(resumed["optimizer"])
         stream.load_state_dict(resumed["data_stream"])
         _restore_rng(resumed["rng"], generator)
+        if resumed.get("grad_scaler"):  # fp16's loss scale; empty when scaling is off
+            scaler.load_state_dict(resumed["grad_scaler"])
         step = int(resumed["step"])
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json(indent=2))
@@ -107,7 +116,7 @@ def train(config, workdir) -> dict:
     def state_at(current_step: int) -> dict:
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": current_step, "data_stream": stream.state_dict(), "rng": _rng_state(generator),
-                "config": config.to_json()}
+                "config": config.to_json(), "grad_scaler": scaler.state_dict()}
 
     eval_generator = torch.Generator(device)
     eval_batch = test_set.data[:training.batch_size].to(device)
@@ -119,14 +128,17 @@ def train(config, workdir) -> dict:
     model.train()
     while step < training.n_iters:
         x = _prepare_batch(train_set.data[next(stream)].to(device), config, generator)
+        x = to_memory_format(x, training.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = optim.lr * min((step + 1) / optim.warmup, 1.0) if optim.warmup else optim.lr
         loss = loss_fn(score_fn, x, generator)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
         if optim.grad_clip > 0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
             torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        optimizer.step()
+        scaler.step(optimizer)
+        scaler.update()
         ema.update(model)
         step += 1
         progress.update(1)
@@ -142,7 +154,7 @@ def train(config, workdir) -> dict:
             model.eval()
             with torch.no_grad():
                 eval_generator.manual_seed(config.seed + 1)  # the same noise each time: comparable
-                eval_loss = loss_fn(score_fn, _prepare_batch(eval_batch, config, eval_generator), eval_generator)
+                eval_loss = loss_fn(eval_score_fn, _prepare_batch(eval_batch, config, eval_generator), eval_generator)
             model.train()
             scalars.write(step, eval_loss=eval_loss.item())
         if step % training.snapshot_freq_for_preemption == 0 or step == training.n_iters:
