@@ -69,7 +69,7 @@ def _child_name(parent: nn.Module, name: str, child: nn.Module) -> str:
     return names[name]
 
 
-def _reference_units(module: nn.Module, prefix: str = ""):
+def reference_units(module: nn.Module, prefix: str = ""):
     """(our module path, module) for each entry of the reference's `all_modules`, in order.
     Parameter-free resamplers count (the reference lists them too); the shared activation
     (`act`) does not (the reference keeps it outside the list)."""
@@ -77,7 +77,7 @@ def _reference_units(module: nn.Module, prefix: str = ""):
         if name == "act":
             continue
         if isinstance(child, _CONTAINERS):
-            yield from _reference_units(child, f"{prefix}{name}.")
+            yield from reference_units(child, f"{prefix}{name}.")
         else:
             yield f"{prefix}{name}", child
 
@@ -101,7 +101,7 @@ def reference_key_map(model: nn.Module) -> dict:
         raise ValueError(f"reference checkpoints exist for the ddpm and ncsnpp networks only, "
                          f"not {type(model).__name__}")
     mapping = {}
-    for index, (path, unit) in enumerate(_reference_units(model)):
+    for index, (path, unit) in enumerate(reference_units(model)):
         for key in unit.state_dict():
             mapping[f"{path}.{key}"] = f"{PREFIX}all_modules.{index}.{_inner_key(unit, key)}"
     unnamed = [key for key in model.state_dict() if key not in mapping]
