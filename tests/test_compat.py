@@ -6,6 +6,8 @@ import copy
 import importlib.util
 import itertools
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import ml_collections
@@ -17,7 +19,7 @@ from torch import nn
 from sde_diffusion.checkpoints import CheckpointError
 from sde_diffusion.compat import (ChainIndexConditioned, load_reference_checkpoint, read_reference_checkpoint,
                                   reference_key_map, reference_noise_table, reference_units)
-from sde_diffusion.config import validate_config
+from sde_diffusion.config import ConfigError, validate_config
 from sde_diffusion.models import get_model
 from sde_diffusion.models.blocks import BigGANResnetBlock, Combine, ResnetBlock
 from sde_diffusion.models.layers import AttentionBlock, GaussianFourierProjection
@@ -373,3 +375,55 @@ def test_chain_index_wrapper_feeds_the_reference_index():
     out = wrapper(torch.zeros(11, 1, 2, 2), sigmas.float())
     assert seen[0].tolist() == list(range(10)) + [3]  # the geometric midpoint nudged up -> level 3
     torch.testing.assert_close(out[:, 0, 0, 0], 1 / table[[*range(10), 3]].float())
+
+
+# ----------------------------------------------------------------------------- main.py
+
+FIXTURE_SIZE = ["--config.data.image_size=16", "--config.model.nf=32", "--config.model.ch_mult=(1,2)",
+                "--config.model.num_res_blocks=1", "--config.model.attn_resolutions=(8,)",
+                "--config.device=cpu"]
+
+
+def main_py(workdir, *args, config="configs/published/vp_cifar10_ddpmpp_continuous.py"):
+    command = [sys.executable, "main.py", f"--config={config}", f"--workdir={workdir}", *args]
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+@requires_fixtures
+def test_main_samples_from_a_reference_checkpoint(tmp_path):
+    result = main_py(tmp_path / "run", "--mode=sample", *FIXTURE_SIZE,
+                     f"--config.eval.reference_checkpoint={FIXTURES / 'ddpmpp_vp_cifar10_continuous.pth'}",
+                     "--config.sampling.steps=5", "--config.sampling.num_samples=4",
+                     "--config.sampling.batch_size=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["step"] == "reference_1234" and report["nfe"] == 5
+    samples = np.load(report["npz"])["samples"]
+    assert samples.shape == (4, 3, 16, 16) and np.isfinite(samples).all()
+
+
+@requires_fixtures
+def test_main_stops_with_one_line_when_the_config_does_not_fit(tmp_path):
+    workdir = tmp_path / "run"
+    result = main_py(workdir, "--mode=sample", *FIXTURE_SIZE,
+                     f"--config.eval.reference_checkpoint={FIXTURES / 'ddpm_vp_cifar10.pth'}")
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1, result.stderr
+    assert "does not fit the network built from this config" in lines[0]
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize("fields, mode, message", [
+    (dict(reference_checkpoint="/nonexistent/checkpoint_8.pth"), "sample", "no such file"),
+    (dict(reference_checkpoint=__file__), "train", "is read by sample, likelihood, eval and study"),
+    (dict(reference_checkpoint=__file__, checkpoint=8), "sample", "not both"),
+])
+def test_reference_checkpoint_field_is_validated(fields, mode, message):
+    config = published_config("vp_cifar10_ddpmpp_continuous")
+    config.eval.update(fields)
+    with pytest.raises(ConfigError, match=f"config.eval.reference_checkpoint: .*{message}"):
+        validate_config(config, mode)
+    config.model.name = "mlp"
+    config.eval.update(dict(checkpoint=0, reference_checkpoint=__file__))
+    with pytest.raises(ConfigError, match="ddpm or ncsnpp networks"):
+        validate_config(config, "sample")
