@@ -233,7 +233,7 @@ def shrink(config, image_size=16):
     config.model.dropout = 0.0
     config.data.image_size = image_size
     config.model.attn_resolutions = tuple(image_size // 16 * r for r in config.model.attn_resolutions)
-    config.model.num_res_blocks = min(config.model.num_res_blocks, 2) if config.model.num_res_blocks < 8 else 3
+    config.model.num_res_blocks = 3 if config.model.num_res_blocks == 8 else 2  # deep stays deeper
     return config
 
 
