@@ -5,6 +5,8 @@
         --config.sampling.method=ode
     python main.py --config configs/vp_digits.py --workdir runs/digits --mode likelihood
     python main.py --config configs/vp_digits.py --workdir runs/digits --mode study
+    python main.py --config configs/published/vp_cifar10_ddpmpp_continuous.py --workdir runs/pub \
+        --mode sample --config.eval.reference_checkpoint=checkpoint_8.pth
 
 Bad input (config values, missing data, unusable checkpoints) ends with one line on stderr and a
 non-zero exit, before anything in the workdir is written.
@@ -33,7 +35,7 @@ def main(argv):
 
     config = FLAGS.config
     try:
-        validate_config(config)
+        validate_config(config, FLAGS.mode)
         run = {"train": train, "sample": run_sample, "likelihood": run_likelihood, "eval": run_eval,
                "study": run_study_mode}[FLAGS.mode]
         run(config, FLAGS.workdir)

@@ -48,6 +48,9 @@ def get_base_config():
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.checkpoint = 0               # 0 = the latest checkpoint
+    # A score_sde_pytorch checkpoint file (README, "Published score_sde checkpoints") used by
+    # sample / likelihood / eval / study instead of the workdir's checkpoints; "" = none.
+    evaluate.reference_checkpoint = ""
     evaluate.batch_size = 64
     evaluate.num_samples = 1000
     evaluate.bpd_num_images = 256

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import inspect
 from functools import partial
-from typing import Callable
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
 
@@ -55,8 +56,9 @@ def is_image_data(config) -> bool:
     return config.data.dataset in IMAGE_DATASETS
 
 
-def validate_config(config) -> None:
-    """Raise ConfigError naming the first field whose value cannot work."""
+def validate_config(config, mode: Optional[str] = None) -> None:
+    """Raise ConfigError naming the first field whose value cannot work (for `mode`, when
+    given: one of main.py's modes)."""
     from .datasets import DATASETS
 
     _known(config.training.sde, SDES, "training.sde")
@@ -108,12 +110,29 @@ def validate_config(config) -> None:
     else:
         _require(config.model.beta_min <= config.model.beta_max, "model.beta_max",
                  "must be at least model.beta_min", config.model.beta_max)
+    if config.eval.get("reference_checkpoint"):
+        _validate_reference_checkpoint(config, mode)
     if is_image_data(config):
         _validate_image_config(config)
     else:
         _positive_int(config, "data.num_points")
         _require(config.model.name not in IMAGE_MODELS, "model.name",
                  f"{config.model.name!r} is an image network; use 'mlp' for point data", config.model.name)
+
+
+def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:
+    path = config.eval.reference_checkpoint
+    field = "eval.reference_checkpoint"
+    _require(Path(path).is_file(), field, "no such file", path)
+    _require(config.model.name in IMAGE_MODELS, field,
+             f"score_sde_pytorch checkpoints hold {' or '.join(IMAGE_MODELS)} networks, not "
+             f"model.name={config.model.name!r}", path)
+    _require(not config.eval.checkpoint, field,
+             "set either it or eval.checkpoint (a step of the workdir's own run), not both", path)
+    _require(mode != "train", field, "is read by sample, likelihood, eval and study; training "
+             "starts from a fresh network", path)
+    _require(not (mode == "study" and config.study.oracle), field,
+             "study.oracle=True scores the exact score, not a checkpoint", path)
 
 
 def _validate_study(config) -> None:

@@ -57,7 +57,16 @@ def save_sample_pictures(samples: torch.Tensor, path, config, data=None, title: 
 
 def load_trained(config, workdir, device):
     """(EMA network in eval mode, SDE, step) from the workdir's latest checkpoint (or the one
-    at `eval.checkpoint` when that is set)."""
+    at `eval.checkpoint` when that is set), or from the score_sde_pytorch checkpoint named by
+    `eval.reference_checkpoint`, whose step is reported as "reference_<step>" so that its outputs
+    never overwrite those of the workdir's own run."""
+    if config.eval.get("reference_checkpoint"):
+        from .compat import read_reference_checkpoint, reference_model
+
+        path = config.eval.reference_checkpoint
+        checkpoint = read_reference_checkpoint(path)
+        model = reference_model(checkpoint, config, source=str(path)).to(device).requires_grad_(False)
+        return model, build_sde(config), f"reference_{int(checkpoint.get('step', 0))}"
     if config.eval.checkpoint:
         state = checkpoints.load_checkpoint(checkpoints.snapshot_path(workdir, config.eval.checkpoint), device)
     else:

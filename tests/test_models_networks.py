@@ -10,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sde_diffusion.compat import load_reference_weights, reference_key_map
 from sde_diffusion.models import ddpm, ncsnpp, resampling
 from sde_diffusion.models.registry import get_model
 
@@ -28,28 +29,15 @@ def load_family(name):
     return get_model(config).eval(), checkpoint, expected
 
 
-def load_reference_weights(model, checkpoint, use_ema):
-    """The positional mapping documented in ddpm.py / ncsnpp.py, with a shape check per pair:
-    the raw state dict minus `sigmas` onto our state dict (this also brings the non-trained
-    Fourier frequencies), then, for EMA, the shadow parameters onto our parameters."""
-    raw = [v for k, v in checkpoint["model"].items() if k != "module.sigmas"]
-    ours = model.state_dict()
-    assert len(raw) == len(ours)
-    for (key, value), reference in zip(ours.items(), raw):
-        assert value.shape == reference.shape, key
-    model.load_state_dict(dict(zip(ours.keys(), raw)))
-    if use_ema:
-        params, shadow = list(model.parameters()), checkpoint["ema"]["shadow_params"]
-        assert len(params) == len(shadow)
-        with torch.no_grad():
-            for param, value in zip(params, shadow):
-                assert param.shape == value.shape
-                param.copy_(value)
-
-
 def fixture_error(name, use_ema, device="cpu"):
+    """Max deviation from the reference output, with the EMA weights (`sde_diffusion.compat`)
+    or the raw ones (the same key mapping, without the shadow parameters)."""
     model, checkpoint, expected = load_family(name)
-    load_reference_weights(model, checkpoint, use_ema)
+    if use_ema:
+        load_reference_weights(model, checkpoint)
+    else:
+        model.load_state_dict({ours: checkpoint["model"][reference]
+                               for ours, reference in reference_key_map(model).items()})
     model.to(device)
     with torch.no_grad():
         out = model(torch.from_numpy(expected["x"]).to(device),

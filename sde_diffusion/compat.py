@@ -1,0 +1,286 @@
+"""Load the checkpoints published with the reference implementation of Song et al. 2021
+(score_sde_pytorch) into this package's `ddpm` and `ncsnpp` networks.
+
+A reference checkpoint is a dict `{"model", "ema", "optimizer", "step"}`:
+- `model`: the state dict of the network wrapped in DataParallel, so every key starts with
+  `module.`. The network keeps its layers in one flat list, `module.all_modules.<k>.<name>`,
+  in the order it creates them, plus `module.sigmas`, its table of geometric noise levels
+  sigma_max ... sigma_min (num_scales of them);
+- `ema`: `{"decay", "num_updates", "shadow_params"}`, one averaged tensor per trainable
+  parameter in the reference network's `parameters()` order. These are the weights the paper
+  samples and evaluates with, and the ones loaded here.
+
+Our networks create the same layers in the same order under names that say what they are
+(`models/ddpm.py`, `models/ncsnpp.py`). `reference_key_map` gives each of our tensors the
+reference's key, so weights load by name; the EMA list pairs with the checkpoint's own parameter
+keys in the checkpoint's order. Every tensor on either side must find its partner with the same
+shape; the first that does not is named in the error. `module.sigmas` is not a weight: it is
+checked against `model.sigma_min / sigma_max / num_scales` where the network's output depends on
+it (VE models, and any with `scale_by_sigma`), and is otherwise unused, as in the reference.
+
+Conventions: the reference conditions continuous VE networks on sigma and VP networks on
+t * 999 (continuous) or the chain index (discrete), as `models.score` does. Its discrete VE
+(SMLD) networks instead take the index i of the nearest noise level in `sigmas` and divide by
+sigmas[i]; `ChainIndexConditioned` wraps such a network so that it takes sigma like ours.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .checkpoints import CheckpointError
+from .models import get_model
+from .models.blocks import BigGANResnetBlock, Combine, ResnetBlock, ResnetWithAttention, ResolutionLevel
+from .models.ddpm import DDPM
+from .models.layers import NIN, AttentionBlock, GaussianFourierProjection, NoiseLevelMLP
+from .models.ncsnpp import NCSNpp
+from .models.resampling import Downsample, FIRConv2d, Upsample
+from .utils import append_dims
+
+PREFIX = "module."                 # DataParallel's prefix on every reference key
+NOISE_TABLE_KEY = "module.sigmas"  # the reference network's noise-level table (a buffer)
+
+# Our child name -> the reference attribute name, per block (reference layers.py / layerspp.py).
+_RESNET_NAMES = {"norm_in": "GroupNorm_0", "conv_in": "Conv_0", "noise_projection": "Dense_0",
+                 "norm_out": "GroupNorm_1", "conv_out": "Conv_1"}
+_CHILD_NAMES = {
+    ResnetBlock: {**_RESNET_NAMES, "skip": "NIN_0"},
+    BigGANResnetBlock: {**_RESNET_NAMES, "skip": "Conv_2"},
+    AttentionBlock: {"norm": "GroupNorm_0", "query": "NIN_0", "key": "NIN_1", "value": "NIN_2",
+                     "output": "NIN_3"},
+    Combine: {"projection": "Conv_0"},
+}
+# Our tensor name -> the reference's, where they differ.
+_TENSOR_NAMES = {NIN: {"weight": "W", "bias": "b"}, GaussianFourierProjection: {"frequencies": "W"}}
+# Modules we group but the reference lists flat: we descend into them.
+_CONTAINERS = (nn.ModuleList, ResolutionLevel, ResnetWithAttention, NoiseLevelMLP)
+
+
+def _child_name(parent: nn.Module, name: str, child: nn.Module) -> str:
+    if isinstance(parent, (Upsample, Downsample)) and name == "conv":
+        # The reference's FIR resamplers hold a fused `Conv2d_0`, the plain ones a `Conv_0`.
+        return "Conv2d_0" if isinstance(child, FIRConv2d) else "Conv_0"
+    names = _CHILD_NAMES.get(type(parent), {})
+    if name not in names:
+        raise RuntimeError(f"no reference name for child {name!r} of {type(parent).__name__}")
+    return names[name]
+
+
+def reference_units(module: nn.Module, prefix: str = ""):
+    """(our module path, module) for each entry of the reference's `all_modules`, in order.
+    Parameter-free resamplers count (the reference lists them too); the shared activation
+    (`act`) does not (the reference keeps it outside the list)."""
+    for name, child in module.named_children():
+        if name == "act":
+            continue
+        if isinstance(child, _CONTAINERS):
+            yield from reference_units(child, f"{prefix}{name}.")
+        else:
+            yield f"{prefix}{name}", child
+
+
+def _inner_key(unit: nn.Module, key: str) -> str:
+    """A key of `unit.state_dict()` in the reference's naming."""
+    *path, tensor = key.split(".")
+    module, names = unit, []
+    for name in path:
+        child = getattr(module, name)
+        names.append(_child_name(module, name, child))
+        module = child
+    names.append(_TENSOR_NAMES.get(type(module), {}).get(tensor, tensor))
+    return ".".join(names)
+
+
+def reference_key_map(model: nn.Module) -> dict:
+    """{our state-dict key: the reference checkpoint key of the same tensor}, in our order,
+    for a `ddpm` or `ncsnpp` network."""
+    if not isinstance(model, (DDPM, NCSNpp)):
+        raise ValueError(f"reference checkpoints exist for the ddpm and ncsnpp networks only, "
+                         f"not {type(model).__name__}")
+    mapping = {}
+    for index, (path, unit) in enumerate(reference_units(model)):
+        for key in unit.state_dict():
+            mapping[f"{path}.{key}"] = f"{PREFIX}all_modules.{index}.{_inner_key(unit, key)}"
+    unnamed = [key for key in model.state_dict() if key not in mapping]
+    if unnamed:
+        raise RuntimeError(f"no reference name for {unnamed[:3]}")
+    return {key: mapping[key] for key in model.state_dict()}
+
+
+# ------------------------------------------------------------------------------- reading
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def read_reference_checkpoint(path) -> dict:
+    """The checkpoint at `path`, loaded with `weights_only=True` (tensors and containers, never
+    code), after checking that it has the reference layout."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no reference checkpoint at {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises several types for corrupt or unsafe files
+        raise CheckpointError(f"cannot load reference checkpoint {path}: {_first_line(error)}") from error
+    _check_layout(state, path)
+    return state
+
+
+def _check_layout(state, path) -> None:
+    def fail(reason):
+        raise CheckpointError(f"{path} is not a score_sde_pytorch checkpoint: {reason}")
+
+    if not isinstance(state, dict) or not {"model", "ema"} <= set(state):
+        found = sorted(map(str, state)) if isinstance(state, dict) else type(state).__name__
+        fail(f"expected a dict with 'model' and 'ema' entries, found {found}")
+    model, ema = state["model"], state["ema"]
+    if not isinstance(model, dict) or not model:
+        fail("its 'model' entry is not a non-empty state dict")
+    if not all(isinstance(value, torch.Tensor) for value in model.values()):
+        fail("its 'model' entry holds values that are not tensors")
+    unprefixed = [key for key in model if not key.startswith(PREFIX)]
+    if unprefixed:
+        fail(f"model key {unprefixed[0]!r} lacks the {PREFIX!r} prefix the reference's DataParallel "
+             f"adds (a checkpoint written by sde_diffusion itself loads from its workdir instead)")
+    shadow = ema.get("shadow_params") if isinstance(ema, dict) else None
+    if not isinstance(shadow, (list, tuple)) or not all(isinstance(t, torch.Tensor) for t in shadow):
+        fail("its 'ema' entry has no list of tensors 'shadow_params'")
+
+
+# ------------------------------------------------------------------------------- mapping
+
+
+def _shape(tensor: torch.Tensor) -> str:
+    return str(list(tensor.shape))
+
+
+def _first(keys: list, count: int = 3) -> str:
+    shown = ", ".join(repr(key) for key in keys[:count])
+    return shown + (f" and {len(keys) - count} more" if len(keys) > count else "")
+
+
+def load_reference_weights(model: nn.Module, checkpoint: dict, source: str = "checkpoint") -> nn.Module:
+    """Copy a reference checkpoint's EMA weights (and its buffers, such as the Fourier
+    frequencies) into `model`, a `ddpm` or `ncsnpp` network; returns `model`. Raises
+    CheckpointError naming the first keys that do not pair up."""
+    ours_to_reference = reference_key_map(model)
+    reference_to_ours = {reference: ours for ours, reference in ours_to_reference.items()}
+    weights, ours = checkpoint["model"], model.state_dict()
+
+    problems = []
+    for reference_key, tensor in weights.items():
+        our_key = reference_to_ours.get(reference_key)
+        if our_key is not None and ours[our_key].shape != tensor.shape:
+            problems.append(f"checkpoint key {reference_key!r} has shape {_shape(tensor)}, the network "
+                            f"built from the config expects {_shape(ours[our_key])} (its {our_key!r})")
+            break
+    missing = [key for key in reference_to_ours if key not in weights]
+    if missing:
+        problems.append(f"{len(missing)} key(s) the network needs are missing from the checkpoint: "
+                        f"{_first(missing)}")
+    extra = [key for key in weights if key not in reference_to_ours and key != NOISE_TABLE_KEY]
+    if extra:
+        problems.append(f"{len(extra)} checkpoint key(s) the network does not have: {_first(extra)}")
+    if problems:
+        raise CheckpointError(f"{source} does not fit the network built from this config: "
+                              + "; ".join(problems))
+    model.load_state_dict({key: weights[reference_key] for key, reference_key in ours_to_reference.items()})
+
+    # The shadow list follows the reference's parameters(), i.e. the order of its parameter keys.
+    parameters = dict(model.named_parameters())
+    parameter_keys = [key for key in weights if reference_to_ours.get(key) in parameters]
+    shadow = checkpoint["ema"]["shadow_params"]
+    if len(shadow) != len(parameter_keys):
+        raise CheckpointError(f"{source}: its EMA has {len(shadow)} shadow tensors, but its network has "
+                              f"{len(parameter_keys)} parameters")
+    with torch.no_grad():
+        for position, (reference_key, average) in enumerate(zip(parameter_keys, shadow)):
+            parameter = parameters[reference_to_ours[reference_key]]
+            if parameter.shape != average.shape:
+                raise CheckpointError(f"{source}: EMA shadow tensor {position} has shape {_shape(average)}, "
+                                      f"but its parameter {reference_key!r} has {_shape(parameter)}")
+            parameter.copy_(average)
+    return model
+
+
+# ------------------------------------------------------------------------ config, wrapper
+
+
+def reference_noise_table(sigma_min: float, sigma_max: float, num_scales: int) -> torch.Tensor:
+    """The reference's `sigmas`: num_scales geometric levels from sigma_max down to sigma_min."""
+    return torch.exp(torch.linspace(math.log(sigma_max), math.log(sigma_min), num_scales,
+                                    dtype=torch.float64))
+
+
+class ChainIndexConditioned(nn.Module):
+    """A reference discrete-VE (SMLD) network behind this package's VE convention.
+
+    The reference feeds such a network the index i of the noise level, rounded from
+    (T - t) (N - 1), and divides its output by sigmas[i] (`sigmas` descending from sigma_max).
+    Here the label is sigma itself, so i = round((N - 1) log(sigma_max / sigma) /
+    log(sigma_max / sigma_min)), the same index, since log sigma is linear in t."""
+
+    def __init__(self, network: nn.Module, sigmas: torch.Tensor, scale_by_sigma: bool):
+        super().__init__()
+        self.network = network
+        self.register_buffer("sigmas", sigmas.clone())
+        self.scale_by_sigma = scale_by_sigma
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+        log_sigmas = torch.log(self.sigmas.double())
+        fraction = (log_sigmas[0] - torch.log(sigma.double())) / (log_sigmas[0] - log_sigmas[-1])
+        index = torch.round(fraction * (len(self.sigmas) - 1)).clamp(0, len(self.sigmas) - 1).long()
+        h = self.network(x, index.to(x.dtype))
+        if self.scale_by_sigma:
+            h = h / append_dims(self.sigmas[index].to(h.dtype), h.ndim)
+        return h
+
+
+def _check_noise_table(table: torch.Tensor, config, source: str) -> None:
+    model = config.model
+    expected = reference_noise_table(model.sigma_min, model.sigma_max, model.num_scales)
+    fits = table.shape == expected.shape and torch.allclose(table.double(), expected, rtol=1e-4)
+    if not fits:
+        got = (f"{len(table)} levels from {table[0].item():.6g} to {table[-1].item():.6g}"
+               if table.ndim == 1 and len(table) else f"shape {_shape(table)}")
+        raise CheckpointError(
+            f"{source}: its noise table {NOISE_TABLE_KEY!r} ({got}) does not match config.model."
+            f"sigma_max={model.sigma_max}, sigma_min={model.sigma_min}, num_scales={model.num_scales}")
+
+
+def reference_model(checkpoint: dict, config, source: str = "checkpoint") -> nn.Module:
+    """The network `config` describes, carrying the checkpoint's EMA weights, in eval mode."""
+    network = get_model(config)
+    load_reference_weights(network, checkpoint, source)
+    table = checkpoint["model"].get(NOISE_TABLE_KEY)
+    ve = config.training.sde == "vesde"
+    chain_indexed = ve and not config.training.continuous
+    scale_by_sigma = bool(config.model.get("scale_by_sigma", False))
+    if scale_by_sigma and not ve:
+        # The reference would divide by its table at the time label's index; no published
+        # model does this, and our networks divide by the label itself.
+        raise CheckpointError(f"{source}: model.scale_by_sigma with the {config.training.sde} SDE "
+                              f"has no counterpart in this package (set it only for vesde)")
+    if ve:
+        if table is None:
+            raise CheckpointError(f"{source}: has no noise table {NOISE_TABLE_KEY!r}, which this "
+                                  f"VE model needs")
+        _check_noise_table(table, config, source)
+    if chain_indexed:
+        network.scale_by_sigma = False  # the wrapper divides by sigmas[i], as the reference does
+        return ChainIndexConditioned(network, table, scale_by_sigma).eval()
+    return network.eval()
+
+
+def load_reference_checkpoint(path, config, device="cpu") -> nn.Module:
+    """The `ddpm` / `ncsnpp` network `config` describes with the EMA weights of the
+    score_sde_pytorch checkpoint at `path`, in eval mode on `device`. Errors (missing or unsafe
+    file, another layout, a config that does not fit the file) raise CheckpointError."""
+    checkpoint = read_reference_checkpoint(path)
+    return reference_model(checkpoint, config, source=str(path)).to(device)
