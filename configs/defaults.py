@@ -21,6 +21,8 @@ def get_base_config():
     training.snapshot_freq_for_preemption = 10000  # the overwritten resume checkpoint
     training.snapshot_sampling = True
     training.num_snapshot_samples = 64
+    training.nonfinite = "stop"           # a non-finite loss or gradient: "stop" the run, or "skip" the step
+    training.nonfinite_max_skips = 10     # "skip": stop anyway after more than this many in a row
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"                # any registered sampler

@@ -111,7 +111,7 @@ def test_training_again_with_the_same_budget_does_nothing(trained_toy, tmp_path)
 
 def test_corrupt_checkpoint_is_reported_not_loaded(tmp_path):
     path = tmp_path / "checkpoint.pth"
-    checkpoints.save_checkpoint(path, {"step": 3, "weights": torch.ones(2)})
+    checkpoints.save_checkpoint(path, {"step": 3, "model": {"w": torch.ones(2)}, "ema": {}})
     assert checkpoints.load_checkpoint(path)["step"] == 3
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(checkpoints.CheckpointError, match="cannot load checkpoint"):
