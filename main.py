@@ -27,13 +27,19 @@ def _last_line(error: BaseException) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
+def _first_and_last_line(error: BaseException) -> str:
+    """A traceback folded into a message becomes its headline plus the exception's own line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return " ".join(lines[:1] + lines[-1:] if len(lines) > 1 else lines)
+
+
 def parse_flags(argv):
     """absl's flag parsing with every failure as one line: a bad flag value, an unknown config
     field, a config file that is missing or does not run."""
     try:
         remaining = FLAGS(argv)
     except flags.Error as error:  # wrong type, unknown flag or mode, missing required flag
-        sys.exit(f"error: {_last_line(error)}")
+        sys.exit(f"error: {_first_and_last_line(error)}")
     except (AttributeError, KeyError) as error:  # ml_collections: an override of a field the config lacks
         unknown = str(error).strip("\"'")
         named = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")

@@ -105,6 +105,8 @@ def snapshot_steps(workdir) -> list:
 def check_workdir(workdir) -> None:
     """Raise OSError unless `workdir` is, or can be created as, a folder this process may write
     in; checked before a run starts, so that hours of training never end in a failed save."""
+    if not str(workdir or "").strip():
+        raise FileNotFoundError("workdir is empty: --workdir must name a folder")
     path = Path(workdir).absolute()
     existing = next(folder for folder in (path, *path.parents) if folder.exists())
     if not existing.is_dir():
