@@ -113,11 +113,10 @@ def _drive(cases_file: str) -> None:
     import tempfile
     import traceback
 
-    import torch  # noqa: F401 - imported once here, inherited by every child
-    import absl.app  # noqa: F401
-    import ml_collections  # noqa: F401
-    import sde_diffusion.modes  # noqa: F401
-    import sde_diffusion.train  # noqa: F401
+    import importlib
+
+    for module in ("torch", "absl.app", "ml_collections", "sde_diffusion.train"):
+        importlib.import_module(module)  # once here, inherited by every child
 
     results = []
     for argv in json.loads(Path(cases_file).read_text()):
