@@ -9,6 +9,10 @@ crash at any moment leaves either the previous file or the new one, never a mix.
 `torch.load(weights_only=True)`: a checkpoint can hold tensors, numbers, strings and containers,
 never code; a file crafted to run code on unpickling fails to load instead.
 
+Each file carries a digest of its contents (`DIGEST_KEY`), checked at load: torch's zip reader
+notices a truncated file but not flipped bytes inside a tensor, which would otherwise resume
+training from silently wrong weights.
+
 `latest_checkpoint` takes the highest step that loads: a truncated, corrupt, unsafe or foreign
 file is reported (a warning naming the file and the reason) and skipped for the next one. Damaged
 files are never deleted; `set_aside` renames one out of the way before the trainer writes a new
@@ -16,6 +20,7 @@ snapshot of the same step.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -29,6 +34,7 @@ SNAPSHOT_DIR = "checkpoints"
 PREEMPTION_PATH = Path("checkpoints-meta") / "checkpoint.pth"
 _SNAPSHOT_NAME = re.compile(r"checkpoint_(\d+)\.pth$")
 _REQUIRED_ENTRIES = ("step", "model", "ema")
+DIGEST_KEY = "blake2b"
 log = logging.getLogger(__name__)
 
 
@@ -45,8 +51,34 @@ def _fsync_folder(folder: Path) -> None:
         os.close(handle)
 
 
+def _digest(state) -> str:
+    """blake2b over every tensor's dtype, shape and bytes and every other leaf's repr, in a fixed
+    order, so that equal states give equal digests whatever the file layout."""
+    digest = hashlib.blake2b(digest_size=16)
+
+    def visit(value):
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                visit(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{type(value).__name__}{len(value)}".encode())
+            for item in value:
+                visit(item)
+        else:
+            digest.update(repr(value).encode())
+
+    visit({key: value for key, value in state.items() if key != DIGEST_KEY})
+    return digest.hexdigest()
+
+
 def save_checkpoint(path, state: dict) -> None:
     path = Path(path)
+    state = {**state, DIGEST_KEY: _digest(state)}
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
@@ -87,6 +119,8 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CheckpointError(f"{path} is not a sde_diffusion checkpoint (no {', '.join(map(repr, missing))} entry)")
     if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
         raise CheckpointError(f"{path} is not a sde_diffusion checkpoint (step {state['step']!r})")
+    if DIGEST_KEY in state and state.pop(DIGEST_KEY) != _digest(state):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its contents do not match the digest saved with them")
     return state
 
 

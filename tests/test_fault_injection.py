@@ -81,7 +81,8 @@ def test_sigkilled_training_resumes_and_ends_bitwise_equal(tmp_path):
         if trial == 0:  # anywhere, the interpreter's start-up included
             time.sleep(rng.uniform(0.5, 4.0))
         else:  # some steps past the first checkpoint this start writes
-            target = last_logged_step(workdir) + PREEMPTION_FREQ + rng.randrange(2 * PREEMPTION_FREQ)
+            # logging step s + 1 comes after saving the checkpoint of step s
+            target = last_logged_step(workdir) + PREEMPTION_FREQ + 1 + rng.randrange(2 * PREEMPTION_FREQ)
             while process.poll() is None and last_logged_step(workdir) < min(target, N_ITERS - 5):
                 time.sleep(0.02)
         assert kill(process), f"trial {trial}: the run finished before it could be killed"
