@@ -8,8 +8,8 @@
     python main.py --config configs/published/vp_cifar10_ddpmpp_continuous.py --workdir runs/pub \
         --mode sample --config.eval.reference_checkpoint=checkpoint_8.pth
 
-Bad input (config values, missing data, unusable checkpoints) ends with one line on stderr and a
-non-zero exit, before anything in the workdir is written.
+Bad input (flags, config files and values, missing data, an unusable workdir or checkpoint) ends
+with one line on stderr and a non-zero exit, before anything in the workdir is written.
 """
 import sys
 
@@ -24,6 +24,48 @@ flags.DEFINE_enum("mode", None, ["train", "sample", "likelihood", "eval", "study
 flags.mark_flags_as_required(["config", "workdir", "mode"])
 
 
+def _last_line(error: BaseException) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _first_and_last_line(error: BaseException) -> str:
+    """A traceback folded into a message becomes its headline plus the exception's own line."""
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return " ".join(lines[:1] + lines[-1:] if len(lines) > 1 else lines)
+
+
+def parse_flags(argv):
+    """absl's flag parsing with every failure as one line: a bad flag value, an unknown config
+    field, a config file that is missing or does not run."""
+    try:
+        remaining = FLAGS(argv)
+    except flags.Error as error:  # wrong type, unknown flag or mode, missing required flag
+        sys.exit(f"error: {_first_and_last_line(error)}")
+    except (AttributeError, KeyError) as error:  # ml_collections: an override of a field the config lacks
+        unknown = str(error).strip("\"'")
+        named = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")
+                 and unknown in arg.split("=")[0].split(".")]
+        sys.exit(f"error: {' '.join(named) or repr(unknown)}: no such field in the config file")
+    except Exception as error:  # noqa: BLE001 - the config file's own code failed (syntax, imports, ...)
+        sys.exit(f"error: config file {_config_path(argv)} does not load: {type(error).__name__}: "
+                 f"{_last_line(error)}")
+    try:
+        FLAGS.config.keys()  # a config file that cannot be read fails only when first used
+    except OSError as error:
+        sys.exit(f"error: config file {_config_path(argv)} does not load: {_last_line(error)}")
+    return remaining
+
+
+def _config_path(argv) -> str:
+    for index, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and index + 1 < len(argv):
+            return argv[index + 1]
+    return "?"
+
+
 def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
@@ -31,17 +73,18 @@ def main(argv):
     from sde_diffusion import checkpoints
     from sde_diffusion.config import ConfigError, validate_config
     from sde_diffusion.modes import run_eval, run_likelihood, run_sample, run_study_mode
-    from sde_diffusion.train import train
+    from sde_diffusion.train import NonFiniteError, train
 
     config = FLAGS.config
     try:
         validate_config(config, FLAGS.mode)
+        checkpoints.check_workdir(FLAGS.workdir)
         run = {"train": train, "sample": run_sample, "likelihood": run_likelihood, "eval": run_eval,
                "study": run_study_mode}[FLAGS.mode]
         run(config, FLAGS.workdir)
-    except (ConfigError, checkpoints.CheckpointError, OSError, ValueError) as error:
-        sys.exit(f"error: {error}")
+    except (ConfigError, checkpoints.CheckpointError, NonFiniteError, OSError, ValueError) as error:
+        sys.exit("error: " + " ".join(line.strip() for line in str(error).splitlines()))
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -24,6 +24,8 @@ def get_base_config():
     training.precision = "fp32"           # fp32, bf16 or fp16 autocast of the network (fp16 with loss scaling)
     training.channels_last = False        # NHWC layout for image batches and conv weights
     training.compile = False              # torch.compile the network for the training step
+    training.nonfinite = "stop"           # a non-finite loss or gradient: "stop" the run, or "skip" the step
+    training.nonfinite_max_skips = 10     # "skip": stop anyway after more than this many in a row
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"                # any registered sampler

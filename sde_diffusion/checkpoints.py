@@ -1,14 +1,27 @@
-"""Checkpoint files: atomic writes, safe loads, and where a run keeps them.
+"""Checkpoint files: atomic writes, safe loads, fallback past damaged files, and where a run
+keeps them.
 
 A workdir holds `checkpoints/checkpoint_<step>.pth` (kept, one per `snapshot_freq`) and
-`checkpoints-meta/checkpoint.pth` (overwritten every `snapshot_freq_for_preemption` steps, the
+`checkpoints-meta/checkpoint.pth` (replaced every `snapshot_freq_for_preemption` steps, the
 point a preempted run resumes from), the reference code's layout. Every write goes to a temporary
-file in the same folder, is fsync'ed and renamed over the target, so a crash mid-write leaves the
-previous file intact. Every load uses `torch.load(weights_only=True)`: a checkpoint can hold
-tensors, numbers, strings and containers, never code.
+file in the same folder, is fsync'ed, renamed over the target, and the folder is fsync'ed, so a
+crash at any moment leaves either the previous file or the new one, never a mix. Every load uses
+`torch.load(weights_only=True)`: a checkpoint can hold tensors, numbers, strings and containers,
+never code; a file crafted to run code on unpickling fails to load instead.
+
+Each file carries a digest of its contents (`DIGEST_KEY`), checked at load: torch's zip reader
+notices a truncated file but not flipped bytes inside a tensor, which would otherwise resume
+training from silently wrong weights.
+
+`latest_checkpoint` takes the highest step that loads: a truncated, corrupt, unsafe or foreign
+file is reported (a warning naming the file and the reason) and skipped for the next one. Damaged
+files are never deleted; `set_aside` renames one out of the way before the trainer writes a new
+snapshot of the same step.
 """
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 import re
 import tempfile
@@ -20,14 +33,52 @@ import torch
 SNAPSHOT_DIR = "checkpoints"
 PREEMPTION_PATH = Path("checkpoints-meta") / "checkpoint.pth"
 _SNAPSHOT_NAME = re.compile(r"checkpoint_(\d+)\.pth$")
+_REQUIRED_ENTRIES = ("step", "model", "ema")
+DIGEST_KEY = "blake2b"
+log = logging.getLogger(__name__)
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that is missing, unreadable or does not fit the model."""
 
 
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in `folder` durable: without this a power loss can forget the new name."""
+    handle = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(handle)
+    finally:
+        os.close(handle)
+
+
+def _digest(state) -> str:
+    """blake2b over every tensor's dtype, shape and bytes and every other leaf's repr, in a fixed
+    order, so that equal states give equal digests whatever the file layout."""
+    digest = hashlib.blake2b(digest_size=16)
+
+    def visit(value):
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+        elif isinstance(value, dict):
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                visit(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{type(value).__name__}{len(value)}".encode())
+            for item in value:
+                visit(item)
+        else:
+            digest.update(repr(value).encode())
+
+    visit({key: value for key, value in state.items() if key != DIGEST_KEY})
+    return digest.hexdigest()
+
+
 def save_checkpoint(path, state: dict) -> None:
     path = Path(path)
+    state = {**state, DIGEST_KEY: _digest(state)}
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
@@ -39,6 +90,19 @@ def save_checkpoint(path, state: dict) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def set_aside(path) -> Path:
+    """Rename a damaged checkpoint to `<name>.unreadable` (or `.unreadable.<n>` if taken), out of
+    the names `snapshot_steps` lists, so that a new file can take its name without destroying it."""
+    path = Path(path)
+    target, number = path.with_name(path.name + ".unreadable"), 1
+    while target.exists():
+        target, number = path.with_name(f"{path.name}.unreadable.{number}"), number + 1
+    os.rename(path, target)
+    _fsync_folder(path.parent)
+    return target
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -50,8 +114,13 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     except Exception as error:  # torch raises several types for corrupt or unsafe files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise CheckpointError(f"cannot load checkpoint {path}: {first_line}") from error
-    if not isinstance(state, dict) or "step" not in state:
-        raise CheckpointError(f"{path} is not a sde_diffusion checkpoint (no 'step' entry)")
+    missing = [key for key in _REQUIRED_ENTRIES if not isinstance(state, dict) or key not in state]
+    if missing:
+        raise CheckpointError(f"{path} is not a sde_diffusion checkpoint (no {', '.join(map(repr, missing))} entry)")
+    if not isinstance(state["step"], int) or isinstance(state["step"], bool) or state["step"] < 0:
+        raise CheckpointError(f"{path} is not a sde_diffusion checkpoint (step {state['step']!r})")
+    if DIGEST_KEY in state and state.pop(DIGEST_KEY) != _digest(state):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its contents do not match the digest saved with them")
     return state
 
 
@@ -67,17 +136,56 @@ def snapshot_steps(workdir) -> list:
     return sorted(int(m.group(1)) for m in matches if m)
 
 
+def check_workdir(workdir) -> None:
+    """Raise OSError unless `workdir` is, or can be created as, a folder this process may write
+    in; checked before a run starts, so that hours of training never end in a failed save."""
+    if not str(workdir or "").strip():
+        raise FileNotFoundError("workdir is empty: --workdir must name a folder")
+    path = Path(workdir).absolute()
+    existing = next(folder for folder in (path, *path.parents) if folder.exists())
+    if not existing.is_dir():
+        what = "is" if existing == path else f"cannot be created: {existing} is"
+        raise NotADirectoryError(f"workdir {path} {what} a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        what = "is not writable" if existing == path else f"cannot be created: {existing} is not writable"
+        raise PermissionError(f"workdir {path} {what}")
+
+
 def preemption_path(workdir) -> Path:
     return Path(workdir) / PREEMPTION_PATH
 
 
+def _try_load(path: Path, map_location, expected_step: Optional[int] = None) -> Optional[dict]:
+    try:
+        state = load_checkpoint(path, map_location)
+    except CheckpointError as error:
+        log.warning("skipping unreadable checkpoint: %s", error)
+        return None
+    if expected_step is not None and state["step"] != expected_step:
+        log.warning("skipping checkpoint %s: it holds step %d, not the step its name says", path, state["step"])
+        return None
+    return state
+
+
 def latest_checkpoint(workdir, map_location="cpu") -> Optional[dict]:
-    """The checkpoint with the highest step among the preemption file and the snapshots, or
-    None for a workdir without checkpoints."""
-    candidates = []
-    if preemption_path(workdir).is_file():
-        candidates.append(load_checkpoint(preemption_path(workdir), map_location))
+    """The readable checkpoint with the highest step among the preemption file and the snapshots.
+
+    Unreadable files are reported and skipped for the next-highest step. None for a workdir
+    without checkpoint files; CheckpointError when there are checkpoint files but none loads, so
+    that a damaged workdir never silently restarts from step 0.
+    """
+    preemption = preemption_path(workdir)
     steps = snapshot_steps(workdir)
-    if steps and (not candidates or steps[-1] > candidates[0]["step"]):
-        candidates = [load_checkpoint(snapshot_path(workdir, steps[-1]), map_location)]
-    return candidates[0] if candidates else None
+    if not steps and not preemption.exists():
+        return None
+    newest = _try_load(preemption, map_location) if preemption.exists() else None
+    for step in reversed(steps):
+        if newest is not None and newest["step"] >= step:
+            break
+        state = _try_load(snapshot_path(workdir, step), map_location, expected_step=step)
+        if state is not None:
+            return state
+    if newest is None:
+        raise CheckpointError(f"no readable checkpoint in {workdir}: every checkpoint file is damaged or "
+                              f"unsafe (see the warnings above); they are left in place")
+    return newest

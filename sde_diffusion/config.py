@@ -36,14 +36,14 @@ def _require(condition: bool, field: str, message: str, value) -> None:
 
 def _positive_int(config, field: str) -> None:
     section, name = field.split(".")
-    value = config[section][name]
+    value = config[section].get(name)
     _require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
              "must be a positive integer", value)
 
 
 def _positive_number(config, field: str) -> None:
     section, name = field.split(".")
-    value = config[section][name]
+    value = config[section].get(name)
     _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, field,
              "must be a positive number", value)
 
@@ -72,7 +72,7 @@ def validate_config(config, mode: Optional[str] = None) -> None:
                   "training.snapshot_freq", "training.snapshot_freq_for_preemption",
                   "training.num_snapshot_samples", "sampling.steps", "sampling.num_samples",
                   "sampling.batch_size", "sampling.n_steps", "eval.batch_size", "eval.num_samples",
-                  "eval.bpd_num_images", "model.num_scales"):
+                  "eval.bpd_num_images", "model.num_scales", "training.nonfinite_max_skips"):
         _positive_int(config, field)
     for field in ("optim.lr", "model.beta_min", "model.beta_max", "model.sigma_min", "model.sigma_max",
                   "sampling.rtol", "sampling.atol", "eval.bpd_rtol", "eval.bpd_atol"):
@@ -94,6 +94,16 @@ def validate_config(config, mode: Optional[str] = None) -> None:
                  "fp16 autocast is for CUDA devices (on CPU it runs far slower than fp32); use bf16",
                  "fp16")
     _require(config.optim.warmup >= 0, "optim.warmup", "must be >= 0", config.optim.warmup)
+    _positive_number(config, "optim.eps")
+    _require(0 <= config.optim.beta1 < 1, "optim.beta1", "must lie in [0, 1)", config.optim.beta1)
+    _require(config.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0", config.optim.weight_decay)
+    _require(config.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = no clipping)",
+             config.optim.grad_clip)
+    _require(config.training.nonfinite in ("stop", "skip"), "training.nonfinite", "must be 'stop' or 'skip'",
+             config.training.nonfinite)
+    _require(isinstance(config.eval.checkpoint, int) and config.eval.checkpoint >= 0, "eval.checkpoint",
+             "must be a step >= 0 (0 = the latest checkpoint)", config.eval.checkpoint)
+    _validate_device(config.device)
     _validate_study(config)
     _require(config.eval.bpd_trace in ("exact", "hutchinson"), "eval.bpd_trace",
              "must be 'exact' or 'hutchinson'", config.eval.bpd_trace)
@@ -118,6 +128,19 @@ def validate_config(config, mode: Optional[str] = None) -> None:
         _positive_int(config, "data.num_points")
         _require(config.model.name not in IMAGE_MODELS, "model.name",
                  f"{config.model.name!r} is an image network; use 'mlp' for point data", config.model.name)
+    if config.model.name == "mlp":
+        for field in ("model.width", "model.num_blocks", "model.embed_dim"):
+            _positive_int(config, field)
+
+
+def _validate_device(device) -> None:
+    try:
+        parsed = torch.device(device) if device != "auto" else None
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"config.device: must be 'auto' or a torch device such as 'cpu' or 'cuda:0', "
+                          f"got {device!r} ({error})") from None
+    _require(parsed is None or parsed.type != "cuda" or torch.cuda.is_available(), "device",
+             "names a GPU but torch sees none (use 'auto' or 'cpu')", device)
 
 
 def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:

@@ -4,12 +4,20 @@ One loop: draw a batch, augment and scale it, take an Adam step on the configure
 linear learning-rate warmup and gradient-norm clipping, update the EMA. Around it, resumable
 state: the preemption checkpoint every `snapshot_freq_for_preemption` steps holds model, EMA,
 optimizer, step, data order and every RNG state, so `--mode train` on an existing workdir
-continues where the run stopped; kept checkpoints and snapshot samples every `snapshot_freq`.
-Scalars go to metrics.jsonl and, when the tensorboard package is installed, to TensorBoard.
+continues where the run stopped (from the newest checkpoint that loads: see `checkpoints`);
+kept checkpoints and snapshot samples every `snapshot_freq`. Scalars go to metrics.jsonl and,
+when the tensorboard package is installed, to TensorBoard; on resume both forget what the
+interrupted run logged after the checkpoint, so each step is logged once.
+
+A non-finite loss or gradient norm either stops the run (`training.nonfinite = "stop"`,
+NonFiniteError naming the step; the checkpoints written so far are untouched) or skips that
+step's optimizer and EMA update (`"skip"`, counted as `skipped_steps` in the metrics) until more
+than `training.nonfinite_max_skips` steps in a row were skipped.
 """
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -24,14 +32,37 @@ from .modes import draw_samples, load_dataset_from_config, save_sample_pictures
 from .performance import grad_scaler, to_memory_format, training_network
 
 
-class _Scalars:
-    """metrics.jsonl plus TensorBoard (optional dependency)."""
+class NonFiniteError(ArithmeticError):
+    """Training produced a non-finite loss or gradient and `training.nonfinite` says stop."""
 
-    def __init__(self, workdir: Path):
+
+def _forget_after(path: Path, step: int) -> None:
+    """Drop the lines of metrics.jsonl past `step` (logged by a run killed after its last
+    checkpoint, and about to be logged again) and a line cut short by the kill."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            pass
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text("".join(kept))
+    temporary.replace(path)
+
+
+class _Scalars:
+    """metrics.jsonl plus TensorBoard (optional dependency), continuing after `step`."""
+
+    def __init__(self, workdir: Path, step: int):
+        _forget_after(workdir / "metrics.jsonl", step)
         self.file = open(workdir / "metrics.jsonl", "a")
         try:
             from torch.utils.tensorboard import SummaryWriter
-            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"))
+            # purge_step hides the events of the interrupted run from step + 1 on
+            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=step + 1 if step else None)
         except ImportError:
             self.tensorboard = None
 
@@ -99,9 +130,13 @@ def train(config, workdir) -> dict:
     stream = BatchStream(len(train_set), training.batch_size, seed=config.seed)
     generator = torch.Generator(device).manual_seed(config.seed)
 
-    step = 0
+    step, skipped = 0, 0
     resumed = checkpoints.latest_checkpoint(workdir, device)
     if resumed is not None:
+        missing = [key for key in ("optimizer", "data_stream", "rng") if key not in resumed]
+        if missing:
+            raise checkpoints.CheckpointError(f"the checkpoint of step {resumed['step']} in {workdir} cannot "
+                                              f"resume training (no {', '.join(missing)})")
         model.load_state_dict(resumed["model"])
         ema.load_state_dict(resumed["ema"])
         optimizer.load_state_dict(resumed["optimizer"])
@@ -110,21 +145,25 @@ def train(config, workdir) -> dict:
         if resumed.get("grad_scaler"):  # fp16's loss scale; empty when scaling is off
             scaler.load_state_dict(resumed["grad_scaler"])
         step = int(resumed["step"])
+        skipped = int(resumed.get("skipped_steps", 0))
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(config.to_json(indent=2))
 
     def state_at(current_step: int) -> dict:
+        if not all(torch.isfinite(value).all() for value in model.state_dict().values() if value.is_floating_point()):
+            raise NonFiniteError(f"non-finite weights at step {current_step}; not saved, the last checkpoint is kept")
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": current_step, "data_stream": stream.state_dict(), "rng": _rng_state(generator),
-                "config": config.to_json(), "grad_scaler": scaler.state_dict()}
+                "config": config.to_json(), "skipped_steps": skipped, "grad_scaler": scaler.state_dict()}
 
     eval_generator = torch.Generator(device)
     eval_batch = test_set.data[:training.batch_size].to(device)
-    scalars = _Scalars(workdir)
+    scalars = _Scalars(workdir, step)
     progress = tqdm(total=training.n_iters, initial=step, desc="train", dynamic_ncols=True,
                     disable=None, mininterval=1.0)
     loss = torch.tensor(float("nan"))
     tick, tick_step = time.perf_counter(), step
+    skipped_in_a_row = 0
     model.train()
     while step < training.n_iters:
         x = _prepare_batch(train_set.data[next(stream)].to(device), config, generator)
@@ -134,12 +173,29 @@ def train(config, workdir) -> dict:
         loss = loss_fn(score_fn, x, generator)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip and check the true gradients, not fp16-scaled ones
         if optim.grad_clip > 0:
-            scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
-            torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        ema.update(model)
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
+        else:
+            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
+        # One host sync per step: whether to take it must be known before the update. Under fp16
+        # loss scaling overflowing gradients are routine (the scaler skips those steps and lowers
+        # the scale), so there only the loss decides.
+        checked = loss.detach() if scaler.is_enabled() else loss.detach() + grad_norm
+        if torch.isfinite(checked):
+            scaler.step(optimizer)
+            scaler.update()
+            ema.update(model)
+            skipped_in_a_row = 0
+        else:
+            skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1
+            if training.nonfinite == "stop" or skipped_in_a_row > training.nonfinite_max_skips:
+                progress.close()
+                scalars.close()
+                why = ("training.nonfinite=stop" if training.nonfinite == "stop" else
+                       f"{skipped_in_a_row} steps in a row, more than training.nonfinite_max_skips")
+                raise NonFiniteError(f"non-finite loss or gradient at step {step + 1} ({why}); the "
+                                     f"checkpoints written so far are kept")
         step += 1
         progress.update(1)
 
@@ -149,7 +205,8 @@ def train(config, workdir) -> dict:
             tick, tick_step = now, step
             value = loss.item()
             progress.set_postfix(loss=f"{value:.4f}", steps_per_s=f"{rate:.1f}")
-            scalars.write(step, loss=value, lr=optimizer.param_groups[0]["lr"], steps_per_s=rate)
+            scalars.write(step, loss=value, lr=optimizer.param_groups[0]["lr"], steps_per_s=rate,
+                          skipped_steps=skipped)
         if step % training.eval_freq == 0:
             model.eval()
             with torch.no_grad():
@@ -160,7 +217,10 @@ def train(config, workdir) -> dict:
         if step % training.snapshot_freq_for_preemption == 0 or step == training.n_iters:
             checkpoints.save_checkpoint(checkpoints.preemption_path(workdir), state_at(step))
         if step % training.snapshot_freq == 0 or step == training.n_iters:
-            checkpoints.save_checkpoint(checkpoints.snapshot_path(workdir, step), state_at(step))
+            path = checkpoints.snapshot_path(workdir, step)
+            if path.exists():  # only a file that did not load at resume: keep it, under another name
+                logging.getLogger(__name__).warning("moved the unreadable %s to %s", path, checkpoints.set_aside(path))
+            checkpoints.save_checkpoint(path, state_at(step))
             if training.snapshot_sampling:
                 _snapshot_samples(ema.averaged_model(model), sde, config, workdir, step, test_set, device)
     progress.close()

@@ -14,3 +14,20 @@ def mixture_32d() -> GaussianMixture:
     means = 1.5 * torch.randn(4, 32, generator=generator, dtype=torch.float64)
     return GaussianMixture([0.1, 0.2, 0.3, 0.4], means, [0.05, 0.1, 0.2, 0.3])
 
+
+
+def tiny_toy_config(n_iters: int = 40, **training):
+    """vp_toy shrunk to a run of a second or two: a small MLP on 1000 points of the gmm set."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("vp_toy", Path(__file__).resolve().parents[1] / "configs" / "vp_toy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.data.dataset, config.data.num_points = "gmm", 1000
+    config.model.width, config.model.num_blocks = 32, 1
+    config.training.update(batch_size=64, n_iters=n_iters, log_freq=10, eval_freq=10_000, snapshot_freq=n_iters,
+                           snapshot_freq_for_preemption=10, snapshot_sampling=False)
+    config.training.update(training)
+    return config

@@ -1,6 +1,7 @@
 """End to end on a 2-D mixture whose density is known exactly: training improves samples by a
 clear margin, resuming is exact, and checkpoints round-trip."""
 import importlib.util
+import json
 from pathlib import Path
 
 import pytest
@@ -111,8 +112,67 @@ def test_training_again_with_the_same_budget_does_nothing(trained_toy, tmp_path)
 
 def test_corrupt_checkpoint_is_reported_not_loaded(tmp_path):
     path = tmp_path / "checkpoint.pth"
-    checkpoints.save_checkpoint(path, {"step": 3, "weights": torch.ones(2)})
+    checkpoints.save_checkpoint(path, {"step": 3, "model": {"w": torch.ones(2)}, "ema": {}})
     assert checkpoints.load_checkpoint(path)["step"] == 3
     path.write_bytes(path.read_bytes()[:40])
     with pytest.raises(checkpoints.CheckpointError, match="cannot load checkpoint"):
         checkpoints.load_checkpoint(path)
+
+
+def poisoned_loss(monkeypatch, bad_calls, kind="loss"):
+    """Make the training loss non-finite (kind="loss") or its gradient (kind="gradient": the
+    loss stays finite, the gradient is 0 * inf) at the given 1-based calls."""
+    import sde_diffusion.train as train_module
+    real_build_loss, calls = train_module.build_loss, [0]
+
+    def build_loss(config, sde):
+        loss_fn = real_build_loss(config, sde)
+
+        def poisoned(score_fn, x, generator):
+            calls[0] += 1
+            loss = loss_fn(score_fn, x, generator)
+            if calls[0] not in bad_calls:
+                return loss
+            if kind == "loss":
+                return loss * float("nan")
+            return loss + 0.0 * torch.sqrt(0.0 * score_fn(x, torch.full((len(x),), 0.5)).sum())
+        return poisoned
+    monkeypatch.setattr(train_module, "build_loss", build_loss)
+
+
+@pytest.mark.parametrize("kind", ["loss", "gradient"])
+def test_non_finite_step_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, kind):
+    from conftest import tiny_toy_config
+    from sde_diffusion.train import NonFiniteError
+
+    poisoned_loss(monkeypatch, {25}, kind)
+    with pytest.raises(NonFiniteError, match="at step 25 "):
+        train(tiny_toy_config(n_iters=40), tmp_path)
+    state = checkpoints.latest_checkpoint(tmp_path)
+    assert state["step"] == 20 and checkpoints.snapshot_steps(tmp_path) == []
+    assert all(torch.isfinite(value).all() for value in state["model"].values())
+
+
+def test_skipped_non_finite_steps_take_no_optimizer_step(tmp_path, monkeypatch):
+    from conftest import tiny_toy_config
+
+    poisoned_loss(monkeypatch, {15, 16, 17}, "gradient")
+    result = train(tiny_toy_config(n_iters=40, nonfinite="skip"), tmp_path)
+    state = checkpoints.latest_checkpoint(tmp_path)
+    assert result["step"] == state["step"] == 40 and state["skipped_steps"] == 3
+    # Adam counts the updates it took: 40 iterations less the 3 skipped
+    assert {float(s["step"]) for s in state["optimizer"]["state"].values()} == {37.0}
+    assert all(torch.isfinite(value).all() for value in state["model"].values())
+    assert all(torch.isfinite(value).all() for value in state["ema"]["shadow_params"])
+    logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["skipped_steps"] for r in logged if "loss" in r] == [0, 3, 3, 3]
+
+
+def test_too_many_skipped_steps_in_a_row_stop(tmp_path, monkeypatch):
+    from conftest import tiny_toy_config
+    from sde_diffusion.train import NonFiniteError
+
+    poisoned_loss(monkeypatch, set(range(12, 100)), "loss")
+    with pytest.raises(NonFiniteError, match="at step 15 .*4 steps in a row"):
+        train(tiny_toy_config(n_iters=40, nonfinite="skip", nonfinite_max_skips=3), tmp_path)
+    assert checkpoints.latest_checkpoint(tmp_path)["step"] == 10
