@@ -71,6 +71,12 @@ OURS = (
     "dpm_solver++ order=2 eta=1 schedule=logsnr",
     "dpm_solver++ order=2 eta=1 schedule=logsnr eps=1e-4",
     "dpm_solver++ order=3 eta=1 schedule=logsnr eps=1e-4",
+    # log-SNR grids warped towards high SNR (power < 1)
+    "dpm_solver++ order=2 unipc=true schedule=logsnr power=0.5 eps=2e-3",
+    "dpm_solver++ order=3 unipc=true schedule=logsnr power=0.65",
+    "dpm_solver++ order=3 unipc=true schedule=logsnr power=0.5",
+    "dpm_solver++ order=2 eta=1 schedule=logsnr power=0.5 eps=1e-4",
+    "dpm_solver++ order=2 eta=1 schedule=logsnr power=0.5 eps=3e-4",
     "ode solver=RK45 rtol=1e-3 atol=1e-3 denoise=true eps=1e-4",
     "ode solver=RK45 rtol=1e-4 atol=1e-4 denoise=true eps=1e-4",
 )

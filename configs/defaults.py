@@ -33,6 +33,7 @@ def get_base_config():
     sampling.eps = 1e-3
     sampling.schedule = "uniform"         # time grid: uniform, quadratic, logsnr, karras
     sampling.rho = 7.0                    # karras schedule's exponent
+    sampling.power = 1.0                  # logsnr schedule's warp: lambda ~ u^power, < 1 steps finer at high SNR
     sampling.eta = 0.0                    # ddim, dpm_solver++: 0 deterministic, 1 stochastic
     sampling.order = 2                    # dpm_solver++: 1, 2 or 3
     sampling.unipc = False                # dpm_solver++: UniPC's corrector (eta = 0)

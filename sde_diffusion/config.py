@@ -85,6 +85,7 @@ def validate_config(config, mode: Optional[str] = None) -> None:
         _require(config.sampling.eps > 0, "sampling.eps",
                  f"must be > 0 for the {config.sampling.schedule} schedule", config.sampling.eps)
     _positive_number(config, "sampling.rho")
+    _positive_number(config, "sampling.power")
     _require(config.optim.optimizer in ("Adam", "AdamW"), "optim.optimizer", "must be 'Adam' or 'AdamW'",
              config.optim.optimizer)
     _require(config.training.precision in PRECISIONS, "training.precision",

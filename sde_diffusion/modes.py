@@ -43,6 +43,7 @@ def draw_samples(score_fn, sde, config, num_samples: int, generator: torch.Gener
         x, nfe = sample(score_fn, sde, (count,) + data_shape(config), method=sampling.method,
                         steps=sampling.steps, generator=generator, eps=sampling.eps, device=device,
                         schedule=sampling.schedule, rho=sampling.rho if sampling.schedule == "karras" else None,
+                        power=sampling.power if sampling.schedule == "logsnr" else None,
                         **options)
         batches.append(to_data_space(x, config).cpu())
     return torch.cat(batches), nfe

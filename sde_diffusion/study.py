@@ -9,7 +9,7 @@ isolates the discretization error from the model's. Behind `main.py --mode study
 
 A spec is a string "method key=value ...", e.g. "dpm_solver++ order=3 schedule=logsnr" or
 "pc predictor=euler_maruyama corrector=none": the sampler's name, then its options, where
-`schedule`, `rho` and `eps` go to `sample` itself. Adaptive samplers (`ode`, `adaptive_sde`)
+`schedule`, `rho`, `power` and `eps` go to `sample` itself. Adaptive samplers (`ode`, `adaptive_sde`)
 choose their own steps: they run once, at the tolerances in their spec, and report their NFE.
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ from tqdm import tqdm
 from .sampling import SAMPLERS, sample
 from .sdes import SDE, ScoreFn
 
-SAMPLE_ARGUMENTS = ("schedule", "rho", "eps")  # keywords of `sample`, not of a sampler
+SAMPLE_ARGUMENTS = ("schedule", "rho", "power", "eps")  # keywords of `sample`, not of a sampler
 ADAPTIVE = ("ode", "adaptive_sde")
 DEFAULT_EPS = inspect.signature(sample).parameters["eps"].default
 Metric = Callable[[torch.Tensor], Dict[str, float]]

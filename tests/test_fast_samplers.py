@@ -46,6 +46,12 @@ def test_schedules_have_their_defining_spacing(sde):
     mean_coef, std = sde.marginal_coefs(get_timesteps(sde, n, eps, "karras", rho=rho))
     gaps = torch.diff((std / mean_coef) ** (1 / rho))
     assert torch.allclose(gaps, gaps.mean().expand_as(gaps), rtol=1e-9)
+    # logsnr with power p: equal steps in ((lambda - lambda_T) / (lambda_eps - lambda_T))^(1/p).
+    power = 0.5
+    lam = sde.log_snr(get_timesteps(sde, n, eps, "logsnr", power=power))
+    gaps = torch.diff(((lam - lam[0]) / (lam[-1] - lam[0])) ** (1 / power))
+    assert torch.allclose(gaps, gaps.mean().expand_as(gaps), rtol=1e-9)
+    assert torch.diff(lam)[0] > 2 * torch.diff(lam)[-1]  # long steps at low SNR, short at high
     # quadratic: equal steps in sqrt(t).
     gaps = torch.diff(get_timesteps(sde, n, eps, "quadratic").sqrt())
     assert torch.allclose(gaps, gaps.mean().expand_as(gaps), rtol=1e-9)
@@ -58,6 +64,8 @@ def test_schedule_errors():
         get_timesteps(VP, 10, 0.0, "logsnr")
     with pytest.raises(ValueError, match="rho"):
         get_timesteps(VP, 10, 1e-3, "karras", rho=0.0)
+    with pytest.raises(ValueError, match="power"):
+        get_timesteps(VP, 10, 1e-3, "logsnr", power=-1.0)
 
 
 # -- convergence against the probability-flow ODE ----------------------------------------------
@@ -194,3 +202,17 @@ def test_fast_samplers_keep_image_shapes():
     for method in ("ddim", "heun", "dpm_solver++"):
         x, _ = sample(score, VP, (3, 1, 4, 4), method, steps=4, generator=0)
         assert x.shape == (3, 1, 4, 4) and x.dtype == torch.float32 and torch.isfinite(x).all()
+
+
+def test_log_snr_power_below_one_helps_few_step_samplers_on_narrow_modes():
+    # The 32-D mixture's narrowest component (std 0.05) resolves only at high SNR: a grid warped
+    # towards high SNR (power < 1) beats the uniform log-SNR grid at 10 NFE several times over
+    # (measured on 10000 samples: component-std error 0.05 against 0.23).
+    mixture = mixture_32d()
+    errors = {}
+    for power in (1.0, 0.65):
+        x, nfe = sample(mixture.score_fn(VP), VP, (4000, 32), "dpm_solver++", steps=10, generator=0,
+                        dtype=torch.float64, schedule="logsnr", power=power, order=3, unipc=True)
+        assert nfe == 10
+        errors[power] = mixture.sample_errors(x)["std"]
+    assert errors[0.65] < 0.1 < 0.15 < errors[1.0], errors

@@ -37,14 +37,14 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "pc"
            steps: Optional[int] = None, generator: Seed = None, *, eps: float = 1e-3,
            z: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32,
            device: Union[str, torch.device, None] = None, schedule: str = "uniform",
-           rho: Optional[float] = None, **options) -> Tuple[torch.Tensor, int]:
+           rho: Optional[float] = None, power: Optional[float] = None, **options) -> Tuple[torch.Tensor, int]:
     """Draw samples of `shape` ([B, ...]) by `method` with `steps` steps; returns (x, nfe).
 
     steps: grid size (default sde.N); eps: the last time of the grid (the reverse process
     stops at t = eps > 0, where the score is still finite); z: start from this latent instead
     of a prior sample (decoding with `ode`); generator: an int seed or a torch.Generator
     that makes the run reproducible; schedule: the grid's spacing (`schedules.SCHEDULES`:
-    uniform, quadratic, logsnr, karras with `rho`); options: the sampler's own.
+    uniform, quadratic, logsnr with `power`, karras with `rho`); options: the sampler's own.
     """
     sampler = SAMPLERS.get_or_raise(method)
     device = torch.device(device) if device is not None else (z.device if z is not None else torch.device("cpu"))
@@ -53,7 +53,7 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "pc"
         x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
     else:
         x = z.to(device=device, dtype=dtype)
-    schedule_options = {} if rho is None else {"rho": rho}
+    schedule_options = {name: value for name, value in (("rho", rho), ("power", power)) if value is not None}
     timesteps = get_timesteps(sde, steps if steps is not None else sde.N, eps, schedule,
                               device=device, **schedule_options)
     counted = CountingScore(score_fn)

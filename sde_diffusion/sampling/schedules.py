@@ -52,10 +52,16 @@ def quadratic_schedule(sde: SDE, steps: int, eps: float = 1e-3, device=None) -> 
 
 
 @register_schedule("logsnr")
-def log_snr_schedule(sde: SDE, steps: int, eps: float = 1e-3, device=None) -> torch.Tensor:
-    """Uniform in log-SNR lambda(t) (Lu et al. 2022, DPM-Solver's recommended grid)."""
+def log_snr_schedule(sde: SDE, steps: int, eps: float = 1e-3, device=None, power: float = 1.0) -> torch.Tensor:
+    """Uniform in log-SNR lambda(t) (Lu et al. 2022, DPM-Solver's recommended grid), or, with
+    power p != 1, lambda_i = lambda(T) + (lambda(eps) - lambda(T)) u_i^p for u uniform on [0, 1].
+    p < 1 makes the steps at low SNR, where the denoiser is nearly the data mean and the
+    solvers' exponential integrators are nearly exact, long and those at high SNR, where the
+    data's fine structure (narrow modes) resolves, short."""
+    if power <= 0:
+        raise ValueError(f"power must be positive, got {power}")
     start, end = _log_snr_ends(sde, eps, device)
-    return sde.time_of_log_snr(start + (end - start) * _fraction(steps, device))
+    return sde.time_of_log_snr(start + (end - start) * _fraction(steps, device) ** power)
 
 
 @register_schedule("karras")
