@@ -5,6 +5,8 @@
         --config.sampling.method=ode
     python main.py --config configs/vp_digits.py --workdir runs/digits --mode likelihood
     python main.py --config configs/vp_digits.py --workdir runs/digits --mode study
+    python main.py --config configs/vp_digits.py --workdir runs/digits --mode inpaint \
+        --config.controllable.mask=center_square
 
 Bad input (config values, missing data, unusable checkpoints) ends with one line on stderr and a
 non-zero exit, before anything in the workdir is written.
@@ -18,7 +20,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (ml_collections), e.g. configs/vp_toy.py.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, samples and metrics.")
-flags.DEFINE_enum("mode", None, ["train", "sample", "likelihood", "eval", "study"], "What to run.")
+flags.DEFINE_enum("mode", None, ["train", "sample", "likelihood", "eval", "study", "inpaint", "colorize"], "What to run.")
 flags.mark_flags_as_required(["config", "workdir", "mode"])
 
 
@@ -33,7 +35,12 @@ def main(argv):
 
     config = FLAGS.config
     try:
-        validate_config(config)
+        validate_config(config, FLAGS.mode)
+        if FLAGS.mode in ("inpaint", "colorize"):
+            from sde_diffusion.controllable_modes import run_controllable
+
+            run_controllable(config, FLAGS.workdir, FLAGS.mode)
+            return
         run = {"train": train, "sample": run_sample, "likelihood": run_likelihood, "eval": run_eval,
                "study": run_study_mode}[FLAGS.mode]
         run(config, FLAGS.workdir)
