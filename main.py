@@ -7,6 +7,8 @@
     python main.py --config configs/vp_digits.py --workdir runs/digits --mode study
     python main.py --config configs/published/vp_cifar10_ddpmpp_continuous.py --workdir runs/pub \
         --mode sample --config.eval.reference_checkpoint=checkpoint_8.pth
+    python main.py --config configs/vp_digits.py --workdir runs/digits --mode inpaint \
+        --config.controllable.mask=center_square
 
 Bad input (flags, config files and values, missing data, an unusable workdir or checkpoint) ends
 with one line on stderr and a non-zero exit, before anything in the workdir is written.
@@ -20,7 +22,7 @@ FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Config file (ml_collections), e.g. configs/vp_toy.py.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, samples and metrics.")
-flags.DEFINE_enum("mode", None, ["train", "sample", "likelihood", "eval", "study"], "What to run.")
+flags.DEFINE_enum("mode", None, ["train", "sample", "likelihood", "eval", "study", "inpaint", "colorize"], "What to run.")
 flags.mark_flags_as_required(["config", "workdir", "mode"])
 
 
@@ -72,6 +74,7 @@ def main(argv):
     # Imported here so that `--help` and flag errors do not pay for importing torch.
     from sde_diffusion import checkpoints
     from sde_diffusion.config import ConfigError, validate_config
+    from sde_diffusion.controllable_modes import run_controllable
     from sde_diffusion.modes import run_eval, run_likelihood, run_sample, run_study_mode
     from sde_diffusion.train import NonFiniteError, train
 
@@ -80,7 +83,9 @@ def main(argv):
         validate_config(config, FLAGS.mode)
         checkpoints.check_workdir(FLAGS.workdir)
         run = {"train": train, "sample": run_sample, "likelihood": run_likelihood, "eval": run_eval,
-               "study": run_study_mode}[FLAGS.mode]
+               "study": run_study_mode,
+               "inpaint": lambda config, workdir: run_controllable(config, workdir, "inpaint"),
+               "colorize": lambda config, workdir: run_controllable(config, workdir, "colorize")}[FLAGS.mode]
         run(config, FLAGS.workdir)
     except (ConfigError, checkpoints.CheckpointError, NonFiniteError, OSError, ValueError) as error:
         sys.exit("error: " + " ".join(line.strip() for line in str(error).splitlines()))

@@ -76,6 +76,13 @@ def get_base_config():
     study.reference_tol = 1e-5            # the probability-flow ODE deterministic samplers are compared to
     study.oracle = False                  # the exact score instead of a checkpoint (data.dataset=gmm)
 
+    # --mode inpaint / colorize (sde_diffusion.controllable_modes), with the sampling.* PC options.
+    config.controllable = controllable = ml_collections.ConfigDict()
+    controllable.images = ""              # .npz (key x or first array) or folder of PNGs; "" = test split
+    controllable.num_images = 64          # the first ones of controllable.images
+    controllable.mask = "half_right"      # inpaint: the hole, half_left/right/top/bottom, center_square,
+                                          # random_pixels:p; or an .npz/.png file, 1 = kept pixel
+
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "cifar10"
     data.root = ""                        # folder holding mnist / cifar10 files

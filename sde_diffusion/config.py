@@ -58,7 +58,7 @@ def is_image_data(config) -> bool:
 
 def validate_config(config, mode: Optional[str] = None) -> None:
     """Raise ConfigError naming the first field whose value cannot work (for `mode`, when
-    given: one of main.py's modes)."""
+    given: one of main.py's modes; inpaint and colorize also read the `controllable` fields)."""
     from .datasets import DATASETS
 
     _known(config.training.sde, SDES, "training.sde")
@@ -123,6 +123,8 @@ def validate_config(config, mode: Optional[str] = None) -> None:
                  "must be at least model.beta_min", config.model.beta_max)
     if config.eval.get("reference_checkpoint"):
         _validate_reference_checkpoint(config, mode)
+    if mode in ("inpaint", "colorize"):
+        _validate_controllable(config, mode)
     if is_image_data(config):
         _validate_image_config(config)
     else:
@@ -172,6 +174,27 @@ def _validate_study(config) -> None:
             parse_spec(text)
         except ValueError as error:
             raise ConfigError(f"config.study.samplers: {error}") from None
+
+
+def _validate_controllable(config, mode: str) -> None:
+    from pathlib import Path
+
+    from .controllable_modes import MASKS, is_mask_name
+
+    _require(is_image_data(config), "data.dataset", f"--mode {mode} needs image data", config.data.dataset)
+    if mode == "colorize":
+        _require(config.data.num_channels == 3, "data.num_channels",
+                 "colorize needs 3-channel (RGB) data", config.data.num_channels)
+    _positive_int(config, "controllable.num_images")
+    images = config.controllable.images
+    _require(not images or Path(images).is_dir() or (Path(images).is_file() and Path(images).suffix == ".npz"),
+             "controllable.images", "must be an existing .npz file or folder of PNGs, or '' for the test split",
+             images)
+    if mode == "inpaint":
+        mask = config.controllable.mask
+        _require(is_mask_name(mask) or (Path(mask).is_file() and Path(mask).suffix in (".npz", ".png")),
+                 "controllable.mask", f"must name a mask ({', '.join(MASKS)}, random_pixels:p with "
+                 "0 < p < 1) or be an existing .npz or .png file", mask)
 
 
 def _validate_image_config(config) -> None:

@@ -123,7 +123,8 @@ def no_corrector(sde: SDE, t, index, snr: float, n_steps: int):
 def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                generator: Optional[torch.Generator] = None, *, predictor: str = "reverse_diffusion",
                corrector: str = "langevin", snr: float = 0.16, n_steps: int = 1,
-               corrector_first: bool = False, denoise: bool = True) -> torch.Tensor:
+               corrector_first: bool = False, denoise: bool = True,
+               constrain: Optional[Callable] = None) -> torch.Tensor:
     """Predictor-corrector sampling along `timesteps` (Song et al. 2021, Algorithm 1).
 
     At each grid point t_k the predictor steps from t_k toward t_{k+1} (the last step goes
@@ -135,6 +136,9 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
     len(timesteps) - 1 - k of the SDE's chain respaced to len(timesteps) steps, and their grid
     is the chain's times (sde.chain_time) rather than `timesteps`, whose eps they ignore.
     `denoise` returns the last noise-free mean instead of adding the last step's noise.
+    `constrain(x, t, generator) -> x`, when given, is applied to the start and after the
+    predictor and after every single corrector MCMC step, with t the time x is at (the next
+    step's score time): the hook of controllable generation (`sampling.controllable`).
     """
     steps = len(timesteps)
     sde = sde.with_steps(steps)
@@ -146,19 +150,33 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
         x_coefs, score_coefs, noise_stds = (c.tolist() for c in predict[:3])
         timesteps = predict.score_time.to(timesteps)
     make_corrector = CORRECTORS.get_or_raise(corrector)
+    # A constraint acts after each MCMC step: the corrector is then built for one step and
+    # called n_steps times, which is the same chain.
+    mcmc_steps, repeats = (1, n_steps) if constrain is not None else (n_steps, 1)
     if corrector_first:
-        correct = make_corrector(sde, timesteps, index, snr, n_steps)
+        correct = make_corrector(sde, timesteps, index, snr, mcmc_steps)
     else:  # the corrector acts after step k, at the next grid point
-        correct = make_corrector(sde, timesteps[1:], index[1:], snr, n_steps)
+        correct = make_corrector(sde, timesteps[1:], index[1:], snr, mcmc_steps)
     t_batch = timesteps.to(x.dtype)[:, None].expand(steps, x.shape[0])
 
-    x_mean = x
+    def correct_at(x, k, t):
+        for _ in range(repeats):
+            x, x_mean = correct(score_fn, x, k, t, generator)
+            if constrain is not None:
+                x = constrain(x, t, generator)
+        return x, x_mean
+
+    x_mean = x = constrain(x, t_batch[0], generator) if constrain is not None else x
     for k in range(steps):
         if correct is not None and corrector_first:
-            x, x_mean = correct(score_fn, x, k, t_batch[k], generator)
+            x, x_mean = correct_at(x, k, t_batch[k])
         if predict is not None:
             x_mean = torch.add(x * x_coefs[k], score_fn(x, t_batch[k]), alpha=score_coefs[k])
             x = x_mean + randn(x.shape, generator, x) * noise_stds[k] if noise_stds[k] else x_mean
-        if correct is not None and not corrector_first and k < steps - 1:
-            x, x_mean = correct(score_fn, x, k, t_batch[k + 1], generator)
+        if k == steps - 1:
+            break  # at t = 0: no constraint (the caller sets the observed part) and no corrector
+        if constrain is not None:
+            x = constrain(x, t_batch[k + 1], generator)
+        if correct is not None and not corrector_first:
+            x, x_mean = correct_at(x, k, t_batch[k + 1])
     return x_mean if denoise else x
