@@ -194,3 +194,45 @@ def test_parse_labels_and_rows():
         with pytest.raises(ValueError):
             parse_labels(bad, 10)
     assert labels_for_samples([0, 1, 2], 7).tolist() == [0, 0, 0, 1, 1, 1, 2]
+
+
+def test_trained_digits_model_follows_labels_more_with_guidance():
+    """A class-conditional MLP trained here for 400 steps on the 8x8 digits (64-D, labels
+    dropped with probability 0.1): the digits judge reads the requested label on its samples far
+    above chance (10%), more often with guidance. Measured: 0.60, 0.90, 0.97 at w = 0, 1, 3."""
+    from sde_diffusion.datasets import BatchStream, from_model_space, load_digits, to_model_space
+    from sde_diffusion.digits_judge import DigitsJudge
+    from sde_diffusion.ema import EMA
+    from sde_diffusion.losses import dsm_loss
+
+    torch.manual_seed(0)
+    train = load_digits("train", image_size=8)
+    images = to_model_space(train.data, centered=True)
+    sde = VPSDE()
+    network = get_model_class("mlp")(data_dim=64, width=256, num_blocks=3, embed_dim=64, num_classes=10)
+    optimizer = torch.optim.Adam(network.parameters(), lr=2e-3)
+    ema = EMA(network, 0.99)
+    score_fn = score_fn_from_model(network, sde)
+    generator = torch.Generator().manual_seed(0)
+    stream = BatchStream(len(train), 128, seed=0)
+    for _ in range(400):
+        batch = next(stream)
+        labels = drop_labels(train.labels[batch], 0.1, null_label=10, generator=generator)
+        loss = dsm_loss(score_fn, sde, images[batch], reduce_mean=True, generator=generator, class_labels=labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        ema.update(network)
+    averaged = ema.averaged_model(network)
+    judge = DigitsJudge(image_size=8)
+    requested = labels_for_samples(list(range(10)), 200)
+    accuracy = {}
+    for w in (0.0, 1.0, 3.0):
+        with torch.no_grad():
+            x, _ = sample(guided_score_fn(averaged, sde, requested, w), sde, (200, 1, 8, 8),
+                          method="dpm_solver++", steps=30, generator=1, schedule="logsnr", order=2)
+        accuracy[w] = judge.accuracy(from_model_space(x, centered=True), requested)
+    # 200 samples: a binomial standard error of at most 0.035.
+    assert accuracy[0.0] > 0.4
+    assert accuracy[1.0] > accuracy[0.0] + 0.1
+    assert accuracy[3.0] > accuracy[1.0] - 0.03 and accuracy[3.0] > 0.8
