@@ -223,7 +223,8 @@ def run_eval(config, workdir) -> dict:
             from .digits_judge import DigitsJudge
             report["label_accuracy"] = DigitsJudge(config.data.image_size).accuracy(samples, class_labels)
     report["seconds"] = round(time.perf_counter() - start, 3)
-    return _write_report(workdir, f"eval_{step}.json", report)
+    name = f"eval_{step}" if class_labels is None else f"eval_{step}_w{config.sampling.guidance_scale:g}"
+    return _write_report(workdir, f"{name}.json", report)
 
 
 def run_study_mode(config, workdir) -> dict:
