@@ -26,6 +26,7 @@ def get_base_config():
     training.compile = False              # torch.compile the network for the training step
     training.nonfinite = "stop"           # a non-finite loss or gradient: "stop" the run, or "skip" the step
     training.nonfinite_max_skips = 10     # "skip": stop anyway after more than this many in a row
+    training.cond_drop_prob = 0.1         # class-conditional models: P(label -> "no label")
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"                # any registered sampler
@@ -48,6 +49,8 @@ def get_base_config():
     sampling.solver = ""                  # "" = the sampler's default solver
     sampling.num_samples = 64
     sampling.batch_size = 64
+    sampling.labels = ""                  # class-conditional models: "3", "0,1,2"; ""/"all" = every class
+    sampling.guidance_scale = 0.0         # classifier-free guidance w (0: plain conditional)
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.checkpoint = 0               # 0 = the latest checkpoint
@@ -103,6 +106,7 @@ def get_base_config():
     model.beta_min = 0.1
     model.beta_max = 20.0
     model.dropout = 0.1
+    model.num_classes = 0                 # > 0: class-conditional (must match the data set's classes)
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "Adam"

@@ -23,6 +23,9 @@ from .sdes import SDES, SDE, ScoreFn, get_sde
 MODES = ("train", "sample", "likelihood", "eval")
 IMAGE_MODELS = ("ddpm", "ncsnpp")
 IMAGE_DATASETS = ("digits", "mnist", "cifar10")  # the rest are point sets
+# Data sets whose labels a class-conditional model (model.num_classes > 0) can learn; the other
+# toy sets carry no classes. gmm's classes are its mixture components.
+DATASET_NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "gmm": 8}
 
 
 class ConfigError(ValueError):
@@ -106,6 +109,7 @@ def validate_config(config, mode: Optional[str] = None) -> None:
              "must be a step >= 0 (0 = the latest checkpoint)", config.eval.checkpoint)
     _validate_device(config.device)
     _validate_study(config)
+    _validate_classes(config)
     _require(config.eval.bpd_trace in ("exact", "hutchinson"), "eval.bpd_trace",
              "must be 'exact' or 'hutchinson'", config.eval.bpd_trace)
     if not config.training.continuous:
@@ -159,6 +163,43 @@ def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:
              "starts from a fresh network", path)
     _require(not (mode == "study" and config.study.oracle), field,
              "study.oracle=True scores the exact score, not a checkpoint", path)
+
+
+def _validate_classes(config) -> None:
+    """model.num_classes against the data set, and the class-conditional sampling fields."""
+    from .guidance import parse_labels
+
+    num_classes = config.model.get("num_classes", 0)
+    _require(isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 0,
+             "model.num_classes", "must be an integer >= 0 (0: unconditional)", num_classes)
+    dataset = config.data.dataset
+    if num_classes:
+        expected = DATASET_NUM_CLASSES.get(dataset)
+        _require(expected is not None, "model.num_classes",
+                 f"data.dataset {dataset!r} has no class labels, so it must be 0", num_classes)
+        _require(num_classes == expected, "model.num_classes",
+                 f"must equal the {expected} classes of data.dataset {dataset!r}", num_classes)
+        _require(config.model.name != "ncsnpp" or config.model.get("conditional", True), "model.conditional",
+                 "must be True for a class-conditional ncsnpp (the class joins the noise embedding)",
+                 config.model.get("conditional"))
+    drop_prob = config.training.get("cond_drop_prob", 0.1)
+    _require(isinstance(drop_prob, (int, float)) and 0 <= drop_prob < 1, "training.cond_drop_prob",
+             "must lie in [0, 1)", drop_prob)
+    sampling = config.sampling
+    scale = sampling.get("guidance_scale", 0.0)
+    _require(isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale >= 0,
+             "sampling.guidance_scale", "must be a number >= 0", scale)
+    labels = sampling.get("labels", "")
+    if not num_classes:
+        _require(scale == 0, "sampling.guidance_scale",
+                 "needs a class-conditional model (model.num_classes > 0); must be 0", scale)
+        _require(str(labels).strip() == "", "sampling.labels",
+                 "needs a class-conditional model (model.num_classes > 0); must be empty", labels)
+        return
+    try:
+        parse_labels(labels, num_classes)
+    except ValueError as error:
+        raise ConfigError(f"config.sampling.labels: {error}") from None
 
 
 def _validate_study(config) -> None:
@@ -243,7 +284,8 @@ def build_score_fn(model: torch.nn.Module, sde: SDE, config) -> ScoreFn:
 
 
 def build_loss(config, sde: SDE) -> Callable:
-    """loss(score_fn, x, generator) -> scalar, the training objective the config names."""
+    """loss(score_fn, x, generator, class_labels=None) -> scalar, the training objective the
+    config names (class_labels: those of a class-conditional model's batch)."""
     training = config.training
     if training.continuous:
         loss = partial(losses.dsm_loss, reduce_mean=training.reduce_mean,
@@ -252,7 +294,8 @@ def build_loss(config, sde: SDE) -> Callable:
         loss = partial(losses.ddpm_loss, reduce_mean=training.reduce_mean)
     else:
         loss = partial(losses.smld_loss, reduce_mean=training.reduce_mean)
-    return lambda score_fn, x, generator: loss(score_fn, sde, x, generator=generator)
+    return lambda score_fn, x, generator, class_labels=None: loss(
+        score_fn, sde, x, generator=generator, class_labels=class_labels)
 
 
 def sampler_options(config) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .toy_data import TOY_DATA
+from .toy_data import TOY_DATA, toy_mixture
 from .utils import Registry, append_dims
 
 SPLITS = ("train", "test")
@@ -87,7 +87,18 @@ def _toy_loader(kind: str) -> Callable[..., ArrayDataset]:
 
 
 for _kind in list(TOY_DATA):
-    register_dataset(_kind)(_toy_loader(_kind))
+    if _kind != "gmm":
+        register_dataset(_kind)(_toy_loader(_kind))
+
+
+@register_dataset("gmm")
+def load_gmm(split: str, *, num_points: int, seed: int, **ignored) -> ArrayDataset:
+    """`toy_data.gmm`'s points (the same draws), labelled with the component each came from,
+    so the toy set also serves class-conditional models (8 classes)."""
+    n = num_points if split == "train" else num_points // 5
+    generator = torch.Generator().manual_seed(derive_seed(seed, "toy", "gmm", split))
+    points, components = toy_mixture().sample(n, generator=generator, return_components=True)
+    return ArrayDataset(points.to(torch.float32), components)
 
 
 # -- image helpers -----------------------------------------------------------------------------

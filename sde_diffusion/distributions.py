@@ -3,6 +3,10 @@
 Under any SDE of `sde_diffusion.sdes` the transition kernel is N(m(t) x_0, s(t)^2 I), so the
 perturbed marginal of a mixture of N(mu_k, diag(v_k)) is again a mixture, of
 N(m(t) mu_k, diag(m(t)^2 v_k + s(t)^2)), with the same weights. Its score is exact.
+
+Read as a labelled data set whose classes are the components, the mixture also gives the exact
+class-conditional score (component y alone, perturbed: a Gaussian) and the exact Bayes
+classifier (`responsibilities`), the oracles of classifier-free guidance.
 """
 from __future__ import annotations
 
@@ -118,6 +122,34 @@ class GaussianMixture:
         def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             return self.score(x, sde, t)
         return score
+
+    # -- the components as classes -------------------------------------------------------------
+    def class_score(self, x: torch.Tensor, class_labels: torch.Tensor, sde: Optional[SDE] = None,
+                    t=None) -> torch.Tensor:
+        """grad_x log p_t(x | y) for component y = class_labels[b] of each sample: p_t(x | y) =
+        N(m(t) mu_y, diag(m(t)^2 std_y^2 + s(t)^2)), so the score is (m mu_y - x) / var_y."""
+        flat = self._flat(x)
+        mean_coef, std = self._coefs(x, sde, t)
+        labels = torch.as_tensor(class_labels, device=self.means.device).long()
+        m = mean_coef[:, None]
+        variances = m ** 2 * self.stds[labels] ** 2 + std[:, None] ** 2
+        score = (m * self.means[labels] - flat) / variances
+        return score.reshape(x.shape).to(x.dtype)
+
+    def class_score_fn(self, sde: SDE, class_labels: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """The exact conditional score(x, t) of p_t(x | y), y = class_labels [B] (or one label)."""
+        def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            labels = torch.as_tensor(class_labels).expand(x.shape[0])
+            return self.class_score(x, labels, sde, t)
+        return score
+
+    def guided_log_density(self, x: torch.Tensor, label: int, guidance_scale: float) -> torch.Tensor:
+        """log p(x | y) + w log p(y | x), unnormalised: the density classifier-free guidance with
+        scale w aims at (Ho & Salimans 2022, sec. 3.2), at t = 0."""
+        log_probs, _ = self._log_probs_and_precisions(self._flat(x), *self._coefs(x, None, None))
+        log_joint = log_probs[:, label]                       # log w_y + log N_y(x)
+        log_posterior = log_joint - torch.logsumexp(log_probs, dim=1)
+        return log_joint - torch.log(self.weights[label]) + guidance_scale * log_posterior
 
     # -- how far samples are from the mixture ----------------------------------------------
     def component_statistics(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -1,5 +1,7 @@
 """Denoising score-matching losses. Each takes a score function score_fn(x, t) (a network
 wrapped by the model layer, or an exact oracle) and a batch of data, and returns a scalar.
+With `class_labels` [B] (class-conditional training) the score is called as
+score_fn(x, t, class_labels): the same losses then fit the conditional scores.
 
 For x_t = m(t) x_0 + s(t) z the denoising target is grad log p(x_t | x_0) = -z / s(t)
 (Vincent 2011); the losses below differ in how times are drawn and terms are weighted.
@@ -14,6 +16,11 @@ from .sdes import SDE, VESDE, VPSDE, ScoreFn
 from .utils import append_dims, batch_sum, randn
 
 
+def _score(score_fn: ScoreFn, x_t: torch.Tensor, t: torch.Tensor,
+           class_labels: Optional[torch.Tensor]) -> torch.Tensor:
+    return score_fn(x_t, t) if class_labels is None else score_fn(x_t, t, class_labels)
+
+
 def _reduce(squares: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
     """Per-sample sum (or mean, with `reduce_mean`) over all dims but the batch."""
     per_sample = batch_sum(squares)
@@ -22,7 +29,8 @@ def _reduce(squares: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
 
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
              likelihood_weighting: bool = False, eps: float = 1e-5,
-             generator: Optional[torch.Generator] = None) -> torch.Tensor:
+             generator: Optional[torch.Generator] = None,
+             class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Continuous-time denoising score matching (Song et al. 2021, eq. 7), t ~ U(eps, T).
 
     Weighting lambda(t) = s(t)^2 by default, which makes each term || s score + z ||^2 / 2;
@@ -34,7 +42,7 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
     z = randn(x.shape, generator, x)
     mean_coef, std = sde.marginal_coefs(t)
     x_t = append_dims(mean_coef, x.ndim) * x + append_dims(std, x.ndim) * z
-    score = score_fn(x_t, t)
+    score = _score(score_fn, x_t, t, class_labels)
     if likelihood_weighting:
         residual = score + z / append_dims(std, x.ndim)
         weight = sde.diffusion(t) ** 2
@@ -45,7 +53,8 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
 
 
 def ddpm_loss(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, *, reduce_mean: bool = True,
-              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+              generator: Optional[torch.Generator] = None,
+              class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """DDPM's simple loss || eps - eps_pred ||^2 (Ho et al. 2020, eq. 14) on the VP chain:
     step i ~ U{0..N-1}, x_i = sqrt(alpha_bar_i) x + sqrt(1 - alpha_bar_i) z, scored at the time of
     the same noise level, sde.chain_time(i), where chain samplers evaluate it; with eps_pred = -sqrt(1 - alpha_bar_i) score the residual is
@@ -58,12 +67,13 @@ def ddpm_loss(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, *, reduce_mean: bo
     z = randn(x.shape, generator, x)
     x_t = append_dims(torch.sqrt(alpha_bar), x.ndim) * x + append_dims(std, x.ndim) * z
     t = sde.chain_time(index).to(x.dtype)
-    residual = score_fn(x_t, t) * append_dims(std, x.ndim) + z
+    residual = _score(score_fn, x_t, t, class_labels) * append_dims(std, x.ndim) + z
     return _reduce(residual ** 2, reduce_mean).mean()
 
 
 def smld_loss(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, *, reduce_mean: bool = False,
-              generator: Optional[torch.Generator] = None) -> torch.Tensor:
+              generator: Optional[torch.Generator] = None,
+              class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
     """SMLD/NCSN's loss (Song & Ermon 2019, eq. 6) on the VE chain's noise levels: level i ~
     U{0..N-1}, x_i = x + sigma_i z, weighted by sigma_i^2 so the term is || sigma_i score + z ||^2 / 2;
     scored at the level's time sde.chain_time(i) = i T / (N - 1)."""
@@ -74,5 +84,5 @@ def smld_loss(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, *, reduce_mean: bo
     z = randn(x.shape, generator, x)
     x_t = x + append_dims(sigma, x.ndim) * z
     t = sde.chain_time(index).to(x.dtype)
-    residual = score_fn(x_t, t) * append_dims(sigma, x.ndim) + z
+    residual = _score(score_fn, x_t, t, class_labels) * append_dims(sigma, x.ndim) + z
     return (0.5 * _reduce(residual ** 2, reduce_mean)).mean()

@@ -1,7 +1,9 @@
 """What main.py's modes do with a trained workdir: draw samples, score likelihoods, evaluate.
 
-Shared with the trainer: `draw_samples` (the configured sampler, in batches) and
-`save_sample_pictures` (an image grid, or a scatter plot against the data for 2-D sets).
+Shared with the trainer: `sample_score_and_labels` (the score to sample with: for a
+class-conditional model, guided towards `sampling.labels` with scale `sampling.guidance_scale`),
+`draw_samples` (the configured sampler, in batches) and `save_sample_pictures` (an image grid,
+one row per class for conditional samples, or a scatter plot against the data for 2-D sets).
 """
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ from . import checkpoints
 from .config import build_model, build_score_fn, build_sde, data_shape, is_image_data, sampler_options, select_device
 from .datasets import from_model_space, load_dataset
 from .ema import EMA
+from .guidance import guided_score_fn_for_labels, labels_for_samples, parse_labels
 from .plotting import save_image_grid, save_scatter
 from .sampling import sample
 
@@ -32,15 +35,30 @@ def to_data_space(x: torch.Tensor, config) -> torch.Tensor:
     return from_model_space(x, config.data.centered) if is_image_data(config) else x
 
 
+def sample_score_and_labels(model, sde, config, num_samples: int):
+    """(score_fn, None) for an unconditional model; for a class-conditional one (class labels
+    -> guided score_fn, labels [num_samples]) from `sampling.labels` and `sampling.guidance_scale`,
+    the form `draw_samples` takes."""
+    if not config.model.get("num_classes", 0):
+        return build_score_fn(model, sde, config), None
+    labels = parse_labels(config.sampling.labels, config.model.num_classes)
+    score_fn_for = guided_score_fn_for_labels(model, sde, float(config.sampling.guidance_scale),
+                                              continuous=config.training.continuous)
+    return score_fn_for, labels_for_samples(labels, num_samples)
+
+
 def draw_samples(score_fn, sde, config, num_samples: int, generator: torch.Generator,
-                 device: torch.device):
-    """`num_samples` samples in data space with the configured sampler; returns (x, nfe per batch)."""
+                 device: torch.device, class_labels=None):
+    """`num_samples` samples in data space with the configured sampler; returns (x, nfe per batch).
+    With `class_labels` ([num_samples]), `score_fn` maps a batch's labels to its score function
+    (see `sample_score_and_labels`)."""
     sampling = config.sampling
     options = sampler_options(config)
     batches, nfe = [], 0
     for start in range(0, num_samples, sampling.batch_size):
         count = min(sampling.batch_size, num_samples - start)
-        x, nfe = sample(score_fn, sde, (count,) + data_shape(config), method=sampling.method,
+        batch_score_fn = score_fn if class_labels is None else score_fn(class_labels[start:start + count])
+        x, nfe = sample(batch_score_fn, sde, (count,) + data_shape(config), method=sampling.method,
                         steps=sampling.steps, generator=generator, eps=sampling.eps, device=device,
                         schedule=sampling.schedule, rho=sampling.rho if sampling.schedule == "karras" else None,
                         power=sampling.power if sampling.schedule == "logsnr" else None,
@@ -49,9 +67,12 @@ def draw_samples(score_fn, sde, config, num_samples: int, generator: torch.Gener
     return torch.cat(batches), nfe
 
 
-def save_sample_pictures(samples: torch.Tensor, path, config, data=None, title: str = "") -> None:
+def save_sample_pictures(samples: torch.Tensor, path, config, data=None, title: str = "",
+                         class_labels=None) -> None:
     if is_image_data(config):
-        save_image_grid(samples[:256], path)
+        # Labels come in runs (`labels_for_samples`): as many columns as a run, one row per class.
+        nrow = None if class_labels is None else int((class_labels == class_labels[0]).sum())
+        save_image_grid(samples[:256], path, nrow=nrow)
     else:
         save_scatter(samples, path, data=data, title=title)
 
@@ -89,21 +110,28 @@ def load_trained(config, workdir, device):
 def run_sample(config, workdir) -> dict:
     device = select_device(config)
     model, sde, step = load_trained(config, workdir, device)
-    score_fn = build_score_fn(model, sde, config)
+    num_samples = config.sampling.num_samples
+    score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
     generator = torch.Generator(device).manual_seed(config.seed)
     start = time.perf_counter()
     with torch.no_grad():
-        samples, nfe = draw_samples(score_fn, sde, config, config.sampling.num_samples, generator, device)
+        samples, nfe = draw_samples(score_fn, sde, config, num_samples, generator, device, class_labels)
     seconds = time.perf_counter() - start
     folder = Path(workdir) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     name = f"samples_{step}_{config.sampling.method}"
-    np.savez(folder / f"{name}.npz", samples=samples.numpy())
+    arrays = {"samples": samples.numpy()}
+    if class_labels is not None:
+        name += f"_w{config.sampling.guidance_scale:g}"
+        arrays["labels"] = class_labels.numpy()
+    np.savez(folder / f"{name}.npz", **arrays)
     data = None if is_image_data(config) else load_dataset_from_config(config, "test").data
     save_sample_pictures(samples, folder / f"{name}.png", config, data=data,
-                         title=f"{config.sampling.method}, step {step}, NFE {nfe}")
+                         title=f"{config.sampling.method}, step {step}, NFE {nfe}", class_labels=class_labels)
     report = {"step": step, "num_samples": len(samples), "nfe": nfe, "seconds": round(seconds, 3),
               "npz": str(folder / f"{name}.npz"), "png": str(folder / f"{name}.png")}
+    if class_labels is not None:
+        report["guidance_scale"] = float(config.sampling.guidance_scale)
     print(json.dumps(report))
     return report
 
@@ -184,20 +212,29 @@ def quality_metric(config, test: torch.Tensor, device, mixture=None):
 
 
 def run_eval(config, workdir) -> dict:
-    """Sample quality against the test set by `quality_metric`."""
+    """Sample quality against the test set by `quality_metric`. A class-conditional model
+    samples its `sampling.labels` with `sampling.guidance_scale`; on digits the report adds
+    `label_accuracy`, how often the digits judge reads the requested label."""
     device = select_device(config)
     test = load_dataset_from_config(config, "test").data
     metric, _ = quality_metric(config, test, device)
     model, sde, step = load_trained(config, workdir, device)
-    score_fn = build_score_fn(model, sde, config)
+    num_samples = config.eval.num_samples
+    score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
     generator = torch.Generator(device).manual_seed(config.seed)
     start = time.perf_counter()
     with torch.no_grad():
-        samples, nfe = draw_samples(score_fn, sde, config, config.eval.num_samples, generator, device)
+        samples, nfe = draw_samples(score_fn, sde, config, num_samples, generator, device, class_labels)
     report = {"step": step, "num_samples": len(samples), "sampler": config.sampling.method, "nfe": nfe}
     report.update(metric(samples))
+    if class_labels is not None:
+        report["guidance_scale"] = float(config.sampling.guidance_scale)
+        if config.data.dataset == "digits":
+            from .digits_judge import DigitsJudge
+            report["label_accuracy"] = DigitsJudge(config.data.image_size).accuracy(samples, class_labels)
     report["seconds"] = round(time.perf_counter() - start, 3)
-    return _write_report(workdir, f"eval_{step}.json", report)
+    name = f"eval_{step}" if class_labels is None else f"eval_{step}_w{config.sampling.guidance_scale:g}"
+    return _write_report(workdir, f"{name}.json", report)
 
 
 def run_study_mode(config, workdir) -> dict:

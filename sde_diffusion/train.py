@@ -1,6 +1,7 @@
 """The denoising score-matching trainer behind `main.py --mode train`.
 
-One loop: draw a batch, augment and scale it, take an Adam step on the configured loss with
+One loop: draw a batch, augment and scale it (for a class-conditional model, also its labels,
+each dropped to "no label" with probability `training.cond_drop_prob`), take an Adam step on the configured loss with
 linear learning-rate warmup and gradient-norm clipping, update the EMA. Around it, resumable
 state: the preemption checkpoint every `snapshot_freq_for_preemption` steps holds model, EMA,
 optimizer, step, data order and every RNG state, so `--mode train` on an existing workdir
@@ -28,7 +29,8 @@ from . import checkpoints
 from .config import build_loss, build_model, build_score_fn, build_sde, is_image_data, select_device
 from .datasets import BatchStream, random_flip, to_model_space, uniform_dequantize
 from .ema import EMA
-from .modes import draw_samples, load_dataset_from_config, save_sample_pictures
+from .guidance import drop_labels
+from .modes import draw_samples, load_dataset_from_config, sample_score_and_labels, save_sample_pictures
 from .performance import grad_scaler, to_memory_format, training_network
 
 
@@ -156,8 +158,11 @@ def train(config, workdir) -> dict:
                 "step": current_step, "data_stream": stream.state_dict(), "rng": _rng_state(generator),
                 "config": config.to_json(), "skipped_steps": skipped, "grad_scaler": scaler.state_dict()}
 
+    num_classes = config.model.get("num_classes", 0)
     eval_generator = torch.Generator(device)
     eval_batch = test_set.data[:training.batch_size].to(device)
+    # The eval loss of a conditional model is the conditional one (labels never dropped).
+    eval_labels = test_set.labels[:training.batch_size].to(device) if num_classes else None
     scalars = _Scalars(workdir, step)
     progress = tqdm(total=training.n_iters, initial=step, desc="train", dynamic_ncols=True,
                     disable=None, mininterval=1.0)
@@ -166,11 +171,16 @@ def train(config, workdir) -> dict:
     skipped_in_a_row = 0
     model.train()
     while step < training.n_iters:
-        x = _prepare_batch(train_set.data[next(stream)].to(device), config, generator)
+        indices = next(stream)
+        x = _prepare_batch(train_set.data[indices].to(device), config, generator)
+        class_labels = None
+        if num_classes:
+            class_labels = drop_labels(train_set.labels[indices].to(device), training.cond_drop_prob,
+                                       null_label=num_classes, generator=generator)
         x = to_memory_format(x, training.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = optim.lr * min((step + 1) / optim.warmup, 1.0) if optim.warmup else optim.lr
-        loss = loss_fn(score_fn, x, generator)
+        loss = loss_fn(score_fn, x, generator, class_labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # clip and check the true gradients, not fp16-scaled ones
@@ -211,7 +221,8 @@ def train(config, workdir) -> dict:
             model.eval()
             with torch.no_grad():
                 eval_generator.manual_seed(config.seed + 1)  # the same noise each time: comparable
-                eval_loss = loss_fn(eval_score_fn, _prepare_batch(eval_batch, config, eval_generator), eval_generator)
+                eval_loss = loss_fn(eval_score_fn, _prepare_batch(eval_batch, config, eval_generator),
+                                    eval_generator, eval_labels)
             model.train()
             scalars.write(step, eval_loss=eval_loss.item())
         if step % training.snapshot_freq_for_preemption == 0 or step == training.n_iters:
@@ -230,9 +241,10 @@ def train(config, workdir) -> dict:
 
 def _snapshot_samples(averaged_model, sde, config, workdir: Path, step: int, test_set, device) -> None:
     generator = torch.Generator(device).manual_seed(config.seed)
-    score_fn = build_score_fn(averaged_model, sde, config)
+    count = config.training.num_snapshot_samples
+    score_fn, class_labels = sample_score_and_labels(averaged_model, sde, config, count)
     with torch.no_grad():
-        samples, nfe = draw_samples(score_fn, sde, config, config.training.num_snapshot_samples, generator, device)
+        samples, nfe = draw_samples(score_fn, sde, config, count, generator, device, class_labels)
     data = None if is_image_data(config) else test_set.data
     save_sample_pictures(samples, workdir / "snapshots" / f"samples_{step}.png", config, data=data,
-                         title=f"step {step}, {config.sampling.method}, NFE {nfe}")
+                         title=f"step {step}, {config.sampling.method}, NFE {nfe}", class_labels=class_labels)

@@ -13,7 +13,7 @@ from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 METHOD_CONFIGS = ["vp_cifar10", "subvp_cifar10", "ve_cifar10", "ddpm_cifar10", "ncsn_cifar10",
-                  "vp_toy", "ve_toy", "vp_digits", "ve_digits"]
+                  "vp_toy", "ve_toy", "vp_digits", "ve_digits", "vp_digits_cond", "vp_cifar10_cond"]
 
 
 def load_config(name):
@@ -135,3 +135,40 @@ def test_image_network_on_point_data_is_refused():
     config.model.name = "ddpm"
     with pytest.raises(ConfigError, match="config.model.name"):
         validate_config(config)
+
+
+@pytest.mark.parametrize("name", ["vp_digits_cond", "vp_cifar10_cond"])
+def test_conditional_configs_name_ten_classes(name):
+    config = load_config(name)
+    assert config.model.num_classes == 10 and config.training.cond_drop_prob == 0.1
+
+
+CLASS_FIELD_ERRORS = [
+    # (config, overrides, field named)
+    ("vp_toy", {"model.num_classes": 2}, "model.num_classes"),             # checkerboard: no labels
+    ("vp_digits_cond", {"model.num_classes": 8}, "model.num_classes"),     # digits have 10
+    ("vp_digits_cond", {"model.num_classes": -1}, "model.num_classes"),
+    ("vp_digits_cond", {"training.cond_drop_prob": 1.0}, "training.cond_drop_prob"),
+    ("vp_digits_cond", {"sampling.labels": "10"}, "sampling.labels"),
+    ("vp_digits_cond", {"sampling.labels": "1,x"}, "sampling.labels"),
+    ("vp_digits_cond", {"sampling.guidance_scale": -0.5}, "sampling.guidance_scale"),
+    ("vp_digits", {"sampling.labels": "3"}, "sampling.labels"),            # unconditional model
+    ("vp_digits", {"sampling.guidance_scale": 1.0}, "sampling.guidance_scale"),
+    ("vp_cifar10_cond", {"model.conditional": False}, "model.conditional"),
+]
+
+
+@pytest.mark.parametrize("name, overrides, named", CLASS_FIELD_ERRORS)
+def test_class_fields_name_their_field(name, overrides, named):
+    config = load_config(name)
+    for field, value in overrides.items():
+        section, key = field.split(".")
+        config[section][key] = value
+    with pytest.raises(ConfigError, match=f"config.{named}"):
+        validate_config(config)
+
+
+def test_labelled_toy_mixture_takes_a_conditional_model():
+    config = load_config("vp_toy")
+    config.data.dataset, config.model.num_classes, config.sampling.labels = "gmm", 8, "0,7"
+    validate_config(config)

@@ -86,12 +86,18 @@ def test_metrics_and_checkpoints_are_written(trained_toy):
     assert state["step"] == 600 and len(state["ema"]["shadow_params"]) == len(state["model"])
 
 
-def test_resumed_run_equals_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("num_classes", [0, 8], ids=["unconditional", "class_conditional"])
+def test_resumed_run_equals_uninterrupted_run(tmp_path, num_classes):
     """Stop at step 200 (the last preemption checkpoint), restart with the full budget: model,
-    EMA and optimizer end bitwise equal to a run that never stopped."""
-    train(toy_config(n_iters=300), tmp_path / "straight")
-    train(toy_config(n_iters=200), tmp_path / "resumed")
-    train(toy_config(n_iters=300), tmp_path / "resumed")
+    EMA and optimizer end bitwise equal to a run that never stopped (for a class-conditional
+    model too, whose label dropout draws from the saved generator)."""
+    def config(n_iters):
+        config = toy_config(n_iters)
+        config.model.num_classes = num_classes
+        return config
+    train(config(n_iters=300), tmp_path / "straight")
+    train(config(n_iters=200), tmp_path / "resumed")
+    train(config(n_iters=300), tmp_path / "resumed")
     straight = checkpoints.latest_checkpoint(tmp_path / "straight")
     resumed = checkpoints.latest_checkpoint(tmp_path / "resumed")
     assert straight["step"] == resumed["step"] == 300

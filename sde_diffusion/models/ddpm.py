@@ -33,15 +33,15 @@ norm_out/conv_out/skip, attention NIN_0..3 -> query/key/value/output, NIN W/b ->
 from __future__ import annotations
 
 from functools import partial
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
 
 from ..utils import append_dims
 from .blocks import ResnetBlock, ResnetWithAttention, ResolutionLevel, level_resolutions
-from .layers import (AttentionBlock, NoiseLevelMLP, activation, conv3x3, group_norm,
-                     sinusoidal_embedding)
+from .layers import (AttentionBlock, NoiseLevelMLP, activation, add_class_embedding,
+                     class_embedding_or_none, conv3x3, group_norm, sinusoidal_embedding)
 from .registry import register_model
 from .resampling import Downsample, Upsample
 
@@ -50,8 +50,9 @@ DDPM_GROUPS = 32  # GroupNorm groups throughout the DDPM U-Net (Ho et al. 2020)
 
 @register_model("ddpm")
 class DDPM(nn.Module):
-    """DDPM U-Net. forward(x [B, C, H, W], labels [B]) -> [B, C, H, W]; labels are time labels
-    (t * 999 for VP SDEs), embedded sinusoidally."""
+    """DDPM U-Net. forward(x [B, C, H, W], labels [B], class_labels [B] or None) -> [B, C, H, W];
+    labels are time labels (t * 999 for VP SDEs), embedded sinusoidally; with num_classes > 0 a
+    learned class vector is added to that embedding (None: the "no label" vector)."""
 
     def __init__(self, image_size: int = 32, num_channels: int = 3, centered: bool = True,
                  nf: int = 128,                      # base width; level i has nf * ch_mult[i]
@@ -61,7 +62,8 @@ class DDPM(nn.Module):
                  dropout: float = 0.1,
                  resamp_with_conv: bool = True,      # conv in up/downsampling, else interp/pool
                  nonlinearity: str = "swish",
-                 scale_by_sigma: bool = False):      # divide the output by labels (= sigma)
+                 scale_by_sigma: bool = False,       # divide the output by labels (= sigma)
+                 num_classes: int = 0):              # > 0: class-conditional (labels 0..n-1)
         super().__init__()
         resolutions = level_resolutions(image_size, ch_mult)
         widths = [nf] + [nf * mult for mult in ch_mult]
@@ -116,6 +118,9 @@ class DDPM(nn.Module):
 
         self.norm_out = group_norm(in_ch, DDPM_GROUPS)
         self.conv_out = conv3x3(in_ch, num_channels, init_scale=0.0)
+        # Created last, so that reference checkpoints still map onto the modules by position.
+        self.num_classes = num_classes
+        self.class_embedding = class_embedding_or_none(num_classes, temb_dim)
 
     @classmethod
     def from_config(cls, config) -> "DDPM":
@@ -126,10 +131,13 @@ class DDPM(nn.Module):
                    attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
                    resamp_with_conv=model.resamp_with_conv,
                    nonlinearity=model.get("nonlinearity", "swish"),
-                   scale_by_sigma=model.get("scale_by_sigma", False))
+                   scale_by_sigma=model.get("scale_by_sigma", False),
+                   num_classes=model.get("num_classes", 0))
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor,
+                class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         temb = self.noise_mlp(sinusoidal_embedding(labels, self.nf))
+        temb = add_class_embedding(temb, self.class_embedding, class_labels)
         # Data in [0, 1] is mapped to [-1, 1], the range the network was designed for.
         h = x if self.centered else 2 * x - 1.0
 

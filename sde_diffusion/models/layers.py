@@ -175,3 +175,49 @@ class AttentionBlock(nn.Module):
         weights = torch.softmax(logits, dim=-1)
         h = torch.einsum("bij,bcj->bci", weights, value).reshape(x.shape)
         return residual_sum(x, self.output(h), self.skip_rescale)
+
+
+class ClassEmbedding(nn.Module):
+    """A learned vector per class label, added to the noise-level embedding (Ho & Salimans 2022,
+    classifier-free guidance). Index `num_classes` is reserved for "no label": training swaps a
+    sample's label for it with probability `training.cond_drop_prob`, so one network learns the
+    conditional and the unconditional score. Zero-initialised, so training starts from a network
+    that ignores the label, as an unconditional one would."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"a class embedding needs num_classes >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, dim)
+        nn.init.zeros_(self.table.weight)
+
+    @property
+    def null_label(self) -> int:
+        return self.num_classes
+
+    def forward(self, class_labels: Optional[torch.Tensor], batch_size: int,
+                device: torch.device) -> torch.Tensor:
+        """[B, dim]; class_labels None means "no label" for the whole batch."""
+        if class_labels is None:
+            class_labels = torch.full((batch_size,), self.null_label, dtype=torch.long, device=device)
+        return self.table(class_labels.to(device=device, dtype=torch.long))
+
+
+def class_embedding_or_none(num_classes: int, dim: int) -> Optional[ClassEmbedding]:
+    """The class embedding of a class-conditional network, None for an unconditional one
+    (num_classes = 0), which so keeps exactly the parameters reference checkpoints hold."""
+    if num_classes < 0:
+        raise ValueError(f"num_classes must be >= 0 (0: unconditional), got {num_classes}")
+    return ClassEmbedding(num_classes, dim) if num_classes else None
+
+
+def add_class_embedding(temb: torch.Tensor, embedding: Optional[ClassEmbedding],
+                        class_labels: Optional[torch.Tensor]) -> torch.Tensor:
+    """temb plus the class vectors of `class_labels`; an unconditional network (no embedding)
+    refuses labels rather than silently ignoring them."""
+    if embedding is None:
+        if class_labels is not None:
+            raise ValueError("class labels given to an unconditional network (model.num_classes = 0)")
+        return temb
+    return temb + embedding(class_labels, temb.shape[0], temb.device).to(temb.dtype)

@@ -6,11 +6,14 @@ noise level starts from the same output (eps_pred = 0) rather than from a random
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 from torch import nn
 
 from ..utils import append_dims
-from .layers import GaussianFourierProjection, sinusoidal_embedding
+from .layers import (GaussianFourierProjection, add_class_embedding, class_embedding_or_none,
+                     sinusoidal_embedding)
 from .registry import register_model
 
 
@@ -28,11 +31,12 @@ class _ResidualBlock(nn.Module):
 
 @register_model("mlp")
 class MLP(nn.Module):
-    """score-network interface: forward(x [B, ...], labels [B]) -> [B, ...]."""
+    """score-network interface: forward(x [B, ...], labels [B], class_labels [B] or None) ->
+    [B, ...]. With num_classes > 0 a learned class vector joins the noise-level embedding."""
 
     def __init__(self, data_dim: int, width: int = 256, num_blocks: int = 4, embed_dim: int = 64,
                  embedding_type: str = "positional", fourier_scale: float = 16.0,
-                 scale_by_sigma: bool = False):
+                 scale_by_sigma: bool = False, num_classes: int = 0):
         super().__init__()
         if embedding_type not in ("positional", "fourier"):
             raise ValueError(f"model.embedding_type must be 'positional' or 'fourier', got {embedding_type!r}")
@@ -45,6 +49,8 @@ class MLP(nn.Module):
         self.output = nn.Linear(width, data_dim)
         nn.init.zeros_(self.output.weight)
         nn.init.zeros_(self.output.bias)
+        self.num_classes = num_classes
+        self.class_embedding = class_embedding_or_none(num_classes, embed_dim)
 
     @classmethod
     def from_config(cls, config):
@@ -52,7 +58,8 @@ class MLP(nn.Module):
         return cls(data_dim=config.data.dim, width=model.width, num_blocks=model.num_blocks,
                    embed_dim=model.embed_dim, embedding_type=model.embedding_type,
                    fourier_scale=model.get("fourier_scale", 16.0),
-                   scale_by_sigma=model.get("scale_by_sigma", False))
+                   scale_by_sigma=model.get("scale_by_sigma", False),
+                   num_classes=model.get("num_classes", 0))
 
     def _embed(self, labels: torch.Tensor) -> torch.Tensor:
         if self.embedding_type == "fourier":
@@ -61,8 +68,9 @@ class MLP(nn.Module):
             embedding = sinusoidal_embedding(labels, self.embed_dim)
         return self.embed_mlp(embedding)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        embedding = self._embed(labels).to(x.dtype)
+    def forward(self, x: torch.Tensor, labels: torch.Tensor,
+                class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        embedding = add_class_embedding(self._embed(labels), self.class_embedding, class_labels).to(x.dtype)
         h = self.input(x.reshape(x.shape[0], -1))
         for block in self.blocks:
             h = block(h, embedding)

@@ -42,7 +42,7 @@ instead fed integer indices i and divided by sigma_i.
 from __future__ import annotations
 
 from functools import partial
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from torch import nn
@@ -50,8 +50,9 @@ from torch import nn
 from ..utils import append_dims
 from .blocks import (BigGANResnetBlock, Combine, ResnetBlock, ResnetWithAttention, ResolutionLevel,
                      level_resolutions)
-from .layers import (AttentionBlock, GaussianFourierProjection, NoiseLevelMLP, activation, conv3x3,
-                     group_norm, residual_sum, sinusoidal_embedding)
+from .layers import (AttentionBlock, GaussianFourierProjection, NoiseLevelMLP, activation,
+                     add_class_embedding, class_embedding_or_none, conv3x3, group_norm, residual_sum,
+                     sinusoidal_embedding)
 from .registry import register_model
 from .resampling import Downsample, Upsample
 
@@ -77,8 +78,10 @@ def _check_choice(field: str, value: str) -> str:
 
 @register_model("ncsnpp")
 class NCSNpp(nn.Module):
-    """NCSN++ / DDPM++ U-Net. forward(x [B, C, H, W], labels [B]) -> [B, C, H, W]; labels are
-    sigma for 'fourier' embeddings (VE) and time labels t * 999 for 'positional' (VP)."""
+    """NCSN++ / DDPM++ U-Net. forward(x [B, C, H, W], labels [B], class_labels [B] or None) ->
+    [B, C, H, W]; labels are sigma for 'fourier' embeddings (VE) and time labels t * 999 for
+    'positional' (VP); with num_classes > 0 a learned class vector is added to the noise
+    embedding (None: the "no label" vector)."""
 
     def __init__(self, image_size: int = 32, num_channels: int = 3, centered: bool = True,
                  nf: int = 128,                       # base width; level i has nf * ch_mult[i]
@@ -101,7 +104,8 @@ class NCSNpp(nn.Module):
                  fir: bool = False,                   # FIR filters for resampling
                  fir_kernel: Sequence[float] = (1, 3, 3, 1),
                  conv_size: int = 3,
-                 attention_type: str = "ddpm"):
+                 attention_type: str = "ddpm",
+                 num_classes: int = 0):               # > 0: class-conditional (labels 0..n-1)
         super().__init__()
         resolutions = level_resolutions(image_size, ch_mult)
         self.embedding_type = _check_choice("embedding_type", embedding_type)
@@ -126,6 +130,9 @@ class NCSNpp(nn.Module):
             self.fourier_projection = None
             embedding_dim = nf
         self.noise_mlp = NoiseLevelMLP(embedding_dim, temb_dim, act) if conditional else None
+        if num_classes and not conditional:
+            raise ValueError("a class-conditional ncsnpp (num_classes > 0) needs conditional=True: "
+                             "the class vector joins the noise embedding")
 
         make_attention = partial(AttentionBlock, skip_rescale=skip_rescale, init_scale=init_scale)
         resnet_options = dict(temb_dim=temb_dim, dropout=dropout, skip_rescale=skip_rescale,
@@ -210,6 +217,9 @@ class NCSNpp(nn.Module):
         if self.progressive != "output_skip":
             self.norm_out = group_norm(in_ch)
             self.conv_out = conv3x3(in_ch, num_channels, init_scale=init_scale)
+        # Created last, so that reference checkpoints still map onto the modules by position.
+        self.num_classes = num_classes
+        self.class_embedding = class_embedding_or_none(num_classes, temb_dim)
 
     @staticmethod
     def _fill(parts: dict, names: Sequence[str]) -> dict:
@@ -237,18 +247,22 @@ class NCSNpp(nn.Module):
                    init_scale=model.get("init_scale", 0.0), fir=model.get("fir", False),
                    fir_kernel=tuple(model.get("fir_kernel", (1, 3, 3, 1))),
                    conv_size=model.get("conv_size", 3),
-                   attention_type=model.get("attention_type", "ddpm"))
+                   attention_type=model.get("attention_type", "ddpm"),
+                   num_classes=model.get("num_classes", 0))
 
     def _resample(self, module: nn.Module, h: torch.Tensor, temb) -> torch.Tensor:
         # BigGAN blocks resample with the noise embedding; plain Up/Downsample without it.
         return module(h, temb) if self.resblock_type == "biggan" else module(h)
 
-    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, labels: torch.Tensor,
+                class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.fourier_projection is not None:
             embedding = self.fourier_projection(torch.log(labels))
         else:
             embedding = sinusoidal_embedding(labels, self.nf)
         temb = self.noise_mlp(embedding) if self.noise_mlp is not None else None
+        if temb is not None or class_labels is not None:  # labels without temb: refused there
+            temb = add_class_embedding(temb, self.class_embedding, class_labels)
         # Data in [0, 1] is mapped to [-1, 1], the range the network was designed for.
         x = x if self.centered else 2 * x - 1.0
 

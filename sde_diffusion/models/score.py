@@ -60,15 +60,20 @@ def noise_labels(sde: SDE, t: torch.Tensor, *, continuous: bool = True) -> torch
 def score_fn_from_model(model: nn.Module, sde: SDE, *, continuous: bool = True,
                         parameterization: Optional[str] = None) -> ScoreFn:
     """Wrap `model(x, labels)` as score_fn(x, t) under `sde` (the SDE the model was trained with:
-    discrete labels refer to its chain, whatever chain a sampler later respaces to)."""
+    discrete labels refer to its chain, whatever chain a sampler later respaces to).
+
+    The score function takes an optional third argument, class_labels [B], passed on to a
+    class-conditional network as `model(x, labels, class_labels)`; without it the network is
+    called as `model(x, labels)` (for a conditional network: the "no label" score)."""
     parameterization = parameterization or default_parameterization(sde)
     if parameterization not in ("eps", "score"):
         raise ValueError(f"parameterization must be 'eps' or 'score', got {parameterization!r}")
 
-    def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def score_fn(x: torch.Tensor, t: torch.Tensor,
+                 class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
         labels = noise_labels(sde, t, continuous=continuous).to(x.dtype)
-        output = model(x, labels)
+        output = model(x, labels) if class_labels is None else model(x, labels, class_labels)
         if parameterization == "score":
             return output
         std = sde.marginal_coefs(t)[1].to(x.dtype)
