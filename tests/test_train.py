@@ -134,9 +134,9 @@ def poisoned_loss(monkeypatch, bad_calls, kind="loss"):
     def build_loss(config, sde):
         loss_fn = real_build_loss(config, sde)
 
-        def poisoned(score_fn, x, generator):
+        def poisoned(score_fn, x, generator, *rest, **options):
             calls[0] += 1
-            loss = loss_fn(score_fn, x, generator)
+            loss = loss_fn(score_fn, x, generator, *rest, **options)
             if calls[0] not in bad_calls:
                 return loss
             if kind == "loss":
