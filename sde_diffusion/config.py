@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from . import losses
+from .distributed import rank_device
 from .models import get_model, model_names, score_fn_from_model
 from .performance import PRECISIONS
 from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
@@ -197,9 +198,10 @@ def _validate_image_config(config) -> None:
 # -- builders -------------------------------------------------------------------------------
 
 def select_device(config) -> torch.device:
+    """The configured device; under torchrun a bare "cuda" is this process's GPU, cuda:LOCAL_RANK."""
     if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+        return rank_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return rank_device(torch.device(config.device))
 
 
 def build_sde(config) -> SDE:
@@ -219,7 +221,8 @@ def build_score_fn(model: torch.nn.Module, sde: SDE, config) -> ScoreFn:
 
 
 def build_loss(config, sde: SDE) -> Callable:
-    """loss(score_fn, x, generator) -> scalar, the training objective the config names."""
+    """loss(score_fn, x, generator, shard=None) -> scalar, the training objective the config
+    names (`shard`: see losses)."""
     training = config.training
     if training.continuous:
         loss = partial(losses.dsm_loss, reduce_mean=training.reduce_mean,
@@ -228,7 +231,7 @@ def build_loss(config, sde: SDE) -> Callable:
         loss = partial(losses.ddpm_loss, reduce_mean=training.reduce_mean)
     else:
         loss = partial(losses.smld_loss, reduce_mean=training.reduce_mean)
-    return lambda score_fn, x, generator: loss(score_fn, sde, x, generator=generator)
+    return lambda score_fn, x, generator, shard=None: loss(score_fn, sde, x, generator=generator, shard=shard)
 
 
 def sampler_options(config) -> dict:

@@ -2,6 +2,10 @@
 
 Shared with the trainer: `draw_samples` (the configured sampler, in batches) and
 `save_sample_pictures` (an image grid, or a scatter plot against the data for 2-D sets).
+
+Under torchrun sample, likelihood and eval divide the samples or test images over the processes
+(`distributed.share_of`, each with its own seed), gather the results to rank 0 at the end, and
+rank 0 alone writes and returns the report (the others return None). study runs in one process.
 """
 from __future__ import annotations
 
@@ -12,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoints
+from . import checkpoints, distributed
 from .config import build_model, build_score_fn, build_sde, data_shape, is_image_data, sampler_options, select_device
 from .datasets import from_model_space, load_dataset
 from .ema import EMA
@@ -46,6 +50,23 @@ def draw_samples(score_fn, sde, config, num_samples: int, generator: torch.Gener
                         **options)
         batches.append(to_data_space(x, config).cpu())
     return torch.cat(batches), nfe
+
+
+def draw_shared_samples(score_fn, sde, config, num_samples: int, device: torch.device):
+    """`draw_samples` with the samples divided over the processes: (all samples in rank order,
+    the largest NFE of a batch) on rank 0, (None, None) on the others. One process draws them
+    all with the generator seeded by `config.seed`."""
+    _, count = distributed.share_of(num_samples)
+    generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed))
+    with torch.no_grad():
+        if count:
+            samples, nfe = draw_samples(score_fn, sde, config, count, generator, device)
+        else:  # more processes than samples
+            samples, nfe = torch.empty((0,) + data_shape(config)), 0
+    gathered = distributed.gather_to_main((samples, nfe))
+    if gathered is None:
+        return None, None
+    return torch.cat([part for part, _ in gathered]), max(part_nfe for _, part_nfe in gathered)
 
 
 def save_sample_pictures(samples: torch.Tensor, path, config, data=None, title: str = "") -> None:
@@ -89,10 +110,10 @@ def run_sample(config, workdir) -> dict:
     device = select_device(config)
     model, sde, step = load_trained(config, workdir, device)
     score_fn = build_score_fn(model, sde, config)
-    generator = torch.Generator(device).manual_seed(config.seed)
     start = time.perf_counter()
-    with torch.no_grad():
-        samples, nfe = draw_samples(score_fn, sde, config, config.sampling.num_samples, generator, device)
+    samples, nfe = draw_shared_samples(score_fn, sde, config, config.sampling.num_samples, device)
+    if samples is None:
+        return None
     seconds = time.perf_counter() - start
     folder = Path(workdir) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
@@ -123,9 +144,11 @@ def run_likelihood(config, workdir) -> dict:
     model, sde, step = load_trained(config, workdir, device)
     score_fn = build_score_fn(model, sde, config)
     evaluate = config.eval
-    generator = torch.Generator(device).manual_seed(config.seed)
+    generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed))
     options = dict(trace=evaluate.bpd_trace, rtol=evaluate.bpd_rtol, atol=evaluate.bpd_atol, generator=generator)
     data = load_dataset_from_config(config, "test").data[:evaluate.bpd_num_images]
+    first, count = distributed.share_of(len(data))
+    data = data[first:first + count]
     values, total_nfe = [], 0
     start = time.perf_counter()
     for batch in torch.split(data, evaluate.batch_size):
@@ -137,13 +160,19 @@ def run_likelihood(config, workdir) -> dict:
             value = -logp
         values.append(value.detach().cpu())
         total_nfe += nfe
-    values = torch.cat(values)
+    # gathered once the ODE solves are done: adaptive solvers take different steps per process
+    gathered = distributed.gather_to_main((torch.cat(values) if values else torch.empty(0), total_nfe))
+    if gathered is None:
+        return None
+    values = torch.cat([part for part, _ in gathered])
     unit = "bits_per_dim" if is_image_data(config) else "nats_per_point"
-    return _write_report(workdir, f"likelihood_{step}.json", {
-        "step": step, "metric": unit, "mean": values.mean().item(),
-        "stderr": (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan"),
-        "num": len(values), "trace": evaluate.bpd_trace, "nfe": total_nfe,
-        "seconds": round(time.perf_counter() - start, 3)})
+    report = {"step": step, "metric": unit, "mean": values.mean().item(),
+              "stderr": (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan"),
+              "num": len(values), "trace": evaluate.bpd_trace, "nfe": sum(nfe for _, nfe in gathered)}
+    if len(gathered) > 1:
+        report["nfe_per_process"] = [nfe for _, nfe in gathered]
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    return _write_report(workdir, f"likelihood_{step}.json", report)
 
 
 def quality_metric(config, test: torch.Tensor, device, mixture=None):
@@ -186,13 +215,14 @@ def run_eval(config, workdir) -> dict:
     """Sample quality against the test set by `quality_metric`."""
     device = select_device(config)
     test = load_dataset_from_config(config, "test").data
-    metric, _ = quality_metric(config, test, device)
+    if distributed.is_main():  # scores on rank 0 only, which gathers the samples
+        metric, _ = quality_metric(config, test, device)
     model, sde, step = load_trained(config, workdir, device)
     score_fn = build_score_fn(model, sde, config)
-    generator = torch.Generator(device).manual_seed(config.seed)
     start = time.perf_counter()
-    with torch.no_grad():
-        samples, nfe = draw_samples(score_fn, sde, config, config.eval.num_samples, generator, device)
+    samples, nfe = draw_shared_samples(score_fn, sde, config, config.eval.num_samples, device)
+    if samples is None:
+        return None
     report = {"step": step, "num_samples": len(samples), "sampler": config.sampling.method, "nfe": nfe}
     report.update(metric(samples))
     report["seconds"] = round(time.perf_counter() - start, 3)
@@ -206,6 +236,8 @@ def run_study_mode(config, workdir) -> dict:
     from .study import run_study, write_study
     from .toy_data import toy_mixture
 
+    if distributed.world_size() > 1:
+        raise ValueError("--mode study runs in one process: start it without torchrun")
     study = config.study
     device = select_device(config)
     test = load_dataset_from_config(config, "test").data
