@@ -5,6 +5,7 @@ steps on each."""
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,26 @@ def test_samples_divided_over_two_processes_gathered_by_rank_zero(runs):
     assert len(result.stdout.strip().splitlines()) == 1  # one report: rank 1 wrote nothing
     assert sorted(path.name for path in (two / "samples").iterdir()) == [
         f"samples_{STEPS}_ode.npz", f"samples_{STEPS}_ode.png"]
+
+
+def test_two_processes_resume_from_the_same_checkpoint_and_stay_with_one_process(runs, tmp_path):
+    one, two = (shutil.copytree(workdir, tmp_path / workdir.name) for workdir in runs)
+    written = snapshot_path(two, STEPS).stat().st_mtime_ns
+    result = torchrun(two, "train", f"--config.training.n_iters={STEPS + 10}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    config = toy_config()
+    config.training.n_iters = STEPS + 10
+    train(config, one)
+    single, double = (load_checkpoint(snapshot_path(workdir, STEPS + 10)) for workdir in (one, two))
+    for name, value in single["model"].items():
+        assert relative_difference(double["model"][name], value) < 1e-6, name
+    assert double["data_stream"] == single["data_stream"] and double["ema"]["num_updates"] == STEPS + 10
+    steps = [json.loads(line)["step"] for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [5, 10, 10, 15, 20, 20, 25, 30, 30]
+    # resumed, not restarted: step 20's snapshot was neither written again nor set aside
+    assert snapshot_path(two, STEPS).stat().st_mtime_ns == written
+    assert sorted(path.name for path in (two / "checkpoints").iterdir()) == [
+        f"checkpoint_{STEPS}.pth", f"checkpoint_{STEPS + 10}.pth"]
 
 
 @pytest.mark.parametrize("loss", [dsm_loss, ddpm_loss])
