@@ -9,6 +9,7 @@
         --mode sample --config.eval.reference_checkpoint=checkpoint_8.pth
     python main.py --config configs/vp_digits.py --workdir runs/digits --mode inpaint \
         --config.controllable.mask=center_square
+    torchrun --nproc_per_node=4 main.py --config configs/vp_cifar10.py --workdir runs/c10 --mode train
 
 Bad input (flags, config files and values, missing data, an unusable workdir or checkpoint) ends
 with one line on stderr and a non-zero exit, before anything in the workdir is written.
@@ -72,8 +73,8 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
     # Imported here so that `--help` and flag errors do not pay for importing torch.
-    from sde_diffusion import checkpoints
-    from sde_diffusion.config import ConfigError, validate_config
+    from sde_diffusion import checkpoints, distributed
+    from sde_diffusion.config import ConfigError, select_device, validate_config
     from sde_diffusion.controllable_modes import run_controllable
     from sde_diffusion.modes import run_eval, run_likelihood, run_sample, run_study_mode
     from sde_diffusion.train import NonFiniteError, train
@@ -86,7 +87,11 @@ def main(argv):
                "study": run_study_mode,
                "inpaint": lambda config, workdir: run_controllable(config, workdir, "inpaint"),
                "colorize": lambda config, workdir: run_controllable(config, workdir, "colorize")}[FLAGS.mode]
-        run(config, FLAGS.workdir)
+        distributed.setup(select_device(config).type)  # under torchrun; nothing otherwise
+        try:
+            run(config, FLAGS.workdir)
+        finally:
+            distributed.teardown()
     except (ConfigError, checkpoints.CheckpointError, NonFiniteError, OSError, ValueError) as error:
         sys.exit("error: " + " ".join(line.strip() for line in str(error).splitlines()))
 

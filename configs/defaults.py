@@ -13,7 +13,7 @@ def get_base_config():
     training.continuous = True            # False: the discrete DDPM / SMLD losses
     training.reduce_mean = False
     training.likelihood_weighting = False
-    training.batch_size = 128
+    training.batch_size = 128             # the global batch: under torchrun divided evenly over the processes
     training.n_iters = 1300001
     training.log_freq = 50
     training.eval_freq = 100              # loss on a test batch

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 import torch
 
 from . import losses
+from .distributed import rank_device
 from .models import get_model, model_names, score_fn_from_model
 from .performance import PRECISIONS
 from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
@@ -262,9 +263,10 @@ def _validate_image_config(config) -> None:
 # -- builders -------------------------------------------------------------------------------
 
 def select_device(config) -> torch.device:
+    """The configured device; under torchrun a bare "cuda" is this process's GPU, cuda:LOCAL_RANK."""
     if config.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(config.device)
+        return rank_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    return rank_device(torch.device(config.device))
 
 
 def build_sde(config) -> SDE:
@@ -284,8 +286,9 @@ def build_score_fn(model: torch.nn.Module, sde: SDE, config) -> ScoreFn:
 
 
 def build_loss(config, sde: SDE) -> Callable:
-    """loss(score_fn, x, generator, class_labels=None) -> scalar, the training objective the
-    config names (class_labels: those of a class-conditional model's batch)."""
+    """loss(score_fn, x, generator, class_labels=None, shard=None) -> scalar, the training
+    objective the config names (class_labels: those of a class-conditional model's batch;
+    `shard`: see losses)."""
     training = config.training
     if training.continuous:
         loss = partial(losses.dsm_loss, reduce_mean=training.reduce_mean,
@@ -294,8 +297,8 @@ def build_loss(config, sde: SDE) -> Callable:
         loss = partial(losses.ddpm_loss, reduce_mean=training.reduce_mean)
     else:
         loss = partial(losses.smld_loss, reduce_mean=training.reduce_mean)
-    return lambda score_fn, x, generator, class_labels=None: loss(
-        score_fn, sde, x, generator=generator, class_labels=class_labels)
+    return lambda score_fn, x, generator, class_labels=None, shard=None: loss(
+        score_fn, sde, x, generator=generator, class_labels=class_labels, shard=shard)
 
 
 def sampler_options(config) -> dict:

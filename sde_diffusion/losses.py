@@ -2,13 +2,14 @@
 wrapped by the model layer, or an exact oracle) and a batch of data, and returns a scalar.
 With `class_labels` [B] (class-conditional training) the score is called as
 score_fn(x, t, class_labels): the same losses then fit the conditional scores.
+With `shard` the batch is one process's block of a global batch (see `_own_rows`).
 
 For x_t = m(t) x_0 + s(t) z the denoising target is grad log p(x_t | x_0) = -z / s(t)
 (Vincent 2011); the losses below differ in how times are drawn and terms are weighted.
 """
 from __future__ import annotations
 
-from typing import Optional
+from typing import Optional, Tuple
 
 import torch
 
@@ -27,19 +28,39 @@ def _reduce(squares: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
     return per_sample / squares[0].numel() if reduce_mean else per_sample
 
 
+def _global_rows(x: torch.Tensor, shard: Optional[Tuple[int, int]]) -> int:
+    return x.shape[0] * (shard[1] if shard else 1)
+
+
+def _own_rows(values: torch.Tensor, shard: Optional[Tuple[int, int]]) -> torch.Tensor:
+    """This shard's rows of times or noise drawn for the whole global batch.
+
+    `shard` = (index, count): x is block `index` of `count` equal blocks of a global batch (one
+    per process, `distributed.shard_rows`). Every process draws the global batch's times and
+    noise from the same generator and keeps its block, so the processes together use exactly the
+    draws of a one-process run, and their generators stay in step."""
+    if shard is None:
+        return values
+    index, count = shard
+    size = values.shape[0] // count
+    return values[index * size:(index + 1) * size]
+
+
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
              likelihood_weighting: bool = False, eps: float = 1e-5,
              generator: Optional[torch.Generator] = None,
-             class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+             class_labels: Optional[torch.Tensor] = None,
+             shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Continuous-time denoising score matching (Song et al. 2021, eq. 7), t ~ U(eps, T).
 
     Weighting lambda(t) = s(t)^2 by default, which makes each term || s score + z ||^2 / 2;
     `likelihood_weighting` uses lambda(t) = g(t)^2, for which the loss bounds the negative
     log-likelihood (Song et al. 2021b, "Maximum likelihood training", Theorem 1).
     """
-    t = torch.rand(x.shape[0], generator=generator, dtype=x.dtype, device=x.device)
+    rows = _global_rows(x, shard)
+    t = _own_rows(torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device), shard)
     t = t * (sde.T - eps) + eps
-    z = randn(x.shape, generator, x)
+    z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
     mean_coef, std = sde.marginal_coefs(t)
     x_t = append_dims(mean_coef, x.ndim) * x + append_dims(std, x.ndim) * z
     score = _score(score_fn, x_t, t, class_labels)
@@ -54,17 +75,19 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
 
 def ddpm_loss(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, *, reduce_mean: bool = True,
               generator: Optional[torch.Generator] = None,
-              class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+              class_labels: Optional[torch.Tensor] = None,
+              shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """DDPM's simple loss || eps - eps_pred ||^2 (Ho et al. 2020, eq. 14) on the VP chain:
     step i ~ U{0..N-1}, x_i = sqrt(alpha_bar_i) x + sqrt(1 - alpha_bar_i) z, scored at the time of
     the same noise level, sde.chain_time(i), where chain samplers evaluate it; with eps_pred = -sqrt(1 - alpha_bar_i) score the residual is
     sqrt(1 - alpha_bar_i) score + z."""
     if not isinstance(sde, VPSDE):
         raise ValueError(f"the DDPM loss needs a VP SDE's chain, got {type(sde).__name__}")
-    index = torch.randint(0, sde.N, (x.shape[0],), generator=generator, device=x.device)
+    rows = _global_rows(x, shard)
+    index = _own_rows(torch.randint(0, sde.N, (rows,), generator=generator, device=x.device), shard)
     alpha_bar = sde.discrete_alpha_bar.to(device=x.device, dtype=x.dtype)[index]
     std = torch.sqrt(1 - alpha_bar)
-    z = randn(x.shape, generator, x)
+    z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
     x_t = append_dims(torch.sqrt(alpha_bar), x.ndim) * x + append_dims(std, x.ndim) * z
     t = sde.chain_time(index).to(x.dtype)
     residual = _score(score_fn, x_t, t, class_labels) * append_dims(std, x.ndim) + z
@@ -73,15 +96,17 @@ def ddpm_loss(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, *, reduce_mean: bo
 
 def smld_loss(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, *, reduce_mean: bool = False,
               generator: Optional[torch.Generator] = None,
-              class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+              class_labels: Optional[torch.Tensor] = None,
+              shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """SMLD/NCSN's loss (Song & Ermon 2019, eq. 6) on the VE chain's noise levels: level i ~
     U{0..N-1}, x_i = x + sigma_i z, weighted by sigma_i^2 so the term is || sigma_i score + z ||^2 / 2;
     scored at the level's time sde.chain_time(i) = i T / (N - 1)."""
     if not isinstance(sde, VESDE):
         raise ValueError(f"the SMLD loss needs a VE SDE's noise levels, got {type(sde).__name__}")
-    index = torch.randint(0, sde.N, (x.shape[0],), generator=generator, device=x.device)
+    rows = _global_rows(x, shard)
+    index = _own_rows(torch.randint(0, sde.N, (rows,), generator=generator, device=x.device), shard)
     sigma = sde.discrete_sigmas.to(device=x.device, dtype=x.dtype)[index]
-    z = randn(x.shape, generator, x)
+    z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
     x_t = x + append_dims(sigma, x.ndim) * z
     t = sde.chain_time(index).to(x.dtype)
     residual = _score(score_fn, x_t, t, class_labels) * append_dims(sigma, x.ndim) + z

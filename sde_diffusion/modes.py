@@ -4,6 +4,10 @@ Shared with the trainer: `sample_score_and_labels` (the score to sample with: fo
 class-conditional model, guided towards `sampling.labels` with scale `sampling.guidance_scale`),
 `draw_samples` (the configured sampler, in batches) and `save_sample_pictures` (an image grid,
 one row per class for conditional samples, or a scatter plot against the data for 2-D sets).
+
+Under torchrun sample, likelihood and eval divide the samples or test images over the processes
+(`distributed.share_of`, each with its own seed), gather the results to rank 0 at the end, and
+rank 0 alone writes and returns the report (the others return None). study runs in one process.
 """
 from __future__ import annotations
 
@@ -14,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoints
+from . import checkpoints, distributed
 from .config import build_model, build_score_fn, build_sde, data_shape, is_image_data, sampler_options, select_device
 from .datasets import from_model_space, load_dataset
 from .ema import EMA
@@ -67,6 +71,24 @@ def draw_samples(score_fn, sde, config, num_samples: int, generator: torch.Gener
     return torch.cat(batches), nfe
 
 
+def draw_shared_samples(score_fn, sde, config, num_samples: int, device: torch.device, class_labels=None):
+    """`draw_samples` with the samples (and their `class_labels`) divided over the processes:
+    (all samples in rank order, the largest NFE of a batch) on rank 0, (None, None) on the
+    others. One process draws them all with the generator seeded by `config.seed`."""
+    first, count = distributed.share_of(num_samples)
+    generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed))
+    own_labels = None if class_labels is None else class_labels[first:first + count]
+    with torch.no_grad():
+        if count:
+            samples, nfe = draw_samples(score_fn, sde, config, count, generator, device, own_labels)
+        else:  # more processes than samples
+            samples, nfe = torch.empty((0,) + data_shape(config)), 0
+    gathered = distributed.gather_to_main((samples, nfe))
+    if gathered is None:
+        return None, None
+    return torch.cat([part for part, _ in gathered]), max(part_nfe for _, part_nfe in gathered)
+
+
 def save_sample_pictures(samples: torch.Tensor, path, config, data=None, title: str = "",
                          class_labels=None) -> None:
     if is_image_data(config):
@@ -112,10 +134,10 @@ def run_sample(config, workdir) -> dict:
     model, sde, step = load_trained(config, workdir, device)
     num_samples = config.sampling.num_samples
     score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
-    generator = torch.Generator(device).manual_seed(config.seed)
     start = time.perf_counter()
-    with torch.no_grad():
-        samples, nfe = draw_samples(score_fn, sde, config, num_samples, generator, device, class_labels)
+    samples, nfe = draw_shared_samples(score_fn, sde, config, num_samples, device, class_labels)
+    if samples is None:
+        return None
     seconds = time.perf_counter() - start
     folder = Path(workdir) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
@@ -152,9 +174,11 @@ def run_likelihood(config, workdir) -> dict:
     model, sde, step = load_trained(config, workdir, device)
     score_fn = build_score_fn(model, sde, config)
     evaluate = config.eval
-    generator = torch.Generator(device).manual_seed(config.seed)
+    generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed))
     options = dict(trace=evaluate.bpd_trace, rtol=evaluate.bpd_rtol, atol=evaluate.bpd_atol, generator=generator)
     data = load_dataset_from_config(config, "test").data[:evaluate.bpd_num_images]
+    first, count = distributed.share_of(len(data))
+    data = data[first:first + count]
     values, total_nfe = [], 0
     start = time.perf_counter()
     for batch in torch.split(data, evaluate.batch_size):
@@ -166,13 +190,19 @@ def run_likelihood(config, workdir) -> dict:
             value = -logp
         values.append(value.detach().cpu())
         total_nfe += nfe
-    values = torch.cat(values)
+    # gathered once the ODE solves are done: adaptive solvers take different steps per process
+    gathered = distributed.gather_to_main((torch.cat(values) if values else torch.empty(0), total_nfe))
+    if gathered is None:
+        return None
+    values = torch.cat([part for part, _ in gathered])
     unit = "bits_per_dim" if is_image_data(config) else "nats_per_point"
-    return _write_report(workdir, f"likelihood_{step}.json", {
-        "step": step, "metric": unit, "mean": values.mean().item(),
-        "stderr": (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan"),
-        "num": len(values), "trace": evaluate.bpd_trace, "nfe": total_nfe,
-        "seconds": round(time.perf_counter() - start, 3)})
+    report = {"step": step, "metric": unit, "mean": values.mean().item(),
+              "stderr": (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan"),
+              "num": len(values), "trace": evaluate.bpd_trace, "nfe": sum(nfe for _, nfe in gathered)}
+    if len(gathered) > 1:
+        report["nfe_per_process"] = [nfe for _, nfe in gathered]
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    return _write_report(workdir, f"likelihood_{step}.json", report)
 
 
 def quality_metric(config, test: torch.Tensor, device, mixture=None):
@@ -217,14 +247,15 @@ def run_eval(config, workdir) -> dict:
     `label_accuracy`, how often the digits judge reads the requested label."""
     device = select_device(config)
     test = load_dataset_from_config(config, "test").data
-    metric, _ = quality_metric(config, test, device)
+    if distributed.is_main():  # scores on rank 0 only, which gathers the samples
+        metric, _ = quality_metric(config, test, device)
     model, sde, step = load_trained(config, workdir, device)
     num_samples = config.eval.num_samples
     score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
-    generator = torch.Generator(device).manual_seed(config.seed)
     start = time.perf_counter()
-    with torch.no_grad():
-        samples, nfe = draw_samples(score_fn, sde, config, num_samples, generator, device, class_labels)
+    samples, nfe = draw_shared_samples(score_fn, sde, config, num_samples, device, class_labels)
+    if samples is None:
+        return None
     report = {"step": step, "num_samples": len(samples), "sampler": config.sampling.method, "nfe": nfe}
     report.update(metric(samples))
     if class_labels is not None:
@@ -244,6 +275,8 @@ def run_study_mode(config, workdir) -> dict:
     from .study import run_study, write_study
     from .toy_data import toy_mixture
 
+    if distributed.world_size() > 1:
+        raise ValueError("--mode study runs in one process: start it without torchrun")
     study = config.study
     device = select_device(config)
     test = load_dataset_from_config(config, "test").data

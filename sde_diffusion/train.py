@@ -14,18 +14,24 @@ A non-finite loss or gradient norm either stops the run (`training.nonfinite = "
 NonFiniteError naming the step; the checkpoints written so far are untouched) or skips that
 step's optimizer and EMA update (`"skip"`, counted as `skipped_steps` in the metrics) until more
 than `training.nonfinite_max_skips` steps in a row were skipped.
+
+Under torchrun (`distributed`) `training.batch_size` is the global batch: each process draws the
+same global batch, times and noise from the same seeded streams and trains on its contiguous
+block, so N processes take the steps of one process with the same batch. The loss that is
+logged and checked for non-finite values is the mean over the processes; rank 0 alone writes.
 """
 from __future__ import annotations
 
 import json
 import logging
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
-from . import checkpoints
+from . import checkpoints, distributed
 from .config import build_loss, build_model, build_score_fn, build_sde, is_image_data, select_device
 from .datasets import BatchStream, random_flip, to_model_space, uniform_dequantize
 from .ema import EMA
@@ -81,6 +87,16 @@ class _Scalars:
             self.tensorboard.close()
 
 
+class _NoScalars:
+    """What the processes other than rank 0 log: nothing."""
+
+    def write(self, step: int, **scalars) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def _prepare_batch(x: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
     """Augment and scale a batch of raw data into the model's space."""
     if not is_image_data(config):
@@ -110,6 +126,8 @@ def train(config, workdir) -> dict:
     """Train (or resume) in `workdir`; returns {"step", "loss"} of the last step."""
     workdir = Path(workdir)
     device = select_device(config)
+    distributed.check_batch_divides(config.training.batch_size)
+    main = distributed.is_main()
     torch.manual_seed(config.seed)
     train_set = load_dataset_from_config(config, "train")
     test_set = load_dataset_from_config(config, "test")
@@ -126,6 +144,11 @@ def train(config, workdir) -> dict:
     # state dicts, EMA and evaluation use the plain model.
     network = training_network(model, device, precision=training.precision,
                                channels_last=training.channels_last, compile=training.compile)
+    network = distributed.data_parallel(network, device)
+    # Under torchrun the loss sees this process's block of the global batch and keeps its block
+    # of the global batch's times and noise (`losses._own_rows`).
+    shard = (distributed.rank(), distributed.world_size()) if distributed.world_size() > 1 else None
+    train_loss_fn = partial(loss_fn, shard=shard) if shard else loss_fn
     score_fn = build_score_fn(network, sde, config)
     eval_score_fn = build_score_fn(model, sde, config)
     scaler = grad_scaler(training.precision, device)
@@ -148,8 +171,10 @@ def train(config, workdir) -> dict:
             scaler.load_state_dict(resumed["grad_scaler"])
         step = int(resumed["step"])
         skipped = int(resumed.get("skipped_steps", 0))
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(config.to_json(indent=2))
+    distributed.check_same_on_all(step, "the step to resume from")
+    if main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json(indent=2))
 
     def state_at(current_step: int) -> dict:
         if not all(torch.isfinite(value).all() for value in model.state_dict().values() if value.is_floating_point()):
@@ -163,9 +188,9 @@ def train(config, workdir) -> dict:
     eval_batch = test_set.data[:training.batch_size].to(device)
     # The eval loss of a conditional model is the conditional one (labels never dropped).
     eval_labels = test_set.labels[:training.batch_size].to(device) if num_classes else None
-    scalars = _Scalars(workdir, step)
+    scalars = _Scalars(workdir, step) if main else _NoScalars()
     progress = tqdm(total=training.n_iters, initial=step, desc="train", dynamic_ncols=True,
-                    disable=None, mininterval=1.0)
+                    disable=None if main else True, mininterval=1.0)
     loss = torch.tensor(float("nan"))
     tick, tick_step = time.perf_counter(), step
     skipped_in_a_row = 0
@@ -177,10 +202,13 @@ def train(config, workdir) -> dict:
         if num_classes:
             class_labels = drop_labels(train_set.labels[indices].to(device), training.cond_drop_prob,
                                        null_label=num_classes, generator=generator)
+        if shard is not None:  # this process's rows of the global batch
+            x = distributed.shard_rows(x)
+            class_labels = None if class_labels is None else distributed.shard_rows(class_labels)
         x = to_memory_format(x, training.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = optim.lr * min((step + 1) / optim.warmup, 1.0) if optim.warmup else optim.lr
-        loss = loss_fn(score_fn, x, generator, class_labels)
+        loss = train_loss_fn(score_fn, x, generator, class_labels)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)  # clip and check the true gradients, not fp16-scaled ones
@@ -190,8 +218,10 @@ def train(config, workdir) -> dict:
             grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
         # One host sync per step: whether to take it must be known before the update. Under fp16
         # loss scaling overflowing gradients are routine (the scaler skips those steps and lowers
-        # the scale), so there only the loss decides.
-        checked = loss.detach() if scaler.is_enabled() else loss.detach() + grad_norm
+        # the scale), so there only the loss decides. The gradient is averaged over the processes,
+        # the loss too (here), so all of them take the same decision.
+        loss = distributed.mean_over_ranks(loss.detach())
+        checked = loss if scaler.is_enabled() else loss + grad_norm
         if torch.isfinite(checked):
             scaler.step(optimizer)
             scaler.update()
@@ -217,7 +247,7 @@ def train(config, workdir) -> dict:
             progress.set_postfix(loss=f"{value:.4f}", steps_per_s=f"{rate:.1f}")
             scalars.write(step, loss=value, lr=optimizer.param_groups[0]["lr"], steps_per_s=rate,
                           skipped_steps=skipped)
-        if step % training.eval_freq == 0:
+        if step % training.eval_freq == 0 and main:
             model.eval()
             with torch.no_grad():
                 eval_generator.manual_seed(config.seed + 1)  # the same noise each time: comparable
@@ -225,15 +255,23 @@ def train(config, workdir) -> dict:
                                     eval_generator, eval_labels)
             model.train()
             scalars.write(step, eval_loss=eval_loss.item())
+        # Every process checks its (identical) weights in state_at, so all stop alike; rank 0
+        # writes, and the barrier holds the others until the file is complete.
         if step % training.snapshot_freq_for_preemption == 0 or step == training.n_iters:
-            checkpoints.save_checkpoint(checkpoints.preemption_path(workdir), state_at(step))
+            state = state_at(step)
+            if main:
+                checkpoints.save_checkpoint(checkpoints.preemption_path(workdir), state)
+            distributed.barrier()
         if step % training.snapshot_freq == 0 or step == training.n_iters:
-            path = checkpoints.snapshot_path(workdir, step)
-            if path.exists():  # only a file that did not load at resume: keep it, under another name
-                logging.getLogger(__name__).warning("moved the unreadable %s to %s", path, checkpoints.set_aside(path))
-            checkpoints.save_checkpoint(path, state_at(step))
-            if training.snapshot_sampling:
-                _snapshot_samples(ema.averaged_model(model), sde, config, workdir, step, test_set, device)
+            path, state = checkpoints.snapshot_path(workdir, step), state_at(step)
+            if main:
+                if path.exists():  # only a file that did not load at resume: keep it, under another name
+                    logging.getLogger(__name__).warning("moved the unreadable %s to %s", path,
+                                                        checkpoints.set_aside(path))
+                checkpoints.save_checkpoint(path, state)
+                if training.snapshot_sampling:
+                    _snapshot_samples(ema.averaged_model(model), sde, config, workdir, step, test_set, device)
+            distributed.barrier()
     progress.close()
     scalars.close()
     return {"step": step, "loss": float(loss.detach())}
