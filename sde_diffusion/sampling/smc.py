@@ -31,10 +31,10 @@ linear SDE): with r = m_k / m_{k+1} and v = s_k^2 - r^2 s_{k+1}^2 the forward st
 mean = (m_{k+1} v y + r s_{k+1}^2 y_k) / s_k^2 and variance = s_{k+1}^2 v / s_k^2. This is the
 same joint law as noising y forward, without storing the trajectory.
 
-Finite populations bias the output toward the reverse chain's unconditional proposal by O(1/K);
-the filter degenerates in high dimension, where many observed pixels make the weights
-uneven at every step (Trippe et al. 2022, sec. 5), so for images with thousands of observed
-pixels the replacement method (`controllable.replacement`) remains the practical choice.
+Finite populations bias the output toward the reverse chain's unconditional proposal by O(1/K)
+(README, controllable generation, measures it). Many observed pixels make the weights uneven
+at every step and the filter degenerate, so for images with thousands of observed pixels the
+replacement method (`controllable.replacement`) remains the practical choice.
 """
 from __future__ import annotations
 
