@@ -15,6 +15,8 @@ Gaussian mixture whose observed coordinates carry information about the componen
 component weights lie between the exact posterior weights and the prior ones
 (tests/test_controllable.py measures it). Within a component, and whenever the observed and
 missing coordinates are independent, the output follows the exact conditional.
+`method="smc"` (`smc.py`, SMCDiff) corrects this with a population of weighted particles per
+image, at K times the batch; the replacement stays the choice for images with many observed pixels.
 
 Colorization observes the grayscale in a decoupled colour space: an orthogonal 3x3 matrix M
 whose first row is the luminance direction (1, 1, 1) / sqrt(3) maps RGB channels to (gray, two
