@@ -85,6 +85,9 @@ def get_base_config():
     controllable.num_images = 64          # the first ones of controllable.images
     controllable.mask = "half_right"      # inpaint: the hole, half_left/right/top/bottom, center_square,
                                           # random_pixels:p; or an .npz/.png file, 1 = kept pixel
+    controllable.method = "replacement"   # replacement (one chain per image, approximate) or smc
+                                          # (SMCDiff particle filter, exact as particles and steps grow)
+    controllable.particles = 16           # smc: chains per image; sampling.batch_size counts chains
 
     config.data = data = ml_collections.ConfigDict()
     data.dataset = "cifar10"

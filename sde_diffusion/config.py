@@ -232,6 +232,16 @@ def _validate_controllable(config, mode: str) -> None:
     _require(not images or Path(images).is_dir() or (Path(images).is_file() and Path(images).suffix == ".npz"),
              "controllable.images", "must be an existing .npz file or folder of PNGs, or '' for the test split",
              images)
+    from .sampling.controllable import INPAINT_METHODS
+
+    method = config.controllable.method
+    _require(method in INPAINT_METHODS, "controllable.method", f"must be one of {', '.join(INPAINT_METHODS)}",
+             method)
+    _positive_int(config, "controllable.particles")
+    if method == "smc":
+        _require(config.sampling.predictor != "none", "sampling.predictor",
+                 "controllable.method=smc weights particles by the predictor step; choose a predictor",
+                 config.sampling.predictor)
     if mode == "inpaint":
         mask = config.controllable.mask
         _require(is_mask_name(mask) or (Path(mask).is_file() and Path(mask).suffix in (".npz", ".png")),

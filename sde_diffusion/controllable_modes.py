@@ -1,5 +1,6 @@
 """`--mode inpaint` and `--mode colorize`: read images and a mask, run the controllable PC
-samplers (`sampling.controllable`) on the trained model, write the outputs and picture grids.
+samplers (`sampling.controllable`, `controllable.method`: replacement, or SMC with
+`controllable.particles` chains per image) on the trained model, write the outputs and grids.
 
 Images come from `controllable.images`: an .npz (key `x`, else its first array; uint8 or float
 in [0, 1]; [N, H, W], [N, C, H, W] or [N, H, W, C]), a folder of PNGs, or "" for the data set's
@@ -138,7 +139,16 @@ def _pc_options(config) -> dict:
     sampling = config.sampling
     return dict(steps=sampling.steps, eps=sampling.eps, schedule=sampling.schedule,
                 predictor=sampling.predictor, corrector=sampling.corrector, snr=sampling.snr,
-                n_steps=sampling.n_steps, denoise=sampling.denoise)
+                n_steps=sampling.n_steps, denoise=sampling.denoise,
+                method=config.controllable.method, particles=config.controllable.particles)
+
+
+def _images_per_batch(config) -> int:
+    """sampling.batch_size counts the network's batch: with SMC each image brings a population
+    of controllable.particles chains, so fewer images go in at once (at least one)."""
+    if config.controllable.method == "smc":
+        return max(1, config.sampling.batch_size // config.controllable.particles)
+    return config.sampling.batch_size
 
 
 def run_controllable(config, workdir, mode: str) -> dict:
@@ -160,7 +170,7 @@ def run_controllable(config, workdir, mode: str) -> dict:
     generator = torch.Generator(device).manual_seed(config.seed)
     outputs, nfe, start = [], 0, time.perf_counter()
     with torch.no_grad():
-        for batch in torch.split(images, config.sampling.batch_size):
+        for batch in torch.split(images, _images_per_batch(config)):
             batch = to_model_space(batch.to(device), config.data.centered)
             if mode == "inpaint":
                 x, nfe = inpaint(score_fn, sde, batch, mask.to(device), generator=generator, **_pc_options(config))
@@ -182,6 +192,7 @@ def run_controllable(config, workdir, mode: str) -> dict:
     save_image_grid(outputs[:256], folder / f"{name}_outputs.png")
     save_comparison(shown, outputs, images.expand_as(outputs), folder / f"{name}.png")
     report = {"step": step, "num_images": len(outputs), "nfe": nfe, "seconds": round(seconds, 3),
+              "method": config.controllable.method,
               "npz": str(folder / f"{name}.npz"), "png": str(folder / f"{name}.png")}
     print(json.dumps(report))
     return report

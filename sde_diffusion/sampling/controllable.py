@@ -15,6 +15,8 @@ Gaussian mixture whose observed coordinates carry information about the componen
 component weights lie between the exact posterior weights and the prior ones
 (tests/test_controllable.py measures it). Within a component, and whenever the observed and
 missing coordinates are independent, the output follows the exact conditional.
+`method="smc"` (`smc.py`, SMCDiff) corrects this with a population of weighted particles per
+image, at K times the batch; the replacement stays the choice for images with many observed pixels.
 
 Colorization observes the grayscale in a decoupled colour space: an orthogonal 3x3 matrix M
 whose first row is the luminance direction (1, 1, 1) / sqrt(3) maps RGB channels to (gray, two
@@ -33,6 +35,7 @@ from ..utils import Seed, append_dims, make_generator, randn
 from .pc import pc_sampler
 from .registry import CountingScore
 from .schedules import get_timesteps
+from .smc import smc_inpaint_sampler
 
 
 def _mask_as_bool(mask: torch.Tensor, observation: torch.Tensor) -> torch.Tensor:
@@ -75,27 +78,68 @@ def inpaint_sampler(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, timesteps: tor
     return torch.where(mask, observation, x)
 
 
+INPAINT_METHODS = ("replacement", "smc")
+
+
 def inpaint(score_fn: ScoreFn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor,
-            steps: Optional[int] = None, generator: Seed = None, *, eps: float = 1e-3,
-            schedule: str = "uniform", predictor: str = "reverse_diffusion",
-            corrector: str = "langevin", snr: float = 0.16, n_steps: int = 1,
-            **pc_options) -> Tuple[torch.Tensor, int]:
+            steps: Optional[int] = None, generator: Seed = None, *, method: str = "replacement",
+            particles: int = 16, eps: float = 1e-3, schedule: str = "uniform",
+            predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: float = 0.16,
+            n_steps: int = 1, **pc_options) -> Tuple[torch.Tensor, int]:
     """Fill in the missing part of `observation` ([B, ...], in the model's space) where `mask`
     (broadcastable to it; 1 or True = observed) is 0; returns (x, nfe).
 
-    steps: grid size (default sde.N); eps: the grid's last time; schedule: the grid's spacing
-    (`sampling.schedules`); predictor, corrector, snr, n_steps and `pc_options`: those of the
-    `pc` sampler. The observed entries of x equal the observation's exactly.
+    method: "replacement" (the PC sampler with the observed part replaced, approximate, one
+    chain per image) or "smc" (`inpaint_particles`: a population of `particles` chains per image,
+    asymptotically exact; x is one particle per population drawn by its weight, and nfe counts
+    the batched score calls, as for one chain). steps: grid size (default sde.N); eps: the grid's
+    last time; schedule: the grid's spacing (`sampling.schedules`); predictor, corrector, snr,
+    n_steps and `pc_options`: those of the `pc` sampler. The observed entries of x equal the
+    observation's exactly.
     """
+    options = dict(eps=eps, schedule=schedule, predictor=predictor, corrector=corrector, snr=snr,
+                   n_steps=n_steps, **pc_options)
+    if method == "smc":
+        generator = make_generator(generator, observation.device)
+        population, weights, nfe = inpaint_particles(score_fn, sde, observation, mask, particles, steps,
+                                                     generator, **options)
+        chosen = torch.multinomial(weights, 1, generator=generator)  # [B, 1]
+        return population[torch.arange(len(population), device=chosen.device), chosen[:, 0]], nfe
+    if method != "replacement":
+        raise ValueError(f"unknown inpainting method {method!r}; known: {', '.join(INPAINT_METHODS)}")
     generator = make_generator(generator, observation.device)
     x = sde.prior_sampling(observation.shape, generator=generator, dtype=observation.dtype,
                            device=observation.device)
-    timesteps = get_timesteps(sde, steps if steps is not None else sde.N, eps, schedule,
-                              device=observation.device)
     counted = CountingScore(score_fn)
-    x = inpaint_sampler(counted, sde, x, timesteps, generator, observation=observation, mask=mask,
-                        predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps, **pc_options)
+    x = inpaint_sampler(counted, sde, x, _grid(sde, steps, eps, schedule, observation.device), generator,
+                        observation=observation, mask=mask, predictor=predictor, corrector=corrector,
+                        snr=snr, n_steps=n_steps, **pc_options)
     return x, counted.calls
+
+
+def inpaint_particles(score_fn: ScoreFn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor,
+                      particles: int, steps: Optional[int] = None, generator: Seed = None, *,
+                      eps: float = 1e-3, schedule: str = "uniform", **smc_options
+                      ) -> Tuple[torch.Tensor, torch.Tensor, int]:
+    """SMC inpainting (`smc.smc_inpaint_sampler`): a population of `particles` chains for each
+    observation ([B, ...]); returns (particles [B, particles, ...], their weights [B, particles]
+    summing to 1 per population, nfe). Arguments as `inpaint`'s; `smc_options` those of the
+    sampler (predictor, corrector, snr, n_steps, denoise, ess_threshold)."""
+    if int(particles) < 1:
+        raise ValueError(f"particles must be a positive number, got {particles}")
+    mask = _mask_as_bool(mask, observation)
+    generator = make_generator(generator, observation.device)
+    shape = (observation.shape[0], int(particles)) + tuple(observation.shape[1:])
+    x = sde.prior_sampling(shape, generator=generator, dtype=observation.dtype, device=observation.device)
+    counted = CountingScore(score_fn)
+    population, log_weights = smc_inpaint_sampler(
+        counted, sde, x, _grid(sde, steps, eps, schedule, observation.device), generator,
+        observation=observation, mask=mask, **smc_options)
+    return population, torch.exp(log_weights), counted.calls
+
+
+def _grid(sde: SDE, steps: Optional[int], eps: float, schedule: str, device) -> torch.Tensor:
+    return get_timesteps(sde, steps if steps is not None else sde.N, eps, schedule, device=device)
 
 
 # -- colorization ----------------------------------------------------------------------------
