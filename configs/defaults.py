@@ -73,6 +73,8 @@ def get_base_config():
                       "heun schedule=karras",
                       "dpm_solver++ order=2 schedule=logsnr",
                       "dpm_solver++ order=3 schedule=logsnr",
+                      "dpm_solver++ order=3 unipc=true schedule=logsnr power=0.65",
+                      "dpm_solver++ order=2 eta=1 schedule=logsnr power=0.5",
                       "ode solver=RK45 rtol=1e-3 atol=1e-3")
     study.nfe = (10, 20, 50, 100)
     study.num_samples = 1000
