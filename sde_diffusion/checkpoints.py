@@ -105,15 +105,22 @@ def set_aside(path) -> Path:
     return target
 
 
-def load_checkpoint(path, map_location="cpu") -> dict:
+def safe_load(path, map_location="cpu", what: str = "checkpoint"):
+    """`torch.load(path, weights_only=True)`: tensors, numbers, strings and containers, never
+    code; a missing, truncated, corrupt or code-carrying file raises CheckpointError (one line)."""
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise CheckpointError(f"no {what} at {path}")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot load checkpoint {path}: {first_line}") from error
+        raise CheckpointError(f"cannot load {what} {path}: {first_line}") from error
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    path = Path(path)
+    state = safe_load(path, map_location)
     missing = [key for key in _REQUIRED_ENTRIES if not isinstance(state, dict) or key not in state]
     if missing:
         raise CheckpointError(f"{path} is not a sde_diffusion checkpoint (no {', '.join(map(repr, missing))} entry)")

@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError
+from .checkpoints import CheckpointError, safe_load
 from .models import get_model
 from .models.blocks import BigGANResnetBlock, Combine, ResnetBlock, ResnetWithAttention, ResolutionLevel
 from .models.ddpm import DDPM
@@ -113,21 +113,11 @@ def reference_key_map(model: nn.Module) -> dict:
 # ------------------------------------------------------------------------------- reading
 
 
-def _first_line(error: Exception) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
-
-
 def read_reference_checkpoint(path) -> dict:
     """The checkpoint at `path`, loaded with `weights_only=True` (tensors and containers, never
     code), after checking that it has the reference layout."""
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no reference checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"cannot load reference checkpoint {path}: {_first_line(error)}") from error
+    state = safe_load(path, "cpu", what="reference checkpoint")
     _check_layout(state, path)
     return state
 

@@ -219,9 +219,8 @@ def _validate_study(config) -> None:
 
 
 def _validate_controllable(config, mode: str) -> None:
-    from pathlib import Path
-
     from .controllable_modes import MASKS, is_mask_name
+    from .sampling.controllable import INPAINT_METHODS
 
     _require(is_image_data(config), "data.dataset", f"--mode {mode} needs image data", config.data.dataset)
     if mode == "colorize":
@@ -232,8 +231,6 @@ def _validate_controllable(config, mode: str) -> None:
     _require(not images or Path(images).is_dir() or (Path(images).is_file() and Path(images).suffix == ".npz"),
              "controllable.images", "must be an existing .npz file or folder of PNGs, or '' for the test split",
              images)
-    from .sampling.controllable import INPAINT_METHODS
-
     method = config.controllable.method
     _require(method in INPAINT_METHODS, "controllable.method", f"must be one of {', '.join(INPAINT_METHODS)}",
              method)

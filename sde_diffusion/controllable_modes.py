@@ -168,14 +168,15 @@ def run_controllable(config, workdir, mode: str) -> dict:
     model, sde, step = load_trained(config, workdir, device)
     score_fn = build_score_fn(model, sde, config)
     generator = torch.Generator(device).manual_seed(config.seed)
+    options = _pc_options(config)
     outputs, nfe, start = [], 0, time.perf_counter()
     with torch.no_grad():
         for batch in torch.split(images, _images_per_batch(config)):
             batch = to_model_space(batch.to(device), config.data.centered)
             if mode == "inpaint":
-                x, nfe = inpaint(score_fn, sde, batch, mask.to(device), generator=generator, **_pc_options(config))
+                x, nfe = inpaint(score_fn, sde, batch, mask.to(device), generator=generator, **options)
             else:
-                x, nfe = colorize(score_fn, sde, batch.mean(1, keepdim=True), generator=generator, **_pc_options(config))
+                x, nfe = colorize(score_fn, sde, batch.mean(1, keepdim=True), generator=generator, **options)
             outputs.append(to_data_space(x, config).cpu())
     outputs = torch.cat(outputs)
     seconds = time.perf_counter() - start
