@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 
 from .datasets import derive_seed
+from .utils import block_rows
 
 # Rank 0 alone draws snapshot samples and writes checkpoints while the others wait at their next
 # collective, which can take longer than the default 10 minutes of NCCL on a large model.
@@ -97,8 +98,7 @@ def check_batch_divides(batch_size: int) -> None:
 
 def shard_rows(x: torch.Tensor) -> torch.Tensor:
     """This rank's contiguous block of the rows of a global batch (divisible by the world size)."""
-    size = x.shape[0] // world_size()
-    return x[rank() * size:(rank() + 1) * size]
+    return block_rows(x, rank(), world_size())
 
 
 def share_of(total: int) -> Tuple[int, int]:

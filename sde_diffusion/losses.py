@@ -14,7 +14,7 @@ from typing import Optional, Tuple
 import torch
 
 from .sdes import SDE, VESDE, VPSDE, ScoreFn
-from .utils import append_dims, batch_sum, randn
+from .utils import append_dims, batch_sum, block_rows, randn
 
 
 def _score(score_fn: ScoreFn, x_t: torch.Tensor, t: torch.Tensor,
@@ -39,11 +39,7 @@ def _own_rows(values: torch.Tensor, shard: Optional[Tuple[int, int]]) -> torch.T
     per process, `distributed.shard_rows`). Every process draws the global batch's times and
     noise from the same generator and keeps its block, so the processes together use exactly the
     draws of a one-process run, and their generators stay in step."""
-    if shard is None:
-        return values
-    index, count = shard
-    size = values.shape[0] // count
-    return values[index * size:(index + 1) * size]
+    return values if shard is None else block_rows(values, *shard)
 
 
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,

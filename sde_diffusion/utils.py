@@ -21,6 +21,13 @@ def batch_sum(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).sum(dim=1)
 
 
+def block_rows(x: torch.Tensor, index: int, count: int) -> torch.Tensor:
+    """Block `index` of `count` equal contiguous blocks of x's rows (a process's share of a
+    global batch; the row count divisible by `count`)."""
+    size = x.shape[0] // count
+    return x[index * size:(index + 1) * size]
+
+
 def make_generator(seed: Seed, device: Union[str, torch.device] = "cpu") -> Optional[torch.Generator]:
     """Turn an int seed into a generator on `device`; pass a generator or None through."""
     if seed is None or isinstance(seed, torch.Generator):
