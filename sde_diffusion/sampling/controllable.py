@@ -97,23 +97,20 @@ def inpaint(score_fn: ScoreFn, sde: SDE, observation: torch.Tensor, mask: torch.
     n_steps and `pc_options`: those of the `pc` sampler. The observed entries of x equal the
     observation's exactly.
     """
-    options = dict(eps=eps, schedule=schedule, predictor=predictor, corrector=corrector, snr=snr,
-                   n_steps=n_steps, **pc_options)
-    if method == "smc":
-        generator = make_generator(generator, observation.device)
-        population, weights, nfe = inpaint_particles(score_fn, sde, observation, mask, particles, steps,
-                                                     generator, **options)
-        chosen = torch.multinomial(weights, 1, generator=generator)  # [B, 1]
-        return population[torch.arange(len(population), device=chosen.device), chosen[:, 0]], nfe
-    if method != "replacement":
+    if method not in INPAINT_METHODS:
         raise ValueError(f"unknown inpainting method {method!r}; known: {', '.join(INPAINT_METHODS)}")
     generator = make_generator(generator, observation.device)
+    options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps, **pc_options)
+    if method == "smc":
+        population, weights, nfe = inpaint_particles(score_fn, sde, observation, mask, particles, steps,
+                                                     generator, eps=eps, schedule=schedule, **options)
+        chosen = torch.multinomial(weights, 1, generator=generator)  # [B, 1]
+        return population[torch.arange(len(population), device=chosen.device), chosen[:, 0]], nfe
     x = sde.prior_sampling(observation.shape, generator=generator, dtype=observation.dtype,
                            device=observation.device)
     counted = CountingScore(score_fn)
     x = inpaint_sampler(counted, sde, x, _grid(sde, steps, eps, schedule, observation.device), generator,
-                        observation=observation, mask=mask, predictor=predictor, corrector=corrector,
-                        snr=snr, n_steps=n_steps, **pc_options)
+                        observation=observation, mask=mask, **options)
     return x, counted.calls
 
 
