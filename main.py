@@ -1,4 +1,4 @@
-"""Command line: train, sample, score and evaluate score-based models.
+r"""Command line: train, sample, score and evaluate score-based models.
 
     python main.py --config configs/vp_toy.py --workdir runs/toy --mode train
     python main.py --config configs/vp_toy.py --workdir runs/toy --mode sample \
@@ -14,7 +14,9 @@
 Bad input (flags, config files and values, missing data, an unusable workdir or checkpoint) ends
 with one line on stderr and a non-zero exit, before anything in the workdir is written.
 """
+import re
 import sys
+from functools import partial
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -46,10 +48,7 @@ def parse_flags(argv):
     except flags.Error as error:  # wrong type, unknown flag or mode, missing required flag
         sys.exit(f"error: {_first_and_last_line(error)}")
     except (AttributeError, KeyError) as error:  # ml_collections: an override of a field the config lacks
-        unknown = str(error).strip("\"'")
-        named = [arg.split("=")[0] for arg in argv[1:] if arg.startswith("--config.")
-                 and unknown in arg.split("=")[0].split(".")]
-        sys.exit(f"error: {' '.join(named) or repr(unknown)}: no such field in the config file")
+        sys.exit(f"error: {_unknown_field(error, argv)}")
     except Exception as error:  # noqa: BLE001 - the config file's own code failed (syntax, imports, ...)
         sys.exit(f"error: config file {_config_path(argv)} does not load: {type(error).__name__}: "
                  f"{_last_line(error)}")
@@ -58,6 +57,25 @@ def parse_flags(argv):
     except OSError as error:
         sys.exit(f"error: config file {_config_path(argv)} does not load: {_last_line(error)}")
     return remaining
+
+
+def _unknown_field(error: BaseException, argv) -> str:
+    """ml_collections' KeyError for an override of a missing field (its text is quoted several
+    times over and may end in 'Did you mean "x" instead of "y"?') as "--config.a.y: no such
+    field (did you mean --config.a.x?)"."""
+    text = str(error).replace("\\", "")
+    words = re.findall(r"[A-Za-z_][A-Za-z0-9_]*", text)
+    suggestion = re.search(r'Did you mean "([^"]+)" instead of "([^"]+)"', text)
+    unknown = suggestion.group(2) if suggestion else (words[0] if words else text)
+    for arg in argv[1:]:
+        flag = arg.split("=")[0]
+        parts = flag.split(".")
+        if flag.startswith("--config.") and unknown in parts[1:]:
+            if suggestion:
+                fixed = ".".join(suggestion.group(1) if part == unknown else part for part in parts)
+                return f"{flag}: no such field (did you mean {fixed}?)"
+            return f"{flag}: no such field in the config file"
+    return f"{unknown!r}: no such field in the config file"
 
 
 def _config_path(argv) -> str:
@@ -73,6 +91,8 @@ def main(argv):
     if len(argv) > 1:
         sys.exit(f"error: unexpected arguments {argv[1:]}")
     # Imported here so that `--help` and flag errors do not pay for importing torch.
+    import torch
+
     from sde_diffusion import checkpoints, distributed
     from sde_diffusion.config import ConfigError, select_device, validate_config
     from sde_diffusion.controllable_modes import run_controllable
@@ -85,11 +105,13 @@ def main(argv):
         checkpoints.check_workdir(FLAGS.workdir)
         run = {"train": train, "sample": run_sample, "likelihood": run_likelihood, "eval": run_eval,
                "study": run_study_mode,
-               "inpaint": lambda config, workdir: run_controllable(config, workdir, "inpaint"),
-               "colorize": lambda config, workdir: run_controllable(config, workdir, "colorize")}[FLAGS.mode]
+               "inpaint": partial(run_controllable, mode="inpaint"),
+               "colorize": partial(run_controllable, mode="colorize")}[FLAGS.mode]
+        if config.threads:
+            torch.set_num_threads(config.threads)
         distributed.setup(select_device(config).type)  # under torchrun; nothing otherwise
         try:
-            run(config, FLAGS.workdir)
+            run(config, FLAGS.workdir, config_file=_config_path(sys.argv))
         finally:
             distributed.teardown()
     except (ConfigError, checkpoints.CheckpointError, NonFiniteError, OSError, ValueError) as error:

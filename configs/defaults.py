@@ -7,6 +7,9 @@ def get_base_config():
     config = ml_collections.ConfigDict()
     config.seed = 42
     config.device = "auto"  # "auto" = cuda when available, else cpu
+    # torch's intra-op CPU threads; 0 = torch's default (one per core). On a shared machine set it
+    # to your share of the cores: oversubscribed threads slow every job (docs/threads.md).
+    config.threads = 0
 
     config.training = training = ml_collections.ConfigDict()
     training.sde = "vpsde"
@@ -16,6 +19,9 @@ def get_base_config():
     training.batch_size = 128             # the global batch: under torchrun divided evenly over the processes
     training.n_iters = 1300001
     training.log_freq = 50
+    # Without a terminal (nohup, a scheduler, `| tee`) progress is a log line every log_freq
+    # steps or every progress_seconds, whichever is rarer; on a terminal a tqdm bar.
+    training.progress_seconds = 30.0
     training.eval_freq = 100              # loss on a test batch
     training.snapshot_freq = 50000        # kept checkpoints (+ snapshot samples)
     training.snapshot_freq_for_preemption = 10000  # the overwritten resume checkpoint

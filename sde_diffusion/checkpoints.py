@@ -181,18 +181,24 @@ def latest_checkpoint(workdir, map_location="cpu") -> Optional[dict]:
     without checkpoint files; CheckpointError when there are checkpoint files but none loads, so
     that a damaged workdir never silently restarts from step 0.
     """
+    return latest_checkpoint_and_path(workdir, map_location)[0]
+
+
+def latest_checkpoint_and_path(workdir, map_location="cpu") -> tuple:
+    """(`latest_checkpoint`, the file it was read from), or (None, None)."""
     preemption = preemption_path(workdir)
     steps = snapshot_steps(workdir)
     if not steps and not preemption.exists():
-        return None
+        return None, None
     newest = _try_load(preemption, map_location) if preemption.exists() else None
     for step in reversed(steps):
         if newest is not None and newest["step"] >= step:
             break
-        state = _try_load(snapshot_path(workdir, step), map_location, expected_step=step)
+        path = snapshot_path(workdir, step)
+        state = _try_load(path, map_location, expected_step=step)
         if state is not None:
-            return state
+            return state, path
     if newest is None:
         raise CheckpointError(f"no readable checkpoint in {workdir}: every checkpoint file is damaged or "
                               f"unsafe (see the warnings above); they are left in place")
-    return newest
+    return newest, preemption

@@ -109,6 +109,12 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     _require(isinstance(config.eval.checkpoint, int) and config.eval.checkpoint >= 0, "eval.checkpoint",
              "must be a step >= 0 (0 = the latest checkpoint)", config.eval.checkpoint)
     _validate_device(config.device)
+    threads = config.get("threads", 0)
+    _require(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0, "threads",
+             "must be an integer >= 0 (0 = torch's default)", threads)
+    seconds = config.training.get("progress_seconds", 30.0)
+    _require(isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0,
+             "training.progress_seconds", "must be a number of seconds >= 0", seconds)
     _validate_study(config)
     _validate_classes(config)
     _require(config.eval.bpd_trace in ("exact", "hutchinson"), "eval.bpd_trace",
@@ -132,6 +138,7 @@ def validate_config(config, mode: Optional[str] = None) -> None:
         _validate_controllable(config, mode)
     if is_image_data(config):
         _validate_image_config(config)
+        _validate_data_files(config, mode)
     else:
         _positive_int(config, "data.num_points")
         _require(config.model.name not in IMAGE_MODELS, "model.name",
@@ -244,6 +251,31 @@ def _validate_controllable(config, mode: str) -> None:
         _require(is_mask_name(mask) or (Path(mask).is_file() and Path(mask).suffix in (".npz", ".png")),
                  "controllable.mask", f"must name a mask ({', '.join(MASKS)}, random_pixels:p with "
                  "0 < p < 1) or be an existing .npz or .png file", mask)
+
+
+# Data sets read from files the user provides (or downloads into) data.root.
+FILE_DATASETS = ("mnist", "cifar10")
+
+
+def _needs_data(config, mode: Optional[str]) -> bool:
+    """Whether `mode` reads the data set: every mode but sample, and inpaint/colorize only when
+    they take their images from the test split."""
+    if mode == "sample":
+        return False
+    if mode in ("inpaint", "colorize"):
+        return not config.controllable.images
+    return mode is not None
+
+
+def _validate_data_files(config, mode: Optional[str]) -> None:
+    data = config.data
+    if data.dataset not in FILE_DATASETS or data.root or not _needs_data(config, mode):
+        return
+    if data.download:
+        raise ConfigError(f"config.data.root: data.download=True needs a folder to fetch {data.dataset} into: "
+                          f"add --config.data.root=DIR")
+    raise ConfigError(f"config.data.root: {data.dataset} is read from files: add --config.data.root=DIR "
+                      f"(the folder that holds them), or --config.data.download=True with it to fetch them")
 
 
 def _validate_image_config(config) -> None:

@@ -20,6 +20,7 @@ from .config import build_score_fn, select_device
 from .datasets import to_model_space
 from .modes import load_dataset_from_config, load_trained, to_data_space
 from .plotting import save_image_grid
+from .progress import Progress, announce, say
 from .sampling.controllable import colorize, inpaint
 
 
@@ -151,7 +152,7 @@ def _images_per_batch(config) -> int:
     return config.sampling.batch_size
 
 
-def run_controllable(config, workdir, mode: str) -> dict:
+def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
     """`mode` = "inpaint" or "colorize"; writes <mode>/<mode>_<step>.npz (outputs, inputs,
     originals, mask in [0, 1]) and .png grids of the inputs, the outputs and all three."""
     device = select_device(config)
@@ -169,6 +170,9 @@ def run_controllable(config, workdir, mode: str) -> dict:
     score_fn = build_score_fn(model, sde, config)
     generator = torch.Generator(device).manual_seed(config.seed)
     options = _pc_options(config)
+    announce(mode, config_file, workdir, device, f"checkpoint step {step}, {len(images)} images, "
+             f"{config.controllable.method} with {config.sampling.steps} steps")
+    progress = Progress(mode, len(images), unit="image", seconds=config.training.progress_seconds)
     outputs, nfe, start = [], 0, time.perf_counter()
     with torch.no_grad():
         for batch in torch.split(images, _images_per_batch(config)):
@@ -178,6 +182,8 @@ def run_controllable(config, workdir, mode: str) -> dict:
             else:
                 x, nfe = colorize(score_fn, sde, batch.mean(1, keepdim=True), generator=generator, **options)
             outputs.append(to_data_space(x, config).cpu())
+            progress.update(sum(len(output) for output in outputs))
+    progress.close()
     outputs = torch.cat(outputs)
     seconds = time.perf_counter() - start
 
@@ -195,6 +201,7 @@ def run_controllable(config, workdir, mode: str) -> dict:
     report = {"step": step, "num_images": len(outputs), "nfe": nfe, "seconds": round(seconds, 3),
               "method": config.controllable.method,
               "npz": str(folder / f"{name}.npz"), "png": str(folder / f"{name}.png")}
+    say("%s: %d images in %.1f s, written to %s", mode, len(outputs), seconds, report["npz"])
     print(json.dumps(report))
     return report
 

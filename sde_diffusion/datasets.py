@@ -155,13 +155,41 @@ def _find_files(directories: Sequence[Path], names: Sequence[str],
 
 
 def _download(name: str, root: Path) -> None:
-    """Fetch a data set's files into `root` with torchvision, imported only here."""
+    """Fetch a data set's files into `root` with torchvision, imported only here. A failed
+    download (offline, a mirror down) removes what it created under `root`, `root` included,
+    and says what it fetched from where."""
     try:
         import torchvision.datasets
     except ImportError as error:
         raise ImportError(f"data.download=True needs torchvision to fetch {name}") from error
     dataset_class = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[name]
-    dataset_class(str(root), download=True)
+    source = " or ".join(getattr(dataset_class, "mirrors", None) or [dataset_class.url])
+    existed = _existing_paths(root)
+    try:
+        dataset_class(str(root), download=True)
+    except Exception as error:  # noqa: BLE001 - urllib, HTTP, checksum and archive errors alike
+        _remove_new_paths(root, existed)
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise OSError(f"could not download {name} from {source} into {root}: {reason}") from None
+
+
+def _existing_paths(root: Path) -> Optional[set]:
+    """Every path under `root` (None when `root` does not exist)."""
+    return {root, *root.rglob("*")} if root.exists() else None
+
+
+def _remove_new_paths(root: Path, existed: Optional[set]) -> None:
+    """Remove the files and folders under `root` that are not in `existed`, deepest first."""
+    import shutil
+
+    if existed is None:
+        shutil.rmtree(root, ignore_errors=True)
+        return
+    for path in sorted(set(root.rglob("*")) - existed, key=lambda p: len(p.parts), reverse=True):
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _locate(name: str, root, download: bool, subdirectories: Sequence[str],

@@ -24,6 +24,7 @@ from .datasets import from_model_space, load_dataset
 from .ema import EMA
 from .guidance import guided_score_fn_for_labels, labels_for_samples, parse_labels
 from .plotting import save_image_grid, save_scatter
+from .progress import Progress, announce, say
 from .sampling import sample
 
 
@@ -52,10 +53,10 @@ def sample_score_and_labels(model, sde, config, num_samples: int):
 
 
 def draw_samples(score_fn, sde, config, num_samples: int, generator: torch.Generator,
-                 device: torch.device, class_labels=None):
+                 device: torch.device, class_labels=None, progress: Progress = None):
     """`num_samples` samples in data space with the configured sampler; returns (x, nfe per batch).
     With `class_labels` ([num_samples]), `score_fn` maps a batch's labels to its score function
-    (see `sample_score_and_labels`)."""
+    (see `sample_score_and_labels`). `progress`, if given, is told the samples done per batch."""
     sampling = config.sampling
     options = sampler_options(config)
     batches, nfe = [], 0
@@ -68,6 +69,8 @@ def draw_samples(score_fn, sde, config, num_samples: int, generator: torch.Gener
                         power=sampling.power if sampling.schedule == "logsnr" else None,
                         **options)
         batches.append(to_data_space(x, config).cpu())
+        if progress is not None:
+            progress.update(start + count, nfe=nfe)
     return torch.cat(batches), nfe
 
 
@@ -78,11 +81,14 @@ def draw_shared_samples(score_fn, sde, config, num_samples: int, device: torch.d
     first, count = distributed.share_of(num_samples)
     generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed))
     own_labels = None if class_labels is None else class_labels[first:first + count]
+    progress = Progress("sampling", count, unit="sample", seconds=config.training.progress_seconds,
+                        enabled=distributed.is_main())
     with torch.no_grad():
         if count:
-            samples, nfe = draw_samples(score_fn, sde, config, count, generator, device, own_labels)
+            samples, nfe = draw_samples(score_fn, sde, config, count, generator, device, own_labels, progress)
         else:  # more processes than samples
             samples, nfe = torch.empty((0,) + data_shape(config)), 0
+    progress.close()
     gathered = distributed.gather_to_main((samples, nfe))
     if gathered is None:
         return None, None
@@ -129,10 +135,18 @@ def load_trained(config, workdir, device):
     return ema.averaged_model(model), build_sde(config), int(state["step"])
 
 
-def run_sample(config, workdir) -> dict:
+def _sampler_description(config) -> str:
+    sampling = config.sampling
+    return f"{sampling.method}, {sampling.steps} steps"
+
+
+def run_sample(config, workdir, config_file: str = "") -> dict:
     device = select_device(config)
     model, sde, step = load_trained(config, workdir, device)
     num_samples = config.sampling.num_samples
+    if distributed.is_main():
+        announce("sample", config_file, workdir, device,
+                 f"checkpoint step {step}, {num_samples} samples with {_sampler_description(config)}")
     score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
     start = time.perf_counter()
     samples, nfe = draw_shared_samples(score_fn, sde, config, num_samples, device, class_labels)
@@ -154,6 +168,7 @@ def run_sample(config, workdir) -> dict:
               "npz": str(folder / f"{name}.npz"), "png": str(folder / f"{name}.png")}
     if class_labels is not None:
         report["guidance_scale"] = float(config.sampling.guidance_scale)
+    say("sample: %d samples in %.1f s, written to %s", len(samples), seconds, report["npz"])
     print(json.dumps(report))
     return report
 
@@ -162,11 +177,12 @@ def _write_report(workdir, name: str, report: dict) -> dict:
     path = Path(workdir) / "eval" / name
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
+    say("wrote %s", path)
     print(json.dumps(report))
     return report
 
 
-def run_likelihood(config, workdir) -> dict:
+def run_likelihood(config, workdir, config_file: str = "") -> dict:
     """Bits/dim of test images (nats per point for 2-D sets) through the probability-flow ODE."""
     from .likelihood import bits_per_dim, log_likelihood
 
@@ -179,6 +195,11 @@ def run_likelihood(config, workdir) -> dict:
     data = load_dataset_from_config(config, "test").data[:evaluate.bpd_num_images]
     first, count = distributed.share_of(len(data))
     data = data[first:first + count]
+    if distributed.is_main():
+        announce("likelihood", config_file, workdir, device,
+                 f"checkpoint step {step}, {len(data)} test items, {evaluate.bpd_trace} trace")
+    progress = Progress("likelihood", len(data), unit="item", seconds=config.training.progress_seconds,
+                        enabled=distributed.is_main())
     values, total_nfe = [], 0
     start = time.perf_counter()
     for batch in torch.split(data, evaluate.batch_size):
@@ -190,6 +211,8 @@ def run_likelihood(config, workdir) -> dict:
             value = -logp
         values.append(value.detach().cpu())
         total_nfe += nfe
+        progress.update(sum(len(v) for v in values))
+    progress.close()
     # gathered once the ODE solves are done: adaptive solvers take different steps per process
     gathered = distributed.gather_to_main((torch.cat(values) if values else torch.empty(0), total_nfe))
     if gathered is None:
@@ -241,7 +264,7 @@ def quality_metric(config, test: torch.Tensor, device, mixture=None):
     return metric, "fd_digits" if digits else "fid"
 
 
-def run_eval(config, workdir) -> dict:
+def run_eval(config, workdir, config_file: str = "") -> dict:
     """Sample quality against the test set by `quality_metric`. A class-conditional model
     samples its `sampling.labels` with `sampling.guidance_scale`; on digits the report adds
     `label_accuracy`, how often the digits judge reads the requested label."""
@@ -251,6 +274,9 @@ def run_eval(config, workdir) -> dict:
         metric, _ = quality_metric(config, test, device)
     model, sde, step = load_trained(config, workdir, device)
     num_samples = config.eval.num_samples
+    if distributed.is_main():
+        announce("eval", config_file, workdir, device,
+                 f"checkpoint step {step}, {num_samples} samples with {_sampler_description(config)}")
     score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
     start = time.perf_counter()
     samples, nfe = draw_shared_samples(score_fn, sde, config, num_samples, device, class_labels)
@@ -268,7 +294,7 @@ def run_eval(config, workdir) -> dict:
     return _write_report(workdir, f"{name}.json", report)
 
 
-def run_study_mode(config, workdir) -> dict:
+def run_study_mode(config, workdir, config_file: str = "") -> dict:
     """`--mode study`: the grid `study.samplers` x `study.nfe` (`sde_diffusion.study`) on the
     trained checkpoint, or on the exact score when `study.oracle` (the `gmm` toy data only),
     scored by `quality_metric`. Writes study/study_<step>.{csv,md,png}."""
@@ -289,11 +315,15 @@ def run_study_mode(config, workdir) -> dict:
         model, sde, step = load_trained(config, workdir, device)
         score_fn, mixture = build_score_fn(model, sde, config), None
     data_metric, metric_key = quality_metric(config, test, device, mixture)
+    announce("study", config_file, workdir, device,
+             f"{'the exact score' if study.oracle else f'checkpoint step {step}'}, "
+             f"{len(study.samplers)} samplers x NFE {tuple(study.nfe)}, {study.num_samples} samples each")
     rows = run_study(score_fn, sde, (study.num_samples,) + data_shape(config), list(study.samplers),
                      list(study.nfe), lambda x: data_metric(to_data_space(x, config)), seed=config.seed,
                      reference_tol=study.reference_tol, device=device)
     title = f"{Path(workdir).name}: {config.training.sde}, step {step}, {study.num_samples} samples"
     paths = write_study(rows, Path(workdir) / "study", metric_key, title, name=f"study_{step}")
+    say("study: %d rows, written to %s", len(rows), Path(workdir) / "study")
     print(json.dumps({"step": step, "rows": len(rows), **paths}))
     return {"rows": rows, **paths}
 

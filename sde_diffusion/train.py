@@ -29,7 +29,6 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from . import checkpoints, distributed
 from .config import build_loss, build_model, build_score_fn, build_sde, is_image_data, select_device
@@ -38,6 +37,7 @@ from .ema import EMA
 from .guidance import drop_labels
 from .modes import draw_samples, load_dataset_from_config, sample_score_and_labels, save_sample_pictures
 from .performance import grad_scaler, to_memory_format, training_network
+from .progress import Progress, announce, say
 
 
 class NonFiniteError(ArithmeticError):
@@ -122,8 +122,9 @@ def _restore_rng(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train(config, workdir) -> dict:
-    """Train (or resume) in `workdir`; returns {"step", "loss"} of the last step."""
+def train(config, workdir, config_file: str = "") -> dict:
+    """Train (or resume) in `workdir`; returns {"step", "loss"} of the last step. Says what runs
+    (naming `config_file`, when given), how it goes and how it ended (see `progress`)."""
     workdir = Path(workdir)
     device = select_device(config)
     distributed.check_batch_divides(config.training.batch_size)
@@ -156,7 +157,7 @@ def train(config, workdir) -> dict:
     generator = torch.Generator(device).manual_seed(config.seed)
 
     step, skipped = 0, 0
-    resumed = checkpoints.latest_checkpoint(workdir, device)
+    resumed, resumed_path = checkpoints.latest_checkpoint_and_path(workdir, device)
     if resumed is not None:
         missing = [key for key in ("optimizer", "data_stream", "rng") if key not in resumed]
         if missing:
@@ -172,6 +173,14 @@ def train(config, workdir) -> dict:
         step = int(resumed["step"])
         skipped = int(resumed.get("skipped_steps", 0))
     distributed.check_same_on_all(step, "the step to resume from")
+    if main:
+        announce("train", config_file, workdir, device,
+                 f"{sum(p.numel() for p in model.parameters()):,} parameters, " +
+                 (f"resuming from step {step} of {resumed_path}" if resumed is not None else "starting at step 0"))
+    if step >= training.n_iters:
+        if main:
+            say("already trained to step %d; raise --config.training.n_iters to continue", step)
+        return {"step": step, "loss": float("nan")}
     if main:
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / "config.json").write_text(config.to_json(indent=2))
@@ -189,8 +198,8 @@ def train(config, workdir) -> dict:
     # The eval loss of a conditional model is the conditional one (labels never dropped).
     eval_labels = test_set.labels[:training.batch_size].to(device) if num_classes else None
     scalars = _Scalars(workdir, step) if main else _NoScalars()
-    progress = tqdm(total=training.n_iters, initial=step, desc="train", dynamic_ncols=True,
-                    disable=None if main else True, mininterval=1.0)
+    progress = Progress("train", training.n_iters, initial=step, every=training.log_freq,
+                        seconds=training.progress_seconds, enabled=main)
     loss = torch.tensor(float("nan"))
     tick, tick_step = time.perf_counter(), step
     skipped_in_a_row = 0
@@ -237,16 +246,17 @@ def train(config, workdir) -> dict:
                 raise NonFiniteError(f"non-finite loss or gradient at step {step + 1} ({why}); the "
                                      f"checkpoints written so far are kept")
         step += 1
-        progress.update(1)
 
         if step % training.log_freq == 0 or step == training.n_iters:
             now = time.perf_counter()
             rate = (step - tick_step) / max(now - tick, 1e-9)
             tick, tick_step = now, step
             value = loss.item()
-            progress.set_postfix(loss=f"{value:.4f}", steps_per_s=f"{rate:.1f}")
+            progress.update(step, loss=value)
             scalars.write(step, loss=value, lr=optimizer.param_groups[0]["lr"], steps_per_s=rate,
                           skipped_steps=skipped)
+        else:
+            progress.tick(step)
         if step % training.eval_freq == 0 and main:
             model.eval()
             with torch.no_grad():
@@ -272,9 +282,17 @@ def train(config, workdir) -> dict:
                 if training.snapshot_sampling:
                     _snapshot_samples(ema.averaged_model(model), sde, config, workdir, step, test_set, device)
             distributed.barrier()
-    progress.close()
+    seconds = progress.close()
     scalars.close()
-    return {"step": step, "loss": float(loss.detach())}
+    final_loss = float(loss.detach())
+    if main:
+        say("trained to step %d: loss %.4g, %s, checkpoints in %s", step, final_loss, _wall_time(seconds),
+            workdir / checkpoints.SNAPSHOT_DIR)
+    return {"step": step, "loss": final_loss}
+
+
+def _wall_time(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
 def _snapshot_samples(averaged_model, sde, config, workdir: Path, step: int, test_set, device) -> None:

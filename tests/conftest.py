@@ -2,6 +2,10 @@ import torch
 
 from sde_diffusion.distributions import GaussianMixture
 
+# The limit on a test's child process (main.py, torchrun, a driver). It only turns a hang into a
+# failure: far beyond any run's time on a 5x-loaded machine, so it never decides a result.
+HANG_TIMEOUT_S = 1800
+
 
 def mixture_2d() -> GaussianMixture:
     """Three well separated components of different widths and weights."""

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import HANG_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = "--config=configs/vp_toy.py"
@@ -154,7 +155,7 @@ def trained_workdir(tmp_path_factory):
                "--config.training.n_iters=20", "--config.training.snapshot_freq=20",
                "--config.training.snapshot_sampling=False", "--config.model.width=16",
                "--config.model.num_blocks=1", "--config.data.num_points=1000", "--config.training.batch_size=64"]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
     assert result.returncode == 0, result.stderr[-2000:]
     return workdir
 
@@ -180,7 +181,7 @@ def outcomes(tmp_path_factory, trained_workdir):
     cases_file = tmp / "cases.json"
     cases_file.write_text(json.dumps(argvs))
     driver = subprocess.run([sys.executable, __file__, str(cases_file)], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600, env={**os.environ, "PYTHONPATH": str(ROOT)})
+                            text=True, timeout=HANG_TIMEOUT_S, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert driver.returncode == 0, driver.stderr[-3000:]
     results = json.loads(driver.stdout.strip().splitlines()[-1])
     after = [_tree(w) if w.is_dir() else None for w in workdirs]

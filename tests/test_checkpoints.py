@@ -13,6 +13,7 @@ import torch
 from conftest import tiny_toy_config
 from sde_diffusion import checkpoints
 from sde_diffusion.train import train
+from conftest import HANG_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +105,7 @@ def test_the_command_line_refuses_a_malicious_workdir_and_changes_nothing(tmp_pa
     before = files_of(workdir)
     for mode in ("sample", "train"):
         result = subprocess.run([sys.executable, "main.py", "--config=configs/vp_toy.py", f"--workdir={workdir}",
-                                 f"--mode={mode}"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+                                 f"--mode={mode}"], cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
         lines = result.stderr.strip().splitlines()
         assert result.returncode != 0 and lines[-1].startswith("error: no readable checkpoint"), result.stderr
         assert sum("checkpoint.pth" in line for line in lines[:-1]) == 1, result.stderr  # the warnings

@@ -24,6 +24,7 @@ from sde_diffusion.models import get_model
 from sde_diffusion.models.blocks import BigGANResnetBlock, Combine, ResnetBlock
 from sde_diffusion.models.layers import AttentionBlock, GaussianFourierProjection
 from sde_diffusion.models.resampling import Downsample, Upsample
+from conftest import HANG_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference"
@@ -386,7 +387,7 @@ FIXTURE_SIZE = ["--config.data.image_size=16", "--config.model.nf=32", "--config
 
 def main_py(workdir, *args, config="configs/published/vp_cifar10_ddpmpp_continuous.py"):
     command = [sys.executable, "main.py", f"--config={config}", f"--workdir={workdir}", *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
 
 
 @requires_fixtures

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import HANG_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config.model.nf=32", "--config.model.ch_mult=(1,)", "--config.model.attn_resolutions=()",
@@ -18,7 +19,7 @@ TINY = ["--config.model.nf=32", "--config.model.ch_mult=(1,)", "--config.model.a
 
 def main_py(*args):
     command = [sys.executable, "main.py", "--config=configs/vp_digits.py", *TINY, *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from sde_diffusion.config import build_sde
 from sde_diffusion.losses import ddpm_loss, dsm_loss
 from sde_diffusion.modes import run_likelihood
 from sde_diffusion.train import train
+from conftest import HANG_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = 20
@@ -47,7 +48,7 @@ def torchrun(workdir: Path, mode: str, *extra: str) -> subprocess.CompletedProce
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                "main.py", "--config=configs/vp_toy.py", f"--workdir={workdir}", f"--mode={mode}", *flags, *extra]
     environment = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240, env=environment)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S, env=environment)
 
 
 def files(workdir: Path) -> list:

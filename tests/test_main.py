@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import HANG_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
 SMALL = ["--config.training.n_iters=200", "--config.training.snapshot_freq=200",
@@ -20,7 +21,7 @@ SMALL = ["--config.training.n_iters=200", "--config.training.snapshot_freq=200",
 
 def main_py(*args, config="configs/vp_toy.py"):
     command = [sys.executable, "main.py", f"--config={config}", *args]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
