@@ -282,8 +282,7 @@ def ode_from_true_prior(mixture, sde, n: int) -> dict:
     latent = (alpha * data + sigma * torch.randn(data.shape, generator=generator, dtype=data.dtype)).float()
     spec = parse_spec(FLOOR)
     with torch.no_grad():
-        x, nfe = sample(mixture.score_fn(sde), sde, latent.shape, spec.method, z=latent, **spec.sample_kwargs,
-                        **spec.options)
+        x, nfe = sample(mixture.score_fn(sde), sde, latent.shape, spec, z=latent)
     return {"sampler": f"{FLOOR}, from exact p_T samples", "method": "ode", "nfe": nfe, "status": "ok",
             **mixture.sample_errors(x)}
 

@@ -3,6 +3,11 @@ model, optim). Dataset defaults (default_*.py) and method files build on this.""
 import ml_collections
 
 
+def unset(kind: type) -> ml_collections.FieldReference:
+    """A field that is None until set (from the command line too, as `kind`)."""
+    return ml_collections.FieldReference(None, field_type=kind)
+
+
 def get_base_config():
     config = ml_collections.ConfigDict()
     config.seed = 42
@@ -37,22 +42,28 @@ def get_base_config():
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"                # any registered sampler
     sampling.steps = 1000
-    sampling.eps = 1e-3
-    sampling.schedule = "uniform"         # time grid: uniform, quadratic, logsnr, karras
-    sampling.rho = 7.0                    # karras schedule's exponent
-    sampling.power = 1.0                  # logsnr schedule's warp: lambda ~ u^power, < 1 steps finer at high SNR
-    sampling.eta = 0.0                    # ddim, dpm_solver++: 0 deterministic, 1 stochastic
-    sampling.order = 2                    # dpm_solver++: 1, 2 or 3
-    sampling.unipc = False                # dpm_solver++: UniPC's corrector (eta = 0)
-    sampling.churn = 0.0                  # heun: Karras et al.'s S_churn
-    sampling.predictor = "reverse_diffusion"
-    sampling.corrector = "langevin"
-    sampling.snr = 0.16
-    sampling.n_steps = 1                  # corrector steps per noise level
-    sampling.denoise = True
-    sampling.rtol = 1e-5                  # ode / adaptive solvers
-    sampling.atol = 1e-5
-    sampling.solver = ""                  # "" = the sampler's default solver
+    # Unset (None) means the sampler's own default, its best known setting (README, "Samplers").
+    # The grid: a schedule option (rho, power) the resolved schedule does not take is an error.
+    sampling.schedule = unset(str)        # uniform, quadratic, logsnr, karras
+    sampling.rho = unset(float)           # karras schedule's exponent
+    sampling.power = unset(float)         # logsnr schedule's warp: lambda ~ u^power, < 1 steps finer at high SNR
+    sampling.eps = unset(float)           # the grid's last time
+    # Sampler options: a sampler reads the fields that name its own options and ignores the
+    # others by design, so a config can set up pc (its predictor, ...) and still run with
+    # --config.sampling.method=ddim.
+    sampling.eta = unset(float)           # ddim, dpm_solver++: 0 deterministic, 1 stochastic
+    sampling.order = unset(int)           # dpm_solver++: 1, 2 or 3
+    sampling.unipc = unset(bool)          # dpm_solver++: UniPC's corrector (eta = 0)
+    sampling.churn = unset(float)         # heun: Karras et al.'s S_churn
+    sampling.predictor = unset(str)       # pc: reverse_diffusion, euler_maruyama, ancestral, none
+    sampling.corrector = unset(str)       # pc: langevin, ald, none
+    sampling.snr = unset(float)           # pc's corrector
+    sampling.n_steps = unset(int)         # pc: corrector steps per noise level
+    sampling.corrector_first = unset(bool)  # pc: the reference code's order (corrector before predictor)
+    sampling.denoise = unset(bool)        # pc, ode, adaptive_sde: Tweedie's x0 at the end
+    sampling.rtol = unset(float)          # ode, adaptive_sde, sde_solver (adaptive)
+    sampling.atol = unset(float)
+    sampling.solver = unset(str)          # ode: RK45, dopri5, ...; sde_solver: euler, milstein, srk
     sampling.num_samples = 64
     sampling.batch_size = 64
     sampling.labels = ""                  # class-conditional models: "3", "0,1,2"; ""/"all" = every class
@@ -87,13 +98,13 @@ def get_base_config():
     study.reference_tol = 1e-5            # the probability-flow ODE deterministic samplers are compared to
     study.oracle = False                  # the exact score instead of a checkpoint (data.dataset=gmm)
 
-    # --mode inpaint / colorize (sde_diffusion.controllable_modes), with the sampling.* PC options.
+    # --mode inpaint / colorize (sde_diffusion.controllable_modes): the pc sampler of sampling.*.
     config.controllable = controllable = ml_collections.ConfigDict()
     controllable.images = ""              # .npz (key x or first array) or folder of PNGs; "" = test split
     controllable.num_images = 64          # the first ones of controllable.images
     controllable.mask = "half_right"      # inpaint: the hole, half_left/right/top/bottom, center_square,
                                           # random_pixels:p; or an .npz/.png file, 1 = kept pixel
-    controllable.method = "replacement"   # replacement (one chain per image, approximate) or smc
+    controllable.conditioning = "replacement"  # replacement (one chain per image, approximate) or smc
                                           # (SMCDiff particle filter, exact as particles and steps grow)
     controllable.particles = 16           # smc: chains per image; sampling.batch_size counts chains
 

@@ -7,7 +7,6 @@ the run with one line naming the field.
 """
 from __future__ import annotations
 
-import inspect
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
@@ -18,7 +17,9 @@ from . import losses
 from .distributed import rank_device
 from .models import get_model, model_names, score_fn_from_model
 from .performance import PRECISIONS
-from .sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
+from .sampling import (CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES, SamplerSpec, sampler_option_names,
+                       schedule_option_names, with_settings)
+from .sampling.call import GRID_FIELDS
 from .sdes import SDES, SDE, ScoreFn, get_sde
 
 MODES = ("train", "sample", "likelihood", "eval")
@@ -68,28 +69,31 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     _known(config.training.sde, SDES, "training.sde")
     _known(config.model.name, model_names(), "model.name")
     _known(config.sampling.method, SAMPLERS, "sampling.method")
-    _known(config.sampling.predictor, PREDICTORS, "sampling.predictor")
-    _known(config.sampling.corrector, CORRECTORS, "sampling.corrector")
-    _known(config.sampling.schedule, SCHEDULES, "sampling.schedule")
+    for field, known in (("predictor", PREDICTORS), ("corrector", CORRECTORS), ("schedule", SCHEDULES)):
+        if config.sampling[field] is not None:
+            _known(config.sampling[field], known, f"sampling.{field}")
     _known(config.data.dataset, DATASETS, "data.dataset")
     for field in ("training.batch_size", "training.n_iters", "training.log_freq", "training.eval_freq",
                   "training.snapshot_freq", "training.snapshot_freq_for_preemption",
                   "training.num_snapshot_samples", "sampling.steps", "sampling.num_samples",
-                  "sampling.batch_size", "sampling.n_steps", "eval.batch_size", "eval.num_samples",
+                  "sampling.batch_size", "eval.batch_size", "eval.num_samples",
                   "eval.bpd_num_images", "model.num_scales", "training.nonfinite_max_skips"):
         _positive_int(config, field)
     for field in ("optim.lr", "model.beta_min", "model.beta_max", "model.sigma_min", "model.sigma_max",
-                  "sampling.rtol", "sampling.atol", "eval.bpd_rtol", "eval.bpd_atol"):
+                  "eval.bpd_rtol", "eval.bpd_atol"):
         _positive_number(config, field)
+    for field in ("sampling.rtol", "sampling.atol", "sampling.rho", "sampling.power"):
+        if config.sampling[field.split(".")[1]] is not None:
+            _positive_number(config, field)
+    if config.sampling.n_steps is not None:
+        _positive_int(config, "sampling.n_steps")
     _require(0 <= config.model.ema_rate < 1, "model.ema_rate", "must lie in [0, 1)", config.model.ema_rate)
     _require(0 <= config.model.get("dropout", 0.0) < 1, "model.dropout", "must lie in [0, 1)",
              config.model.get("dropout"))
-    _require(0 <= config.sampling.eps < 1, "sampling.eps", "must lie in [0, 1)", config.sampling.eps)
-    if config.sampling.schedule in ("logsnr", "karras"):
-        _require(config.sampling.eps > 0, "sampling.eps",
-                 f"must be > 0 for the {config.sampling.schedule} schedule", config.sampling.eps)
-    _positive_number(config, "sampling.rho")
-    _positive_number(config, "sampling.power")
+    spec = sampler_spec(config)
+    _require(0 <= spec.eps < 1, "sampling.eps", "must lie in [0, 1)", spec.eps)
+    if spec.schedule in ("logsnr", "karras"):
+        _require(spec.eps > 0, "sampling.eps", f"must be > 0 for the {spec.schedule} schedule", spec.eps)
     _require(config.optim.optimizer in ("Adam", "AdamW"), "optim.optimizer", "must be 'Adam' or 'AdamW'",
              config.optim.optimizer)
     _require(config.training.precision in PRECISIONS, "training.precision",
@@ -123,7 +127,7 @@ def validate_config(config, mode: Optional[str] = None) -> None:
         _require(config.training.sde in ("vpsde", "vesde"), "training.sde",
                  "discrete training (training.continuous=False) needs the DDPM chain (vpsde) or the "
                  "SMLD chain (vesde)", config.training.sde)
-    if config.sampling.predictor == "ancestral" and config.sampling.method == "pc":
+    if spec.options.get("predictor") == "ancestral" and spec.method == "pc":
         _require(config.training.sde != "subvpsde", "sampling.predictor",
                  "ancestral sampling is not defined for the sub-VP SDE", "ancestral")
     if config.training.sde == "vesde":
@@ -227,7 +231,7 @@ def _validate_study(config) -> None:
 
 def _validate_controllable(config, mode: str) -> None:
     from .controllable_modes import MASKS, is_mask_name
-    from .sampling.controllable import INPAINT_METHODS
+    from .sampling.controllable import CONDITIONINGS, pc_spec
 
     _require(is_image_data(config), "data.dataset", f"--mode {mode} needs image data", config.data.dataset)
     if mode == "colorize":
@@ -238,13 +242,20 @@ def _validate_controllable(config, mode: str) -> None:
     _require(not images or Path(images).is_dir() or (Path(images).is_file() and Path(images).suffix == ".npz"),
              "controllable.images", "must be an existing .npz file or folder of PNGs, or '' for the test split",
              images)
-    method = config.controllable.method
-    _require(method in INPAINT_METHODS, "controllable.method", f"must be one of {', '.join(INPAINT_METHODS)}",
-             method)
+    conditioning = config.controllable.conditioning
+    _require(conditioning in CONDITIONINGS, "controllable.conditioning",
+             f"must be one of {', '.join(CONDITIONINGS)}", conditioning)
     _positive_int(config, "controllable.particles")
-    if method == "smc":
+    _require(config.sampling.method == "pc", "sampling.method",
+             f"--mode {mode} runs the pc sampler (its predictor and corrector) with the observation", 
+             config.sampling.method)
+    try:
+        pc_spec(sampler_spec(config), None, {}, conditioning)
+    except ValueError as error:
+        raise ConfigError(f"config.sampling: {error} (controllable.conditioning={conditioning})") from None
+    if conditioning == "smc":
         _require(config.sampling.predictor != "none", "sampling.predictor",
-                 "controllable.method=smc weights particles by the predictor step; choose a predictor",
+                 "controllable.conditioning=smc weights particles by the predictor step; choose a predictor",
                  config.sampling.predictor)
     if mode == "inpaint":
         mask = config.controllable.mask
@@ -340,14 +351,33 @@ def build_loss(config, sde: SDE) -> Callable:
         score_fn, sde, x, generator=generator, class_labels=class_labels, shard=shard)
 
 
-def sampler_options(config) -> dict:
-    """The `sampling.*` fields the configured sampler accepts as keyword options; "" means
-    "the sampler's default"."""
-    sampler = SAMPLERS[config.sampling.method]
-    parameters = inspect.signature(sampler).parameters
-    return {name: value for name, value in config.sampling.items()
-            if name in parameters and parameters[name].kind == inspect.Parameter.KEYWORD_ONLY
-            and value != ""}
+# sampling.* fields that describe the run (how many, in which batches, which classes), not the
+# sampler call.
+RUN_FIELDS = ("method", "num_samples", "batch_size", "labels", "guidance_scale")
+
+
+def sampler_spec(config) -> SamplerSpec:
+    """The configured sampler call, the one description that sample, eval, snapshots, inpaint
+    and colorize run: `sampling.method` with the `sampling.*` fields that are set (None = the
+    sampler's default). A field naming another sampler's option is ignored by design (configs
+    set up pc and can still be run with another method); a schedule option that the resolved
+    schedule does not take is a ConfigError naming the field."""
+    sampling = config.sampling
+    method = sampling.method
+    own = set(sampler_option_names(method)) if method in SAMPLERS else set()
+    schedule_fields = {name for schedule in SCHEDULES for name in schedule_option_names(schedule)}
+    values = {name: value for name, value in sampling.items() if name not in RUN_FIELDS and value is not None
+              and (name in GRID_FIELDS or name in schedule_fields or name in own)}
+    spec = with_settings(SamplerSpec(method), values)
+    schedule = spec.schedule or spec.traits.schedule
+    for name in spec.schedule_options:
+        _require(name in schedule_option_names(schedule), f"sampling.{name}",
+                 f"the {schedule} schedule (sampler {method}'s grid) does not take it; unset it or set "
+                 f"sampling.schedule to one that does", spec.schedule_options[name])
+    try:
+        return spec.resolved()
+    except ValueError as error:
+        raise ConfigError(f"config.sampling: {error}") from None
 
 
 def data_shape(config) -> tuple:

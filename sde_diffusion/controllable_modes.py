@@ -1,5 +1,5 @@
 """`--mode inpaint` and `--mode colorize`: read images and a mask, run the controllable PC
-samplers (`sampling.controllable`, `controllable.method`: replacement, or SMC with
+samplers (`sampling.controllable`, `controllable.conditioning`: replacement, or SMC with
 `controllable.particles` chains per image) on the trained model, write the outputs and grids.
 
 Images come from `controllable.images`: an .npz (key `x`, else its first array; uint8 or float
@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .config import build_score_fn, select_device
+from .config import build_score_fn, sampler_spec, select_device
 from .datasets import to_model_space
 from .modes import load_dataset_from_config, load_trained, to_data_space
 from .plotting import save_image_grid
@@ -136,18 +136,17 @@ def _gray_if_equal_channels(images: torch.Tensor) -> torch.Tensor:
 
 
 # -- the modes -----------------------------------------------------------------------------
-def _pc_options(config) -> dict:
-    sampling = config.sampling
-    return dict(steps=sampling.steps, eps=sampling.eps, schedule=sampling.schedule,
-                predictor=sampling.predictor, corrector=sampling.corrector, snr=sampling.snr,
-                n_steps=sampling.n_steps, denoise=sampling.denoise,
-                method=config.controllable.method, particles=config.controllable.particles)
+def _inpaint_options(config) -> dict:
+    """`inpaint`'s keywords: the configured sampler call (`config.sampler_spec`, the pc
+    sampler) and the conditioning."""
+    return dict(spec=sampler_spec(config), conditioning=config.controllable.conditioning,
+                particles=config.controllable.particles)
 
 
 def _images_per_batch(config) -> int:
     """sampling.batch_size counts the network's batch: with SMC each image brings a population
     of controllable.particles chains, so fewer images go in at once (at least one)."""
-    if config.controllable.method == "smc":
+    if config.controllable.conditioning == "smc":
         return max(1, config.sampling.batch_size // config.controllable.particles)
     return config.sampling.batch_size
 
@@ -169,9 +168,9 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
     model, sde, step = load_trained(config, workdir, device)
     score_fn = build_score_fn(model, sde, config)
     generator = torch.Generator(device).manual_seed(config.seed)
-    options = _pc_options(config)
+    options = _inpaint_options(config)
     announce(mode, config_file, workdir, device, f"checkpoint step {step}, {len(images)} images, "
-             f"{config.controllable.method} with {config.sampling.steps} steps")
+             f"{config.controllable.conditioning} with {sampler_spec(config).summary()}")
     progress = Progress(mode, len(images), unit="image", seconds=config.training.progress_seconds)
     outputs, nfe, start = [], 0, time.perf_counter()
     with torch.no_grad():
@@ -199,7 +198,7 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
     save_image_grid(outputs[:256], folder / f"{name}_outputs.png")
     save_comparison(shown, outputs, images.expand_as(outputs), folder / f"{name}.png")
     report = {"step": step, "num_images": len(outputs), "nfe": nfe, "seconds": round(seconds, 3),
-              "method": config.controllable.method,
+              "conditioning": config.controllable.conditioning,
               "npz": str(folder / f"{name}.npz"), "png": str(folder / f"{name}.png")}
     say("%s: %d images in %.1f s, written to %s", mode, len(outputs), seconds, report["npz"])
     print(json.dumps(report))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import checkpoints, distributed
-from .config import build_model, build_score_fn, build_sde, data_shape, is_image_data, sampler_options, select_device
+from .config import build_model, build_score_fn, build_sde, data_shape, is_image_data, sampler_spec, select_device
 from .datasets import from_model_space, load_dataset
 from .ema import EMA
 from .guidance import guided_score_fn_for_labels, labels_for_samples, parse_labels
@@ -57,17 +57,12 @@ def draw_samples(score_fn, sde, config, num_samples: int, generator: torch.Gener
     """`num_samples` samples in data space with the configured sampler; returns (x, nfe per batch).
     With `class_labels` ([num_samples]), `score_fn` maps a batch's labels to its score function
     (see `sample_score_and_labels`). `progress`, if given, is told the samples done per batch."""
-    sampling = config.sampling
-    options = sampler_options(config)
+    batch_size, spec = config.sampling.batch_size, sampler_spec(config)
     batches, nfe = [], 0
-    for start in range(0, num_samples, sampling.batch_size):
-        count = min(sampling.batch_size, num_samples - start)
+    for start in range(0, num_samples, batch_size):
+        count = min(batch_size, num_samples - start)
         batch_score_fn = score_fn if class_labels is None else score_fn(class_labels[start:start + count])
-        x, nfe = sample(batch_score_fn, sde, (count,) + data_shape(config), method=sampling.method,
-                        steps=sampling.steps, generator=generator, eps=sampling.eps, device=device,
-                        schedule=sampling.schedule, rho=sampling.rho if sampling.schedule == "karras" else None,
-                        power=sampling.power if sampling.schedule == "logsnr" else None,
-                        **options)
+        x, nfe = sample(batch_score_fn, sde, (count,) + data_shape(config), spec, generator=generator, device=device)
         batches.append(to_data_space(x, config).cpu())
         if progress is not None:
             progress.update(start + count, nfe=nfe)
@@ -135,18 +130,13 @@ def load_trained(config, workdir, device):
     return ema.averaged_model(model), build_sde(config), int(state["step"])
 
 
-def _sampler_description(config) -> str:
-    sampling = config.sampling
-    return f"{sampling.method}, {sampling.steps} steps"
-
-
 def run_sample(config, workdir, config_file: str = "") -> dict:
     device = select_device(config)
     model, sde, step = load_trained(config, workdir, device)
     num_samples = config.sampling.num_samples
     if distributed.is_main():
         announce("sample", config_file, workdir, device,
-                 f"checkpoint step {step}, {num_samples} samples with {_sampler_description(config)}")
+                 f"checkpoint step {step}, {num_samples} samples with {sampler_spec(config).summary()}")
     score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
     start = time.perf_counter()
     samples, nfe = draw_shared_samples(score_fn, sde, config, num_samples, device, class_labels)
@@ -276,7 +266,7 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
     num_samples = config.eval.num_samples
     if distributed.is_main():
         announce("eval", config_file, workdir, device,
-                 f"checkpoint step {step}, {num_samples} samples with {_sampler_description(config)}")
+                 f"checkpoint step {step}, {num_samples} samples with {sampler_spec(config).summary()}")
     score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
     start = time.perf_counter()
     samples, nfe = draw_shared_samples(score_fn, sde, config, num_samples, device, class_labels)

@@ -8,102 +8,28 @@ isolates the discretization error from the model's. Behind `main.py --mode study
 `benchmarks/fast_samplers.py`.
 
 A spec is a string "method key=value ...", e.g. "dpm_solver++ order=3 schedule=logsnr" or
-"pc predictor=euler_maruyama corrector=none": the sampler's name, then its options, where
-`schedule`, `rho`, `power` and `eps` go to `sample` itself. Adaptive samplers (`ode`, `adaptive_sde`)
-choose their own steps: they run once, at the tolerances in their spec, and report their NFE.
+"pc predictor=euler_maruyama corrector=none" (`sampling.parse_spec`): what it leaves unset is
+the sampler's default. What the study needs to know of a sampler (adaptive, deterministic, the
+score evaluations of a grid) the sampler declares where it is registered. Adaptive samplers
+(`ode`, `adaptive_sde`) choose their own steps: they run once, at the tolerances in their spec,
+and report their NFE.
 """
 from __future__ import annotations
 
 import csv
-import inspect
+import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
 
 import torch
 from tqdm import tqdm
 
-from .sampling import SAMPLERS, sample
+from .sampling import SamplerSpec, parse_spec, sample
 from .sdes import SDE, ScoreFn
 
-SAMPLE_ARGUMENTS = ("schedule", "rho", "power", "eps")  # keywords of `sample`, not of a sampler
-ADAPTIVE = ("ode", "adaptive_sde")
-DEFAULT_EPS = inspect.signature(sample).parameters["eps"].default
 Metric = Callable[[torch.Tensor], Dict[str, float]]
-
-
-@dataclass
-class SamplerSpec:
-    text: str
-    method: str
-    sample_kwargs: dict = field(default_factory=dict)
-    options: dict = field(default_factory=dict)
-
-    @property
-    def eps(self) -> float:
-        return float(self.sample_kwargs.get("eps", DEFAULT_EPS))
-
-    @property
-    def adaptive(self) -> bool:
-        return self.method in ADAPTIVE or bool(self.options.get("adaptive", False))
-
-    @property
-    def deterministic(self) -> bool:
-        """True for solvers of the probability-flow ODE, which map a latent to one sample."""
-        if self.method == "ode":
-            return True
-        if self.method in ("ddim", "dpm_solver++"):
-            return self.options.get("eta", 0.0) == 0
-        if self.method == "heun":
-            return self.options.get("churn", 0.0) == 0
-        return False
-
-
-def _parse_value(text: str):
-    lowered = text.lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_spec(text: str) -> SamplerSpec:
-    """'dpm_solver++ order=3 schedule=logsnr' -> SamplerSpec; ValueError when malformed."""
-    words = text.split()
-    if not words:
-        raise ValueError("empty sampler spec")
-    method, assignments = words[0], words[1:]
-    if method not in SAMPLERS:
-        raise ValueError(f"sampler spec {text!r}: unknown sampler {method!r}; known: {', '.join(sorted(SAMPLERS))}")
-    spec = SamplerSpec(text=" ".join(words), method=method)
-    for assignment in assignments:
-        key, sep, value = assignment.partition("=")
-        if not sep or not key or not value:
-            raise ValueError(f"sampler spec {text!r}: expected key=value, got {assignment!r}")
-        target = spec.sample_kwargs if key in SAMPLE_ARGUMENTS else spec.options
-        target[key] = _parse_value(value)
-    return spec
-
-
-def steps_for_nfe(spec: SamplerSpec, nfe: int) -> int:
-    """Grid steps that make `spec` use `nfe` score evaluations (or the nearest below)."""
-    method, options = spec.method, spec.options
-    if method == "heun":  # two per step, one for the last (Euler) step
-        steps = (nfe + 1) // 2
-    elif method == "pc" and options.get("corrector", "langevin") != "none":
-        n_steps = int(options.get("n_steps", 1))  # the corrector does not run after the last step
-        steps = (nfe + n_steps) // (1 + n_steps)
-    else:
-        steps = nfe
-    if steps < 1:
-        raise ValueError(f"{spec.text!r} cannot run with {nfe} score evaluations")
-    return steps
 
 
 def _distances(x: torch.Tensor, reference: torch.Tensor) -> Dict[str, float]:
@@ -111,7 +37,7 @@ def _distances(x: torch.Tensor, reference: torch.Tensor) -> Dict[str, float]:
     return {"ode_rms": per_sample.pow(2).mean().sqrt().item(), "ode_median": per_sample.median().item()}
 
 
-def run_study(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], specs: Sequence[str], nfes: Sequence[int],
+def run_study(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], specs: Sequence[Union[str, SamplerSpec]], nfes: Sequence[int],
               metric: Metric, *, seed: int = 0, reference_ode: bool = True, reference_tol: float = 1e-6,
               device=None, dtype: torch.dtype = torch.float32, progress: bool = True) -> List[dict]:
     """Run every spec at every NFE budget (adaptive specs once) from the latent drawn with
@@ -119,18 +45,19 @@ def run_study(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], specs: Sequence
     samplers, the distance to the probability-flow ODE solution from the same latent (RK45 at
     `reference_tol`, then Tweedie's x0 at the spec's own eps, so that only the discretization
     error remains). A failing run gives a status, not a crash."""
-    parsed = [parse_spec(text) for text in specs]
+    parsed = [parse_spec(spec) if isinstance(spec, str) else spec for spec in specs]
     latent = sde.prior_sampling(tuple(shape), generator=torch.Generator().manual_seed(seed),
                                 dtype=dtype).to(device)
     references = {}
     if reference_ode:  # one solve per eps that a deterministic spec ends at
-        for eps in sorted({spec.eps for spec in parsed if spec.deterministic}):
+        for eps in sorted({spec.resolved().eps for spec in parsed if spec.deterministic}):
             references[eps] = _reference(score_fn, sde, latent, eps, reference_tol)
     grid = [(spec, None) if spec.adaptive else (spec, nfe) for spec in parsed
             for nfe in ([None] if spec.adaptive else sorted(nfes))]
     rows = []
     for spec, target in tqdm(grid, desc="study", disable=not progress):
-        rows.append(_run_one(score_fn, sde, latent, spec, target, metric, seed, references.get(spec.eps)))
+        rows.append(_run_one(score_fn, sde, latent, spec, target, metric, seed,
+                             references.get(spec.resolved().eps)))
     return rows
 
 
@@ -149,10 +76,10 @@ def _run_one(score_fn, sde, latent, spec: SamplerSpec, target: Optional[int], me
            "nfe": 0, "seconds": math.nan, "status": "ok"}
     start = time.perf_counter()
     try:
-        steps = steps_for_nfe(spec, target) if target is not None else None
+        steps = spec.steps_for_nfe(target) if target is not None else spec.steps
         with torch.no_grad():
-            x, row["nfe"] = sample(score_fn, sde, latent.shape, spec.method, steps=steps, z=latent,
-                                   generator=seed, **spec.sample_kwargs, **spec.options)
+            x, row["nfe"] = sample(score_fn, sde, latent.shape, dataclasses.replace(spec, steps=steps), z=latent,
+                                   generator=seed)
         row["seconds"] = time.perf_counter() - start
         if not torch.isfinite(x).all():
             raise FloatingPointError("non-finite samples")

@@ -189,7 +189,7 @@ def test_adaptive_sde_rejects_invalid_options(options, match):
 def test_adaptive_sde_errors_are_clear():
     mixture = mixture_2d()
     score = mixture.score_fn(VP)
-    with pytest.raises(TypeError, match="tolerance"):
+    with pytest.raises(ValueError, match=r"sampler .adaptive_sde. has no option .tolerance. \(it takes rtol, atol"):
         sample(score, VP, (4, 2), "adaptive_sde", tolerance=0.1)
     with pytest.raises(RuntimeError, match="after 3 iterations"):
         sample(score, VP, (4, 2), "adaptive_sde", max_iterations=3)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from sde_diffusion import losses
-from sde_diffusion.config import (ConfigError, build_loss, build_sde, data_shape, sampler_options,
-                                  validate_config)
+from sde_diffusion.config import ConfigError, build_loss, build_sde, data_shape, sampler_spec, validate_config
+from sde_diffusion.sampling import sample
 from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -62,14 +62,31 @@ def test_discrete_losses_follow_the_sde():
         assert torch.equal(got, want)
 
 
-def test_sampler_options_are_the_samplers_keywords():
+def test_sampler_spec_takes_the_fields_set_and_leaves_the_rest_to_the_sampler():
     config = load_config("vp_toy")
-    assert sampler_options(config) == {"predictor": "euler_maruyama", "corrector": "none", "snr": 0.16,
-                                       "n_steps": 1, "denoise": True}
-    config.sampling.method = "ode"
-    assert set(sampler_options(config)) == {"rtol", "atol", "denoise"}  # solver "" = default
-    config.sampling.method = "dpm_solver++"  # not the pc sampler's `corrector`
-    assert sampler_options(config) == {"order": 2, "eta": 0.0, "unipc": False}
+    spec = sampler_spec(config)
+    assert (spec.method, spec.steps, spec.schedule, spec.eps) == ("pc", config.sampling.steps, "uniform", 1e-3)
+    assert spec.options == {"predictor": "euler_maruyama", "corrector": "none"}
+    config.sampling.method = "dpm_solver++"  # pc's predictor and corrector are not its options
+    spec = sampler_spec(config)
+    assert spec.options == {} and (spec.schedule, spec.schedule_options) == ("logsnr", {"power": 0.5})
+    config.sampling.power, config.sampling.order = 0.65, 3
+    spec = sampler_spec(config)
+    assert spec.options == {"order": 3} and (spec.schedule, spec.schedule_options) == ("logsnr", {"power": 0.65})
+    config.sampling.method = "adaptive_sde"  # its own tolerances, not the ODE's
+    config.sampling.power = None
+    spec = sampler_spec(config)
+    assert spec.options == {} and spec.schedule == "uniform"
+    assert sample(lambda x, t: -x, VPSDE(), (8, 2), spec, generator=0)[1] < 200  # rtol 0.05: few steps
+
+
+def test_a_schedule_option_the_grid_does_not_take_is_an_error():
+    config = load_config("vp_toy")
+    config.sampling.method, config.sampling.rho = "dpm_solver++", 5.0  # its grid is logsnr
+    with pytest.raises(ConfigError, match="config.sampling.rho: the logsnr schedule"):
+        validate_config(config)
+    config.sampling.schedule = "karras"
+    assert sampler_spec(config).schedule_options == {"rho": 5.0}
 
 
 BAD_VALUES = [

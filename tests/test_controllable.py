@@ -178,15 +178,15 @@ def test_smc_inpainting_samples_the_exact_conditional_when_the_observation_is_in
 
 
 def test_replacement_misses_the_informative_conditional_that_smc_gets():
-    """The same case with `inpaint`: method="replacement" lands near the prior weights,
-    method="smc" (one particle drawn per population of 128) near the posterior."""
+    """The same case with `inpaint`: conditioning="replacement" lands near the prior weights,
+    conditioning="smc" (one particle drawn per population of 128) near the posterior."""
     sde = get_sde("vesde", **SDES["vesde"])
     target = conditional(INFORMATIVE, [0, 1], [2, 3], INFORMATIVE_Y)
     observation = torch.cat([INFORMATIVE_Y.expand(250, 2), torch.zeros(250, 2, dtype=torch.float64)], 1)
     found = {}
     for method in ("replacement", "smc"):
         x, nfe = inpaint(INFORMATIVE.score_fn(sde), sde, observation, torch.tensor([[1, 1, 0, 0]]), steps=100,
-                         generator=3, method=method, particles=128, predictor="euler_maruyama", corrector="none")
+                         generator=3, conditioning=method, particles=128, predictor="euler_maruyama", corrector="none")
         assert nfe == 100 and torch.equal(x[:, :2], observation[:, :2])
         found[method] = target.component_statistics(x[:, 2:])[0]
     # posterior 0.07 / 0.87 / 0.06; 250 independent outputs: std of a weight <= 0.032, and

@@ -53,11 +53,11 @@ def test_inpaint_mode_with_smc_particles(workdir, tmp_path):
     images = np.random.default_rng(1).integers(0, 256, size=(5, 1, 16, 16), dtype=np.uint8)
     np.savez(tmp_path / "images.npz", x=images)
     result = main_py(f"--workdir={workdir}", "--mode=inpaint", f"--config.controllable.images={tmp_path / 'images.npz'}",
-                     "--config.controllable.method=smc", "--config.controllable.particles=3")
+                     "--config.controllable.conditioning=smc", "--config.controllable.particles=3")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     # batch_size 4 chains = 1 image of 3 particles per batch; NFE per chain as for replacement
-    assert report["num_images"] == 5 and report["nfe"] == 6 and report["method"] == "smc"
+    assert report["num_images"] == 5 and report["nfe"] == 6 and report["conditioning"] == "smc"
     saved = np.load(report["npz"])
     mask = saved["mask"][0]
     assert saved["outputs"].shape == (5, 1, 16, 16) and not mask.all() and mask.any()
@@ -86,9 +86,9 @@ def test_inpaint_mode_reads_a_folder_of_pngs_and_the_test_split(workdir, tmp_pat
     (["--config.controllable.mask=left_half"], "config.controllable.mask"),
     (["--config.controllable.mask=random_pixels:1.5"], "config.controllable.mask"),
     (["--config.controllable.num_images=0"], "config.controllable.num_images"),
-    (["--config.controllable.method=bayes"], "config.controllable.method"),
-    (["--config.controllable.method=smc", "--config.controllable.particles=0"], "config.controllable.particles"),
-    (["--config.controllable.method=smc", "--config.sampling.predictor=none"], "config.sampling.predictor"),
+    (["--config.controllable.conditioning=bayes"], "config.controllable.conditioning"),
+    (["--config.controllable.conditioning=smc", "--config.controllable.particles=0"], "config.controllable.particles"),
+    (["--config.controllable.conditioning=smc", "--config.sampling.predictor=none"], "config.sampling.predictor"),
 ])
 def test_bad_input_exits_with_one_line_and_writes_nothing(tmp_path, args, message):
     workdir = tmp_path / "run"

@@ -212,7 +212,8 @@ def test_log_snr_power_below_one_helps_few_step_samplers_on_narrow_modes():
     errors = {}
     for power in (1.0, 0.65):
         x, nfe = sample(mixture.score_fn(VP), VP, (4000, 32), "dpm_solver++", steps=10, generator=0,
-                        dtype=torch.float64, schedule="logsnr", power=power, order=3, unipc=True)
+                        dtype=torch.float64, schedule="logsnr", schedule_options={"power": power}, order=3,
+                        unipc=True)
         assert nfe == 10
         errors[power] = mixture.sample_errors(x)["std"]
     assert errors[0.65] < 0.1 < 0.15 < errors[1.0], errors

@@ -5,18 +5,18 @@ import csv
 import pytest
 import torch
 
-from sde_diffusion.sampling import sample
+from sde_diffusion.sampling import parse_spec, sample
 from sde_diffusion.sdes import VPSDE
-from sde_diffusion.study import parse_spec, run_study, steps_for_nfe, write_study
+from sde_diffusion.study import run_study, write_study
 
 from conftest import mixture_2d
 
 
-def test_parse_spec_splits_sample_arguments_from_sampler_options():
-    spec = parse_spec("dpm_solver++ order=3 schedule=logsnr eps=1e-4 rho=7 eta=0.5 denoise=true")
+def test_parse_spec_splits_the_grid_from_sampler_options():
+    spec = parse_spec("dpm_solver++ order=3 schedule=karras eps=1e-4 rho=5 eta=0.5 unipc=true")
     assert spec.method == "dpm_solver++"
-    assert spec.sample_kwargs == {"schedule": "logsnr", "eps": 1e-4, "rho": 7}
-    assert spec.options == {"order": 3, "eta": 0.5, "denoise": True}
+    assert (spec.schedule, spec.eps, spec.schedule_options) == ("karras", 1e-4, {"rho": 5})
+    assert spec.options == {"order": 3, "eta": 0.5, "unipc": True}
     assert not spec.deterministic and not spec.adaptive
     assert parse_spec("ddim").deterministic and parse_spec("heun").deterministic
     assert parse_spec("ode rtol=1e-3").adaptive and parse_spec("adaptive_sde").adaptive
@@ -24,7 +24,10 @@ def test_parse_spec_splits_sample_arguments_from_sampler_options():
 
 
 @pytest.mark.parametrize("text, message", [("", "empty"), ("magic steps=3", "unknown sampler"),
-                                           ("ddim eta", "key=value"), ("ddim =3", "key=value")])
+                                           ("ddim eta", "key=value"), ("ddim =3", "key=value"),
+                                           ("ddim order=3", "sampler 'ddim' has no option 'order'"),
+                                           ("ddim schedule=karras power=0.5", "schedule 'karras' has no option 'power'"),
+                                           ("pc rho=7", "schedule 'uniform' has no option 'rho'")])
 def test_parse_spec_errors(text, message):
     with pytest.raises(ValueError, match=message):
         parse_spec(text)
@@ -38,7 +41,7 @@ def test_parse_spec_errors(text, message):
 def test_steps_for_nfe_give_the_budget(text, nfe):
     """The NFE `sample` counts never exceeds the budget and misses it by less than one step."""
     spec = parse_spec(text)
-    _, used = sample(lambda x, t: -x, VPSDE(), (4, 2), spec.method, steps=steps_for_nfe(spec, nfe),
+    _, used = sample(lambda x, t: -x, VPSDE(), (4, 2), spec.method, steps=spec.steps_for_nfe(nfe),
                      generator=0, **spec.options)
     per_step = 1 + spec.options.get("n_steps", 1) if "langevin" in text else (2 if spec.method == "heun" else 1)
     assert nfe - per_step < used <= nfe, used

@@ -1,6 +1,7 @@
 """Samplers behind one entry point, `sample(score_fn, sde, shape, method=..., steps=...)`."""
-from .registry import SAMPLERS, CountingScore, register_sampler, sample
+from .registry import SAMPLER_TRAITS, SAMPLERS, CountingScore, SamplerTraits, register_sampler
 from .schedules import SCHEDULES, get_timesteps, register_schedule
+from .call import SamplerSpec, parse_spec, sample, sampler_option_names, schedule_option_names, with_settings
 from .pc import CORRECTORS, PREDICTORS, AffineStep, pc_sampler, register_corrector, register_predictor
 from . import sde_solver  # noqa: F401  (registers "sde_solver")
 from .fast import data_prediction, ddim_sampler, dpm_solver_pp_sampler, heun_sampler
@@ -8,9 +9,10 @@ from .ode import decode, encode, ode_sampler, probability_flow_drift, solve_prob
 from .adaptive import adaptive_sde_sampler
 
 __all__ = [
-    "SAMPLERS", "PREDICTORS", "CORRECTORS", "AffineStep", "CountingScore",
-    "sample", "register_sampler", "register_predictor", "register_corrector",
+    "SAMPLERS", "SAMPLER_TRAITS", "SamplerTraits", "SamplerSpec", "PREDICTORS", "CORRECTORS", "AffineStep",
+    "CountingScore", "sample", "parse_spec", "with_settings", "sampler_option_names", "schedule_option_names",
+    "register_sampler", "register_predictor", "register_corrector",
     "SCHEDULES", "get_timesteps", "register_schedule", "pc_sampler", "ode_sampler", "encode", "decode",
-    "probability_flow_drift", "data_prediction", "ddim_sampler", "dpm_solver_pp_sampler", "heun_sampler", "solve_probability_flow", "tweedie_denoise",
-    "adaptive_sde_sampler",
+    "probability_flow_drift", "data_prediction", "ddim_sampler", "dpm_solver_pp_sampler", "heun_sampler",
+    "solve_probability_flow", "tweedie_denoise", "adaptive_sde_sampler",
 ]

@@ -78,7 +78,7 @@ def _check_options(rtol: float, atol: float, safety: float, exponent: float, h_i
         raise ValueError(f"max_iterations must be >= 1, got {max_iterations}")
 
 
-@register_sampler("adaptive_sde")
+@register_sampler("adaptive_sde", adaptive=lambda options: True)
 def adaptive_sde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                          generator: Optional[torch.Generator] = None, *, rtol: float = 0.05,
                          atol: float = 0.0078, safety: float = 0.9, exponent: float = 0.9,

@@ -15,7 +15,7 @@ Gaussian mixture whose observed coordinates carry information about the componen
 component weights lie between the exact posterior weights and the prior ones
 (tests/test_controllable.py measures it). Within a component, and whenever the observed and
 missing coordinates are independent, the output follows the exact conditional.
-`method="smc"` (`smc.py`, SMCDiff) corrects this with a population of weighted particles per
+`conditioning="smc"` (`smc.py`, SMCDiff) corrects this with a population of weighted particles per
 image, at K times the batch; the replacement stays the choice for images with many observed pixels.
 
 Colorization observes the grayscale in a decoupled colour space: an orthogonal 3x3 matrix M
@@ -25,6 +25,7 @@ s'(x') = M s(M^T x') (M is orthogonal, so the density is only rotated), and M^T 
 """
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Optional, Tuple
 
@@ -32,9 +33,8 @@ import torch
 
 from ..sdes import SDE, ScoreFn
 from ..utils import Seed, append_dims, make_generator, randn
+from .call import SamplerSpec, sampler_option_names, start
 from .pc import pc_sampler
-from .registry import CountingScore
-from .schedules import get_timesteps
 from .smc import smc_inpaint_sampler
 
 
@@ -78,68 +78,73 @@ def inpaint_sampler(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, timesteps: tor
     return torch.where(mask, observation, x)
 
 
-INPAINT_METHODS = ("replacement", "smc")
+CONDITIONINGS = ("replacement", "smc")
+_REPLACEMENT_OPTIONS = [name for name in sampler_option_names("pc") if name != "constrain"]
+_SMC_OPTIONS = [name for name in inspect.signature(smc_inpaint_sampler).parameters
+                if name not in ("score_fn", "sde", "x", "timesteps", "generator", "observation", "mask")]
+
+
+def pc_spec(spec: Optional[SamplerSpec], steps: Optional[int], settings: dict, conditioning: str) -> SamplerSpec:
+    """The PC sampler call of an inpainting run: `spec`, or one built from `steps` and
+    `settings` (eps, schedule, schedule_options and the pc sampler's options), resolved and
+    checked against what `conditioning` runs."""
+    if conditioning not in CONDITIONINGS:
+        raise ValueError(f"unknown conditioning {conditioning!r}; known: {', '.join(CONDITIONINGS)}")
+    if spec is None:
+        spec = SamplerSpec("pc", steps=steps, eps=settings.pop("eps", None), schedule=settings.pop("schedule", None),
+                           schedule_options=dict(settings.pop("schedule_options", None) or {}), options=settings)
+    elif steps is not None or settings:
+        raise ValueError("pass either a SamplerSpec or the call's settings, not both")
+    if spec.method != "pc":
+        raise ValueError(f"inpainting runs the pc sampler (predictor, corrector), not {spec.method!r}")
+    return spec.resolved(_SMC_OPTIONS if conditioning == "smc" else _REPLACEMENT_OPTIONS)
 
 
 def inpaint(score_fn: ScoreFn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor,
-            steps: Optional[int] = None, generator: Seed = None, *, method: str = "replacement",
-            particles: int = 16, eps: float = 1e-3, schedule: str = "uniform",
-            predictor: str = "reverse_diffusion", corrector: str = "langevin", snr: float = 0.16,
-            n_steps: int = 1, **pc_options) -> Tuple[torch.Tensor, int]:
+            steps: Optional[int] = None, generator: Seed = None, *, conditioning: str = "replacement",
+            particles: int = 16, spec: Optional[SamplerSpec] = None, **settings) -> Tuple[torch.Tensor, int]:
     """Fill in the missing part of `observation` ([B, ...], in the model's space) where `mask`
     (broadcastable to it; 1 or True = observed) is 0; returns (x, nfe).
 
-    method: "replacement" (the PC sampler with the observed part replaced, approximate, one
-    chain per image) or "smc" (`inpaint_particles`: a population of `particles` chains per image,
-    asymptotically exact; x is one particle per population drawn by its weight, and nfe counts
-    the batched score calls, as for one chain). steps: grid size (default sde.N); eps: the grid's
-    last time; schedule: the grid's spacing (`sampling.schedules`); predictor, corrector, snr,
-    n_steps and `pc_options`: those of the `pc` sampler. The observed entries of x equal the
-    observation's exactly.
+    conditioning: "replacement" (the PC sampler with the observed part replaced, approximate,
+    one chain per image) or "smc" (`inpaint_particles`: a population of `particles` chains per
+    image, asymptotically exact; x is one particle per population drawn by its weight, and nfe
+    counts the batched score calls, as for one chain). The PC sampler call is `spec` (method
+    "pc"), or `steps` with `settings`: eps, schedule, schedule_options and the pc sampler's
+    options, as for `sample`. The observed entries of x equal the observation's exactly.
     """
-    if method not in INPAINT_METHODS:
-        raise ValueError(f"unknown inpainting method {method!r}; known: {', '.join(INPAINT_METHODS)}")
+    spec = pc_spec(spec, steps, settings, conditioning)
     generator = make_generator(generator, observation.device)
-    options = dict(predictor=predictor, corrector=corrector, snr=snr, n_steps=n_steps, **pc_options)
-    if method == "smc":
-        population, weights, nfe = inpaint_particles(score_fn, sde, observation, mask, particles, steps,
-                                                     generator, eps=eps, schedule=schedule, **options)
+    if conditioning == "smc":
+        population, weights, nfe = inpaint_particles(score_fn, sde, observation, mask, particles,
+                                                     generator=generator, spec=spec)
         chosen = torch.multinomial(weights, 1, generator=generator)  # [B, 1]
         return population[torch.arange(len(population), device=chosen.device), chosen[:, 0]], nfe
-    x = sde.prior_sampling(observation.shape, generator=generator, dtype=observation.dtype,
-                           device=observation.device)
-    counted = CountingScore(score_fn)
-    x = inpaint_sampler(counted, sde, x, _grid(sde, steps, eps, schedule, observation.device), generator,
-                        observation=observation, mask=mask, **options)
+    counted, x, timesteps, generator = start(score_fn, sde, observation.shape, spec, generator,
+                                             dtype=observation.dtype, device=observation.device)
+    x = inpaint_sampler(counted, sde, x, timesteps, generator, observation=observation, mask=mask, **spec.options)
     return x, counted.calls
 
 
 def inpaint_particles(score_fn: ScoreFn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor,
                       particles: int, steps: Optional[int] = None, generator: Seed = None, *,
-                      eps: float = 1e-3, schedule: str = "uniform", **smc_options
-                      ) -> Tuple[torch.Tensor, torch.Tensor, int]:
+                      spec: Optional[SamplerSpec] = None, **settings) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """SMC inpainting (`smc.smc_inpaint_sampler`): a population of `particles` chains for each
     observation ([B, ...]); returns (particles [B, particles, ...], their weights [B, particles]
-    summing to 1 per population, nfe). Arguments as `inpaint`'s; `smc_options` those of the
-    sampler (predictor, corrector, snr, n_steps, denoise, ess_threshold)."""
+    summing to 1 per population, nfe). The sampler call as `inpaint`'s; its options those of
+    the SMC sampler (predictor, corrector, snr, n_steps, denoise, ess_threshold)."""
     if int(particles) < 1:
         raise ValueError(f"particles must be a positive number, got {particles}")
+    spec = pc_spec(spec, steps, settings, "smc")
     mask = _mask_as_bool(mask, observation)
-    generator = make_generator(generator, observation.device)
     shape = (observation.shape[0], int(particles)) + tuple(observation.shape[1:])
-    x = sde.prior_sampling(shape, generator=generator, dtype=observation.dtype, device=observation.device)
-    counted = CountingScore(score_fn)
-    population, log_weights = smc_inpaint_sampler(
-        counted, sde, x, _grid(sde, steps, eps, schedule, observation.device), generator,
-        observation=observation, mask=mask, **smc_options)
+    counted, x, timesteps, generator = start(score_fn, sde, shape, spec, generator, dtype=observation.dtype,
+                                             device=observation.device)
+    population, log_weights = smc_inpaint_sampler(counted, sde, x, timesteps, generator, observation=observation,
+                                                  mask=mask, **spec.options)
     return population, torch.exp(log_weights), counted.calls
 
 
-def _grid(sde: SDE, steps: Optional[int], eps: float, schedule: str, device) -> torch.Tensor:
-    return get_timesteps(sde, steps if steps is not None else sde.N, eps, schedule, device=device)
-
-
-# -- colorization ----------------------------------------------------------------------------
 def decoupling_matrix(dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
     """An orthogonal 3x3 M whose first row is the luminance direction (1, 1, 1) / sqrt(3); the
     other rows, (1, -1, 0) / sqrt(2) and (1, 1, -2) / sqrt(6), span the colour plane."""

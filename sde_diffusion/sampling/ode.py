@@ -124,7 +124,7 @@ def tweedie_denoise(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t: torch.Tenso
     return (x + append_dims(std ** 2, x.ndim) * score) / append_dims(mean_coef, x.ndim)
 
 
-@register_sampler("ode")
+@register_sampler("ode", adaptive=lambda options: True, deterministic=lambda options: True)
 def ode_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                 generator: Optional[torch.Generator] = None, *, rtol: float = 1e-5,
                 atol: float = 1e-5, solver: str = "RK45", denoise: bool = False) -> torch.Tensor:

@@ -119,7 +119,15 @@ def no_corrector(sde: SDE, t, index, snr: float, n_steps: int):
 
 
 # -- the sampler -----------------------------------------------------------------------------
-@register_sampler("pc")
+def _pc_score_calls(steps: int, options) -> int:
+    """One score evaluation per predictor step, n_steps per corrector visit; the corrector
+    visits every grid point but the first (Algorithm 1), or every one (corrector_first)."""
+    predictor = options.get("predictor", "reverse_diffusion") != "none"
+    corrector = options.get("n_steps", 1) if options.get("corrector", "langevin") != "none" else 0
+    return predictor * steps + corrector * (steps if options.get("corrector_first", False) else steps - 1)
+
+
+@register_sampler("pc", score_calls=_pc_score_calls)
 def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                generator: Optional[torch.Generator] = None, *, predictor: str = "reverse_diffusion",
                corrector: str = "langevin", snr: float = 0.16, n_steps: int = 1,

@@ -1,23 +1,66 @@
-"""One entry point for every sampler: `sample(score_fn, sde, shape, method=..., steps=...)`.
+"""The sampler registry: each sampler and, declared beside it, what the rest of the package needs
+to know of it.
 
 A sampler is a function `sampler(score_fn, sde, x, timesteps, generator, **options) -> x`
-registered with `@register_sampler("name")`. It starts from `x` (a prior sample or a given
+registered with `@register_sampler("name", ...)`. It starts from `x` (a prior sample or a given
 latent) at timesteps[0] and integrates the reverse process along the decreasing grid
-`timesteps`. `sample` draws the prior, builds the grid and counts the score evaluations, so a
-sampler cannot misreport its cost.
+`timesteps`. `sampling.call.sample` draws the prior, builds the grid and counts the score
+evaluations, so a sampler cannot misreport its cost.
+
+The registration also declares the sampler's traits (`SamplerTraits`): its default time grid
+(schedule, schedule options, eps), whether it picks its own steps (adaptive), whether it is
+deterministic for given options, and how many score evaluations a grid of `steps` costs. The
+defaults are the sampler's best known setting, chosen by measurement (README, "Samplers").
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple, Union
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Mapping
 
 import torch
 
-from ..sdes import SDE, ScoreFn
-from ..utils import Registry, Seed, make_generator
-from .schedules import get_timesteps
+from ..sdes import ScoreFn
+from ..utils import Registry
 
 SAMPLERS: Registry = Registry("sampler")
-register_sampler = SAMPLERS.register
+
+
+def _never(options: Mapping) -> bool:
+    return False
+
+
+def _one_per_step(steps: int, options: Mapping) -> int:
+    return steps
+
+
+@dataclass(frozen=True)
+class SamplerTraits:
+    """What a sampler declares where it is registered.
+
+    schedule, schedule_options, eps: the time grid it runs on when the caller names none;
+    adaptive(options): it picks its own times (only the grid's ends matter) and so runs once,
+    whatever the step budget; deterministic(options): it maps a latent to one sample;
+    score_calls(steps, options): the score evaluations a grid of `steps` times costs."""
+    schedule: str = "uniform"
+    schedule_options: Mapping[str, float] = field(default_factory=dict)
+    eps: float = 1e-3
+    adaptive: Callable[[Mapping], bool] = _never
+    deterministic: Callable[[Mapping], bool] = _never
+    score_calls: Callable[[int, Mapping], int] = _one_per_step
+
+
+SAMPLER_TRAITS: Dict[str, SamplerTraits] = {}
+
+
+def register_sampler(name: str, **traits) -> Callable:
+    """Decorator: register `sampler` as `name` with its `SamplerTraits` (keywords)."""
+    declared = SamplerTraits(**traits)
+
+    def decorator(sampler: Callable) -> Callable:
+        SAMPLERS.register(name)(sampler)
+        SAMPLER_TRAITS[name] = declared
+        return sampler
+    return decorator
 
 
 class CountingScore:
@@ -31,31 +74,3 @@ class CountingScore:
     def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         self.calls += 1
         return self.score_fn(x, t)
-
-
-def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: str = "pc",
-           steps: Optional[int] = None, generator: Seed = None, *, eps: float = 1e-3,
-           z: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32,
-           device: Union[str, torch.device, None] = None, schedule: str = "uniform",
-           rho: Optional[float] = None, power: Optional[float] = None, **options) -> Tuple[torch.Tensor, int]:
-    """Draw samples of `shape` ([B, ...]) by `method` with `steps` steps; returns (x, nfe).
-
-    steps: grid size (default sde.N); eps: the last time of the grid (the reverse process
-    stops at t = eps > 0, where the score is still finite); z: start from this latent instead
-    of a prior sample (decoding with `ode`); generator: an int seed or a torch.Generator
-    that makes the run reproducible; schedule: the grid's spacing (`schedules.SCHEDULES`:
-    uniform, quadratic, logsnr with `power`, karras with `rho`); options: the sampler's own.
-    """
-    sampler = SAMPLERS.get_or_raise(method)
-    device = torch.device(device) if device is not None else (z.device if z is not None else torch.device("cpu"))
-    generator = make_generator(generator, device)
-    if z is None:
-        x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
-    else:
-        x = z.to(device=device, dtype=dtype)
-    schedule_options = {name: value for name, value in (("rho", rho), ("power", power)) if value is not None}
-    timesteps = get_timesteps(sde, steps if steps is not None else sde.N, eps, schedule,
-                              device=device, **schedule_options)
-    counted = CountingScore(score_fn)
-    x = sampler(counted, sde, x, timesteps, generator, **options)
-    return x, counted.calls

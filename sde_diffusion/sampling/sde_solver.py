@@ -40,7 +40,7 @@ class _ReverseTimeSDE(torch.nn.Module):
         return y * 0 + self.forward_sde.diffusion(self._time(tau, y))[:, None]
 
 
-@register_sampler("sde_solver")
+@register_sampler("sde_solver", adaptive=lambda options: bool(options.get("adaptive", False)))
 def torchsde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                      generator: Optional[torch.Generator] = None, *, solver: str = "euler",
                      dt: Optional[float] = None, adaptive: bool = False, rtol: float = 1e-3,

@@ -1,0 +1,213 @@
+"""One description of a sampler call, and the one entry point that runs it.
+
+`SamplerSpec` says everything a sampler call needs besides the score, the SDE and the shape: the
+sampler (`method`), the grid (`steps`, `schedule`, `schedule_options`, `eps`) and the sampler's
+own options. Unset grid fields (None) take the sampler's declared defaults (`SamplerTraits`);
+`resolved()` fills them in and checks every option against the sampler and the schedule, so a
+setting that does not apply is an error, never silently dropped. A spec is written as a string
+"method key=value ..." (`parse_spec`, used by studies and configs) or built from keywords.
+
+`sample(score_fn, sde, shape, method, steps, ...)` is the entry point of every sampler.
+"""
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Tuple, Union
+
+import torch
+
+from ..sdes import SDE, ScoreFn
+from ..utils import Seed, make_generator
+from .registry import SAMPLER_TRAITS, SAMPLERS, CountingScore, SamplerTraits
+from .schedules import SCHEDULES, get_timesteps
+
+GRID_FIELDS = ("steps", "schedule", "eps")  # spec keys that set the grid, not a sampler option
+
+
+def _keyword_options(function) -> list:
+    return [name for name, parameter in inspect.signature(function).parameters.items()
+            if parameter.kind == inspect.Parameter.KEYWORD_ONLY]
+
+
+def schedule_option_names(schedule: str) -> list:
+    """The options a schedule takes (e.g. karras: rho; logsnr: power)."""
+    parameters = inspect.signature(SCHEDULES.get_or_raise(schedule)).parameters
+    return [name for name in parameters if name not in ("sde", "steps", "eps", "device")]
+
+
+def sampler_option_names(method: str) -> list:
+    """The sampler's own options (its keyword-only arguments)."""
+    return _keyword_options(SAMPLERS.get_or_raise(method))
+
+
+@dataclass
+class SamplerSpec:
+    """A sampler call: `method` with `options`, on the grid (`steps`, `schedule`,
+    `schedule_options`, `eps`); None = the sampler's default (steps: the SDE's N)."""
+    method: str
+    steps: Optional[int] = None
+    schedule: Optional[str] = None
+    schedule_options: dict = field(default_factory=dict)
+    eps: Optional[float] = None
+    options: dict = field(default_factory=dict)
+    text: str = ""  # as the user wrote it, for tables
+
+    def __post_init__(self):
+        if not self.text:
+            self.text = self.method
+
+    @property
+    def traits(self) -> SamplerTraits:
+        SAMPLERS.get_or_raise(self.method)
+        return SAMPLER_TRAITS.get(self.method, SamplerTraits())
+
+    def resolved(self, option_names: Optional[Sequence[str]] = None) -> "SamplerSpec":
+        """This spec with the sampler's defaults filled in; ValueError for an option that the
+        sampler (or `option_names`, for a caller that runs the sampler its own way) or the
+        schedule does not take. A named schedule comes with its own option defaults (karras:
+        rho = 7, logsnr: power = 1), not with the sampler's default ones."""
+        traits = self.traits
+        schedule = self.schedule or traits.schedule
+        defaults = dict(traits.schedule_options) if self.schedule is None else {}
+        schedule_options = {**defaults, **self.schedule_options}
+        known = schedule_option_names(schedule)
+        for name in schedule_options:
+            if name not in known:
+                raise ValueError(f"schedule {schedule!r} has no option {name!r}"
+                                 f"{' (it takes ' + ', '.join(known) + ')' if known else ' (it takes none)'}")
+        known = list(option_names) if option_names is not None else sampler_option_names(self.method)
+        for name in self.options:
+            if name not in known:
+                raise ValueError(f"sampler {self.method!r} has no option {name!r} (it takes {', '.join(known)})")
+        return dataclasses.replace(self, schedule=schedule, schedule_options=schedule_options,
+                                   eps=traits.eps if self.eps is None else float(self.eps),
+                                   options={name: self.options[name] for name in known if name in self.options})
+
+    @property
+    def adaptive(self) -> bool:
+        return self.traits.adaptive(self.options)
+
+    @property
+    def deterministic(self) -> bool:
+        return self.traits.deterministic(self.options)
+
+    def score_calls(self, steps: int) -> int:
+        return self.traits.score_calls(steps, self.options)
+
+    def steps_for_nfe(self, nfe: int) -> int:
+        """The largest grid whose score evaluations fit in `nfe`."""
+        if self.score_calls(1) > nfe:
+            raise ValueError(f"{self.text!r} cannot run with {nfe} score evaluations")
+        low, high = 1, max(int(nfe), 1)  # score_calls grows with steps and is >= steps
+        while low < high:
+            middle = (low + high + 1) // 2
+            low, high = (middle, high) if self.score_calls(middle) <= nfe else (low, middle - 1)
+        return low
+
+    def summary(self) -> str:
+        """'pc predictor=euler_maruyama, 100 steps on the uniform grid to eps=0.001' (resolved)."""
+        spec = self.resolved()
+        options = "".join(f" {name}={value}" for name, value in spec.options.items())
+        grid = "".join(f" {name}={value:g}" for name, value in spec.schedule_options.items())
+        steps = f"{spec.steps} steps" if spec.steps is not None else "the SDE's N steps"
+        return f"{spec.method}{options}, {steps} on the {spec.schedule}{grid} grid to eps={spec.eps:g}"
+
+    def grid(self, sde: SDE, device=None) -> torch.Tensor:
+        """The decreasing times the sampler gets (`resolved` first)."""
+        spec = self.resolved()
+        return get_timesteps(sde, spec.steps if spec.steps is not None else sde.N, spec.eps, spec.schedule,
+                             device=device, **spec.schedule_options)
+
+
+def _parse_value(text: str):
+    lowered = text.lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_spec(text: str) -> SamplerSpec:
+    """'dpm_solver++ order=3 schedule=logsnr power=0.5 eps=1e-4' -> SamplerSpec; the keys
+    steps, schedule and eps set the grid, the schedule's options (rho, power) go with it, every
+    other key is a sampler option. ValueError when malformed or when an option does not apply."""
+    words = text.split()
+    if not words:
+        raise ValueError("empty sampler spec")
+    method, assignments = words[0], words[1:]
+    if method not in SAMPLERS:
+        raise ValueError(f"sampler spec {text!r}: unknown sampler {method!r}; known: {', '.join(sorted(SAMPLERS))}")
+    spec = SamplerSpec(method=method, text=" ".join(words))
+    values = {}
+    for assignment in assignments:
+        key, sep, value = assignment.partition("=")
+        if not sep or not key or not value:
+            raise ValueError(f"sampler spec {text!r}: expected key=value, got {assignment!r}")
+        values[key] = _parse_value(value)
+    spec = with_settings(spec, values)
+    try:
+        spec.resolved()
+    except ValueError as error:
+        raise ValueError(f"sampler spec {text!r}: {error}") from None
+    return spec
+
+
+def with_settings(spec: SamplerSpec, values: dict) -> SamplerSpec:
+    """`spec` with `values` (name -> value, None = unset) sorted into grid fields, schedule
+    options (the names any schedule takes) and sampler options."""
+    schedule_names = {name for schedule in SCHEDULES for name in schedule_option_names(schedule)}
+    grid = {key: value for key, value in values.items() if key in GRID_FIELDS and value is not None}
+    schedule_options = {**spec.schedule_options, **{key: value for key, value in values.items()
+                                                    if key in schedule_names and value is not None}}
+    options = {**spec.options, **{key: value for key, value in values.items()
+                                  if key not in GRID_FIELDS and key not in schedule_names and value is not None}}
+    return dataclasses.replace(spec, schedule_options=schedule_options, options=options, **grid)
+
+
+def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: Union[str, SamplerSpec] = "pc",
+           steps: Optional[int] = None, generator: Seed = None, *, eps: Optional[float] = None,
+           schedule: Optional[str] = None, schedule_options: Optional[dict] = None,
+           z: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32,
+           device: Union[str, torch.device, None] = None, **options) -> Tuple[torch.Tensor, int]:
+    """Draw samples of `shape` ([B, ...]) by `method` with `steps` steps; returns (x, nfe).
+
+    method: a sampler's name (then steps, eps, schedule, schedule_options and options describe
+    the call) or a whole `SamplerSpec` (then those must be left unset). Unset grid arguments take
+    the sampler's declared defaults, its best known setting. steps: grid size (default sde.N);
+    eps: the last time of the grid (the reverse process stops at t = eps > 0, where the score is
+    still finite); schedule: the grid's spacing (`schedules.SCHEDULES`), with
+    `schedule_options` (karras: rho; logsnr: power); z: start from this latent instead of a
+    prior sample (decoding with `ode`); generator: an int seed or a torch.Generator that makes
+    the run reproducible; options: the sampler's own.
+    """
+    if isinstance(method, SamplerSpec):
+        if steps is not None or eps is not None or schedule is not None or schedule_options or options:
+            raise ValueError("pass either a SamplerSpec or the call's settings, not both")
+        spec = method
+    else:
+        spec = SamplerSpec(method=method, steps=steps, schedule=schedule, schedule_options=dict(schedule_options or {}),
+                           eps=eps, options=options)
+    spec = spec.resolved()
+    counted, x, timesteps, generator = start(score_fn, sde, shape, spec, generator, z=z, dtype=dtype, device=device)
+    x = SAMPLERS[spec.method](counted, sde, x, timesteps, generator, **spec.options)
+    return x, counted.calls
+
+
+def start(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], spec: SamplerSpec, generator: Seed = None, *,
+          z: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32,
+          device: Union[str, torch.device, None] = None):
+    """What every sampling run begins with: (the counted score, x at T: a prior sample of
+    `shape` or the latent `z`, the grid of `spec`, the generator made from `generator`)."""
+    device = torch.device(device) if device is not None else (z.device if z is not None else torch.device("cpu"))
+    generator = make_generator(generator, device)
+    if z is None:
+        x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
+    else:
+        x = z.to(device=device, dtype=dtype)
+    return CountingScore(score_fn), x, spec.grid(sde, device), generator
