@@ -14,6 +14,7 @@ r"""Command line: train, sample, score and evaluate score-based models.
 Bad input (flags, config files and values, missing data, an unusable workdir or checkpoint) ends
 with one line on stderr and a non-zero exit, before anything in the workdir is written.
 """
+import json
 import re
 import sys
 from functools import partial
@@ -94,10 +95,10 @@ def main(argv):
     import torch
 
     from sde_diffusion import checkpoints, distributed
-    from sde_diffusion.config import ConfigError, select_device, validate_config
-    from sde_diffusion.controllable_modes import run_controllable
-    from sde_diffusion.modes import run_eval, run_likelihood, run_sample, run_study_mode
-    from sde_diffusion.train import NonFiniteError, train
+    from sde_diffusion.app.config import ConfigError, select_device, validate_config
+    from sde_diffusion.app.controllable_modes import run_controllable
+    from sde_diffusion.app.modes import run_eval, run_likelihood, run_sample, run_study_mode
+    from sde_diffusion.app.train import NonFiniteError, train
 
     config = FLAGS.config
     try:
@@ -111,7 +112,9 @@ def main(argv):
             torch.set_num_threads(config.threads)
         distributed.setup(select_device(config).type)  # under torchrun; nothing otherwise
         try:
-            run(config, FLAGS.workdir, config_file=_config_path(sys.argv))
+            report = run(config, FLAGS.workdir, config_file=_config_path(sys.argv))
+            if report is not None and FLAGS.mode != "train":  # rank 0's report, one JSON line
+                print(json.dumps(report))
         finally:
             distributed.teardown()
     except (ConfigError, checkpoints.CheckpointError, NonFiniteError, OSError, ValueError) as error:

@@ -206,6 +206,26 @@ def summary_rows(ours, theirs, run_ours, run_theirs):
     return table
 
 
+DEFAULTS = ("ddim", "heun", "dpm_solver++")  # named with a step budget only: the declared defaults
+
+
+def defaults_rows(ours, theirs, run_ours):
+    """Each fast sampler called with only its name and a budget (its declared grid), on seed 0
+    and the held-out seeds, against k-diffusion's best on its Karras sigmas and our best spec."""
+    karras = [r for r in theirs if " karras " in r["sampler"]]
+    table = []
+    for name in DEFAULTS:
+        for nfe in SUMMARY_NFES:
+            row = run_ours(name, nfe, SEED)
+            held = mean_held_out(lambda seed: run_ours(name, nfe, seed), HELD_OUT_SEEDS)["std"]
+            best, other = best_at(ours, nfe, "std"), best_at(karras, nfe, "std")
+            table.append({"sampler": name, "its default grid": parse_spec(name).grid_summary(),
+                          "NFE": row["nfe"], "std error": f"{abs(row['std']):.4f}", "held-out seeds": f"{held:.4f}",
+                          "k-diffusion, Karras (best)": f"{abs(other['std']):.4f}" if other else "-",
+                          "ours, best spec": f"{abs(best['std']):.4f} ({best['sampler']})" if best else "-"})
+    return table
+
+
 def reach_rows(ours, reference):
     """For each 1000-step predictor-corrector row: the fewest NFE at which one of ours first has
     a std error as small, and the fewest from which one of ours stays there at every larger
@@ -265,6 +285,9 @@ def main() -> None:
         head = ["Best at each budget on seed 0 (true NFE within the budget; Heun's is odd); the last two "
                 f"columns re-run those winners on seeds {', '.join(map(str, HELD_OUT_SEEDS))} (mean |error|).", "",
                 markdown_table(summary_rows(ours, theirs, run_ours, run_theirs))]
+    head += ["", "Each fast sampler named with a budget only (`sample(score_fn, sde, shape, method, steps)`): "
+             "the grid it declares as its default; std error (abs) on seed 0 and the mean over the held-out seeds.",
+             "", markdown_table(defaults_rows(ours, theirs, run_ours))]
     head += floors_text(exact, floor[0], ode_from_true_prior(mixture, sde, n))
     head += ["", markdown_table(reach_rows(ours, reference))]
     machine = (f"{platform.machine()}, 1 torch thread, torch {torch.__version__}; "

@@ -168,7 +168,7 @@ def sampler_grid(quick: bool) -> list:
     grid = [(f"pc {p}", "pc", dict(predictor=p, corrector="none"), n)
             for p in ("euler_maruyama", "reverse_diffusion", "ancestral") for n in pc_steps]
     grid += [("pc reverse_diffusion+langevin", "pc",
-              dict(predictor="reverse_diffusion", corrector="langevin", snr=0.16, n_steps=1), n)
+              dict(predictor="reverse_diffusion", corrector="langevin", snr=0.16, corrector_steps=1), n)
              for n in langevin_steps]
     # RK45 is the ode sampler's default: its `method` option cannot pass through `sample`,
     # whose own `method` argument (the sampler's name) takes it.

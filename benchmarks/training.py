@@ -1,6 +1,6 @@
 """Training throughput: steps/s of the trainer's step for several configs on this machine.
 
-A step is what `sde_diffusion.train.train` does per iteration: the configured loss
+A step is what `sde_diffusion.app.train.train` does per iteration: the configured loss
 (forward + backward through the network), gradient clipping, an Adam step and the EMA update.
 Data are random tensors of the config's shape (loading is not what is measured; the trainer
 indexes a tensor already in memory). Each config is timed over `--steps` steps after
@@ -26,9 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*`
 
-from sde_diffusion.config import build_loss, build_model, build_score_fn, build_sde, data_shape  # noqa: E402
+from sde_diffusion.app.config import build_loss, build_model, build_score_fn, build_sde, data_shape  # noqa: E402
 from sde_diffusion.ema import EMA  # noqa: E402
 from sde_diffusion.performance import grad_scaler, to_memory_format, training_network  # noqa: E402
+from sde_diffusion.training_step import training_step  # noqa: E402
 
 # (config module, batch size, what the row shows)
 ROWS = (
@@ -61,14 +62,8 @@ def time_training_steps(config, steps: int, warmup: int, repeats: int, device: s
     model.train()
 
     def step() -> None:
-        loss = loss_fn(score_fn, x, generator)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        ema.update(model)
+        training_step(lambda: loss_fn(score_fn, x, generator), model, optimizer, grad_clip=config.optim.grad_clip,
+                      ema=ema, scaler=scaler)
 
     def synchronize() -> None:
         if torch.device(device).type == "cuda":

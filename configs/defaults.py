@@ -58,7 +58,7 @@ def get_base_config():
     sampling.predictor = unset(str)       # pc: reverse_diffusion, euler_maruyama, ancestral, none
     sampling.corrector = unset(str)       # pc: langevin, ald, none
     sampling.snr = unset(float)           # pc's corrector
-    sampling.n_steps = unset(int)         # pc: corrector steps per noise level
+    sampling.corrector_steps = unset(int)  # pc: corrector (MCMC) steps per noise level
     sampling.corrector_first = unset(bool)  # pc: the reference code's order (corrector before predictor)
     sampling.denoise = unset(bool)        # pc, ode, adaptive_sde: Tweedie's x0 at the end
     sampling.rtol = unset(float)          # ode, adaptive_sde, sde_solver (adaptive)
@@ -98,7 +98,7 @@ def get_base_config():
     study.reference_tol = 1e-5            # the probability-flow ODE deterministic samplers are compared to
     study.oracle = False                  # the exact score instead of a checkpoint (data.dataset=gmm)
 
-    # --mode inpaint / colorize (sde_diffusion.controllable_modes): the pc sampler of sampling.*.
+    # --mode inpaint / colorize (sde_diffusion.app.controllable_modes): the pc sampler of sampling.*.
     config.controllable = controllable = ml_collections.ConfigDict()
     controllable.images = ""              # .npz (key x or first array) or folder of PNGs; "" = test split
     controllable.num_images = 64          # the first ones of controllable.images

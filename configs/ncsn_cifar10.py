@@ -12,6 +12,6 @@ def get_config():
     config.sampling.steps = 232
     config.sampling.predictor = "none"
     config.sampling.corrector = "ald"
-    config.sampling.n_steps = 5
+    config.sampling.corrector_steps = 5
     config.sampling.snr = 0.176
     return config

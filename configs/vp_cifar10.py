@@ -1,39 +1,7 @@
-"""VP SDE, continuous time, DDPM++ (Song et al. 2021, table 3: "DDPM++ cont. (VP)")."""
-from configs.default_cifar10 import get_default_configs
+"""VP SDE, continuous time, DDPM++ (Song et al. 2021, table 3: "DDPM++ cont. (VP)"): the published
+config (`configs/published/vp_cifar10_ddpmpp_continuous.py`)."""
+from configs.published.common import ddpmpp, published_config
 
 
 def get_config():
-    config = get_default_configs()
-    config.training.sde = "vpsde"
-    config.training.continuous = True
-    config.training.reduce_mean = True
-    config.sampling.method = "pc"
-    config.sampling.predictor = "euler_maruyama"
-    config.sampling.corrector = "none"
-    config.data.centered = True
-
-    model = config.model
-    model.name = "ncsnpp"
-    model.scale_by_sigma = False
-    model.ema_rate = 0.9999
-    model.normalization = "GroupNorm"
-    model.nonlinearity = "swish"
-    model.nf = 128
-    model.ch_mult = (1, 2, 2, 2)
-    model.num_res_blocks = 4
-    model.attn_resolutions = (16,)
-    model.resamp_with_conv = True
-    model.conditional = True
-    model.fir = False
-    model.fir_kernel = [1, 3, 3, 1]
-    model.skip_rescale = True
-    model.resblock_type = "biggan"
-    model.progressive = "none"
-    model.progressive_input = "none"
-    model.progressive_combine = "sum"
-    model.attention_type = "ddpm"
-    model.init_scale = 0.0
-    model.embedding_type = "positional"
-    model.fourier_scale = 16
-    model.conv_size = 3
-    return config
+    return ddpmpp(published_config("vpsde", continuous=True))

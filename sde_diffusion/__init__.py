@@ -1,7 +1,10 @@
 """sde_diffusion: score-based generative modelling through SDEs, in PyTorch.
 
-Modules: `sdes` (VP, sub-VP, VE), `distributions` (exact-score Gaussian mixtures),
-`sampling` (one entry point over all samplers), `likelihood` (probability-flow ODE),
-`losses` (denoising score matching).
+The library: `sdes` (VP, sub-VP, VE), `distributions` (exact-score Gaussian mixtures),
+`sampling` (every sampler behind one entry point and one `SamplerSpec`), `likelihood`
+(probability-flow ODE), `losses` and `training_step` (denoising score matching), `models`
+(score networks), `datasets`, `evaluate`, `checkpoints`, `compat` (published checkpoints).
+The application behind main.py lives in `app` (configs, the trainer loop, the modes); the
+library never imports it.
 """
 __version__ = "0.1.0"

@@ -246,3 +246,54 @@ def _numpy_seed(seed: int) -> Iterator[None]:
     finally:
         np.random.set_state(state)
 
+
+def quality_metric(kind: str, test: torch.Tensor, device, *, seed: int = 0, image_size: Optional[int] = None,
+                   inception_path: Optional[str] = None, mixture=None):
+    """(metric, main key): metric(samples in data space) -> scores against `test`, the metric
+    of `eval` and `study`. kind "points" (2-D sets): sliced Wasserstein distance (plus
+    `mixture.sample_errors` when the exact mixture is known); "digits": FD/KD in digit-classifier
+    features (and FID/KID when `inception_path` is given); "images": FID/KID with clean-fid's
+    Inception. The feature extractors are loaded here, so missing Inception weights stop a run
+    before any sampling."""
+    if kind == "points":
+        def metric(x):
+            scores = {"sliced_wasserstein": sliced_wasserstein(
+                x.double().cpu(), test.double(), generator=torch.Generator().manual_seed(seed))}
+            if mixture is not None:
+                scores.update(mixture.sample_errors(x.double().cpu()))
+            return scores
+        return metric, "sliced_wasserstein"
+    if kind not in ("digits", "images"):
+        raise ValueError(f"unknown metric kind {kind!r}: points, digits or images")
+    judge = extractor = reference = None
+    if kind == "digits":
+        from .digits_judge import DigitsJudge
+        judge = DigitsJudge(image_size)  # fitted once, however many calls follow
+    if inception_path or kind == "images":
+        extractor = load_inception(inception_path, device)
+        reference = to_uint8_hwc(test)
+
+    def metric(x):
+        scores = {}
+        if extractor is not None:
+            scores.update(fid_kid(to_uint8_hwc(x.cpu()), reference, feature_extractor=extractor, device=device))
+        if judge is not None:
+            scores.update(digits_scores(x.cpu(), test, image_size, judge))
+        return scores
+    return metric, "fd_digits" if kind == "digits" else "fid"
+
+
+def digits_scores(samples: torch.Tensor, test: torch.Tensor, image_size: int, judge=None) -> dict:
+    """Frechet and kernel distances between samples and test digits in the feature space of
+    the digits classifier (`digits_judge`), the digit analogue of FID and KID. Pass `judge` to
+    reuse a fitted classifier across calls."""
+    from .digits_judge import DigitsJudge
+
+    judge = judge or DigitsJudge(image_size)
+    scores = fid_kid(judge.features(samples), judge.features(test), kid_subset_size=min(1000, len(test)))
+    return {"fd_digits": scores["fid"], "kd_digits": scores["kid"]}
+
+
+def to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
+    """[N, C, H, W] in [0, 1] -> uint8 [N, H, W, C], the layout clean-fid reads."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()

@@ -13,6 +13,7 @@ whose step i is the one `discretize` takes at times t with floor(t (N - 1) / T) 
 from __future__ import annotations
 
 import abc
+import inspect
 import math
 from typing import Callable, Optional, Tuple
 
@@ -43,10 +44,34 @@ def _as_time(t, like: Optional[torch.Tensor] = None) -> torch.Tensor:
     return torch.as_tensor(t, dtype=dtype, device=device)
 
 
+# Continuous-time networks see t * 999 as their noise label, the reference code's convention,
+# so that continuous and discrete DDPM-style networks see labels on the same 0..999 scale.
+CONTINUOUS_LABEL_SCALE = 999.0
+
+
 class SDE(abc.ABC):
     """A forward SDE on [0, T] with linear drift and a discrete chain of N steps."""
 
     T: float = 1.0
+    # What a network trained under this SDE outputs unless told otherwise: "noise", the noise z
+    # of x_t = m(t) x_0 + s(t) z, or "score" (`models.score`).
+    default_parameterization: str = "noise"
+    # Whether the discrete chain is a published training chain (DDPM's, SMLD's): discrete-time
+    # training and ancestral sampling need one.
+    has_training_chain: bool = False
+
+    @classmethod
+    def from_config(cls, settings) -> "SDE":
+        """Built from a config's `model` section: `num_scales` is N, the constructor's other
+        parameters are read by name."""
+        names = [name for name in inspect.signature(cls.__init__).parameters if name not in ("self", "N")]
+        return cls(N=settings["num_scales"], **{name: settings[name] for name in names if name in settings})
+
+    def noise_labels(self, t: torch.Tensor, *, continuous: bool = True) -> torch.Tensor:
+        """A network's conditioning input for time t ([B]): t * 999 in continuous time."""
+        if not continuous:
+            raise ValueError(f"discrete time labels need a training chain; {type(self).__name__} has none")
+        return t * CONTINUOUS_LABEL_SCALE
 
     def __init__(self, N: int):
         if int(N) < 1:
@@ -235,9 +260,23 @@ class VPSDE(_LinearBetaSDE):
     eq. 11); its chain is DDPM's."""
 
     prior_std = 1.0
+    has_training_chain = True
 
     def diffusion(self, t):
         return torch.sqrt(self.beta(t))
+
+    def noise_labels(self, t, *, continuous=True):
+        """Continuous: t * 999. Discrete: the (fractional) DDPM chain index whose alpha_bar equals
+        alpha_bar(t), interpolating log alpha_bar over the chain: exactly i on chain step i (the
+        label DDPM trains with), noise-level-consistent in between."""
+        if continuous:
+            return t * CONTINUOUS_LABEL_SCALE
+        neg_log_alpha_bar = -torch.log(self.discrete_alpha_bar).to(t.device)  # increasing in i
+        target = self.integrated_beta(t.to(torch.float64))                     # -log alpha_bar(t)
+        upper = torch.searchsorted(neg_log_alpha_bar, target).clamp(1, self.N - 1)
+        low_value, high_value = neg_log_alpha_bar[upper - 1], neg_log_alpha_bar[upper]
+        fraction = (target - low_value) / (high_value - low_value)
+        return (upper - 1 + fraction).clamp(0, self.N - 1)
 
     def marginal_coefs(self, t):
         # Song et al. 2021, eq. 29; expm1 keeps the std accurate for t near 0.
@@ -310,9 +349,16 @@ class VESDE(SDE):
             math.log(self.sigma_min), math.log(self.sigma_max), self.N, dtype=torch.float64))
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
+    default_parameterization = "score"
+    has_training_chain = True
+
     @property
     def prior_std(self):
         return self.sigma_max
+
+    def noise_labels(self, t, *, continuous=True):
+        """The marginal std sigma(t), continuous and discrete alike (sigma_i on chain step i)."""
+        return self.marginal_coefs(t)[1]
 
     def sigma(self, t):
         return self.sigma_min * (self.sigma_max / self.sigma_min) ** t

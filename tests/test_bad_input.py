@@ -49,10 +49,12 @@ CASES = [
     ("zero sampling steps", [TOY, "--config.sampling.steps=0"], "config.sampling.steps", "missing"),
     ("zero toy points", [TOY, "--config.data.num_points=0"], "config.data.num_points", "missing"),
     ("zero channel multiplier", [DIGITS, "--config.model.ch_mult=(1,0)"], "config.model.ch_mult", "missing"),
-    ("beta_min above beta_max", [TOY, "--config.model.beta_min=30.0"], "config.model.beta_max", "missing"),
+    ("beta_min above beta_max", [TOY, "--config.model.beta_min=30.0"],
+     "config.model: the vpsde SDE refuses its parameters: need 0 < beta_min <= beta_max", "missing"),
     ("nan beta_min", [TOY, "--config.model.beta_min=nan"], "config.model.beta_min", "missing"),
     ("sigma_min zero", [VE_TOY, "--config.model.sigma_min=0.0"], "config.model.sigma_min", "missing"),
-    ("sigma_min above sigma_max", [VE_TOY, "--config.model.sigma_min=20.0"], "config.model.sigma_max", "missing"),
+    ("sigma_min above sigma_max", [VE_TOY, "--config.model.sigma_min=20.0"],
+     "config.model: the vesde SDE refuses its parameters: need 0 < sigma_min < sigma_max", "missing"),
     ("ema_rate one", [TOY, "--config.model.ema_rate=1.0"], "config.model.ema_rate", "missing"),
     ("ema_rate negative", [TOY, "--config.model.ema_rate=-0.5"], "config.model.ema_rate", "missing"),
     ("lr zero", [TOY, "--config.optim.lr=0.0"], "config.optim.lr", "missing"),
@@ -116,7 +118,7 @@ def _drive(cases_file: str) -> None:
 
     import importlib
 
-    for module in ("torch", "absl.app", "ml_collections", "sde_diffusion.train"):
+    for module in ("torch", "absl.app", "ml_collections", "sde_diffusion.app.train"):
         importlib.import_module(module)  # once here, inherited by every child
 
     results = []

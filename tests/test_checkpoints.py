@@ -12,7 +12,7 @@ import torch
 
 from conftest import tiny_toy_config
 from sde_diffusion import checkpoints
-from sde_diffusion.train import train
+from sde_diffusion.app.train import train
 from conftest import HANG_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,7 +19,7 @@ from torch import nn
 from sde_diffusion.checkpoints import CheckpointError
 from sde_diffusion.compat import (ChainIndexConditioned, load_reference_checkpoint, read_reference_checkpoint,
                                   reference_key_map, reference_noise_table, reference_units)
-from sde_diffusion.config import ConfigError, validate_config
+from sde_diffusion.app.config import ConfigError, validate_config
 from sde_diffusion.models import get_model
 from sde_diffusion.models.blocks import BigGANResnetBlock, Combine, ResnetBlock
 from sde_diffusion.models.layers import AttentionBlock, GaussianFourierProjection

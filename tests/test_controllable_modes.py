@@ -113,7 +113,7 @@ def test_colorize_mode_runs_on_an_untrained_rgb_model(tmp_path):
     (test_controllable.py), since an untrained model's outputs are clamped to [0, 1]."""
     from configs.vp_digits import get_config
     from sde_diffusion.checkpoints import save_checkpoint, snapshot_path
-    from sde_diffusion.config import build_model
+    from sde_diffusion.app.config import build_model
     from sde_diffusion.ema import EMA
 
     rgb = ["--config.data.dataset=cifar10", "--config.data.num_channels=3"]

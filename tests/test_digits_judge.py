@@ -5,7 +5,7 @@ import torch
 
 from sde_diffusion.datasets import load_digits
 from sde_diffusion.digits_judge import DigitsJudge
-from sde_diffusion.modes import digits_scores
+from sde_diffusion.evaluate import digits_scores
 
 
 @pytest.fixture(scope="module")

@@ -16,10 +16,10 @@ import torch
 
 from sde_diffusion import distributed
 from sde_diffusion.checkpoints import load_checkpoint, snapshot_path
-from sde_diffusion.config import build_sde
+from sde_diffusion.app.config import build_sde
 from sde_diffusion.losses import ddpm_loss, dsm_loss
-from sde_diffusion.modes import run_likelihood
-from sde_diffusion.train import train
+from sde_diffusion.app.modes import run_likelihood
+from sde_diffusion.app.train import train
 from conftest import HANG_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -5,8 +5,8 @@ import torch
 from torch import nn
 
 from sde_diffusion import losses
-from sde_diffusion.models import get_model, get_model_class, model_names, noise_labels, registry, score_fn_from_model
-from sde_diffusion.models.score import CONTINUOUS_LABEL_SCALE
+from sde_diffusion.models import get_model, get_model_class, model_names, registry, score_fn_from_model
+from sde_diffusion.sdes import CONTINUOUS_LABEL_SCALE
 from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
 
 from conftest import mixture_2d
@@ -57,14 +57,14 @@ def test_entry_point_plugin_is_found_by_name(monkeypatch):
 def test_discrete_vp_labels_are_the_chain_indices_at_chain_times():
     sde = VPSDE(N=1000)
     index = torch.arange(1000)
-    labels = noise_labels(sde, sde.chain_time(index), continuous=False)
+    labels = sde.noise_labels(sde.chain_time(index), continuous=False)
     torch.testing.assert_close(labels, index.double(), atol=1e-6, rtol=0)
 
 
 def test_ve_labels_are_the_noise_levels():
     sde = VESDE(sigma_min=0.01, sigma_max=50, N=100)
     index = torch.arange(100)
-    torch.testing.assert_close(noise_labels(sde, sde.chain_time(index)), sde.discrete_sigmas, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sde.noise_labels(sde.chain_time(index)), sde.discrete_sigmas, rtol=1e-12, atol=0)
 
 
 def test_ddpm_loss_feeds_the_network_integer_labels():
@@ -87,7 +87,7 @@ def test_ddpm_loss_feeds_the_network_integer_labels():
 
 @pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE(), VESDE(sigma_max=10.0)], ids=["vp", "subvp", "ve"])
 def test_wrapping_the_exact_network_gives_the_exact_score(sde):
-    """An 'eps' network that predicts the exact noise (or a 'score' network that returns the exact
+    """A 'noise' network that predicts the exact noise (or a 'score' network that returns the exact
     score, for VE) wrapped back gives the oracle's score: the wrapper's labels and scaling are
     each other's inverse."""
     mixture = mixture_2d()

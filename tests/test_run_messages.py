@@ -12,7 +12,7 @@ import pytest
 from conftest import HANG_TIMEOUT_S
 
 from sde_diffusion.datasets import load_dataset
-from sde_diffusion.progress import Progress
+from sde_diffusion.app.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--config=configs/vp_toy.py", "--config.data.dataset=gmm", "--config.data.num_points=1000",

@@ -9,13 +9,13 @@ import pytest
 import torch
 from conftest import mixture_32d, tiny_toy_config
 
-from sde_diffusion import controllable_modes, modes
+from sde_diffusion.app import controllable_modes, modes
 from sde_diffusion.checkpoints import save_checkpoint, snapshot_path
-from sde_diffusion.config import build_model, validate_config
+from sde_diffusion.app.config import build_model, validate_config
 from sde_diffusion.ema import EMA
 from sde_diffusion.sampling import SAMPLER_TRAITS, SAMPLERS, SCHEDULES, controllable, sample
 from sde_diffusion.sdes import VPSDE
-from sde_diffusion.train import train
+from sde_diffusion.app.train import train
 
 VARIANTS = {  # config.sampling fields -> what the sampler must receive differently from "base"
     "base": dict(schedule="logsnr"),

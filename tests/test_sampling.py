@@ -29,7 +29,7 @@ CASES_2D = [
     (VE, "pc", 500, dict(predictor="ancestral", corrector="langevin", snr=0.16, corrector_first=True), LOOSE),
     (VE, "pc", 500, dict(predictor="reverse_diffusion", corrector="ald", snr=0.16), LOOSE),
     # SMLD's sampler, annealed Langevin alone: unadjusted Langevin's step-size bias widens it.
-    (VE, "pc", 200, dict(predictor="none", corrector="ald", snr=0.2, n_steps=5), (0.03, 0.08, 0.1)),
+    (VE, "pc", 200, dict(predictor="none", corrector="ald", snr=0.2, corrector_steps=5), (0.03, 0.08, 0.1)),
     (VP, "ode", 2, dict(), TIGHT),
     (SUBVP, "ode", 2, dict(solver="DOP853"), TIGHT),
     (VE, "ode", 2, dict(), TIGHT),
@@ -80,9 +80,9 @@ def test_nfe_is_counted_per_score_call():
         calls.append(1)
         return exact(x, t)
     _, nfe = sample(score, VP, (10, 2), method="pc", steps=50, predictor="reverse_diffusion",
-                    corrector="langevin", n_steps=2, generator=0)
+                    corrector="langevin", corrector_steps=2, generator=0)
     assert nfe == len(calls) == 50 + 2 * 49  # no correction after the last step
-    _, nfe = sample(score, VP, (10, 2), method="pc", steps=50, corrector_first=True, n_steps=2, generator=0)
+    _, nfe = sample(score, VP, (10, 2), method="pc", steps=50, corrector_first=True, corrector_steps=2, generator=0)
     assert nfe == 3 * 50
     calls.clear()
     _, nfe = sample(score, VP, (10, 2), method="ode", generator=0)

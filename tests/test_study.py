@@ -35,7 +35,7 @@ def test_parse_spec_errors(text, message):
 
 @pytest.mark.parametrize("text", ["ddim", "dpm_solver++ order=3", "heun", "pc predictor=euler_maruyama corrector=none",
                                   "pc predictor=reverse_diffusion corrector=langevin",
-                                  "pc predictor=reverse_diffusion corrector=langevin n_steps=2",
+                                  "pc predictor=reverse_diffusion corrector=langevin corrector_steps=2",
                                   "sde_solver solver=euler"])
 @pytest.mark.parametrize("nfe", [10, 21])
 def test_steps_for_nfe_give_the_budget(text, nfe):
@@ -43,7 +43,7 @@ def test_steps_for_nfe_give_the_budget(text, nfe):
     spec = parse_spec(text)
     _, used = sample(lambda x, t: -x, VPSDE(), (4, 2), spec.method, steps=spec.steps_for_nfe(nfe),
                      generator=0, **spec.options)
-    per_step = 1 + spec.options.get("n_steps", 1) if "langevin" in text else (2 if spec.method == "heun" else 1)
+    per_step = 1 + spec.options.get("corrector_steps", 1) if "langevin" in text else (2 if spec.method == "heun" else 1)
     assert nfe - per_step < used <= nfe, used
 
 

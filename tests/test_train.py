@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from sde_diffusion import checkpoints
-from sde_diffusion.config import build_model, build_score_fn, build_sde
+from sde_diffusion.app.config import build_model, build_score_fn, build_sde
 from sde_diffusion.toy_data import toy_mixture
 from sde_diffusion.evaluate import sliced_wasserstein
-from sde_diffusion.modes import draw_samples, load_trained
-from sde_diffusion.train import train
+from sde_diffusion.app.modes import draw_samples, load_trained
+from sde_diffusion.app.train import train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 
@@ -128,7 +128,7 @@ def test_corrupt_checkpoint_is_reported_not_loaded(tmp_path):
 def poisoned_loss(monkeypatch, bad_calls, kind="loss"):
     """Make the training loss non-finite (kind="loss") or its gradient (kind="gradient": the
     loss stays finite, the gradient is 0 * inf) at the given 1-based calls."""
-    import sde_diffusion.train as train_module
+    import sde_diffusion.app.train as train_module
     real_build_loss, calls = train_module.build_loss, [0]
 
     def build_loss(config, sde):
@@ -149,7 +149,7 @@ def poisoned_loss(monkeypatch, bad_calls, kind="loss"):
 @pytest.mark.parametrize("kind", ["loss", "gradient"])
 def test_non_finite_step_stops_and_keeps_the_last_checkpoint(tmp_path, monkeypatch, kind):
     from conftest import tiny_toy_config
-    from sde_diffusion.train import NonFiniteError
+    from sde_diffusion.app.train import NonFiniteError
 
     poisoned_loss(monkeypatch, {25}, kind)
     with pytest.raises(NonFiniteError, match="at step 25 "):
@@ -176,9 +176,41 @@ def test_skipped_non_finite_steps_take_no_optimizer_step(tmp_path, monkeypatch):
 
 def test_too_many_skipped_steps_in_a_row_stop(tmp_path, monkeypatch):
     from conftest import tiny_toy_config
-    from sde_diffusion.train import NonFiniteError
+    from sde_diffusion.app.train import NonFiniteError
 
     poisoned_loss(monkeypatch, set(range(12, 100)), "loss")
     with pytest.raises(NonFiniteError, match="at step 15 .*4 steps in a row"):
         train(tiny_toy_config(n_iters=40, nonfinite="skip", nonfinite_max_skips=3), tmp_path)
     assert checkpoints.latest_checkpoint(tmp_path)["step"] == 10
+
+
+def test_the_training_step_a_users_loop_can_call_updates_only_on_finite_steps():
+    """`training_step` alone, as a user's loop calls it: a finite batch moves the weights and
+    the EMA; a batch whose loss is NaN leaves both untouched and says so."""
+    from sde_diffusion.ema import EMA
+    from sde_diffusion.losses import dsm_loss
+    from sde_diffusion.models import score_fn_from_model
+    from sde_diffusion.models.mlp import MLP
+    from sde_diffusion.sdes import VPSDE
+    from sde_diffusion.training_step import training_step
+
+    torch.manual_seed(0)
+    sde, model = VPSDE(), MLP(data_dim=2, width=16, num_blocks=1)
+    ema = EMA(model, 0.5)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    score_fn = score_fn_from_model(model, sde)
+    generator = torch.Generator().manual_seed(1)
+
+    def loss_on(x):
+        return lambda: dsm_loss(score_fn, sde, x, generator=generator)
+
+    before = [p.detach().clone() for p in model.parameters()]
+    result = training_step(loss_on(torch.randn(64, 2)), model, optimizer, grad_clip=1.0, ema=ema)
+    assert result.applied and torch.isfinite(result.loss) and result.grad_norm > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    after_step = [p.detach().clone() for p in model.parameters()]
+    shadow = [p.clone() for p in ema.state_dict()["shadow_params"]]
+    result = training_step(loss_on(torch.full((64, 2), float("nan"))), model, optimizer, grad_clip=1.0, ema=ema)
+    assert not result.applied and torch.isnan(result.loss)
+    assert all(torch.equal(a, b) for a, b in zip(after_step, model.parameters()))
+    assert all(torch.equal(a, b) for a, b in zip(shadow, ema.state_dict()["shadow_params"]))

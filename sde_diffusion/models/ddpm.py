@@ -122,17 +122,6 @@ class DDPM(nn.Module):
         self.num_classes = num_classes
         self.class_embedding = class_embedding_or_none(num_classes, temb_dim)
 
-    @classmethod
-    def from_config(cls, config) -> "DDPM":
-        model, data = config.model, config.data
-        return cls(image_size=data.image_size, num_channels=data.num_channels,
-                   centered=data.centered, nf=model.nf, ch_mult=tuple(model.ch_mult),
-                   num_res_blocks=model.num_res_blocks,
-                   attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
-                   resamp_with_conv=model.resamp_with_conv,
-                   nonlinearity=model.get("nonlinearity", "swish"),
-                   scale_by_sigma=model.get("scale_by_sigma", False),
-                   num_classes=model.get("num_classes", 0))
 
     def forward(self, x: torch.Tensor, labels: torch.Tensor,
                 class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -52,14 +52,6 @@ class MLP(nn.Module):
         self.num_classes = num_classes
         self.class_embedding = class_embedding_or_none(num_classes, embed_dim)
 
-    @classmethod
-    def from_config(cls, config):
-        model = config.model
-        return cls(data_dim=config.data.dim, width=model.width, num_blocks=model.num_blocks,
-                   embed_dim=model.embed_dim, embedding_type=model.embedding_type,
-                   fourier_scale=model.get("fourier_scale", 16.0),
-                   scale_by_sigma=model.get("scale_by_sigma", False),
-                   num_classes=model.get("num_classes", 0))
 
     def _embed(self, labels: torch.Tensor) -> torch.Tensor:
         if self.embedding_type == "fourier":

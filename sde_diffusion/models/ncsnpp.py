@@ -36,7 +36,7 @@ GroupNorm_0, NIN_0..3 -> norm, query/key/value/output; Combine.Conv -> projectio
 Upsample/Downsample Conv2d_0 (FIR conv) or Conv_0 (plain conv) -> conv.
 
 `scale_by_sigma` divides by the labels, which are sigma under this package's VE convention
-(`models.score.noise_labels`). The reference's discrete-VE models (positional embedding) were
+(`SDE.noise_labels`). The reference's discrete-VE models (positional embedding) were
 instead fed integer indices i and divided by sigma_i.
 """
 from __future__ import annotations
@@ -226,29 +226,6 @@ class NCSNpp(nn.Module):
         """`parts` in its own (creation) order, then None for every part it lacks."""
         return {**parts, **{name: None for name in names if name not in parts}}
 
-    @classmethod
-    def from_config(cls, config) -> "NCSNpp":
-        model, data = config.model, config.data
-        return cls(image_size=data.image_size, num_channels=data.num_channels,
-                   centered=data.centered, nf=model.nf, ch_mult=tuple(model.ch_mult),
-                   num_res_blocks=model.num_res_blocks,
-                   attn_resolutions=tuple(model.attn_resolutions), dropout=model.dropout,
-                   resamp_with_conv=model.get("resamp_with_conv", True),
-                   conditional=model.get("conditional", True),
-                   nonlinearity=model.get("nonlinearity", "swish"),
-                   embedding_type=model.get("embedding_type", "positional"),
-                   fourier_scale=model.get("fourier_scale", 16.0),
-                   scale_by_sigma=model.get("scale_by_sigma", False),
-                   skip_rescale=model.get("skip_rescale", True),
-                   resblock_type=model.get("resblock_type", "biggan"),
-                   progressive=model.get("progressive", "none"),
-                   progressive_input=model.get("progressive_input", "none"),
-                   progressive_combine=model.get("progressive_combine", "sum"),
-                   init_scale=model.get("init_scale", 0.0), fir=model.get("fir", False),
-                   fir_kernel=tuple(model.get("fir_kernel", (1, 3, 3, 1))),
-                   conv_size=model.get("conv_size", 3),
-                   attention_type=model.get("attention_type", "ddpm"),
-                   num_classes=model.get("num_classes", 0))
 
     def _resample(self, module: nn.Module, h: torch.Tensor, temb) -> torch.Tensor:
         # BigGAN blocks resample with the noise embedding; plain Up/Downsample without it.

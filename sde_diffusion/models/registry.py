@@ -3,9 +3,11 @@
 A network is an `nn.Module` with `forward(x, labels)` where `labels` is the per-sample noise
 conditioning chosen by `models.score` (time labels for VP/sub-VP, sigma for VE). A
 class-conditional network (attribute `num_classes` > 0) also takes `class_labels` [B] as a third
-argument, where the index `num_classes` means "no label" (`sde_diffusion.guidance`). Each registered
-class builds itself from a config through `from_config(config)`, the one place where config fields
-become constructor arguments.
+argument, where the index `num_classes` means "no label" (`sde_diffusion.guidance`). A registered
+class is built from a config by its constructor's signature (`constructor_arguments`): each
+parameter is read from the config's `model` section (or, for the data's shape, from `data`), and
+one the config does not set keeps the constructor's default, so a network's defaults live in one
+place. A class may define `from_config(config)` to build itself otherwise.
 
 Third-party packages add networks without editing this package by declaring an entry point in
 the group `sde_diffusion.models`, e.g. in their pyproject.toml:
@@ -18,6 +20,7 @@ a name that is not registered in-process.
 """
 from __future__ import annotations
 
+import inspect
 from importlib import metadata
 
 from torch import nn
@@ -54,6 +57,25 @@ def get_model_class(name: str) -> type:
     return MODELS[name]
 
 
+# Constructor parameters read from config.data (parameter -> data field); the others from config.model.
+DATA_ARGUMENTS = {"image_size": "image_size", "num_channels": "num_channels", "centered": "centered",
+                  "data_dim": "dim"}
+
+
+def constructor_arguments(cls: type, config) -> dict:
+    """The arguments of `cls(...)` that the config sets (lists as tuples)."""
+    arguments = {}
+    for name in inspect.signature(cls.__init__).parameters:
+        section, field = (config.data, DATA_ARGUMENTS[name]) if name in DATA_ARGUMENTS else (config.model, name)
+        if field in section:
+            value = section[field]
+            arguments[name] = tuple(value) if isinstance(value, list) else value
+    return arguments
+
+
 def get_model(config) -> nn.Module:
     """Build the network named by `config.model.name` from the whole config."""
-    return get_model_class(config.model.name).from_config(config)
+    cls = get_model_class(config.model.name)
+    if hasattr(cls, "from_config"):
+        return cls.from_config(config)
+    return cls(**constructor_arguments(cls, config))

@@ -22,11 +22,11 @@ leave the batch the score sees. NFE counts these batched calls: two per iteratio
 for `denoise`), so it is set by the slowest sample.
 
 A caveat for low-dimensional data. The gap x_low - x_high is dominated by the shared Brownian
-draw (terms in h^(3/2) z), so with few dimensions a sample's E is mostly noise: about 40% of
-steps are rejected in 2-D (still ~30% in 32-D), and since a rejected draw is replaced by a fresh one, the accepted
-draws are the ones with small E. That selection biases the samples (in 2-D the mixture's
-components come out 20-40% too wide, and tighter tolerances do not help). The paper's images
-have thousands of dimensions, over which E averages out and rejections are rare.
+draw (terms in h^(3/2) z), so with few dimensions a sample's E is mostly noise: many steps are
+rejected, and since a rejected draw is replaced by a fresh one, the accepted draws are the ones
+with small E. That selection biases the samples (too wide components; docs/package.md gives the
+measured sizes), and tighter tolerances do not help. The paper's images have thousands of
+dimensions, over which E averages out and rejections are rare.
 `per_sample=False` measures E over the whole batch instead (one time and step for all
 samples), which averages the noise out the same way; use it for data of few dimensions.
 """

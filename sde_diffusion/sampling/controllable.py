@@ -70,7 +70,7 @@ def inpaint_sampler(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, timesteps: tor
                     mask: torch.Tensor, **pc_options) -> torch.Tensor:
     """PC sampling from x (a prior sample) along `timesteps`, with the observed part replaced
     along the way and set to `observation` at the end; `pc_options` as `pc_sampler`'s
-    (predictor, corrector, snr, n_steps, corrector_first, denoise)."""
+    (predictor, corrector, snr, corrector_steps, corrector_first, denoise)."""
     observation = observation.to(x)
     mask = _mask_as_bool(mask, observation)
     x = pc_sampler(score_fn, sde, x, timesteps, generator,
@@ -132,7 +132,7 @@ def inpaint_particles(score_fn: ScoreFn, sde: SDE, observation: torch.Tensor, ma
     """SMC inpainting (`smc.smc_inpaint_sampler`): a population of `particles` chains for each
     observation ([B, ...]); returns (particles [B, particles, ...], their weights [B, particles]
     summing to 1 per population, nfe). The sampler call as `inpaint`'s; its options those of
-    the SMC sampler (predictor, corrector, snr, n_steps, denoise, ess_threshold)."""
+    the SMC sampler (predictor, corrector, snr, corrector_steps, denoise, ess_threshold)."""
     if int(particles) < 1:
         raise ValueError(f"particles must be a positive number, got {particles}")
     spec = pc_spec(spec, steps, settings, "smc")

@@ -38,12 +38,16 @@ def _grid(sde: SDE, timesteps: torch.Tensor) -> _Grid:
     return _Grid(times.tolist(), alpha.tolist() + [1.0], sigma.tolist() + [0.0], lam.tolist() + [math.inf])
 
 
-def _time_batch(t: float, x: torch.Tensor) -> torch.Tensor:
+def _time_batch(t, x: torch.Tensor) -> torch.Tensor:
+    if isinstance(t, torch.Tensor):
+        return t.to(x.dtype).expand(x.shape[0])
     return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
 
 
-def data_prediction(score_fn, x: torch.Tensor, t: float, alpha: float, sigma: float) -> torch.Tensor:
-    """x0(x, t) = (x + sigma_t^2 score(x, t)) / alpha_t: E[x_0 | x_t] by Tweedie's formula."""
+def data_prediction(score_fn, x: torch.Tensor, t, alpha, sigma) -> torch.Tensor:
+    """x0(x, t) = (x + sigma_t^2 score(x, t)) / alpha_t: E[x_0 | x_t] by Tweedie's formula, the
+    one x0-prediction of the package. t, alpha, sigma: floats (the fast samplers' precomputed
+    grid) or tensors that broadcast against x (t: [B] or a scalar)."""
     return (x + sigma * sigma * score_fn(x, _time_batch(t, x))) / alpha
 
 

@@ -17,6 +17,7 @@ from scipy.integrate import solve_ivp
 
 from ..sdes import SDE, ScoreFn
 from ..utils import append_dims
+from .fast import data_prediction
 from .registry import CountingScore, register_sampler
 
 
@@ -120,8 +121,8 @@ def tweedie_denoise(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t: torch.Tenso
     """E[x_0 | x_t] = (x_t + s(t)^2 score(x_t, t)) / m(t) (Tweedie's formula): one evaluation
     that removes the noise still present at the last time of the grid."""
     mean_coef, std = sde.marginal_coefs(t)
-    score = score_fn(x, t)
-    return (x + append_dims(std ** 2, x.ndim) * score) / append_dims(mean_coef, x.ndim)
+    return data_prediction(score_fn, x, t, append_dims(mean_coef.to(x.dtype), x.ndim),
+                           append_dims(std.to(x.dtype), x.ndim))
 
 
 @register_sampler("ode", adaptive=lambda options: True, deterministic=lambda options: True)

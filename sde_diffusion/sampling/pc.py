@@ -9,7 +9,7 @@ evaluate it at the chain's own times (s_k = sde.chain_time(i)), so their grid is
 Register new ones with `@register_predictor("name")`; return None to take no predictor step.
 
 A corrector runs a few steps of score-based MCMC at a fixed time. It is a function
-`(sde, t, index, snr, n_steps) -> step` whose `step(score_fn, x, k, t_k, generator)`
+`(sde, t, index, snr, corrector_steps) -> step` whose `step(score_fn, x, k, t_k, generator)`
 returns (x, x_mean) after its MCMC steps at grid point k; register with
 `@register_corrector("name")`; return None for no corrector.
 """
@@ -68,12 +68,12 @@ def no_predictor(sde: SDE, t, t_next, index) -> None:
 
 
 # -- correctors ------------------------------------------------------------------------------
-def _langevin_loop(step_size_fn: Callable, n_steps: int):
+def _langevin_loop(step_size_fn: Callable, corrector_steps: int):
     """Langevin MCMC x <- x + e score + sqrt(2 e) z, with the step size e = step_size_fn(...)
     a scalar (a float or a 0-d tensor) shared by the batch."""
     def step(score_fn, x, k, t_k, generator):
         x_mean = x
-        for _ in range(n_steps):
+        for _ in range(corrector_steps):
             score = score_fn(x, t_k)
             noise = randn(x.shape, generator, x)
             step_size = step_size_fn(k, score, noise)
@@ -88,7 +88,7 @@ def _batch_norm(v: torch.Tensor) -> torch.Tensor:
 
 
 @register_corrector("langevin")
-def langevin(sde: SDE, t, index, snr: float, n_steps: int):
+def langevin(sde: SDE, t, index, snr: float, corrector_steps: int):
     """Langevin corrector (Song et al. 2021, Algorithm 5 for VP, 4 for VE): the step size
     2 alpha_i (snr ||z|| / ||score||)^2 keeps the signal-to-noise ratio at `snr`. The norms are
     averaged over the batch, as in the reference code: a per-sample ratio explodes wherever a
@@ -98,11 +98,11 @@ def langevin(sde: SDE, t, index, snr: float, n_steps: int):
     def step_size(k, score, noise):
         ratio = snr * _batch_norm(noise).mean() / _batch_norm(score).mean().clamp_min(1e-30)
         return 2 * alphas[k] * ratio ** 2
-    return _langevin_loop(step_size, n_steps)
+    return _langevin_loop(step_size, corrector_steps)
 
 
 @register_corrector("ald")
-def annealed_langevin(sde: SDE, t, index, snr: float, n_steps: int):
+def annealed_langevin(sde: SDE, t, index, snr: float, corrector_steps: int):
     """Annealed Langevin dynamics (Song & Ermon 2019): step size 2 alpha_i (snr s(t))^2 set by
     the noise level s(t) rather than by the score's norm."""
     alphas = sde.langevin_alpha(index)
@@ -110,27 +110,53 @@ def annealed_langevin(sde: SDE, t, index, snr: float, n_steps: int):
 
     def step_size(k, score, noise):
         return step_sizes[k]
-    return _langevin_loop(step_size, n_steps)
+    return _langevin_loop(step_size, corrector_steps)
 
 
 @register_corrector("none")
-def no_corrector(sde: SDE, t, index, snr: float, n_steps: int):
+def no_corrector(sde: SDE, t, index, snr: float, corrector_steps: int):
     return None
 
 
 # -- the sampler -----------------------------------------------------------------------------
+class PredictorPlan(NamedTuple):
+    """A predictor laid out over a grid of `steps` times, before the loop: the SDE with its
+    chain respaced to the grid, the chain index of each step, the step coefficients as Python
+    floats (None for no predictor) and the times the score is evaluated at."""
+    sde: SDE
+    index: torch.Tensor
+    x_coefs: Optional[list]
+    score_coefs: Optional[list]
+    noise_stds: Optional[list]
+    score_times: torch.Tensor
+
+
+def plan_predictor(sde: SDE, timesteps: torch.Tensor, predictor: str) -> PredictorPlan:
+    """The set-up `pc_sampler` and the SMC sampler share (step k goes from timesteps[k] to the
+    next time, the last one to t = 0)."""
+    steps = len(timesteps)
+    sde = sde.with_steps(steps)
+    t_next = torch.cat([timesteps[1:], timesteps.new_zeros(1)])
+    index = torch.arange(steps - 1, -1, -1, device=timesteps.device)
+    predict = PREDICTORS.get_or_raise(predictor)(sde, timesteps, t_next, index)
+    if predict is None:
+        return PredictorPlan(sde, index, None, None, None, timesteps)
+    x_coefs, score_coefs, noise_stds = (c.tolist() for c in predict[:3])
+    return PredictorPlan(sde, index, x_coefs, score_coefs, noise_stds, predict.score_time.to(timesteps))
+
+
 def _pc_score_calls(steps: int, options) -> int:
-    """One score evaluation per predictor step, n_steps per corrector visit; the corrector
+    """One score evaluation per predictor step, corrector_steps per corrector visit; the corrector
     visits every grid point but the first (Algorithm 1), or every one (corrector_first)."""
     predictor = options.get("predictor", "reverse_diffusion") != "none"
-    corrector = options.get("n_steps", 1) if options.get("corrector", "langevin") != "none" else 0
+    corrector = options.get("corrector_steps", 1) if options.get("corrector", "langevin") != "none" else 0
     return predictor * steps + corrector * (steps if options.get("corrector_first", False) else steps - 1)
 
 
 @register_sampler("pc", score_calls=_pc_score_calls)
 def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                generator: Optional[torch.Generator] = None, *, predictor: str = "reverse_diffusion",
-               corrector: str = "langevin", snr: float = 0.16, n_steps: int = 1,
+               corrector: str = "langevin", snr: float = 0.16, corrector_steps: int = 1,
                corrector_first: bool = False, denoise: bool = True,
                constrain: Optional[Callable] = None) -> torch.Tensor:
     """Predictor-corrector sampling along `timesteps` (Song et al. 2021, Algorithm 1).
@@ -149,18 +175,13 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
     step's score time): the hook of controllable generation (`sampling.controllable`).
     """
     steps = len(timesteps)
-    sde = sde.with_steps(steps)
-    t_next = torch.cat([timesteps[1:], timesteps.new_zeros(1)])
-    index = torch.arange(steps - 1, -1, -1, device=timesteps.device)
-    predict = PREDICTORS.get_or_raise(predictor)(sde, timesteps, t_next, index)
     # Schedules are data: Python floats and per-step time vectors, made before the loop.
-    if predict is not None:
-        x_coefs, score_coefs, noise_stds = (c.tolist() for c in predict[:3])
-        timesteps = predict.score_time.to(timesteps)
+    sde, index, x_coefs, score_coefs, noise_stds, timesteps = plan_predictor(sde, timesteps, predictor)
+    predicts = x_coefs is not None
     make_corrector = CORRECTORS.get_or_raise(corrector)
     # A constraint acts after each MCMC step: the corrector is then built for one step and
-    # called n_steps times, which is the same chain.
-    mcmc_steps, repeats = (1, n_steps) if constrain is not None else (n_steps, 1)
+    # called corrector_steps times, which is the same chain.
+    mcmc_steps, repeats = (1, corrector_steps) if constrain is not None else (corrector_steps, 1)
     if corrector_first:
         correct = make_corrector(sde, timesteps, index, snr, mcmc_steps)
     else:  # the corrector acts after step k, at the next grid point
@@ -178,7 +199,7 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
     for k in range(steps):
         if correct is not None and corrector_first:
             x, x_mean = correct_at(x, k, t_batch[k])
-        if predict is not None:
+        if predicts:
             x_mean = torch.add(x * x_coefs[k], score_fn(x, t_batch[k]), alpha=score_coefs[k])
             x = x_mean + randn(x.shape, generator, x) * noise_stds[k] if noise_stds[k] else x_mean
         if k == steps - 1:

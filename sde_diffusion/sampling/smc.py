@@ -44,7 +44,7 @@ import torch
 
 from ..sdes import SDE, ScoreFn
 from ..utils import batch_sum, randn
-from .pc import CORRECTORS, PREDICTORS
+from .pc import CORRECTORS, plan_predictor
 
 
 def observation_bridge(sde: SDE, score_times: torch.Tensor) -> Tuple[List[float], ...]:
@@ -87,7 +87,7 @@ def _take(x: torch.Tensor, ancestors: torch.Tensor) -> torch.Tensor:
 def smc_inpaint_sampler(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                         generator: Optional[torch.Generator] = None, *, observation: torch.Tensor,
                         mask: torch.Tensor, predictor: str = "reverse_diffusion",
-                        corrector: str = "langevin", snr: float = 0.16, n_steps: int = 1,
+                        corrector: str = "langevin", snr: float = 0.16, corrector_steps: int = 1,
                         denoise: bool = True, ess_threshold: float = 0.5) -> Tuple[torch.Tensor, torch.Tensor]:
     """Filter B populations of K particles x ([B, K, ...], prior samples) along `timesteps`;
     population b is conditioned on observation[b] ([B, ...]) where `mask` (bool, broadcastable
@@ -96,14 +96,9 @@ def smc_inpaint_sampler(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, timesteps:
     `pc_sampler`'s; the predictor must take a noisy step (not "none")."""
     populations, particles = x.shape[:2]
     steps = len(timesteps)
-    sde = sde.with_steps(steps)
-    t_next = torch.cat([timesteps[1:], timesteps.new_zeros(1)])
-    index = torch.arange(steps - 1, -1, -1, device=timesteps.device)
-    predict = PREDICTORS.get_or_raise(predictor)(sde, timesteps, t_next, index)
-    if predict is None:
+    sde, index, x_coefs, score_coefs, noise_stds, score_times = plan_predictor(sde, timesteps, predictor)
+    if x_coefs is None:
         raise ValueError("SMC inpainting needs a predictor: its weights are the predictor step's density")
-    x_coefs, score_coefs, noise_stds = (c.tolist() for c in predict[:3])
-    score_times = predict.score_time.to(timesteps)
     correct = CORRECTORS.get_or_raise(corrector)(sde, score_times[1:], index[1:], snr, 1)
     start_mean, start_std, y_coefs, previous_coefs, bridge_stds = observation_bridge(sde, score_times)
 
@@ -140,7 +135,7 @@ def smc_inpaint_sampler(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, timesteps:
             break
         x = torch.where(mask, y_t, x_mean + noise_stds[k] * randn(x_mean.shape, generator, x_mean))
         if correct is not None:
-            for _ in range(n_steps):
+            for _ in range(corrector_steps):
                 x = torch.where(mask, y_t, unflat(correct(score_fn, flat(x), k, t_batch[k + 1], generator)[0]))
     if not denoise:
         x_mean = x_mean + noise_stds[-1] * randn(x_mean.shape, generator, x_mean)

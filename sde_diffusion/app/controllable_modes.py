@@ -4,105 +4,25 @@ samplers (`sampling.controllable`, `controllable.conditioning`: replacement, or 
 
 Images come from `controllable.images`: an .npz (key `x`, else its first array; uint8 or float
 in [0, 1]; [N, H, W], [N, C, H, W] or [N, H, W, C]), a folder of PNGs, or "" for the data set's
-test split. Masks (`controllable.mask`, only for inpainting) are named holes (`MASKS`, the part
+test split. Masks (`controllable.mask`, only for inpainting) are named holes (`sampling.masks`, the part
 the sampler fills in) or an .npz / .png file that is 1 (white) where pixels are kept.
 """
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from ..datasets import to_model_space
+from ..image_files import read_array, to_nchw
+from ..plotting import save_image_grid
+from ..sampling.controllable import colorize, inpaint
+from ..sampling.masks import make_mask
 from .config import build_score_fn, sampler_spec, select_device
-from .datasets import to_model_space
 from .modes import load_dataset_from_config, load_trained, to_data_space
-from .plotting import save_image_grid
 from .progress import Progress, announce, say
-from .sampling.controllable import colorize, inpaint
-
-
-# -- masks: True where the pixel is observed, [1, 1, H, W] ---------------------------------
-def _hole(size: int, rows: slice, cols: slice) -> torch.Tensor:
-    keep = torch.ones(size, size, dtype=torch.bool)
-    keep[rows, cols] = False
-    return keep
-
-
-MASKS = {
-    "half_left": lambda size, seed: _hole(size, slice(None), slice(0, size // 2)),
-    "half_right": lambda size, seed: _hole(size, slice(None), slice(size // 2, None)),
-    "half_top": lambda size, seed: _hole(size, slice(0, size // 2), slice(None)),
-    "half_bottom": lambda size, seed: _hole(size, slice(size // 2, None), slice(None)),
-    "center_square": lambda size, seed: _hole(size, slice(size // 4, size - size // 4),
-                                              slice(size // 4, size - size // 4)),
-}
-RANDOM_PIXELS = "random_pixels:"  # random_pixels:p, each pixel missing with probability p
-
-
-def is_mask_name(name: str) -> bool:
-    if name.startswith(RANDOM_PIXELS):
-        try:
-            return 0 < float(name[len(RANDOM_PIXELS):]) < 1
-        except ValueError:
-            return False
-    return name in MASKS
-
-
-def make_mask(spec: str, size: int, seed: int) -> torch.Tensor:
-    """The observed-pixel mask [1, 1, size, size] (bool) named by `spec` or read from its file."""
-    if spec.startswith(RANDOM_PIXELS):
-        generator = torch.Generator().manual_seed(seed)
-        keep = torch.rand(size, size, generator=generator) >= float(spec[len(RANDOM_PIXELS):])
-    elif spec in MASKS:
-        keep = MASKS[spec](size, seed)
-    else:
-        array = np.squeeze(_read_array(Path(spec), "mask"))  # [H, W], or with 3 channels
-        if array.ndim == 3:
-            array = array.mean(-1 if array.shape[-1] == 3 else 0)
-        if array.shape != (size, size):
-            raise ValueError(f"mask {spec} is {'x'.join(map(str, array.shape))}, not {size}x{size} "
-                             "(data.image_size)")
-        keep = torch.as_tensor(array) > 0.5
-    return keep[None, None]
-
-
-# -- images --------------------------------------------------------------------------------
-def _read_array(path: Path, what: str) -> np.ndarray:
-    """A float array in [0, 1] from an .npz or .png file (uint8 scaled by 1/255)."""
-    if path.suffix == ".npz":
-        with np.load(path) as archive:
-            if not archive.files:
-                raise ValueError(f"{what} file {path} holds no array")
-            array = archive["x"] if "x" in archive.files else archive[archive.files[0]]
-    elif path.suffix == ".png":
-        import matplotlib.image
-
-        array = matplotlib.image.imread(path)  # float in [0, 1], [H, W] or [H, W, 3 or 4]
-        if array.ndim == 3 and array.shape[-1] == 4:
-            array = array[..., :3]
-    else:
-        raise ValueError(f"{what} file {path} is neither .npz nor .png")
-    if array.dtype == np.uint8:
-        return array.astype(np.float32) / 255
-    array = array.astype(np.float32)
-    if array.size and (array.min() < 0 or array.max() > 1):
-        raise ValueError(f"{what} in {path} must be uint8 or floats in [0, 1], found "
-                         f"[{array.min():.3g}, {array.max():.3g}]")
-    return array
-
-
-def _to_nchw(array: np.ndarray, source) -> torch.Tensor:
-    if array.ndim == 3:  # [N, H, W]: gray
-        array = array[:, None]
-    elif array.ndim == 4 and array.shape[1] not in (1, 3) and array.shape[-1] in (1, 3):
-        array = array.transpose(0, 3, 1, 2)
-    if array.ndim != 4 or array.shape[1] not in (1, 3):
-        raise ValueError(f"images in {source} must be [N, H, W], [N, C, H, W] or [N, H, W, C] with "
-                         f"C = 1 or 3, got shape {array.shape}")
-    return torch.from_numpy(np.ascontiguousarray(array))
 
 
 def read_images(config) -> torch.Tensor:
@@ -114,14 +34,14 @@ def read_images(config) -> torch.Tensor:
         files = sorted(Path(source).glob("*.png"))[:count]
         if not files:
             raise ValueError(f"no .png files in {source}")
-        arrays = [_read_array(f, "image") for f in files]
+        arrays = [read_array(f, "image") for f in files]
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
             raise ValueError(f"the PNGs in {source} differ in shape: {sorted(shapes)}")
         arrays = [a[None] if a.ndim == 2 else a.transpose(2, 0, 1) for a in arrays]
-        images = _to_nchw(np.stack(arrays), source)
+        images = to_nchw(np.stack(arrays), source)
     else:
-        images = _to_nchw(_read_array(Path(source), "images"), source)
+        images = to_nchw(read_array(Path(source), "images"), source)
     images = images[:count]
     if tuple(images.shape[2:]) != (size, size):
         raise ValueError(f"images in {source or 'the test split'} are {images.shape[2]}x{images.shape[3]}, "
@@ -201,7 +121,6 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
               "conditioning": config.controllable.conditioning,
               "npz": str(folder / f"{name}.npz"), "png": str(folder / f"{name}.png")}
     say("%s: %d images in %.1f s, written to %s", mode, len(outputs), seconds, report["npz"])
-    print(json.dumps(report))
     return report
 
 

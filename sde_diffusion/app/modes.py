@@ -18,14 +18,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoints, distributed
+from .. import checkpoints, distributed
 from .config import build_model, build_score_fn, build_sde, data_shape, is_image_data, sampler_spec, select_device
-from .datasets import from_model_space, load_dataset
-from .ema import EMA
-from .guidance import guided_score_fn_for_labels, labels_for_samples, parse_labels
-from .plotting import save_image_grid, save_scatter
+from ..datasets import from_model_space, load_dataset
+from ..ema import EMA
+from ..guidance import guided_score_fn_for_labels, labels_for_samples, parse_labels
+from ..plotting import save_image_grid, save_scatter
 from .progress import Progress, announce, say
-from .sampling import sample
+from ..sampling import sample
 
 
 def load_dataset_from_config(config, split: str):
@@ -106,7 +106,7 @@ def load_trained(config, workdir, device):
     `eval.reference_checkpoint`, whose step is reported as "reference_<step>" so that its outputs
     never overwrite those of the workdir's own run."""
     if config.eval.get("reference_checkpoint"):
-        from .compat import read_reference_checkpoint, reference_model
+        from ..compat import read_reference_checkpoint, reference_model
 
         path = config.eval.reference_checkpoint
         checkpoint = read_reference_checkpoint(path)
@@ -130,19 +130,26 @@ def load_trained(config, workdir, device):
     return ema.averaged_model(model), build_sde(config), int(state["step"])
 
 
-def run_sample(config, workdir, config_file: str = "") -> dict:
-    device = select_device(config)
+def _sampling_run(what: str, config, workdir, device, num_samples: int, config_file: str):
+    """The start `sample` and `eval` share: load the trained model, say what runs, draw
+    `num_samples` (divided over the processes). Returns (step, class labels or None, samples,
+    NFE, seconds); samples is None on the processes other than rank 0."""
     model, sde, step = load_trained(config, workdir, device)
-    num_samples = config.sampling.num_samples
     if distributed.is_main():
-        announce("sample", config_file, workdir, device,
+        announce(what, config_file, workdir, device,
                  f"checkpoint step {step}, {num_samples} samples with {sampler_spec(config).summary()}")
     score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
     start = time.perf_counter()
     samples, nfe = draw_shared_samples(score_fn, sde, config, num_samples, device, class_labels)
+    return step, class_labels, samples, nfe, time.perf_counter() - start
+
+
+def run_sample(config, workdir, config_file: str = "") -> dict:
+    device = select_device(config)
+    step, class_labels, samples, nfe, seconds = _sampling_run("sample", config, workdir, device,
+                                                              config.sampling.num_samples, config_file)
     if samples is None:
         return None
-    seconds = time.perf_counter() - start
     folder = Path(workdir) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     name = f"samples_{step}_{config.sampling.method}"
@@ -159,7 +166,6 @@ def run_sample(config, workdir, config_file: str = "") -> dict:
     if class_labels is not None:
         report["guidance_scale"] = float(config.sampling.guidance_scale)
     say("sample: %d samples in %.1f s, written to %s", len(samples), seconds, report["npz"])
-    print(json.dumps(report))
     return report
 
 
@@ -168,13 +174,12 @@ def _write_report(workdir, name: str, report: dict) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2))
     say("wrote %s", path)
-    print(json.dumps(report))
     return report
 
 
 def run_likelihood(config, workdir, config_file: str = "") -> dict:
     """Bits/dim of test images (nats per point for 2-D sets) through the probability-flow ODE."""
-    from .likelihood import bits_per_dim, log_likelihood
+    from ..likelihood import bits_per_dim, log_likelihood
 
     device = select_device(config)
     model, sde, step = load_trained(config, workdir, device)
@@ -218,66 +223,34 @@ def run_likelihood(config, workdir, config_file: str = "") -> dict:
     return _write_report(workdir, f"likelihood_{step}.json", report)
 
 
-def quality_metric(config, test: torch.Tensor, device, mixture=None):
-    """(metric, main key) for `eval` and `study`: metric(samples in data space) -> scores against
-    the test set. 2-D sets: sliced Wasserstein (plus `mixture.sample_errors` when the exact
-    mixture is known); digits: FD/KD in digit-classifier features; images: FID/KID with clean-fid's
-    Inception (digits too when eval.inception_path is set). The feature extractors are loaded
-    here, so missing Inception weights stop the run before any sampling."""
-    from .evaluate import fid_kid, load_inception, sliced_wasserstein
+def quality_metric_for(config, test: torch.Tensor, device, mixture=None):
+    """`evaluate.quality_metric` for the config's data (points, digits or images) and settings."""
+    from ..evaluate import quality_metric
 
-    if not is_image_data(config):
-        def metric(x):
-            scores = {"sliced_wasserstein": sliced_wasserstein(
-                x.double().cpu(), test.double(), generator=torch.Generator().manual_seed(config.seed))}
-            if mixture is not None:
-                scores.update(mixture.sample_errors(x.double().cpu()))
-            return scores
-        return metric, "sliced_wasserstein"
-
-    digits = config.data.dataset == "digits"
-    judge = extractor = None
-    if digits:
-        from .digits_judge import DigitsJudge
-        judge = DigitsJudge(config.data.image_size)  # fitted once, however many calls follow
-    if config.eval.inception_path or not digits:
-        extractor = load_inception(config.eval.inception_path or None, device)
-        reference = _to_uint8_hwc(test)
-
-    def metric(x):
-        scores = {}
-        if extractor is not None:
-            scores.update(fid_kid(_to_uint8_hwc(x.cpu()), reference, feature_extractor=extractor, device=device))
-        if judge is not None:
-            scores.update(digits_scores(x.cpu(), test, config.data.image_size, judge))
-        return scores
-    return metric, "fd_digits" if digits else "fid"
+    kind = "digits" if config.data.dataset == "digits" else "images" if is_image_data(config) else "points"
+    return quality_metric(kind, test, device, seed=config.seed, image_size=config.data.image_size,
+                          inception_path=config.eval.inception_path or None, mixture=mixture)
 
 
 def run_eval(config, workdir, config_file: str = "") -> dict:
-    """Sample quality against the test set by `quality_metric`. A class-conditional model
+    """Sample quality against the test set by `evaluate.quality_metric`. A class-conditional model
     samples its `sampling.labels` with `sampling.guidance_scale`; on digits the report adds
     `label_accuracy`, how often the digits judge reads the requested label."""
     device = select_device(config)
     test = load_dataset_from_config(config, "test").data
     if distributed.is_main():  # scores on rank 0 only, which gathers the samples
-        metric, _ = quality_metric(config, test, device)
-    model, sde, step = load_trained(config, workdir, device)
-    num_samples = config.eval.num_samples
-    if distributed.is_main():
-        announce("eval", config_file, workdir, device,
-                 f"checkpoint step {step}, {num_samples} samples with {sampler_spec(config).summary()}")
-    score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
-    start = time.perf_counter()
-    samples, nfe = draw_shared_samples(score_fn, sde, config, num_samples, device, class_labels)
+        metric, _ = quality_metric_for(config, test, device)
+    step, class_labels, samples, nfe, seconds = _sampling_run("eval", config, workdir, device,
+                                                              config.eval.num_samples, config_file)
     if samples is None:
         return None
+    start = time.perf_counter() - seconds
     report = {"step": step, "num_samples": len(samples), "sampler": config.sampling.method, "nfe": nfe}
     report.update(metric(samples))
     if class_labels is not None:
         report["guidance_scale"] = float(config.sampling.guidance_scale)
         if config.data.dataset == "digits":
-            from .digits_judge import DigitsJudge
+            from ..digits_judge import DigitsJudge
             report["label_accuracy"] = DigitsJudge(config.data.image_size).accuracy(samples, class_labels)
     report["seconds"] = round(time.perf_counter() - start, 3)
     name = f"eval_{step}" if class_labels is None else f"eval_{step}_w{config.sampling.guidance_scale:g}"
@@ -287,9 +260,9 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
 def run_study_mode(config, workdir, config_file: str = "") -> dict:
     """`--mode study`: the grid `study.samplers` x `study.nfe` (`sde_diffusion.study`) on the
     trained checkpoint, or on the exact score when `study.oracle` (the `gmm` toy data only),
-    scored by `quality_metric`. Writes study/study_<step>.{csv,md,png}."""
-    from .study import run_study, write_study
-    from .toy_data import toy_mixture
+    scored by `evaluate.quality_metric`. Writes study/study_<step>.{csv,md,png}."""
+    from ..study import run_study, write_study
+    from ..toy_data import toy_mixture
 
     if distributed.world_size() > 1:
         raise ValueError("--mode study runs in one process: start it without torchrun")
@@ -304,7 +277,7 @@ def run_study_mode(config, workdir, config_file: str = "") -> dict:
     else:
         model, sde, step = load_trained(config, workdir, device)
         score_fn, mixture = build_score_fn(model, sde, config), None
-    data_metric, metric_key = quality_metric(config, test, device, mixture)
+    data_metric, metric_key = quality_metric_for(config, test, device, mixture)
     announce("study", config_file, workdir, device,
              f"{'the exact score' if study.oracle else f'checkpoint step {step}'}, "
              f"{len(study.samplers)} samplers x NFE {tuple(study.nfe)}, {study.num_samples} samples each")
@@ -314,22 +287,4 @@ def run_study_mode(config, workdir, config_file: str = "") -> dict:
     title = f"{Path(workdir).name}: {config.training.sde}, step {step}, {study.num_samples} samples"
     paths = write_study(rows, Path(workdir) / "study", metric_key, title, name=f"study_{step}")
     say("study: %d rows, written to %s", len(rows), Path(workdir) / "study")
-    print(json.dumps({"step": step, "rows": len(rows), **paths}))
-    return {"rows": rows, **paths}
-
-
-def digits_scores(samples: torch.Tensor, test: torch.Tensor, image_size: int, judge=None) -> dict:
-    """Frechet and kernel distances between samples and test digits in the feature space of
-    the digits classifier (`digits_judge`), the digit analogue of FID and KID. Pass `judge` to
-    reuse a fitted classifier across calls."""
-    from .digits_judge import DigitsJudge
-    from .evaluate import fid_kid
-
-    judge = judge or DigitsJudge(image_size)
-    scores = fid_kid(judge.features(samples), judge.features(test), kid_subset_size=min(1000, len(test)))
-    return {"fd_digits": scores["fid"], "kd_digits": scores["kid"]}
-
-
-def _to_uint8_hwc(images: torch.Tensor) -> np.ndarray:
-    """[N, C, H, W] in [0, 1] -> uint8 [N, H, W, C], the layout clean-fid reads."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return {"step": step, "rows": len(rows), **paths}

@@ -1,8 +1,9 @@
 """Everything that reads an ml_collections config: validation, and turning the config into the
-library's plain objects (SDE, network, score function, loss, sampler options).
+library's plain objects (SDE, network, score function, loss, the sampler call).
 
-Library modules take plain arguments; this module and the entry points are the only readers of
-config fields. `validate_config` runs before anything touches the disk, so a bad value stops
+Library modules take plain arguments (a model's constructor and an SDE's `from_config` read a
+config section by their own signatures); this module and the application's modes are the
+readers of config fields. `validate_config` runs before anything touches the disk, so a bad value stops
 the run with one line naming the field.
 """
 from __future__ import annotations
@@ -13,16 +14,15 @@ from typing import Callable, Optional
 
 import torch
 
-from . import losses
-from .distributed import rank_device
-from .models import get_model, model_names, score_fn_from_model
-from .performance import PRECISIONS
-from .sampling import (CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES, SamplerSpec, sampler_option_names,
+from .. import losses
+from ..distributed import rank_device
+from ..models import get_model, model_names, score_fn_from_model
+from ..performance import PRECISIONS
+from ..sampling import (CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES, SamplerSpec, sampler_option_names,
                        schedule_option_names, with_settings)
-from .sampling.call import GRID_FIELDS
-from .sdes import SDES, SDE, ScoreFn, get_sde
+from ..sampling.call import GRID_FIELDS
+from ..sdes import SDES, SDE, ScoreFn
 
-MODES = ("train", "sample", "likelihood", "eval")
 IMAGE_MODELS = ("ddpm", "ncsnpp")
 IMAGE_DATASETS = ("digits", "mnist", "cifar10")  # the rest are point sets
 # Data sets whose labels a class-conditional model (model.num_classes > 0) can learn; the other
@@ -64,7 +64,7 @@ def is_image_data(config) -> bool:
 def validate_config(config, mode: Optional[str] = None) -> None:
     """Raise ConfigError naming the first field whose value cannot work (for `mode`, when
     given: one of main.py's modes; inpaint and colorize also read the `controllable` fields)."""
-    from .datasets import DATASETS
+    from ..datasets import DATASETS
 
     _known(config.training.sde, SDES, "training.sde")
     _known(config.model.name, model_names(), "model.name")
@@ -85,8 +85,8 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     for field in ("sampling.rtol", "sampling.atol", "sampling.rho", "sampling.power"):
         if config.sampling[field.split(".")[1]] is not None:
             _positive_number(config, field)
-    if config.sampling.n_steps is not None:
-        _positive_int(config, "sampling.n_steps")
+    if config.sampling.corrector_steps is not None:
+        _positive_int(config, "sampling.corrector_steps")
     _require(0 <= config.model.ema_rate < 1, "model.ema_rate", "must lie in [0, 1)", config.model.ema_rate)
     _require(0 <= config.model.get("dropout", 0.0) < 1, "model.dropout", "must lie in [0, 1)",
              config.model.get("dropout"))
@@ -123,19 +123,17 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     _validate_classes(config)
     _require(config.eval.bpd_trace in ("exact", "hutchinson"), "eval.bpd_trace",
              "must be 'exact' or 'hutchinson'", config.eval.bpd_trace)
+    sde_class = SDES[config.training.sde]
     if not config.training.continuous:
-        _require(config.training.sde in ("vpsde", "vesde"), "training.sde",
-                 "discrete training (training.continuous=False) needs the DDPM chain (vpsde) or the "
-                 "SMLD chain (vesde)", config.training.sde)
+        _require(sde_class.has_training_chain, "training.sde", "discrete training (training.continuous=False) "
+                 "needs an SDE with a training chain (DDPM's vpsde, SMLD's vesde)", config.training.sde)
     if spec.options.get("predictor") == "ancestral" and spec.method == "pc":
-        _require(config.training.sde != "subvpsde", "sampling.predictor",
-                 "ancestral sampling is not defined for the sub-VP SDE", "ancestral")
-    if config.training.sde == "vesde":
-        _require(config.model.sigma_min < config.model.sigma_max, "model.sigma_max",
-                 "must exceed model.sigma_min", config.model.sigma_max)
-    else:
-        _require(config.model.beta_min <= config.model.beta_max, "model.beta_max",
-                 "must be at least model.beta_min", config.model.beta_max)
+        _require(sde_class.has_training_chain, "sampling.predictor",
+                 f"ancestral sampling needs a training chain, which {config.training.sde} has not", "ancestral")
+    try:
+        build_sde(config)
+    except ValueError as error:
+        raise ConfigError(f"config.model: the {config.training.sde} SDE refuses its parameters: {error}") from None
     if config.eval.get("reference_checkpoint"):
         _validate_reference_checkpoint(config, mode)
     if mode in ("inpaint", "colorize"):
@@ -179,7 +177,7 @@ def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:
 
 def _validate_classes(config) -> None:
     """model.num_classes against the data set, and the class-conditional sampling fields."""
-    from .guidance import parse_labels
+    from ..guidance import parse_labels
 
     num_classes = config.model.get("num_classes", 0)
     _require(isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 0,
@@ -215,7 +213,7 @@ def _validate_classes(config) -> None:
 
 
 def _validate_study(config) -> None:
-    from .study import parse_spec
+    from ..sampling import parse_spec
 
     _positive_int(config, "study.num_samples")
     _positive_number(config, "study.reference_tol")
@@ -230,8 +228,8 @@ def _validate_study(config) -> None:
 
 
 def _validate_controllable(config, mode: str) -> None:
-    from .controllable_modes import MASKS, is_mask_name
-    from .sampling.controllable import CONDITIONINGS, pc_spec
+    from ..sampling.masks import MASKS, is_mask_name
+    from ..sampling.controllable import CONDITIONINGS, pc_spec
 
     _require(is_image_data(config), "data.dataset", f"--mode {mode} needs image data", config.data.dataset)
     if mode == "colorize":
@@ -320,11 +318,9 @@ def select_device(config) -> torch.device:
 
 
 def build_sde(config) -> SDE:
-    """The SDE the model is trained with; its N is the training chain (model.num_scales)."""
-    model = config.model
-    if config.training.sde == "vesde":
-        return get_sde("vesde", sigma_min=model.sigma_min, sigma_max=model.sigma_max, N=model.num_scales)
-    return get_sde(config.training.sde, beta_min=model.beta_min, beta_max=model.beta_max, N=model.num_scales)
+    """The SDE the model is trained with (its registered constructor reads `config.model`); its
+    N is the training chain (model.num_scales)."""
+    return SDES.get_or_raise(config.training.sde).from_config(config.model)
 
 
 def build_model(config) -> torch.nn.Module:

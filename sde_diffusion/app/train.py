@@ -30,13 +30,14 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoints, distributed
+from .. import checkpoints, distributed
 from .config import build_loss, build_model, build_score_fn, build_sde, is_image_data, select_device
-from .datasets import BatchStream, random_flip, to_model_space, uniform_dequantize
-from .ema import EMA
-from .guidance import drop_labels
+from ..datasets import BatchStream, random_flip, to_model_space, uniform_dequantize
+from ..ema import EMA
+from ..guidance import drop_labels
 from .modes import draw_samples, load_dataset_from_config, sample_score_and_labels, save_sample_pictures
-from .performance import grad_scaler, to_memory_format, training_network
+from ..performance import grad_scaler, to_memory_format, training_network
+from ..training_step import training_step
 from .progress import Progress, announce, say
 
 
@@ -217,24 +218,10 @@ def train(config, workdir, config_file: str = "") -> dict:
         x = to_memory_format(x, training.channels_last)
         for group in optimizer.param_groups:
             group["lr"] = optim.lr * min((step + 1) / optim.warmup, 1.0) if optim.warmup else optim.lr
-        loss = train_loss_fn(score_fn, x, generator, class_labels)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        scaler.unscale_(optimizer)  # clip and check the true gradients, not fp16-scaled ones
-        if optim.grad_clip > 0:
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), optim.grad_clip)
-        else:
-            grad_norm = torch.nn.utils.get_total_norm([p.grad for p in model.parameters() if p.grad is not None])
-        # One host sync per step: whether to take it must be known before the update. Under fp16
-        # loss scaling overflowing gradients are routine (the scaler skips those steps and lowers
-        # the scale), so there only the loss decides. The gradient is averaged over the processes,
-        # the loss too (here), so all of them take the same decision.
-        loss = distributed.mean_over_ranks(loss.detach())
-        checked = loss if scaler.is_enabled() else loss + grad_norm
-        if torch.isfinite(checked):
-            scaler.step(optimizer)
-            scaler.update()
-            ema.update(model)
+        loss, _, applied = training_step(lambda: train_loss_fn(score_fn, x, generator, class_labels), model,
+                                         optimizer, grad_clip=optim.grad_clip, ema=ema, scaler=scaler,
+                                         average=distributed.mean_over_ranks)
+        if applied:
             skipped_in_a_row = 0
         else:
             skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1

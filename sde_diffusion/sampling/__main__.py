@@ -1,0 +1,32 @@
+"""`python -m sde_diffusion.sampling`: the registered samplers as a Markdown table, read from the
+registry (options with their defaults, the declared grid, adaptive or not), so that the table
+in the README is regenerated, never edited by hand."""
+import inspect
+import re
+
+from . import SAMPLER_TRAITS, SAMPLERS, SamplerSpec
+
+
+def _first_sentence(function) -> str:
+    text = " ".join((inspect.getdoc(function) or "").split("\n\n")[0].split())
+    end = re.search(r"(?<! al)(?<! eq)\. |: |; ", text)  # not at "et al." or "eq."
+    return text[:end.start()] if end else text.rstrip(".")
+
+
+def sampler_table() -> str:
+    lines = ["| method | options (defaults) | default grid | steps | what |", "|---|---|---|---|---|"]
+    for name, function in SAMPLERS.items():
+        parameters = inspect.signature(function).parameters.values()
+        options = ", ".join(f"`{p.name}={p.default!r}`" for p in parameters
+                            if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "constrain")
+        spec = SamplerSpec(name)
+        traits = SAMPLER_TRAITS[name]
+        adaptive = traits.adaptive({})
+        steps = "adaptive" if adaptive else f"NFE {spec.score_calls(10)} for 10 steps"
+        grid = f"ends only, eps={spec.resolved().eps:g}" if adaptive else spec.grid_summary()
+        lines.append(f"| `{name}` | {options} | `{grid}` | {steps} | {_first_sentence(function)} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(sampler_table())
