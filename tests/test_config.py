@@ -69,10 +69,10 @@ def test_sampler_spec_takes_the_fields_set_and_leaves_the_rest_to_the_sampler():
     assert spec.options == {"predictor": "euler_maruyama", "corrector": "none"}
     config.sampling.method = "dpm_solver++"  # pc's predictor and corrector are not its options
     spec = sampler_spec(config)
-    assert spec.options == {} and (spec.schedule, spec.schedule_options) == ("logsnr", {"power": 0.5})
-    config.sampling.power, config.sampling.order = 0.65, 3
+    assert spec.options == {} and (spec.schedule, spec.schedule_options) == ("logsnr", {"power": 0.65})
+    config.sampling.power, config.sampling.order = 0.8, 3
     spec = sampler_spec(config)
-    assert spec.options == {"order": 3} and (spec.schedule, spec.schedule_options) == ("logsnr", {"power": 0.65})
+    assert spec.options == {"order": 3} and (spec.schedule, spec.schedule_options) == ("logsnr", {"power": 0.8})
     config.sampling.method = "adaptive_sde"  # its own tolerances, not the ODE's
     config.sampling.power = None
     spec = sampler_spec(config)

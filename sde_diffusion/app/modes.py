@@ -19,13 +19,13 @@ import numpy as np
 import torch
 
 from .. import checkpoints, distributed
-from .config import build_model, build_score_fn, build_sde, data_shape, is_image_data, sampler_spec, select_device
 from ..datasets import from_model_space, load_dataset
 from ..ema import EMA
 from ..guidance import guided_score_fn_for_labels, labels_for_samples, parse_labels
 from ..plotting import save_image_grid, save_scatter
-from .progress import Progress, announce, say
 from ..sampling import sample
+from .config import build_model, build_score_fn, build_sde, data_shape, is_image_data, sampler_spec, select_device
+from .progress import Progress, announce, say
 
 
 def load_dataset_from_config(config, split: str):

@@ -31,13 +31,13 @@ from pathlib import Path
 import torch
 
 from .. import checkpoints, distributed
-from .config import build_loss, build_model, build_score_fn, build_sde, is_image_data, select_device
 from ..datasets import BatchStream, random_flip, to_model_space, uniform_dequantize
 from ..ema import EMA
 from ..guidance import drop_labels
-from .modes import draw_samples, load_dataset_from_config, sample_score_and_labels, save_sample_pictures
 from ..performance import grad_scaler, to_memory_format, training_network
 from ..training_step import training_step
+from .config import build_loss, build_model, build_score_fn, build_sde, is_image_data, select_device
+from .modes import draw_samples, load_dataset_from_config, sample_score_and_labels, save_sample_pictures
 from .progress import Progress, announce, say
 
 

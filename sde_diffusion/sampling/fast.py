@@ -52,10 +52,9 @@ def data_prediction(score_fn, x: torch.Tensor, t, alpha, sigma) -> torch.Tensor:
 
 
 # -- DDIM ------------------------------------------------------------------------------------
-# Defaults measured on the exact 32-D mixture (README, "Samplers"): the log-SNR grid warped
-# towards high SNR (power 0.5) beats the quadratic and plain log-SNR grids at 10 and 20 NFE.
-@register_sampler("ddim", schedule="logsnr", schedule_options={"power": 0.5},
-                  deterministic=lambda options: options.get("eta", 0.0) == 0)
+# Defaults chosen on the trained digits model, where it and the exact mixture disagree (README,
+# "Samplers"): DDIM's own quadratic grid.
+@register_sampler("ddim", schedule="quadratic", deterministic=lambda options: options.get("eta", 0.0) == 0)
 def ddim_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                  generator: Optional[torch.Generator] = None, *, eta: float = 0.0) -> torch.Tensor:
     """DDIM (Song et al. 2021a, eq. 12) for any Gaussian kernel: from t to s,
@@ -138,7 +137,9 @@ def heun_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
 
 
 # -- DPM-Solver++ ----------------------------------------------------------------------------
-@register_sampler("dpm_solver++", schedule="logsnr", schedule_options={"power": 0.5},
+# The log-SNR grid warped towards high SNR: the best 2nd-order grid on the trained digits model,
+# within 1.5x of the best spec on the exact mixture (README, "Samplers").
+@register_sampler("dpm_solver++", schedule="logsnr", schedule_options={"power": 0.65}, eps=5e-4,
                   deterministic=lambda options: options.get("eta", 0.0) == 0)
 def dpm_solver_pp_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                           generator: Optional[torch.Generator] = None, *, order: int = 2,
