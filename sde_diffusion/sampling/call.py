@@ -106,19 +106,21 @@ class SamplerSpec:
             low, high = (middle, high) if self.score_calls(middle) <= nfe else (low, middle - 1)
         return low
 
+    def _schedule_text(self) -> str:
+        """'logsnr power=0.5' (of a resolved spec)."""
+        return "".join([self.schedule, *(f" {name}={value:g}" for name, value in self.schedule_options.items())])
+
     def grid_summary(self) -> str:
         """'logsnr power=0.5, eps=0.001' (resolved)."""
         spec = self.resolved()
-        return "".join([spec.schedule, *(f" {name}={value:g}" for name, value in spec.schedule_options.items()),
-                        f", eps={spec.eps:g}"])
+        return f"{spec._schedule_text()}, eps={spec.eps:g}"
 
     def summary(self) -> str:
         """'pc predictor=euler_maruyama, 100 steps on the uniform grid to eps=0.001' (resolved)."""
         spec = self.resolved()
         options = "".join(f" {name}={value}" for name, value in spec.options.items())
-        schedule, eps = spec.grid_summary().split(", ")
         steps = f"{spec.steps} steps" if spec.steps is not None else "the SDE's N steps"
-        return f"{spec.method}{options}, {steps} on the {schedule} grid to {eps}"
+        return f"{spec.method}{options}, {steps} on the {spec._schedule_text()} grid to eps={spec.eps:g}"
 
     def grid(self, sde: SDE, device=None) -> torch.Tensor:
         """The decreasing times the sampler gets (`resolved` first)."""
