@@ -138,7 +138,7 @@ def heun_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
 
 # -- DPM-Solver++ ----------------------------------------------------------------------------
 # The log-SNR grid warped towards high SNR: the best 2nd-order grid on the trained digits model,
-# within 1.5x of the best spec on the exact mixture (README, "Samplers").
+# preferred where the exact mixture favours another warp (README, "Samplers").
 @register_sampler("dpm_solver++", schedule="logsnr", schedule_options={"power": 0.65}, eps=5e-4,
                   deterministic=lambda options: options.get("eta", 0.0) == 0)
 def dpm_solver_pp_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
