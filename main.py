@@ -14,7 +14,6 @@ r"""Command line: train, sample, score and evaluate score-based models.
 Bad input (flags, config files and values, missing data, an unusable workdir or checkpoint) ends
 with one line on stderr and a non-zero exit, before anything in the workdir is written.
 """
-import json
 import re
 import sys
 from functools import partial
@@ -95,9 +94,11 @@ def main(argv):
     import torch
 
     from sde_diffusion import checkpoints, distributed
+    from sde_diffusion.output_files import to_json
     from sde_diffusion.app.config import ConfigError, select_device, validate_config
     from sde_diffusion.app.controllable_modes import run_controllable
     from sde_diffusion.app.modes import run_eval, run_likelihood, run_sample, run_study_mode
+    from sde_diffusion.app.signals import StoppedBySignal
     from sde_diffusion.app.train import NonFiniteError, train
 
     config = FLAGS.config
@@ -114,9 +115,14 @@ def main(argv):
         try:
             report = run(config, FLAGS.workdir, config_file=_config_path(sys.argv))
             if report is not None and FLAGS.mode != "train":  # rank 0's report, one JSON line
-                print(json.dumps(report))
+                print(to_json(report))
         finally:
             distributed.teardown()
+    except StoppedBySignal as stopped:  # the trainer said so and saved its state
+        sys.exit(stopped.exit_status)
+    except KeyboardInterrupt:  # Ctrl-C outside training: outputs are written whole or not at all
+        print("error: interrupted by SIGINT; no output was left half-written", file=sys.stderr)
+        sys.exit(130)
     except (ConfigError, checkpoints.CheckpointError, NonFiniteError, OSError, ValueError) as error:
         sys.exit("error: " + " ".join(line.strip() for line in str(error).splitlines()))
 

@@ -38,6 +38,11 @@ def get_base_config():
     training.nonfinite = "stop"           # a non-finite loss or gradient: "stop" the run, or "skip" the step
     training.nonfinite_max_skips = 10     # "skip": stop anyway after more than this many in a row
     training.cond_drop_prob = 0.1         # class-conditional models: P(label -> "no label")
+    # Resuming a workdir: the config must be the one that started it, except the fields in
+    # sde_diffusion/app/workdir_config.py MAY_CHANGE_ON_RESUME (n_iters, frequencies, threads,
+    # device, precision/compile, lr, data.root, the sampling/eval/study/controllable sections);
+    # True resumes despite other changes, with a warning per field (README, "What is safe").
+    training.resume_despite_changes = False
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"                # any registered sampler

@@ -21,6 +21,7 @@ snapshot of the same step.
 from __future__ import annotations
 
 import hashlib
+import io
 import logging
 import os
 import re
@@ -30,9 +31,12 @@ from typing import Optional
 
 import torch
 
+from .output_files import disk_error
+
 SNAPSHOT_DIR = "checkpoints"
 PREEMPTION_PATH = Path("checkpoints-meta") / "checkpoint.pth"
 _SNAPSHOT_NAME = re.compile(r"checkpoint_(\d+)\.pth$")
+_TEMPORARY_NAME = re.compile(r"checkpoint(_\d+)?\.pth\..+\.tmp$")
 _REQUIRED_ENTRIES = ("step", "model", "ema")
 DIGEST_KEY = "blake2b"
 log = logging.getLogger(__name__)
@@ -77,20 +81,45 @@ def _digest(state) -> str:
 
 
 def save_checkpoint(path, state: dict) -> None:
+    """Write `state` (with its digest) to `path` atomically (module docstring). The state is
+    serialized in memory first, so that a failed write surfaces as the OS's error (a full disk:
+    "no space left on device writing PATH") rather than as torch's zip writer's."""
     path = Path(path)
     state = {**state, DIGEST_KEY: _digest(state)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+    except OSError as error:
+        raise disk_error(error, path) from error
     try:
         with os.fdopen(handle, "wb") as file:
-            torch.save(state, file)
+            file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
         os.replace(temporary, path)
+    except OSError as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise disk_error(error, path) from error
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     _fsync_folder(path.parent)
+
+
+def remove_stale_temporaries(workdir) -> list:
+    """Delete the temporary files that an interrupted `save_checkpoint` left in `workdir`'s
+    checkpoint folders (`<name>.pth.<random>.tmp`; never a checkpoint's own name). Only the
+    workdir's one trainer may call this: another writer's temporary file would be in use."""
+    removed = []
+    for folder in (Path(workdir) / SNAPSHOT_DIR, preemption_path(workdir).parent):
+        if folder.is_dir():
+            for path in folder.iterdir():
+                if _TEMPORARY_NAME.match(path.name) and path.is_file():
+                    path.unlink()
+                    removed.append(path)
+    return removed
 
 
 def set_aside(path) -> Path:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Optional
 
 import matplotlib
@@ -11,6 +10,8 @@ matplotlib.use("Agg")  # files only; never needs a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+
+from .output_files import atomic_write  # noqa: E402
 
 
 def image_grid(images: torch.Tensor, nrow: Optional[int] = None, padding: int = 1) -> np.ndarray:
@@ -29,11 +30,11 @@ def save_image_grid(images: torch.Tensor, path, nrow: Optional[int] = None, scal
     """Write the grid as a PNG, each pixel enlarged `scale` times (small images stay legible)."""
     grid = image_grid(images, nrow)
     grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
     if grid.shape[2] == 1:
-        plt.imsave(path, grid[..., 0], cmap="gray", vmin=0.0, vmax=1.0)
+        atomic_write(path, lambda temporary: plt.imsave(temporary, grid[..., 0], cmap="gray", vmin=0.0,
+                                                        vmax=1.0, format="png"))
     else:
-        plt.imsave(path, grid)
+        atomic_write(path, lambda temporary: plt.imsave(temporary, grid, format="png"))
 
 
 def save_scatter(samples: torch.Tensor, path, data: Optional[torch.Tensor] = None,
@@ -50,6 +51,7 @@ def save_scatter(samples: torch.Tensor, path, data: Optional[torch.Tensor] = Non
     if title:
         figure.suptitle(title)
     figure.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
+    finally:
+        plt.close(figure)

@@ -19,6 +19,10 @@ TOY = "--config=configs/vp_toy.py"
 DIGITS = "--config=configs/vp_digits.py"
 VE_TOY = "--config=configs/ve_toy.py"
 
+# The trained workdir's own settings (and a longer run), so that a case changes only its own field.
+TRAINED = ["--config.training.n_iters=40", "--config.model.width=16", "--config.model.num_blocks=1",
+           "--config.data.num_points=1000", "--config.training.batch_size=64"]
+
 # (case id, argv after main.py with {workdir} / {tmp} placeholders, what the error line must say,
 #  the workdir: "missing" (must stay absent) or "trained" (a copy of a trained run, must not change))
 CASES = [
@@ -84,10 +88,47 @@ CASES = [
     ("eval.checkpoint negative", [TOY, "--mode=sample", "--config.eval.checkpoint=-1"], "config.eval.checkpoint",
      "trained"),
     ("checkpoint of another model", [TOY, "--mode=sample", "--config.model.width=32"],
-     "does not fit this config's model", "trained"),
+     "model.width: 16 -> 32", "trained"),
     ("batch larger than the data", [TOY, "--config.data.num_points=100", "--config.training.batch_size=512"],
      "batch_size", "trained"),
     ("sampling without a checkpoint", [TOY, "--mode=sample"], "no checkpoint", "missing"),
+    # what must not be silently wrong (NaN outputs, a perfect score for nothing, ...)
+    ("sampling eps zero", [TOY, "--config.sampling.eps=0.0"], "config.sampling.eps", "missing"),
+    ("lr infinite", [TOY, "--config.optim.lr=inf"], "config.optim.lr", "missing"),
+    ("lr nan", [TOY, "--config.optim.lr=nan"], "config.optim.lr", "missing"),
+    ("huge image_size", [DIGITS, "--config.data.image_size=4096"], "config.data.image_size", "missing"),
+    ("empty test split for eval", [TOY, "--mode=eval", "--config.data.num_points=4"], "config.data.num_points",
+     "missing"),
+    ("empty test split for likelihood", [TOY, "--mode=likelihood", "--config.data.num_points=4"],
+     "config.data.num_points", "missing"),
+    ("sde_solver with one step", [TOY, *TRAINED, "--mode=sample", "--config.sampling.method=sde_solver",
+                                  "--config.sampling.steps=1"], "config.sampling.steps", "trained"),
+    ("inpaint images with NaN", [DIGITS, "--mode=inpaint", "--config.controllable.images={tmp}/nan_images.npz"],
+     "NaN", "missing"),
+    ("inpaint images with Inf", [DIGITS, "--mode=inpaint", "--config.controllable.images={tmp}/inf_images.npz"],
+     "NaN or infinite", "missing"),
+    ("npz with no images", [DIGITS, "--mode=inpaint", "--config.controllable.images={tmp}/no_images.npz"],
+     "empty array", "missing"),
+    ("inpaint mask with NaN", [DIGITS, "--mode=inpaint", "--config.controllable.mask={tmp}/nan_mask.npz"],
+     "nan_mask.npz", "missing"),
+    ("text file named .png", [DIGITS, "--mode=inpaint", "--config.controllable.images={tmp}/png_folder"],
+     "not_an_image.png", "missing"),
+    # a workdir remembers what it trains: resuming or reading it under another meaning is refused
+    ("resume under vesde", [TOY, *TRAINED, "--config.training.sde=vesde"], "training.sde: 'vpsde' -> 'vesde'",
+     "trained"),
+    ("resume under subvpsde", [TOY, *TRAINED, "--config.training.sde=subvpsde"], "training.sde", "trained"),
+    ("resume on another data set", [TOY, *TRAINED, "--config.data.dataset=moons"], "data.dataset", "trained"),
+    ("resume discrete", [TOY, *TRAINED, "--config.training.continuous=False"], "training.continuous", "trained"),
+    ("resume with another batch size", [TOY, *TRAINED, "--config.training.batch_size=32"],
+     "training.batch_size: 64 -> 32", "trained"),
+    ("resume with another seed", [TOY, *TRAINED, "--config.seed=7"], "seed: 42 -> 7", "trained"),
+    ("resume with another width", [TOY, *TRAINED, "--config.model.width=32"], "model.width: 16 -> 32", "trained"),
+    ("resume with another embedding", [TOY, *TRAINED, "--config.model.embedding_type=fourier"],
+     "model.embedding_type", "trained"),
+    ("eval under another sde", [TOY, *TRAINED, "--mode=eval", "--config.training.sde=vesde"], "training.sde",
+     "trained"),
+    ("sample under another beta_max", [TOY, *TRAINED, "--mode=sample", "--config.model.beta_max=10.0"],
+     "model.beta_max", "trained"),
 ]
 if os.geteuid() != 0:  # root writes anywhere: the read-only folder case needs an ordinary user
     CASES.append(("workdir under a read-only folder", [TOY, "--workdir={tmp}/read_only/run"], "read_only", "none"))
@@ -170,6 +211,16 @@ def outcomes(tmp_path_factory, trained_workdir):
     (tmp / "raising_config.py").write_text("def get_config():\n    raise TypeError('no config here')\n")
     (tmp / "a_file").write_text("not a folder")
     (tmp / "read_only").mkdir()
+    import numpy as np
+    images = np.full((4, 16, 16), 0.5, dtype=np.float32)
+    np.savez(tmp / "nan_images.npz", x=np.where(np.arange(16) == 3, np.nan, images))
+    np.savez(tmp / "inf_images.npz", x=np.where(np.arange(16) == 3, np.inf, images))
+    np.savez(tmp / "no_images.npz", x=np.zeros((0, 16, 16), dtype=np.float32))
+    mask = np.ones((16, 16), dtype=np.float32)
+    mask[4, 4] = np.nan
+    np.savez(tmp / "nan_mask.npz", x=mask)
+    (tmp / "png_folder").mkdir()
+    (tmp / "png_folder" / "not_an_image.png").write_text("this is text, not a PNG")
     (tmp / "read_only").chmod(0o555)
     argvs, workdirs = [], []
     for index, (_, args, _, state) in enumerate(CASES):

@@ -130,7 +130,7 @@ def test_sampling_without_a_checkpoint_is_a_clear_error(tmp_path):
 def test_checkpoint_of_another_model_is_a_clear_error(workdir):
     result = main_py(f"--workdir={workdir}", "--mode=sample", *SMALL, "--config.model.width=32")
     assert result.returncode != 0
-    assert "does not fit this config's model" in result.stderr.strip().splitlines()[-1]
+    assert "trained with another config (model.width: 64 -> 32)" in result.stderr.strip().splitlines()[-1]
 
 
 def test_class_conditional_train_then_guided_sample(tmp_path):

@@ -8,6 +8,7 @@ the run with one line naming the field.
 """
 from __future__ import annotations
 
+import math
 from functools import partial
 from pathlib import Path
 from typing import Callable, Optional
@@ -24,6 +25,7 @@ from ..sampling.call import GRID_FIELDS
 from ..sdes import SDES, SDE, ScoreFn
 
 IMAGE_MODELS = ("ddpm", "ncsnpp")
+MAX_IMAGE_SIZE = 1024  # pixels per side; beyond it a run cannot fit in any GPU's memory at a useful batch
 IMAGE_DATASETS = ("digits", "mnist", "cifar10")  # the rest are point sets
 # Data sets whose labels a class-conditional model (model.num_classes > 0) can learn; the other
 # toy sets carry no classes. gmm's classes are its mixture components.
@@ -49,8 +51,8 @@ def _positive_int(config, field: str) -> None:
 def _positive_number(config, field: str) -> None:
     section, name = field.split(".")
     value = config[section].get(name)
-    _require(isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0, field,
-             "must be a positive number", value)
+    _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+             and value > 0, field, "must be a positive finite number", value)
 
 
 def _known(name, known, field: str) -> None:
@@ -91,9 +93,11 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     _require(0 <= config.model.get("dropout", 0.0) < 1, "model.dropout", "must lie in [0, 1)",
              config.model.get("dropout"))
     spec = sampler_spec(config)
-    _require(0 <= spec.eps < 1, "sampling.eps", "must lie in [0, 1)", spec.eps)
-    if spec.schedule in ("logsnr", "karras"):
-        _require(spec.eps > 0, "sampling.eps", f"must be > 0 for the {spec.schedule} schedule", spec.eps)
+    # t = 0 is the data itself: the VP marginal std is 0 there and the score infinite
+    _require(0 < spec.eps < 1, "sampling.eps", "must lie in (0, 1)", spec.eps)
+    if spec.method == "sde_solver" and not spec.options.get("adaptive", False):
+        _require(config.sampling.steps >= 2, "sampling.steps", "sde_solver needs at least 2 grid points",
+                 config.sampling.steps)
     _require(config.optim.optimizer in ("Adam", "AdamW"), "optim.optimizer", "must be 'Adam' or 'AdamW'",
              config.optim.optimizer)
     _require(config.training.precision in PRECISIONS, "training.precision",
@@ -143,6 +147,8 @@ def validate_config(config, mode: Optional[str] = None) -> None:
         _validate_data_files(config, mode)
     else:
         _positive_int(config, "data.num_points")
+        _require(config.data.num_points >= 5, "data.num_points",
+                 "must be at least 5 (the test split holds data.num_points // 5 points)", config.data.num_points)
         _require(config.model.name not in IMAGE_MODELS, "model.name",
                  f"{config.model.name!r} is an image network; use 'mlp' for point data", config.model.name)
     if config.model.name == "mlp":
@@ -290,6 +296,11 @@ def _validate_data_files(config, mode: Optional[str]) -> None:
 def _validate_image_config(config) -> None:
     _positive_int(config, "data.image_size")
     _positive_int(config, "data.num_channels")
+    _require(config.data.image_size <= MAX_IMAGE_SIZE, "data.image_size",
+             f"must be at most {MAX_IMAGE_SIZE} (the largest published score-based models' size)",
+             config.data.image_size)
+    _require(config.data.num_channels in (1, 3), "data.num_channels", "must be 1 (gray) or 3 (RGB)",
+             config.data.num_channels)
     if config.model.name not in IMAGE_MODELS:
         return
     _positive_int(config, "model.nf")

@@ -21,7 +21,7 @@ from ..plotting import save_image_grid
 from ..sampling.controllable import colorize, inpaint
 from ..sampling.masks import make_mask
 from .config import build_score_fn, sampler_spec, select_device
-from .modes import load_dataset_from_config, load_trained, to_data_space
+from .modes import load_dataset_from_config, load_trained, require_finite, save_npz, to_data_space
 from .progress import Progress, announce, say
 
 
@@ -103,7 +103,7 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
             outputs.append(to_data_space(x, config).cpu())
             progress.update(sum(len(output) for output in outputs))
     progress.close()
-    outputs = torch.cat(outputs)
+    outputs = require_finite(torch.cat(outputs), mode)
     seconds = time.perf_counter() - start
 
     folder = Path(workdir) / mode
@@ -112,7 +112,7 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
     arrays = {"outputs": outputs.numpy(), "inputs": inputs.numpy(), "originals": images.numpy()}
     if mode == "inpaint":
         arrays["mask"] = mask[0].numpy()
-    np.savez(folder / f"{name}.npz", **arrays)
+    save_npz(folder / f"{name}.npz", **arrays)
     shown = inputs.expand(-1, outputs.shape[1], -1, -1)
     save_image_grid(shown[:256], folder / f"{name}_inputs.png")
     save_image_grid(outputs[:256], folder / f"{name}_outputs.png")

@@ -11,7 +11,7 @@ rank 0 alone writes and returns the report (the others return None). study runs 
 """
 from __future__ import annotations
 
-import json
+import math
 import time
 from pathlib import Path
 
@@ -22,17 +22,22 @@ from .. import checkpoints, distributed
 from ..datasets import from_model_space, load_dataset
 from ..ema import EMA
 from ..guidance import guided_score_fn_for_labels, labels_for_samples, parse_labels
+from ..output_files import atomic_write, to_json, write_text_atomic
 from ..plotting import save_image_grid, save_scatter
 from ..sampling import sample
 from .config import build_model, build_score_fn, build_sde, data_shape, is_image_data, sampler_spec, select_device
 from .progress import Progress, announce, say
+from .workdir_config import check_weights_config
 
 
 def load_dataset_from_config(config, split: str):
     data = config.data
-    return load_dataset(data.dataset, split, root=data.root or None,
-                        image_size=data.image_size if is_image_data(config) else None,
-                        download=data.download, num_points=data.num_points, seed=config.seed)
+    dataset = load_dataset(data.dataset, split, root=data.root or None,
+                           image_size=data.image_size if is_image_data(config) else None,
+                           download=data.download, num_points=data.num_points, seed=config.seed)
+    if len(dataset) == 0:
+        raise ValueError(f"the {split} split of data.dataset {data.dataset!r} is empty")
+    return dataset
 
 
 def to_data_space(x: torch.Tensor, config) -> torch.Tensor:
@@ -118,6 +123,7 @@ def load_trained(config, workdir, device):
         state = checkpoints.latest_checkpoint(workdir, device)
     if state is None:
         raise checkpoints.CheckpointError(f"no checkpoint in {workdir}; train first with --mode train")
+    check_weights_config(state, config, f"of step {state['step']} in {workdir}")
     model = build_model(config).to(device)
     ema = EMA(model, config.model.ema_rate)
     try:
@@ -128,6 +134,16 @@ def load_trained(config, workdir, device):
         raise checkpoints.CheckpointError(
             f"checkpoint in {workdir} does not fit this config's model: {first_line}") from error
     return ema.averaged_model(model), build_sde(config), int(state["step"])
+
+
+def require_finite(values: torch.Tensor, what: str) -> torch.Tensor:
+    """`values`, or ValueError when any is NaN or infinite: a diverged sampler or model writes
+    nothing rather than a result that looks like one."""
+    bad = int((~torch.isfinite(values)).sum())
+    if bad:
+        raise ValueError(f"{what}: {bad} of {values.numel()} values are NaN or infinite (a diverged sampler "
+                         f"or model); nothing was written")
+    return values
 
 
 def _sampling_run(what: str, config, workdir, device, num_samples: int, config_file: str):
@@ -141,6 +157,8 @@ def _sampling_run(what: str, config, workdir, device, num_samples: int, config_f
     score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
     start = time.perf_counter()
     samples, nfe = draw_shared_samples(score_fn, sde, config, num_samples, device, class_labels)
+    if samples is not None:
+        require_finite(samples, f"{what} with {config.sampling.method}")
     return step, class_labels, samples, nfe, time.perf_counter() - start
 
 
@@ -157,7 +175,7 @@ def run_sample(config, workdir, config_file: str = "") -> dict:
     if class_labels is not None:
         name += f"_w{config.sampling.guidance_scale:g}"
         arrays["labels"] = class_labels.numpy()
-    np.savez(folder / f"{name}.npz", **arrays)
+    save_npz(folder / f"{name}.npz", **arrays)
     data = None if is_image_data(config) else load_dataset_from_config(config, "test").data
     save_sample_pictures(samples, folder / f"{name}.png", config, data=data,
                          title=f"{config.sampling.method}, step {step}, NFE {nfe}", class_labels=class_labels)
@@ -169,10 +187,18 @@ def run_sample(config, workdir, config_file: str = "") -> dict:
     return report
 
 
+def save_npz(path, **arrays) -> Path:
+    """np.savez written whole or not at all (`output_files.atomic_write`)."""
+    def write(temporary):
+        with open(temporary, "wb") as file:
+            np.savez(file, **arrays)
+    return atomic_write(path, write)
+
+
 def _write_report(workdir, name: str, report: dict) -> dict:
-    path = Path(workdir) / "eval" / name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2))
+    """Strict JSON (non-finite values as null, listed under "nonfinite"), replacing an earlier
+    report of the same name only once complete."""
+    path = write_text_atomic(Path(workdir) / "eval" / name, to_json(report, indent=2))
     say("wrote %s", path)
     return report
 
@@ -212,7 +238,7 @@ def run_likelihood(config, workdir, config_file: str = "") -> dict:
     gathered = distributed.gather_to_main((torch.cat(values) if values else torch.empty(0), total_nfe))
     if gathered is None:
         return None
-    values = torch.cat([part for part, _ in gathered])
+    values = require_finite(torch.cat([part for part, _ in gathered]), "likelihood")
     unit = "bits_per_dim" if is_image_data(config) else "nats_per_point"
     report = {"step": step, "metric": unit, "mean": values.mean().item(),
               "stderr": (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan"),
@@ -246,7 +272,11 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
         return None
     start = time.perf_counter() - seconds
     report = {"step": step, "num_samples": len(samples), "sampler": config.sampling.method, "nfe": nfe}
-    report.update(metric(samples))
+    scores = metric(samples)
+    for name, value in scores.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"eval: the metric {name} came out {value} on {len(samples)} samples; no report written")
+    report.update(scores)
     if class_labels is not None:
         report["guidance_scale"] = float(config.sampling.guidance_scale)
         if config.data.dataset == "digits":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import time
 from functools import partial
 from pathlib import Path
@@ -35,10 +36,14 @@ from ..datasets import BatchStream, random_flip, to_model_space, uniform_dequant
 from ..ema import EMA
 from ..guidance import drop_labels
 from ..performance import grad_scaler, to_memory_format, training_network
+from ..output_files import to_json, write_text_atomic
 from ..training_step import training_step
 from .config import build_loss, build_model, build_score_fn, build_sde, is_image_data, select_device
 from .modes import draw_samples, load_dataset_from_config, sample_score_and_labels, save_sample_pictures
 from .progress import Progress, announce, say
+from .signals import StopRequest, StoppedBySignal
+from .workdir_config import check_resume
+from .workdir_lock import WorkdirLock
 
 
 class NonFiniteError(ArithmeticError):
@@ -76,7 +81,7 @@ class _Scalars:
             self.tensorboard = None
 
     def write(self, step: int, **scalars) -> None:
-        self.file.write(json.dumps({"step": step, **scalars}) + "\n")
+        self.file.write(to_json({"step": step, **scalars}) + "\n")
         self.file.flush()
         if self.tensorboard is not None:
             for name, value in scalars.items():
@@ -125,8 +130,22 @@ def _restore_rng(state: dict, generator: torch.Generator) -> None:
 
 def train(config, workdir, config_file: str = "") -> dict:
     """Train (or resume) in `workdir`; returns {"step", "loss"} of the last step. Says what runs
-    (naming `config_file`, when given), how it goes and how it ended (see `progress`)."""
+    (naming `config_file`, when given), how it goes and how it ended (see `progress`).
+
+    The process that writes (rank 0) holds the workdir's lock (`workdir_lock`) for the whole run
+    and first removes what an interrupted checkpoint write left. SIGTERM and SIGINT end the
+    current step, save the resume checkpoint and raise StoppedBySignal (`signals`)."""
     workdir = Path(workdir)
+    if not distributed.is_main():
+        with StopRequest() as stop:
+            return _train(config, workdir, config_file, stop)
+    with WorkdirLock(workdir), StopRequest() as stop:
+        for path in checkpoints.remove_stale_temporaries(workdir):
+            logging.getLogger(__name__).warning("removed %s, left by an interrupted checkpoint write", path)
+        return _train(config, workdir, config_file, stop)
+
+
+def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
     device = select_device(config)
     distributed.check_batch_divides(config.training.batch_size)
     main = distributed.is_main()
@@ -164,9 +183,15 @@ def train(config, workdir, config_file: str = "") -> dict:
         if missing:
             raise checkpoints.CheckpointError(f"the checkpoint of step {resumed['step']} in {workdir} cannot "
                                               f"resume training (no {', '.join(missing)})")
-        model.load_state_dict(resumed["model"])
-        ema.load_state_dict(resumed["ema"])
-        optimizer.load_state_dict(resumed["optimizer"])
+        check_resume(resumed, config, resumed_path)
+        try:
+            model.load_state_dict(resumed["model"])
+            ema.load_state_dict(resumed["ema"])
+            optimizer.load_state_dict(resumed["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise checkpoints.CheckpointError(f"checkpoint {resumed_path} does not fit this config's model: "
+                                              f"{first_line}") from error
         stream.load_state_dict(resumed["data_stream"])
         _restore_rng(resumed["rng"], generator)
         if resumed.get("grad_scaler"):  # fp16's loss scale; empty when scaling is off
@@ -183,8 +208,7 @@ def train(config, workdir, config_file: str = "") -> dict:
             say("already trained to step %d; raise --config.training.n_iters to continue", step)
         return {"step": step, "loss": float("nan")}
     if main:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json(indent=2))
+        write_text_atomic(workdir / "config.json", config.to_json(indent=2))
 
     def state_at(current_step: int) -> dict:
         if not all(torch.isfinite(value).all() for value in model.state_dict().values() if value.is_floating_point()):
@@ -269,6 +293,17 @@ def train(config, workdir, config_file: str = "") -> dict:
                 if training.snapshot_sampling:
                     _snapshot_samples(ema.averaged_model(model), sde, config, workdir, step, test_set, device)
             distributed.barrier()
+        if _any_rank_stopping(stop, device) and step < training.n_iters:
+            state = state_at(step)
+            if main:
+                checkpoints.save_checkpoint(checkpoints.preemption_path(workdir), state)
+            distributed.barrier()
+            progress.close()
+            scalars.close()
+            stopped = StoppedBySignal(stop.signum or signal.SIGTERM, step)
+            if main:
+                say("%s", stopped)
+            raise stopped
     seconds = progress.close()
     scalars.close()
     final_loss = float(loss.detach())
@@ -276,6 +311,15 @@ def train(config, workdir, config_file: str = "") -> dict:
         say("trained to step %d: loss %.4g, %s, checkpoints in %s", step, final_loss, _wall_time(seconds),
             workdir / checkpoints.SNAPSHOT_DIR)
     return {"step": step, "loss": final_loss}
+
+
+def _any_rank_stopping(stop: StopRequest, device) -> bool:
+    """Whether this process or (under torchrun) any other received a stop signal, so that all
+    stop after the same step."""
+    if not distributed.active():
+        return stop.signum is not None
+    flag = torch.tensor([1.0 if stop.signum is not None else 0.0], device=device)
+    return bool(distributed.mean_over_ranks(flag).item() > 0)
 
 
 def _wall_time(seconds: float) -> str:

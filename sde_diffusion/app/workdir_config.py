@@ -1,0 +1,113 @@
+"""A workdir remembers what it trains: the config stored in every checkpoint against the config
+of the run that reads it.
+
+Training resumes only under the config that started it, up to the fields in
+MAY_CHANGE_ON_RESUME: how long and how often (n_iters, the log/eval/snapshot frequencies), how
+fast (threads, device, precision, channels_last, compile), what to do with a non-finite step,
+the learning rate, where the data files are, and the sections that only say how to sample and
+evaluate. Any other change (the SDE and its parameters, the network, the data set and its
+scaling, the loss, batch size, seed, ...) changes what the weights mean or which batches come
+next, and stops the run with one line listing each field with its stored and its new value.
+`training.resume_despite_changes=True` resumes anyway and logs every changed field as a warning.
+
+The modes that read a trained workdir (sample, likelihood, eval, study, inpaint, colorize)
+refuse a config whose WEIGHT_FIELDS differ from the checkpoint's: the wrong SDE or network
+would evaluate the weights under another meaning without any error.
+"""
+from __future__ import annotations
+
+import json
+import logging
+
+# Sections or single fields ("section.field", or "field" at the top) that may differ on resume.
+MAY_CHANGE_ON_RESUME = (
+    "threads", "device",
+    "training.n_iters", "training.log_freq", "training.progress_seconds", "training.eval_freq",
+    "training.snapshot_freq", "training.snapshot_freq_for_preemption", "training.snapshot_sampling",
+    "training.num_snapshot_samples", "training.precision", "training.channels_last", "training.compile",
+    "training.nonfinite", "training.nonfinite_max_skips", "training.resume_despite_changes",
+    "optim.lr",
+    "data.root", "data.download",
+    "sampling", "eval", "study", "controllable",
+)
+# What the weights mean: the fields sampling and scoring modes must share with the checkpoint.
+WEIGHT_FIELDS = ("model", "training.sde", "training.continuous", "data.dataset", "data.image_size",
+                 "data.num_channels", "data.centered")
+# Model fields that change how weights were trained, not what they compute.
+_NOT_WEIGHT_FIELDS = ("model.ema_rate", "model.dropout")
+
+
+class ConfigChangedError(ValueError):
+    """The config differs from the one a workdir's checkpoint was trained with."""
+
+
+def _leaves(tree, prefix: str = "") -> dict:
+    """{"section.field": value} of a nested dict; tuples compare as lists (the stored JSON's)."""
+    if isinstance(tree, dict):
+        leaves = {}
+        for key, value in tree.items():
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        return leaves
+    return {prefix[:-1]: list(tree) if isinstance(tree, tuple) else tree}
+
+
+def _matches(field: str, names) -> bool:
+    return any(field == name or field.startswith(name + ".") for name in names)
+
+
+def stored_config(checkpoint: dict):
+    """The config a checkpoint of ours was trained with (a nested dict), or None for files that
+    do not carry one (older runs, published checkpoints)."""
+    text = checkpoint.get("config") if isinstance(checkpoint, dict) else None
+    if not isinstance(text, str):
+        return None
+    try:
+        stored = json.loads(text)
+    except ValueError:
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
+def changed_fields(stored: dict, config, keep) -> list:
+    """[(field, stored value, new value)] for the fields `keep(field)` selects that both configs
+    have and that differ (a field only one side has, from another version, is not compared)."""
+    old, new = _leaves(stored), _leaves(json.loads(config.to_json()))
+    return [(field, old[field], new[field]) for field in sorted(old.keys() & new.keys())
+            if keep(field) and old[field] != new[field]]
+
+
+def _describe(changes) -> str:
+    return "; ".join(f"{field}: {old!r} -> {new!r}" for field, old, new in changes)
+
+
+def check_resume(checkpoint: dict, config, source) -> None:
+    """Refuse to resume training from `checkpoint` (read from `source`) under a config that
+    changes what the run trains (module docstring); with training.resume_despite_changes,
+    warn instead."""
+    stored = stored_config(checkpoint)
+    if stored is None:
+        return
+    changes = changed_fields(stored, config, lambda field: not _matches(field, MAY_CHANGE_ON_RESUME))
+    if not changes:
+        return
+    if config.training.get("resume_despite_changes", False):
+        for field, old, new in changes:
+            logging.getLogger(__name__).warning("resuming %s despite a changed config field %s: %r -> %r "
+                                                "(training.resume_despite_changes)", source, field, old, new)
+        return
+    raise ConfigChangedError(f"cannot resume {source}: the config differs from the one it was trained with "
+                             f"({_describe(changes)}); use the original values, a new --workdir, or "
+                             f"--config.training.resume_despite_changes=True to resume anyway")
+
+
+def check_weights_config(checkpoint: dict, config, source) -> None:
+    """Refuse to read the weights of `checkpoint` under a config whose SDE, network or data shape
+    differ from those it was trained with."""
+    stored = stored_config(checkpoint)
+    if stored is None:
+        return
+    changes = changed_fields(stored, config, lambda field: _matches(field, WEIGHT_FIELDS)
+                             and not _matches(field, _NOT_WEIGHT_FIELDS))
+    if changes:
+        raise ConfigChangedError(f"checkpoint {source} was trained with another config ({_describe(changes)}); "
+                                 f"run with the values it was trained with")

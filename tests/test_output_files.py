@@ -1,0 +1,130 @@
+"""Files written whole or not at all, a full disk named in one line, strict JSON, and the resume
+rules of a workdir's stored config."""
+import errno
+import json
+import math
+
+import pytest
+import torch
+
+from conftest import tiny_toy_config
+from sde_diffusion import checkpoints
+from sde_diffusion.app.train import train
+from sde_diffusion.app.workdir_config import MAY_CHANGE_ON_RESUME, ConfigChangedError
+from sde_diffusion.output_files import atomic_write, finite_only, to_json, write_text_atomic
+
+
+def strict_loads(text: str):
+    def refuse(constant):
+        raise ValueError(f"non-standard JSON constant {constant}")
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_strict_json_turns_nonfinite_values_into_null_and_lists_them():
+    record = {"step": 3, "loss": float("nan"), "scores": {"fd": float("inf"), "kd": 0.5}, "per": [1.0, -math.inf]}
+    text = to_json(record)
+    parsed = strict_loads(text)
+    assert parsed == {"step": 3, "loss": None, "scores": {"fd": None, "kd": 0.5}, "per": [1.0, None],
+                      "nonfinite": ["loss", "scores.fd", "per[1]"]}
+    assert finite_only({"a": 1.0}) == {"a": 1.0}  # no flag when all is finite
+    with pytest.raises(ValueError):
+        strict_loads(json.dumps({"loss": float("nan")}))  # what Python writes by default
+
+
+def test_a_failed_write_keeps_the_previous_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "eval" / "eval_200.json"
+    write_text_atomic(path, '{"good": 1}')
+
+    def half_then_fail(temporary):
+        with open(temporary, "w") as file:
+            file.write('{"half')
+        raise RuntimeError("the metric failed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, half_then_fail)
+    assert path.read_text() == '{"good": 1}'
+    assert sorted(p.name for p in path.parent.iterdir()) == ["eval_200.json"]
+
+
+def test_a_full_disk_is_named_in_one_line(tmp_path):
+    path = tmp_path / "samples.npz"
+    path.write_bytes(b"previous")
+
+    def disk_full(temporary):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(OSError, match=f"^no space left on device writing {path}$") as caught:
+        atomic_write(path, disk_full)
+    assert caught.value.errno == errno.ENOSPC
+    assert path.read_bytes() == b"previous" and sorted(tmp_path.iterdir()) == [path]
+
+
+class _FullDisk:
+    """A file object whose writes fail as on a full disk, after taking a few bytes."""
+
+    def __init__(self, file):
+        self.file = file
+
+    def write(self, data):
+        self.file.write(bytes(data)[:10])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+def test_checkpoint_write_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoints-meta" / "checkpoint.pth"
+    checkpoints.save_checkpoint(path, {"step": 1, "model": {"w": torch.ones(3)}, "ema": {}})
+    real_fdopen = checkpoints.os.fdopen
+    monkeypatch.setattr(checkpoints.os, "fdopen", lambda *args, **kwargs: _FullDisk(real_fdopen(*args, **kwargs)))
+    with pytest.raises(OSError, match=f"^no space left on device writing {path}$"):
+        checkpoints.save_checkpoint(path, {"step": 2, "model": {"w": torch.zeros(3)}, "ema": {}})
+    assert checkpoints.load_checkpoint(path)["step"] == 1
+    assert sorted(p.name for p in path.parent.iterdir()) == ["checkpoint.pth"]
+
+
+def test_training_on_a_full_disk_stops_with_the_file_named(tmp_path, monkeypatch):
+    config = tiny_toy_config(n_iters=20)
+    train(config, tmp_path / "run")
+    real_fdopen = checkpoints.os.fdopen
+    monkeypatch.setattr(checkpoints.os, "fdopen", lambda *args, **kwargs: _FullDisk(real_fdopen(*args, **kwargs)))
+    config.training.n_iters = 40
+    with pytest.raises(OSError, match="no space left on device writing .*checkpoint.pth"):
+        train(config, tmp_path / "run")
+    assert checkpoints.latest_checkpoint(tmp_path / "run")["step"] == 20
+    assert not list((tmp_path / "run").rglob("*.tmp")) and not (tmp_path / "run" / "train.lock").exists()
+
+
+def test_metrics_are_strict_json(tmp_path):
+    train(tiny_toy_config(n_iters=20), tmp_path / "run")
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert lines and all(isinstance(strict_loads(line)["step"], int) for line in lines)
+
+
+def test_fields_that_may_change_on_resume_do_and_others_are_refused(tmp_path):
+    workdir = tmp_path / "run"
+    train(tiny_toy_config(n_iters=20), workdir)
+    # how long, how often, how fast, the learning rate, the sampling settings: fine
+    allowed = tiny_toy_config(n_iters=30, log_freq=5, snapshot_freq_for_preemption=5)
+    allowed.optim.lr = 1e-4
+    allowed.sampling.method = "ddim"
+    allowed.threads = 1
+    assert train(allowed, workdir)["step"] == 30
+    assert {"training.n_iters", "optim.lr", "sampling", "threads"} <= set(MAY_CHANGE_ON_RESUME)
+    # what the weights mean: refused, both values named, nothing written
+    changed = tiny_toy_config(n_iters=40)
+    changed.training.sde, changed.model.beta_max = "subvpsde", 10.0
+    before = {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()}
+    with pytest.raises(ConfigChangedError, match=r"model.beta_max: 20.0 -> 10.0; training.sde: 'vpsde' -> 'subvpsde'"):
+        train(changed, workdir)
+    assert {p: p.read_bytes() for p in workdir.rglob("*") if p.is_file()} == before
+    # an expert may insist: loud, and the run goes on
+    changed.training.resume_despite_changes = True
+    assert train(changed, workdir)["step"] == 40
