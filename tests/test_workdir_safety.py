@@ -152,3 +152,19 @@ def test_temporaries_of_an_interrupted_write_are_removed_on_the_next_start(tmp_p
     assert f"removed {partial}" in stderr and f"removed {snapshot_partial}" in stderr
     assert leftovers(workdir) == []
     assert_same_run(workdir, straight)
+
+
+def test_two_trainers_started_together_one_runs_one_is_refused(tmp_path, straight):
+    workdir = tmp_path / "run"
+    runs = [start(workdir), start(workdir)]  # the second with the same command: only the lock can tell
+    results = [(process.wait(timeout=HANG_TIMEOUT_S), process.stderr.read()) for process in runs]
+    codes = sorted(code for code, _ in results)
+    if codes == [0, 0]:  # on a very uneven machine one may start only after the other finished:
+        assert any("already trained to step" in stderr for _, stderr in results), results  # then it trains nothing
+    else:
+        assert codes == [0, 1], results
+        refused = next(stderr for code, stderr in results if code == 1).strip().splitlines()
+        winner = next(process for process, (code, _) in zip(runs, results) if code == 0)
+        assert len(refused) == 1 and f"pid {winner.pid}" in refused[0] and str(workdir) in refused[0], refused
+    assert_same_run(workdir, straight)
+    assert leftovers(workdir) == []
