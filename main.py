@@ -95,7 +95,8 @@ def main(argv):
 
     from sde_diffusion import checkpoints, distributed
     from sde_diffusion.output_files import to_json
-    from sde_diffusion.app.config import ConfigError, select_device, validate_config
+    from sde_diffusion.app.config import ConfigError, select_device
+    from sde_diffusion.app.validation import validate_config
     from sde_diffusion.app.controllable_modes import run_controllable
     from sde_diffusion.app.modes import run_eval, run_likelihood, run_sample, run_study_mode
     from sde_diffusion.app.signals import StoppedBySignal

@@ -134,6 +134,10 @@ def get_base_config():
     model.beta_max = 20.0
     model.dropout = 0.1
     model.num_classes = 0                 # > 0: class-conditional (must match the data set's classes)
+    # Discrete DDPM networks (vpsde, continuous=False) at a time t: "noise_level" feeds the
+    # fractional chain step whose noise level is the SDE's at t; "reference" feeds t (N - 1) and
+    # divides by the std of step floor(t (N - 1)), as score_sde does (its samples exactly).
+    model.discrete_labels = "noise_level"
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "Adam"

@@ -134,17 +134,49 @@ def set_aside(path) -> Path:
     return target
 
 
+def _numpy_safe_globals() -> list:
+    """The numpy globals a checkpoint may name: numpy scalars (`scalar(dtype, raw bytes)`) and
+    their dtypes, which is what the reference's training pickles (its optimizer's learning rates
+    are numpy.float64). Each rebuilds a number from bytes and runs nothing else. The scalar
+    builder is listed under its numpy 1.x name too, which files written then carry."""
+    import numpy
+
+    scalar = numpy._core.multiarray.scalar if hasattr(numpy, "_core") else numpy.core.multiarray.scalar
+    allowed = [numpy.dtype, (scalar, "numpy._core.multiarray.scalar"), (scalar, "numpy.core.multiarray.scalar")]
+    kinds = ("Bool", "Int8", "Int16", "Int32", "Int64", "UInt8", "UInt16", "UInt32", "UInt64",
+             "Float16", "Float32", "Float64")
+    dtypes = getattr(numpy, "dtypes", None)
+    allowed += [getattr(dtypes, f"{kind}DType") for kind in kinds if hasattr(dtypes, f"{kind}DType")]
+    return allowed
+
+
+_ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_REFUSED_GLOBAL = re.compile(r"(?:GLOBAL|Unsupported global:?)\s+([A-Za-z_][\w.]*)")
+
+
+def _load_failure(error: BaseException) -> str:
+    """torch.load's error in one plain line: for a refused global, its name and what it means;
+    otherwise the first line of torch's text, without terminal escape codes."""
+    text = _ANSI_ESCAPE.sub("", str(error)).strip()
+    refused = _REFUSED_GLOBAL.search(text)
+    if refused and "Weights only load failed" in text:
+        return (f"it names the Python global {refused.group(1)}, which is not a tensor, number or container: "
+                f"loading it would run code from the file, so it is refused")
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def safe_load(path, map_location="cpu", what: str = "checkpoint"):
-    """`torch.load(path, weights_only=True)`: tensors, numbers, strings and containers, never
-    code; a missing, truncated, corrupt or code-carrying file raises CheckpointError (one line)."""
+    """`torch.load(path, weights_only=True)`: tensors, numbers (numpy scalars included),
+    strings and containers, never code; a missing, truncated, corrupt or code-carrying file
+    raises CheckpointError (one line)."""
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"no {what} at {path}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot load {what} {path}: {first_line}") from error
+        raise CheckpointError(f"cannot load {what} {path}: {_load_failure(error)}") from error
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

@@ -71,10 +71,14 @@ def _child_name(parent: nn.Module, name: str, child: nn.Module) -> str:
 
 def reference_units(module: nn.Module, prefix: str = ""):
     """(our module path, module) for each entry of the reference's `all_modules`, in order.
-    Parameter-free resamplers count (the reference lists them too); the shared activation
-    (`act`) does not (the reference keeps it outside the list)."""
+    Parameter-free resamplers of the main path count (the reference lists them too); the shared
+    activation (`act`) does not, nor do the parameter-free resamplers of the input and output
+    pyramids (`input_skip`, `output_skip`): the reference keeps those outside the list
+    (`self.pyramid_downsample`, `self.pyramid_upsample` of its ncsnpp.py), while the ones with
+    a convolution (`residual` pyramids) are entries."""
     for name, child in module.named_children():
-        if name == "act":
+        if name == "act" or (name in ("pyramid_upsample", "pyramid_downsample")
+                             and not any(True for _ in child.parameters())):
             continue
         if isinstance(child, _CONTAINERS):
             yield from reference_units(child, f"{prefix}{name}.")
@@ -230,6 +234,24 @@ class ChainIndexConditioned(nn.Module):
         if self.scale_by_sigma:
             h = h / append_dims(self.sigmas[index].to(h.dtype), h.ndim)
         return h
+
+
+def reference_chain_conditioning(sde):
+    """The reference code's conditioning of discrete DDPM networks, as `conditioning(t) ->
+    (labels, std)` for `models.score_fn_from_model`: label t (N - 1) and the chain's std at
+    step floor(t (N - 1)) (its `mutils.get_score_fn`). At t = i / (N - 1) this is chain step i
+    with its own std, what DDPM trained; between such times the label moves on while the std
+    stays, which is why this package's default conditioning (`VPSDE.noise_labels`) feeds the
+    fractional step whose noise level is the SDE's at t instead. For reproducing the
+    reference's samples exactly."""
+    if not getattr(sde, "has_training_chain", False) or not hasattr(sde, "discrete_alpha_bar"):
+        raise ValueError(f"the reference's chain conditioning is for DDPM's VP chain, not {type(sde).__name__}")
+
+    def conditioning(t: torch.Tensor):
+        labels = t * (sde.N - 1)
+        alpha_bar = sde.discrete_alpha_bar.to(t.device)[labels.long().clamp(0, sde.N - 1)]
+        return labels, torch.sqrt(1.0 - alpha_bar)
+    return conditioning
 
 
 def _check_noise_table(table: torch.Tensor, config, source: str) -> None:

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sde_diffusion import losses
-from sde_diffusion.app.config import ConfigError, build_loss, build_sde, data_shape, sampler_spec, validate_config
+from sde_diffusion.app.config import ConfigError, build_loss, build_sde, data_shape, sampler_spec
+from sde_diffusion.app.validation import validate_config
 from sde_diffusion.sampling import sample
 from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
 

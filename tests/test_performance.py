@@ -4,7 +4,8 @@ import torch
 
 from configs import vp_digits
 from sde_diffusion import checkpoints
-from sde_diffusion.app.config import ConfigError, build_model, validate_config
+from sde_diffusion.app.config import ConfigError, build_model
+from sde_diffusion.app.validation import validate_config
 from sde_diffusion.performance import AutocastNetwork, grad_scaler, to_memory_format, training_network
 from sde_diffusion.app.train import train
 

@@ -11,7 +11,8 @@ from conftest import mixture_32d, tiny_toy_config
 
 from sde_diffusion.app import controllable_modes, modes
 from sde_diffusion.checkpoints import save_checkpoint, snapshot_path
-from sde_diffusion.app.config import build_model, validate_config
+from sde_diffusion.app.config import build_model
+from sde_diffusion.app.validation import validate_config
 from sde_diffusion.ema import EMA
 from sde_diffusion.sampling import SAMPLER_TRAITS, SAMPLERS, SCHEDULES, controllable, sample
 from sde_diffusion.sdes import VPSDE

@@ -1,0 +1,298 @@
+"""`validate_config`: every config field checked before anything touches the disk, so that a
+bad value stops the run with one line naming the field (ConfigError)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from ..models import model_names
+from ..performance import PRECISIONS
+from ..sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
+from ..sdes import SDES
+from .config import (DATASET_NUM_CLASSES, IMAGE_MODELS, MAX_IMAGE_SIZE, ConfigError, build_sde, require,
+                     is_image_data, sampler_spec, select_device)
+
+
+def _positive_int(config, field: str) -> None:
+    section, name = field.split(".")
+    value = config[section].get(name)
+    require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
+             "must be a positive integer", value)
+
+
+def _positive_number(config, field: str) -> None:
+    section, name = field.split(".")
+    value = config[section].get(name)
+    require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+             and value > 0, field, "must be a positive finite number", value)
+
+
+def _known(name, known, field: str) -> None:
+    require(name in known, field, f"unknown name (known: {', '.join(sorted(known))})", name)
+
+
+def validate_config(config, mode: Optional[str] = None) -> None:
+    """Raise ConfigError naming the first field whose value cannot work (for `mode`, when
+    given: one of main.py's modes; inpaint and colorize also read the `controllable` fields)."""
+    from ..datasets import DATASETS
+
+    _known(config.training.sde, SDES, "training.sde")
+    _known(config.model.name, model_names(), "model.name")
+    _known(config.sampling.method, SAMPLERS, "sampling.method")
+    for field, known in (("predictor", PREDICTORS), ("corrector", CORRECTORS), ("schedule", SCHEDULES)):
+        if config.sampling[field] is not None:
+            _known(config.sampling[field], known, f"sampling.{field}")
+    _known(config.data.dataset, DATASETS, "data.dataset")
+    for field in ("training.batch_size", "training.n_iters", "training.log_freq", "training.eval_freq",
+                  "training.snapshot_freq", "training.snapshot_freq_for_preemption",
+                  "training.num_snapshot_samples", "sampling.steps", "sampling.num_samples",
+                  "sampling.batch_size", "eval.batch_size", "eval.num_samples",
+                  "eval.bpd_num_images", "model.num_scales", "training.nonfinite_max_skips"):
+        _positive_int(config, field)
+    for field in ("optim.lr", "model.beta_min", "model.beta_max", "model.sigma_min", "model.sigma_max",
+                  "eval.bpd_rtol", "eval.bpd_atol"):
+        _positive_number(config, field)
+    for field in ("sampling.rtol", "sampling.atol", "sampling.rho", "sampling.power"):
+        if config.sampling[field.split(".")[1]] is not None:
+            _positive_number(config, field)
+    if config.sampling.corrector_steps is not None:
+        _positive_int(config, "sampling.corrector_steps")
+    require(0 <= config.model.ema_rate < 1, "model.ema_rate", "must lie in [0, 1)", config.model.ema_rate)
+    require(0 <= config.model.get("dropout", 0.0) < 1, "model.dropout", "must lie in [0, 1)",
+             config.model.get("dropout"))
+    spec = sampler_spec(config)
+    # t = 0 is the data itself: the VP marginal std is 0 there and the score infinite
+    require(0 < spec.eps < 1, "sampling.eps", "must lie in (0, 1)", spec.eps)
+    if spec.method == "sde_solver" and not spec.options.get("adaptive", False):
+        require(config.sampling.steps >= 2, "sampling.steps", "sde_solver needs at least 2 grid points",
+                 config.sampling.steps)
+    require(config.optim.optimizer in ("Adam", "AdamW"), "optim.optimizer", "must be 'Adam' or 'AdamW'",
+             config.optim.optimizer)
+    require(config.training.precision in PRECISIONS, "training.precision",
+             f"must be one of {', '.join(PRECISIONS)}", config.training.precision)
+    if config.training.precision == "fp16":
+        require(select_device(config).type == "cuda", "training.precision",
+                 "fp16 autocast is for CUDA devices (on CPU it runs far slower than fp32); use bf16",
+                 "fp16")
+    require(config.optim.warmup >= 0, "optim.warmup", "must be >= 0", config.optim.warmup)
+    _positive_number(config, "optim.eps")
+    require(0 <= config.optim.beta1 < 1, "optim.beta1", "must lie in [0, 1)", config.optim.beta1)
+    require(config.optim.weight_decay >= 0, "optim.weight_decay", "must be >= 0", config.optim.weight_decay)
+    require(config.optim.grad_clip >= 0, "optim.grad_clip", "must be >= 0 (0 = no clipping)",
+             config.optim.grad_clip)
+    require(config.training.nonfinite in ("stop", "skip"), "training.nonfinite", "must be 'stop' or 'skip'",
+             config.training.nonfinite)
+    require(isinstance(config.eval.checkpoint, int) and config.eval.checkpoint >= 0, "eval.checkpoint",
+             "must be a step >= 0 (0 = the latest checkpoint)", config.eval.checkpoint)
+    _validate_device(config.device)
+    threads = config.get("threads", 0)
+    require(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0, "threads",
+             "must be an integer >= 0 (0 = torch's default)", threads)
+    seconds = config.training.get("progress_seconds", 30.0)
+    require(isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0,
+             "training.progress_seconds", "must be a number of seconds >= 0", seconds)
+    _validate_study(config)
+    _validate_classes(config)
+    discrete_labels = config.model.get("discrete_labels", "noise_level")
+    require(discrete_labels in ("noise_level", "reference"), "model.discrete_labels",
+             "must be 'noise_level' or 'reference'", discrete_labels)
+    if discrete_labels == "reference":
+        require(config.training.sde == "vpsde" and not config.training.continuous
+                 and not config.model.get("num_classes", 0), "model.discrete_labels",
+                 "'reference' is the reference code's conditioning of unconditional discrete DDPM "
+                 "networks (training.sde=vpsde, training.continuous=False)", discrete_labels)
+    require(config.eval.bpd_trace in ("exact", "hutchinson"), "eval.bpd_trace",
+             "must be 'exact' or 'hutchinson'", config.eval.bpd_trace)
+    sde_class = SDES[config.training.sde]
+    if not config.training.continuous:
+        require(sde_class.has_training_chain, "training.sde", "discrete training (training.continuous=False) "
+                 "needs an SDE with a training chain (DDPM's vpsde, SMLD's vesde)", config.training.sde)
+    if spec.options.get("predictor") == "ancestral" and spec.method == "pc":
+        require(sde_class.has_training_chain, "sampling.predictor",
+                 f"ancestral sampling needs a training chain, which {config.training.sde} has not", "ancestral")
+    try:
+        build_sde(config)
+    except ValueError as error:
+        raise ConfigError(f"config.model: the {config.training.sde} SDE refuses its parameters: {error}") from None
+    if config.eval.get("reference_checkpoint"):
+        _validate_reference_checkpoint(config, mode)
+    if mode in ("inpaint", "colorize"):
+        _validate_controllable(config, mode)
+    if is_image_data(config):
+        _validate_image_config(config)
+        _validate_data_files(config, mode)
+    else:
+        _positive_int(config, "data.num_points")
+        require(config.data.num_points >= 5, "data.num_points",
+                 "must be at least 5 (the test split holds data.num_points // 5 points)", config.data.num_points)
+        require(config.model.name not in IMAGE_MODELS, "model.name",
+                 f"{config.model.name!r} is an image network; use 'mlp' for point data", config.model.name)
+    if config.model.name == "mlp":
+        for field in ("model.width", "model.num_blocks", "model.embed_dim"):
+            _positive_int(config, field)
+
+
+def _validate_device(device) -> None:
+    try:
+        parsed = torch.device(device) if device != "auto" else None
+    except (RuntimeError, TypeError) as error:
+        raise ConfigError(f"config.device: must be 'auto' or a torch device such as 'cpu' or 'cuda:0', "
+                          f"got {device!r} ({error})") from None
+    require(parsed is None or parsed.type != "cuda" or torch.cuda.is_available(), "device",
+             "names a GPU but torch sees none (use 'auto' or 'cpu')", device)
+
+
+def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:
+    path = config.eval.reference_checkpoint
+    field = "eval.reference_checkpoint"
+    require(Path(path).is_file(), field, "no such file", path)
+    require(config.model.name in IMAGE_MODELS, field,
+             f"score_sde_pytorch checkpoints hold {' or '.join(IMAGE_MODELS)} networks, not "
+             f"model.name={config.model.name!r}", path)
+    require(not config.eval.checkpoint, field,
+             "set either it or eval.checkpoint (a step of the workdir's own run), not both", path)
+    require(mode != "train", field, "is read by sample, likelihood, eval and study; training "
+             "starts from a fresh network", path)
+    require(not (mode == "study" and config.study.oracle), field,
+             "study.oracle=True scores the exact score, not a checkpoint", path)
+
+
+def _validate_classes(config) -> None:
+    """model.num_classes against the data set, and the class-conditional sampling fields."""
+    from ..guidance import parse_labels
+
+    num_classes = config.model.get("num_classes", 0)
+    require(isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 0,
+             "model.num_classes", "must be an integer >= 0 (0: unconditional)", num_classes)
+    dataset = config.data.dataset
+    if num_classes:
+        expected = DATASET_NUM_CLASSES.get(dataset)
+        require(expected is not None, "model.num_classes",
+                 f"data.dataset {dataset!r} has no class labels, so it must be 0", num_classes)
+        require(num_classes == expected, "model.num_classes",
+                 f"must equal the {expected} classes of data.dataset {dataset!r}", num_classes)
+        require(config.model.name != "ncsnpp" or config.model.get("conditional", True), "model.conditional",
+                 "must be True for a class-conditional ncsnpp (the class joins the noise embedding)",
+                 config.model.get("conditional"))
+    drop_prob = config.training.get("cond_drop_prob", 0.1)
+    require(isinstance(drop_prob, (int, float)) and 0 <= drop_prob < 1, "training.cond_drop_prob",
+             "must lie in [0, 1)", drop_prob)
+    sampling = config.sampling
+    scale = sampling.get("guidance_scale", 0.0)
+    require(isinstance(scale, (int, float)) and not isinstance(scale, bool) and scale >= 0,
+             "sampling.guidance_scale", "must be a number >= 0", scale)
+    labels = sampling.get("labels", "")
+    if not num_classes:
+        require(scale == 0, "sampling.guidance_scale",
+                 "needs a class-conditional model (model.num_classes > 0); must be 0", scale)
+        require(str(labels).strip() == "", "sampling.labels",
+                 "needs a class-conditional model (model.num_classes > 0); must be empty", labels)
+        return
+    try:
+        parse_labels(labels, num_classes)
+    except ValueError as error:
+        raise ConfigError(f"config.sampling.labels: {error}") from None
+
+
+def _validate_study(config) -> None:
+    from ..sampling import parse_spec
+
+    _positive_int(config, "study.num_samples")
+    _positive_number(config, "study.reference_tol")
+    nfe = tuple(config.study.nfe)
+    require(len(nfe) > 0 and all(isinstance(n, int) and n > 0 for n in nfe), "study.nfe",
+             "must be a non-empty list of positive integers", nfe)
+    for text in config.study.samplers:
+        try:
+            parse_spec(text)
+        except ValueError as error:
+            raise ConfigError(f"config.study.samplers: {error}") from None
+
+
+def _validate_controllable(config, mode: str) -> None:
+    from ..sampling.masks import MASKS, is_mask_name
+    from ..sampling.controllable import CONDITIONINGS, pc_spec
+
+    require(is_image_data(config), "data.dataset", f"--mode {mode} needs image data", config.data.dataset)
+    if mode == "colorize":
+        require(config.data.num_channels == 3, "data.num_channels",
+                 "colorize needs 3-channel (RGB) data", config.data.num_channels)
+    _positive_int(config, "controllable.num_images")
+    images = config.controllable.images
+    require(not images or Path(images).is_dir() or (Path(images).is_file() and Path(images).suffix == ".npz"),
+             "controllable.images", "must be an existing .npz file or folder of PNGs, or '' for the test split",
+             images)
+    conditioning = config.controllable.conditioning
+    require(conditioning in CONDITIONINGS, "controllable.conditioning",
+             f"must be one of {', '.join(CONDITIONINGS)}", conditioning)
+    _positive_int(config, "controllable.particles")
+    require(config.sampling.method == "pc", "sampling.method",
+             f"--mode {mode} runs the pc sampler (its predictor and corrector) with the observation", 
+             config.sampling.method)
+    try:
+        pc_spec(sampler_spec(config), None, {}, conditioning)
+    except ValueError as error:
+        raise ConfigError(f"config.sampling: {error} (controllable.conditioning={conditioning})") from None
+    if conditioning == "smc":
+        require(config.sampling.predictor != "none", "sampling.predictor",
+                 "controllable.conditioning=smc weights particles by the predictor step; choose a predictor",
+                 config.sampling.predictor)
+    if mode == "inpaint":
+        mask = config.controllable.mask
+        require(is_mask_name(mask) or (Path(mask).is_file() and Path(mask).suffix in (".npz", ".png")),
+                 "controllable.mask", f"must name a mask ({', '.join(MASKS)}, random_pixels:p with "
+                 "0 < p < 1) or be an existing .npz or .png file", mask)
+
+
+# Data sets read from files the user provides (or downloads into) data.root.
+FILE_DATASETS = ("mnist", "cifar10")
+
+
+def _needs_data(config, mode: Optional[str]) -> bool:
+    """Whether `mode` reads the data set: every mode but sample, and inpaint/colorize only when
+    they take their images from the test split."""
+    if mode == "sample":
+        return False
+    if mode in ("inpaint", "colorize"):
+        return not config.controllable.images
+    return mode is not None
+
+
+def _validate_data_files(config, mode: Optional[str]) -> None:
+    data = config.data
+    if data.dataset not in FILE_DATASETS or data.root or not _needs_data(config, mode):
+        return
+    if data.download:
+        raise ConfigError(f"config.data.root: data.download=True needs a folder to fetch {data.dataset} into: "
+                          f"add --config.data.root=DIR")
+    raise ConfigError(f"config.data.root: {data.dataset} is read from files: add --config.data.root=DIR "
+                      f"(the folder that holds them), or --config.data.download=True with it to fetch them")
+
+
+def _validate_image_config(config) -> None:
+    _positive_int(config, "data.image_size")
+    _positive_int(config, "data.num_channels")
+    require(config.data.image_size <= MAX_IMAGE_SIZE, "data.image_size",
+             f"must be at most {MAX_IMAGE_SIZE} (the largest published score-based models' size)",
+             config.data.image_size)
+    require(config.data.num_channels in (1, 3), "data.num_channels", "must be 1 (gray) or 3 (RGB)",
+             config.data.num_channels)
+    if config.model.name not in IMAGE_MODELS:
+        return
+    _positive_int(config, "model.nf")
+    _positive_int(config, "model.num_res_blocks")
+    ch_mult = tuple(config.model.ch_mult)
+    require(len(ch_mult) > 0 and all(isinstance(m, int) and m > 0 for m in ch_mult), "model.ch_mult",
+             "must be a non-empty list of positive integers", ch_mult)
+    size = config.data.image_size
+    factor = 2 ** (len(ch_mult) - 1)
+    require(size % factor == 0, "data.image_size",
+             f"must be divisible by 2**(len(model.ch_mult) - 1) = {factor} for this network", size)
+    resolutions = {size // 2 ** level for level in range(len(ch_mult))}
+    for resolution in config.model.attn_resolutions:
+        require(resolution in resolutions, "model.attn_resolutions",
+                 f"each must be one of the network's resolutions {sorted(resolutions)}",
+                 tuple(config.model.attn_resolutions))
