@@ -79,6 +79,9 @@ def get_base_config():
     # A score_sde_pytorch checkpoint file (README, "Published score_sde checkpoints") used by
     # sample / likelihood / eval / study instead of the workdir's checkpoints; "" = none.
     evaluate.reference_checkpoint = ""
+    # An EDM pickle whose stored network source is not the EDM release this package reimplements
+    # is refused; True loads it anyway, by class names, arguments and tensor shapes (docs/networks.md).
+    evaluate.edm_allow_unknown_source = False
     evaluate.batch_size = 64
     evaluate.num_samples = 1000
     evaluate.bpd_num_images = 256

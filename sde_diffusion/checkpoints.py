@@ -134,7 +134,7 @@ def set_aside(path) -> Path:
     return target
 
 
-def _numpy_safe_globals() -> list:
+def numpy_safe_globals() -> list:
     """The numpy globals a checkpoint may name: numpy scalars (`scalar(dtype, raw bytes)`) and
     their dtypes, which is what the reference's training pickles (its optimizer's learning rates
     are numpy.float64). Each rebuilds a number from bytes and runs nothing else. The scalar
@@ -173,7 +173,7 @@ def safe_load(path, map_location="cpu", what: str = "checkpoint"):
     if not path.is_file():
         raise CheckpointError(f"no {what} at {path}")
     try:
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
         raise CheckpointError(f"cannot load {what} {path}: {_load_failure(error)}") from error

@@ -40,21 +40,27 @@ def oracle_guided_score_fn(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn,
 def guided_score_fn(model: nn.Module, sde: SDE, class_labels: torch.Tensor, guidance_scale: float, *,
                     continuous: bool = True, parameterization: Optional[str] = None) -> ScoreFn:
     """score_fn(x, t) of a class-conditional `model` (with `num_classes`; index num_classes is
-    "no label") guided towards `class_labels` [B] with scale w = `guidance_scale` >= 0.
+    "no label") guided towards `class_labels` [B] with scale w = `guidance_scale` >= 0
+    (`guide` on the model's score function)."""
+    num_classes = getattr(model, "num_classes", 0)
+    if num_classes < 1:
+        raise ValueError("guidance needs a class-conditional network (model.num_classes > 0)")
+    labelled_score = score_fn_from_model(model, sde, continuous=continuous, parameterization=parameterization)
+    return guide(labelled_score, num_classes, class_labels, guidance_scale)
+
+
+def guide(labelled_score: Callable, num_classes: int, class_labels: torch.Tensor, guidance_scale: float) -> ScoreFn:
+    """score_fn(x, t) guided towards `class_labels` [B] with scale w = `guidance_scale` >= 0, from
+    `labelled_score(x, t, class_labels)`, whose label `num_classes` means "no label".
 
     The conditional and unconditional scores come from ONE network call on the batch stacked
     with itself, labelled [class_labels, null]: half the calls of two passes, the same
     arithmetic. At w = 0 the unconditional half is not computed at all."""
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
-    num_classes = getattr(model, "num_classes", 0)
-    if num_classes < 1:
-        raise ValueError("guidance needs a class-conditional network (model.num_classes > 0)")
     class_labels = torch.as_tensor(class_labels, dtype=torch.long)
     if class_labels.ndim != 1 or (class_labels < 0).any() or (class_labels >= num_classes).any():
         raise ValueError(f"class_labels must be a 1-D tensor of labels in 0..{num_classes - 1}")
-    labelled_score = score_fn_from_model(model, sde, continuous=continuous,
-                                         parameterization=parameterization)
     if guidance_scale == 0:
         return lambda x, t: labelled_score(x, t, class_labels.to(x.device))
     stacked_labels = torch.cat([class_labels, torch.full_like(class_labels, num_classes)])
@@ -100,8 +106,8 @@ def labels_for_samples(labels: List[int], num_samples: int) -> torch.Tensor:
     return torch.as_tensor(labels, dtype=torch.long).repeat_interleave(per_label)[:num_samples]
 
 
-def guided_score_fn_for_labels(model: nn.Module, sde: SDE, guidance_scale: float,
-                               **options) -> Callable[[torch.Tensor], ScoreFn]:
-    """class_labels -> guided_score_fn(model, sde, class_labels, guidance_scale, **options): the
-    form `modes.draw_samples` takes, since each batch has its own labels."""
-    return lambda class_labels: guided_score_fn(model, sde, class_labels, guidance_scale, **options)
+def guided_score_fn_for_labels(labelled_score: Callable, num_classes: int,
+                               guidance_scale: float) -> Callable[[torch.Tensor], ScoreFn]:
+    """class_labels -> guide(labelled_score, num_classes, class_labels, guidance_scale): the form
+    `modes.draw_samples` takes, since each batch has its own labels."""
+    return lambda class_labels: guide(labelled_score, num_classes, class_labels, guidance_scale)

@@ -15,11 +15,14 @@ import torch
 from .. import losses
 from ..distributed import rank_device
 from ..models import get_model, score_fn_from_model
+from ..models.edm_precond import Preconditioned, denoiser_score_fn
 from ..sampling import SAMPLERS, SCHEDULES, SamplerSpec, sampler_option_names, schedule_option_names, with_settings
 from ..sampling.call import GRID_FIELDS
 from ..sdes import SDES, SDE, ScoreFn
 
 IMAGE_MODELS = ("ddpm", "ncsnpp")
+# model.name of a network that only comes from an EDM pickle (eval.reference_checkpoint = *.pkl)
+EDM_PICKLE_MODEL = "edm"
 MAX_IMAGE_SIZE = 1024  # pixels per side; beyond it a run cannot fit in any GPU's memory at a useful batch
 IMAGE_DATASETS = ("digits", "mnist", "cifar10")  # the rest are point sets
 # Data sets whose labels a class-conditional model (model.num_classes > 0) can learn; the other
@@ -60,6 +63,11 @@ def build_model(config) -> torch.nn.Module:
 
 
 def build_score_fn(model: torch.nn.Module, sde: SDE, config) -> ScoreFn:
+    """score_fn(x, t, class_labels=None) of a network under `sde`: a network of our registry by
+    its parameterization and noise labels, an EDM denoiser (`eval.reference_checkpoint` = .pkl)
+    by Tweedie's formula."""
+    if isinstance(model, Preconditioned):
+        return denoiser_score_fn(model, sde, num_classes=model.label_dim)
     conditioning = None
     if config.model.get("discrete_labels", "noise_level") == "reference":
         from ..compat import reference_chain_conditioning

@@ -52,8 +52,8 @@ def sample_score_and_labels(model, sde, config, num_samples: int):
     if not config.model.get("num_classes", 0):
         return build_score_fn(model, sde, config), None
     labels = parse_labels(config.sampling.labels, config.model.num_classes)
-    score_fn_for = guided_score_fn_for_labels(model, sde, float(config.sampling.guidance_scale),
-                                              continuous=config.training.continuous)
+    score_fn_for = guided_score_fn_for_labels(build_score_fn(model, sde, config), config.model.num_classes,
+                                              float(config.sampling.guidance_scale))
     return score_fn_for, labels_for_samples(labels, num_samples)
 
 
@@ -110,6 +110,8 @@ def load_trained(config, workdir, device):
     at `eval.checkpoint` when that is set), or from the score_sde_pytorch checkpoint named by
     `eval.reference_checkpoint`, whose step is reported as "reference_<step>" so that its outputs
     never overwrite those of the workdir's own run."""
+    if str(config.eval.get("reference_checkpoint", "")).endswith(".pkl"):
+        return _load_edm(config, config.eval.reference_checkpoint, device)
     if config.eval.get("reference_checkpoint"):
         from ..compat import read_reference_checkpoint, reference_model
 
@@ -144,6 +146,32 @@ def require_finite(values: torch.Tensor, what: str) -> torch.Tensor:
         raise ValueError(f"{what}: {bad} of {values.numel()} values are NaN or infinite (a diverged sampler "
                          f"or model); nothing was written")
     return values
+
+
+def _load_edm(config, path, device):
+    """(EDM denoiser, SDE, "reference_<file stem>") from an EDM network pickle, after checking that the
+    config's SDE is the one its preconditioning's noise levels describe."""
+    from ..edm_pickle import load_edm_network
+    from ..models.edm_precond import SDE_OF
+
+    network = load_edm_network(path, device, allow_unknown_source=config.eval.get("edm_allow_unknown_source", False))
+    kind, sde_name = type(network).__name__, SDE_OF[type(network).__name__]
+    problems = []
+    if config.training.sde != sde_name:
+        problems.append(f"training.sde={config.training.sde!r}, but a {kind} runs under {sde_name!r}")
+    if kind == "VPPrecond" and (config.model.beta_min, config.model.beta_max) != (
+            network.beta_min, network.beta_min + network.beta_d):
+        problems.append(f"model.beta_min/beta_max={config.model.beta_min}/{config.model.beta_max}, the network's "
+                        f"{network.beta_min}/{network.beta_min + network.beta_d}")
+    if config.model.get("num_classes", 0) != network.label_dim:
+        problems.append(f"model.num_classes={config.model.get('num_classes', 0)}, the network has {network.label_dim}")
+    shape = (config.data.num_channels, config.data.image_size)
+    if shape != (network.img_channels, network.img_resolution):
+        problems.append(f"data.num_channels/image_size={shape[0]}/{shape[1]}, the network's "
+                        f"{network.img_channels}/{network.img_resolution}")
+    if problems:
+        raise checkpoints.CheckpointError(f"{path} does not fit this config: {'; '.join(problems)}")
+    return network, build_sde(config), f"reference_{Path(path).stem}"
 
 
 def _sampling_run(what: str, config, workdir, device, num_samples: int, config_file: str):

@@ -12,7 +12,7 @@ from ..models import model_names
 from ..performance import PRECISIONS
 from ..sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
 from ..sdes import SDES
-from .config import (DATASET_NUM_CLASSES, IMAGE_MODELS, MAX_IMAGE_SIZE, ConfigError, build_sde, require,
+from .config import (DATASET_NUM_CLASSES, EDM_PICKLE_MODEL, IMAGE_MODELS, MAX_IMAGE_SIZE, ConfigError, build_sde, require,
                      is_image_data, sampler_spec, select_device)
 
 
@@ -40,7 +40,12 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     from ..datasets import DATASETS
 
     _known(config.training.sde, SDES, "training.sde")
-    _known(config.model.name, model_names(), "model.name")
+    if config.model.name == EDM_PICKLE_MODEL:
+        require(str(config.eval.reference_checkpoint).endswith(".pkl") and mode != "train", "model.name",
+                f"'{EDM_PICKLE_MODEL}' is a network read from an EDM pickle: set eval.reference_checkpoint to its "
+                f".pkl file (sample, likelihood, eval, study)", config.model.name)
+    else:
+        _known(config.model.name, model_names(), "model.name")
     _known(config.sampling.method, SAMPLERS, "sampling.method")
     for field, known in (("predictor", PREDICTORS), ("corrector", CORRECTORS), ("schedule", SCHEDULES)):
         if config.sampling[field] is not None:
@@ -149,7 +154,13 @@ def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:
     path = config.eval.reference_checkpoint
     field = "eval.reference_checkpoint"
     require(Path(path).is_file(), field, "no such file", path)
-    require(config.model.name in IMAGE_MODELS, field,
+    if path.endswith(".pkl"):  # EDM's network pickles: the network comes from the file
+        require(config.model.name == EDM_PICKLE_MODEL, "model.name",
+                f"an EDM pickle ({path}) needs model.name='{EDM_PICKLE_MODEL}' (configs/published/edm_*.py)",
+                config.model.name)
+        require(config.training.sde in ("vpsde", "vesde"), "training.sde",
+                "EDM's networks run under vpsde (VPPrecond) or vesde (the others)", config.training.sde)
+    require(path.endswith(".pkl") or config.model.name in IMAGE_MODELS, field,
              f"score_sde_pytorch checkpoints hold {' or '.join(IMAGE_MODELS)} networks, not "
              f"model.name={config.model.name!r}", path)
     require(not config.eval.checkpoint, field,
