@@ -25,13 +25,12 @@ import io
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import torch
 
-from .output_files import disk_error
+from .output_files import atomic_write
 
 SNAPSHOT_DIR = "checkpoints"
 PREEMPTION_PATH = Path("checkpoints-meta") / "checkpoint.pth"
@@ -88,23 +87,14 @@ def save_checkpoint(path, state: dict) -> None:
     state = {**state, DIGEST_KEY: _digest(state)}
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    except OSError as error:
-        raise disk_error(error, path) from error
-    try:
-        with os.fdopen(handle, "wb") as file:
+
+    def write(temporary):
+        with open(temporary, "wb") as file:
             file.write(buffer.getbuffer())
             file.flush()
             os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except OSError as error:
-        Path(temporary).unlink(missing_ok=True)
-        raise disk_error(error, path) from error
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+    atomic_write(path, write, prefix=path.name + ".")  # `<name>.<random>.tmp`: remove_stale_temporaries'
     _fsync_folder(path.parent)
 
 

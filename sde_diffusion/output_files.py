@@ -17,7 +17,7 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -38,12 +38,17 @@ def disk_error(error: OSError, path) -> OSError:
     return WriteError(error.errno, f"cannot write {path}: {error.strerror or error}")
 
 
-def atomic_write(path, write: Callable[[str], None]) -> Path:
+def atomic_write(path, write: Callable[[str], None], prefix: Optional[str] = None) -> Path:
     """Call `write(temporary_path)`, then rename the temporary file over `path` (created with
-    its folder). The temporary file is removed if `write` fails."""
+    its folder). The temporary file, `<prefix><random>.tmp` beside `path` (prefix: a hidden
+    `.<name>.` by default), is removed if `write` fails."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.",
+                                             suffix=TEMPORARY_SUFFIX)
+    except OSError as error:
+        raise disk_error(error, path) from error
     os.close(handle)
     try:
         write(temporary)

@@ -82,8 +82,7 @@ class _FullDisk:
 def test_checkpoint_write_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
     path = tmp_path / "checkpoints-meta" / "checkpoint.pth"
     checkpoints.save_checkpoint(path, {"step": 1, "model": {"w": torch.ones(3)}, "ema": {}})
-    real_fdopen = checkpoints.os.fdopen
-    monkeypatch.setattr(checkpoints.os, "fdopen", lambda *args, **kwargs: _FullDisk(real_fdopen(*args, **kwargs)))
+    monkeypatch.setattr(checkpoints, "open", lambda *args, **kwargs: _FullDisk(open(*args, **kwargs)), raising=False)
     with pytest.raises(OSError, match=f"^no space left on device writing {path}$"):
         checkpoints.save_checkpoint(path, {"step": 2, "model": {"w": torch.zeros(3)}, "ema": {}})
     assert checkpoints.load_checkpoint(path)["step"] == 1
@@ -93,8 +92,7 @@ def test_checkpoint_write_on_a_full_disk_keeps_the_previous_checkpoint(tmp_path,
 def test_training_on_a_full_disk_stops_with_the_file_named(tmp_path, monkeypatch):
     config = tiny_toy_config(n_iters=20)
     train(config, tmp_path / "run")
-    real_fdopen = checkpoints.os.fdopen
-    monkeypatch.setattr(checkpoints.os, "fdopen", lambda *args, **kwargs: _FullDisk(real_fdopen(*args, **kwargs)))
+    monkeypatch.setattr(checkpoints, "open", lambda *args, **kwargs: _FullDisk(open(*args, **kwargs)), raising=False)
     config.training.n_iters = 40
     with pytest.raises(OSError, match="no space left on device writing .*checkpoint.pth"):
         train(config, tmp_path / "run")
