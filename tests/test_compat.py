@@ -408,6 +408,29 @@ def test_ncsnpp_families_round_trip_and_follow_the_reference_module_list(options
     round_trip(config, tmp_path)
 
 
+# The model sections of the reference's high-resolution NCSN++ configs (configs/ve/bedroom_,
+# church_, celebahq_256_, ffhq_256_ncsnpp_continuous.py: 7 levels at 256 px; celebahq_ and
+# ffhq_ncsnpp_continuous.py: 8 levels at 1024 px), at reduced width and image size.
+HIGH_RESOLUTION = {
+    "256px": dict(nf=8, ch_mult=(1, 1, 2, 2, 2, 2, 2), num_res_blocks=2, image_size=64),
+    "1024px": dict(nf=4, ch_mult=(1, 2, 4, 8, 16, 32, 32, 32), num_res_blocks=1, image_size=128),
+}
+
+
+@pytest.mark.parametrize("name", list(HIGH_RESOLUTION))
+def test_high_resolution_ncsnpp_layouts_follow_the_reference(name, tmp_path):
+    layout = dict(HIGH_RESOLUTION[name])
+    config = published_config("ve_cifar10_ncsnpp_continuous")
+    config.data.image_size = layout.pop("image_size")
+    config.model.update(layout, attn_resolutions=(16,), fir=True, skip_rescale=True, resblock_type="biggan",
+                        progressive="output_skip", progressive_input="input_skip", progressive_combine="sum",
+                        embedding_type="fourier", scale_by_sigma=True, dropout=0.0, sigma_max=378.0, num_scales=2000)
+    validate_config(config)
+    model = get_model(config)
+    assert [kind(unit) for _, unit in reference_units(model)] == reference_module_list(config)
+    round_trip(config, tmp_path)
+
+
 @pytest.mark.parametrize("ch_mult, attn, with_conv", [((1, 2), (8,), True), ((1, 2, 2), (16, 4), False)])
 def test_ddpm_families_round_trip_and_follow_the_reference_module_list(ch_mult, attn, with_conv, tmp_path):
     config = shrink(published_config("vp_cifar10_ddpm"))
