@@ -116,6 +116,8 @@ def test_signal_saves_stops_and_resumes_bitwise_equal(tmp_path, straight, signum
         wait_for_step(process, workdir, min(target, N_ITERS - 5))
         assert process.poll() is None, f"trial {trial}: the run finished before the signal"
         process.send_signal(signum)
+        if trial == 1:  # a second signal while the first one's checkpoint is being written changes nothing
+            process.send_signal(signum)
         code, stderr = process.wait(timeout=HANG_TIMEOUT_S), process.stderr.read()
         assert code == status, stderr[-2000:]
         stopped_at = checkpoints.latest_checkpoint(workdir)["step"]
