@@ -117,8 +117,9 @@ def get_base_config():
     controllable.particles = 16           # smc: chains per image; sampling.batch_size counts chains
 
     config.data = data = ml_collections.ConfigDict()
-    data.dataset = "cifar10"
-    data.root = ""                        # folder holding mnist / cifar10 files
+    data.dataset = "cifar10"              # also "folder" (your images) or "npz" (an array file)
+    data.root = ""                        # folder holding mnist / cifar10 files, the image folder, or the .npz
+    data.labels_from = ""                 # folder: "subfolders" = each first-level subfolder is a class
     data.download = False                 # explicit opt-in to fetch through torchvision
     data.image_size = 32
     data.num_channels = 3

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from .toy_data import TOY_DATA, toy_mixture
-from .utils import Registry, append_dims
+from .utils import Registry
 
 SPLITS = ("train", "test")
 
@@ -58,21 +58,23 @@ DATASETS: Registry[Callable[..., ArrayDataset]] = Registry("dataset")
 register_dataset = DATASETS.register
 
 def load_dataset(name: str, split: str, *, root=None, image_size: Optional[int] = None,
-                 download: bool = False, num_points: int = 10000, seed: int = 0) -> ArrayDataset:
-    """Load data set `name` ('moons', 'digits', 'mnist', ...; see DATASETS) for `split`.
+                 download: bool = False, num_points: int = 10000, seed: int = 0, num_channels: int = 3,
+                 labels_from: str = "") -> ArrayDataset:
+    """Load data set `name` ('moons', 'digits', 'mnist', 'folder', ...; see DATASETS) for `split`.
 
-    root: the directory with the files of mnist / cifar10; image_size: the side length of the
-    returned images (None: the data set's own); download: fetch missing mnist / cifar10 files
-    with torchvision; num_points, seed: size (train; test gets num_points // 5) and seed of
-    toy data.
+    root: the directory with the files of mnist / cifar10, the image folder, or the .npz file;
+    image_size: the side length of the returned images (None: the data set's own); download:
+    fetch missing mnist / cifar10 files with torchvision; num_points, seed: size (train; test
+    gets num_points // 5) and seed of toy data; num_channels, labels_from: a folder's images as
+    RGB (3) or gray (1), and its classes ('subfolders') or none ('').
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     if image_size is not None and (int(image_size) != image_size or image_size < 1):
         raise ValueError(f"image_size must be a positive integer or None, got {image_size!r}")
     loader = DATASETS.get_or_raise(name)
-    return loader(split, root=root, image_size=image_size, download=download,
-                  num_points=num_points, seed=seed)
+    return loader(split, root=root, image_size=image_size, download=download, num_points=num_points,
+                  seed=seed, num_channels=num_channels, labels_from=labels_from)
 
 
 def _toy_loader(kind: str) -> Callable[..., ArrayDataset]:
@@ -304,41 +306,29 @@ def load_cifar10(split: str, *, root=None, image_size: Optional[int] = None, dow
     return ArrayDataset(_resize(data, image_size or 32), labels)
 
 
-# -- scaling and augmentation --------------------------------------------------------------------
-def to_model_space(x: torch.Tensor, centered: bool) -> torch.Tensor:
-    """Images in [0, 1] -> [-1, 1] when `centered` (as VP models expect), else unchanged."""
-    return 2 * x - 1 if centered else x
+# -- the user's own images: a folder, or an .npz ----------------------------------------------
+@register_dataset("folder")
+def load_folder(split: str, *, root=None, image_size: Optional[int] = None, num_channels: int = 3,
+                labels_from: str = "", **ignored) -> ArrayDataset:
+    """PNG / JPEG / WebP files under `root` (`image_folder`), resized and centre-cropped."""
+    from .image_folder import read_image_folder
+
+    if root is None or image_size is None:
+        raise ValueError("the folder data set needs data.root (the folder) and data.image_size")
+    images, labels, _ = read_image_folder(root, split, image_size, num_channels, labels_from)
+    return ArrayDataset(_to_unit_interval(images), torch.from_numpy(labels))
 
 
-def from_model_space(x: torch.Tensor, centered: bool) -> torch.Tensor:
-    """The inverse of `to_model_space`, clamped to [0, 1] (samples overshoot slightly)."""
-    return ((x + 1) / 2 if centered else x).clamp(0, 1)
+@register_dataset("npz")
+def load_npz(split: str, *, root=None, image_size: Optional[int] = None, **ignored) -> ArrayDataset:
+    """Images (`x`) and optional `labels` of the .npz file `root` (`image_folder.read_npz_images`)."""
+    from .image_folder import read_npz_images
 
-
-def uniform_dequantize(x: torch.Tensor, generator: Optional[torch.Generator] = None,
-                       levels: int = 256) -> torch.Tensor:
-    """Continuous data from discrete: x in [0, 1] on the grid k / (levels - 1) becomes
-    (k + u) / levels with u ~ U[0, 1), uniform on bin k = [k / levels, (k + 1) / levels), so that
-    likelihoods of the result are densities of a discrete model (Theis et al. 2016).
-    `quantize` inverts it. k is rounded from x, so x only needs to be near its grid point."""
-    k = torch.round(x * (levels - 1)).clamp_(0, levels - 1)
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    y = (k + u) / levels
-    # k + u rounds up to k + 1 when u is within half an ulp of 1 (~1e-6 of float32 draws near
-    # k = 255): pull such values back below the bin's upper edge. Exact for power-of-two levels.
-    return torch.minimum(y, torch.nextafter((k + 1) / levels, torch.zeros_like(y)))
-
-
-def quantize(y: torch.Tensor, levels: int = 256) -> torch.Tensor:
-    """The inverse of `uniform_dequantize`: bin k = floor(y * levels) back to k / (levels - 1)."""
-    k = torch.floor(y.double() * levels).clamp_(0, levels - 1)
-    return (k / (levels - 1)).to(y.dtype)
-
-
-def random_flip(x: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """Mirror each image of the batch [B, C, H, W] left-right with probability 1/2."""
-    flip = torch.rand(x.shape[0], generator=generator, device=x.device) < 0.5
-    return torch.where(append_dims(flip, x.ndim), x.flip(-1), x)
+    if root is None:
+        raise ValueError("the npz data set needs data.root: the .npz file")
+    images, labels = read_npz_images(root, split)
+    data = torch.from_numpy(np.ascontiguousarray(images))
+    return ArrayDataset(_resize(data, image_size) if image_size else data, torch.from_numpy(labels))
 
 
 # -- batches -------------------------------------------------------------------------------------

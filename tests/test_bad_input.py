@@ -113,6 +113,12 @@ CASES = [
      "nan_mask.npz", "missing"),
     ("text file named .png", [DIGITS, "--mode=inpaint", "--config.controllable.images={tmp}/png_folder"],
      "not_an_image.png", "missing"),
+    ("empty image folder", ["--config=configs/vp_folder.py", "--config.data.root={tmp}/empty_folder"],
+     "no PNG, JPG, JPEG, WEBP images", "missing"),
+    ("image folder missing", ["--config=configs/vp_folder.py", "--config.data.root={tmp}/no_such_folder"],
+     "config.data.root", "missing"),
+    ("npz data set missing", ["--config=configs/vp_folder.py", "--config.data.dataset=npz",
+                              "--config.data.root={tmp}/no_such.npz"], "config.data.root", "missing"),
     # a workdir remembers what it trains: resuming or reading it under another meaning is refused
     ("resume under vesde", [TOY, *TRAINED, "--config.training.sde=vesde"], "training.sde: 'vpsde' -> 'vesde'",
      "trained"),
@@ -219,6 +225,7 @@ def outcomes(tmp_path_factory, trained_workdir):
     mask = np.ones((16, 16), dtype=np.float32)
     mask[4, 4] = np.nan
     np.savez(tmp / "nan_mask.npz", x=mask)
+    (tmp / "empty_folder").mkdir()
     (tmp / "png_folder").mkdir()
     (tmp / "png_folder" / "not_an_image.png").write_text("this is text, not a PNG")
     (tmp / "read_only").chmod(0o555)

@@ -200,7 +200,8 @@ def test_trained_digits_model_follows_labels_more_with_guidance():
     """A class-conditional MLP trained here for 400 steps on the 8x8 digits (64-D, labels
     dropped with probability 0.1): the digits judge reads the requested label on its samples far
     above chance (10%), more often with guidance. Measured: 0.60, 0.90, 0.97 at w = 0, 1, 3."""
-    from sde_diffusion.datasets import BatchStream, from_model_space, load_digits, to_model_space
+    from sde_diffusion.datasets import BatchStream, load_digits
+    from sde_diffusion.image_scaling import from_model_space, to_model_space
     from sde_diffusion.digits_judge import DigitsJudge
     from sde_diffusion.ema import EMA
     from sde_diffusion.losses import dsm_loss

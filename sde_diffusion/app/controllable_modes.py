@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..datasets import to_model_space
+from ..image_scaling import to_model_space
 from ..image_files import read_array, to_nchw
 from ..plotting import save_image_grid
 from ..sampling.controllable import colorize, inpaint

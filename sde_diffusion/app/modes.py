@@ -19,7 +19,8 @@ import numpy as np
 import torch
 
 from .. import checkpoints, distributed
-from ..datasets import from_model_space, load_dataset
+from ..datasets import load_dataset
+from ..image_scaling import from_model_space
 from ..ema import EMA
 from ..guidance import guided_score_fn_for_labels, labels_for_samples, parse_labels
 from ..output_files import atomic_write, to_json, write_text_atomic
@@ -34,7 +35,8 @@ def load_dataset_from_config(config, split: str):
     data = config.data
     dataset = load_dataset(data.dataset, split, root=data.root or None,
                            image_size=data.image_size if is_image_data(config) else None,
-                           download=data.download, num_points=data.num_points, seed=config.seed)
+                           download=data.download, num_points=data.num_points, seed=config.seed,
+                           num_channels=data.num_channels, labels_from=data.get("labels_from", ""))
     if len(dataset) == 0:
         raise ValueError(f"the {split} split of data.dataset {data.dataset!r} is empty")
     return dataset

@@ -32,7 +32,8 @@ from pathlib import Path
 import torch
 
 from .. import checkpoints, distributed
-from ..datasets import BatchStream, random_flip, to_model_space, uniform_dequantize
+from ..datasets import BatchStream
+from ..image_scaling import random_flip, to_model_space, uniform_dequantize
 from ..ema import EMA
 from ..guidance import drop_labels
 from ..performance import grad_scaler, to_memory_format, training_network
@@ -209,6 +210,9 @@ def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
         return {"step": step, "loss": float("nan")}
     if main:
         write_text_atomic(workdir / "config.json", config.to_json(indent=2))
+        if config.data.dataset == "folder" and config.data.get("labels_from") == "subfolders":
+            from ..image_folder import class_names  # class i is the i-th name: what sampling.labels means
+            write_text_atomic(workdir / "classes.json", json.dumps(class_names(config.data.root), indent=2))
 
     def state_at(current_step: int) -> dict:
         if not all(torch.isfinite(value).all() for value in model.state_dict().values() if value.is_floating_point()):

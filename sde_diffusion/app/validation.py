@@ -180,7 +180,7 @@ def _validate_classes(config) -> None:
              "model.num_classes", "must be an integer >= 0 (0: unconditional)", num_classes)
     dataset = config.data.dataset
     if num_classes:
-        expected = DATASET_NUM_CLASSES.get(dataset)
+        expected = _folder_classes(config) if dataset == "folder" else DATASET_NUM_CLASSES.get(dataset)
         require(expected is not None, "model.num_classes",
                  f"data.dataset {dataset!r} has no class labels, so it must be 0", num_classes)
         require(num_classes == expected, "model.num_classes",
@@ -272,8 +272,27 @@ def _needs_data(config, mode: Optional[str]) -> bool:
     return mode is not None
 
 
+def _folder_classes(config) -> Optional[int]:
+    """The classes of an image folder read with labels (its class subfolders), else None."""
+    from ..image_folder import class_names
+
+    data = config.data
+    if data.get("labels_from", "") != "subfolders" or not data.root or not Path(data.root).expanduser().is_dir():
+        return None
+    return len(class_names(data.root)) or None
+
+
 def _validate_data_files(config, mode: Optional[str]) -> None:
     data = config.data
+    from ..image_folder import LABEL_SOURCES
+
+    labels_from = data.get("labels_from", "")
+    require(labels_from in LABEL_SOURCES, "data.labels_from", "must be '' or 'subfolders'", labels_from)
+    if data.dataset in ("folder", "npz") and _needs_data(config, mode):
+        kind = "folder of images" if data.dataset == "folder" else ".npz file"
+        exists = Path(data.root).expanduser().is_dir() if data.dataset == "folder" else Path(data.root).expanduser().is_file()
+        require(bool(data.root) and exists, "data.root", f"must name the {kind} to read", data.root)
+        return
     if data.dataset not in FILE_DATASETS or data.root or not _needs_data(config, mode):
         return
     if data.download:

@@ -1,0 +1,135 @@
+"""The user's own images (`data.dataset="folder"` and `"npz"`): files written here in every format
+and mode a user has, read at one size with exact pixels where no resampling happens; splits,
+class subfolders, unreadable and empty folders; training and sampling on a folder end to end."""
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import HANG_TIMEOUT_S
+from sde_diffusion.datasets import load_dataset
+from sde_diffusion.image_folder import TEST_FRACTION, class_names, image_paths, read_image, read_image_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write_images(folder: Path, count: int, size=(10, 10), mode="RGB", suffix=".png", seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    channels = {"RGB": 3, "RGBA": 4, "L": None}[mode]
+    for i in range(count):
+        shape = (size[1], size[0]) + ((channels,) if channels else ())
+        Image.fromarray(rng.integers(0, 256, shape, dtype=np.uint8), mode).save(folder / f"img{i:03d}{suffix}")
+
+
+def test_centre_crop_keeps_the_middle_pixels_exactly(tmp_path):
+    columns = np.tile(np.arange(12, dtype=np.uint8) * 20, (6, 1))  # 12 wide, 6 high, each column its value
+    Image.fromarray(columns, "L").save(tmp_path / "wide.png")
+    gray = read_image(tmp_path / "wide.png", 6, 1)  # shorter side already 6: no resampling
+    assert gray.shape == (1, 6, 6) and (gray[0] == columns[:, 3:9]).all()
+    rgb = read_image(tmp_path / "wide.png", 6, 3)
+    assert rgb.shape == (3, 6, 6) and all((rgb[c] == columns[:, 3:9]).all() for c in range(3))
+    small = read_image(tmp_path / "wide.png", 3, 1)  # halved: 6x3, then the middle 3 columns
+    assert small.shape == (1, 3, 3) and small.dtype == np.uint8
+    assert small[0, 0, 0] < small[0, 0, 1] < small[0, 0, 2]  # the left-to-right ramp survives
+
+
+def test_every_format_and_mode_reads_at_one_size(tmp_path):
+    write_images(tmp_path / "a", 3, (10, 14), "RGB", ".png")
+    write_images(tmp_path / "a" / "deeper", 3, (20, 12), "RGBA", ".png", seed=1)
+    write_images(tmp_path / "b", 3, (9, 9), "L", ".jpg", seed=2)
+    write_images(tmp_path / "b", 3, (16, 16), "RGB", ".webp", seed=3)
+    everything = image_paths(tmp_path, "train") + image_paths(tmp_path, "test")
+    assert len(everything) == 12 and len(set(everything)) == 12
+    for split in ("train", "test"):
+        if image_paths(tmp_path, split):
+            images, labels, names = read_image_folder(tmp_path, split, 8, 3)
+            assert images.shape[1:] == (3, 8, 8) and images.dtype == np.uint8 and (labels == 0).all() and not names
+
+
+def test_split_is_stable_disjoint_and_about_the_stated_fraction(tmp_path):
+    write_images(tmp_path, 400, (4, 4))
+    test, train = image_paths(tmp_path, "test"), image_paths(tmp_path, "train")
+    assert not set(test) & set(train) and len(test) + len(train) == 400
+    assert abs(len(test) / 400 - TEST_FRACTION) < 0.05
+    write_images(tmp_path / "more", 50, (4, 4), seed=5)  # adding images moves none of the old ones
+    assert set(test) <= set(image_paths(tmp_path, "test"))
+
+
+def test_train_and_test_subfolders_are_the_splits(tmp_path):
+    write_images(tmp_path / "train", 5, (4, 4))
+    write_images(tmp_path / "test", 2, (4, 4), seed=1)
+    assert len(image_paths(tmp_path, "train")) == 5 and len(image_paths(tmp_path, "test")) == 2
+
+
+def test_class_subfolders_are_labels_in_sorted_order(tmp_path):
+    for name, count in (("zebra", 30), ("ant", 30), ("moth", 30)):
+        write_images(tmp_path / name, count, (4, 4), seed=len(name))
+    assert class_names(tmp_path) == ["ant", "moth", "zebra"]
+    images, labels, names = read_image_folder(tmp_path, "train", 4, 1, labels_from="subfolders")
+    assert names == ["ant", "moth", "zebra"] and set(labels) == {0, 1, 2} and images.shape[1] == 1
+    paths = image_paths(tmp_path, "train")
+    assert [names[label] for label in labels] == [p.relative_to(tmp_path).parts[0] for p in paths]
+    write_images(tmp_path, 1, (4, 4), seed=9)  # an image outside every class folder
+    with pytest.raises(ValueError, match="not inside a class subfolder"):
+        for split in ("train", "test"):
+            read_image_folder(tmp_path, split, 4, 1, labels_from="subfolders")
+
+
+def test_unreadable_files_are_skipped_and_counted_empty_folders_refused(tmp_path, caplog):
+    write_images(tmp_path / "train", 4, (4, 4))
+    (tmp_path / "train" / "broken.png").write_text("text, not a PNG")
+    (tmp_path / "test").mkdir()
+    with caplog.at_level(logging.WARNING):
+        images, _, _ = read_image_folder(tmp_path, "train", 4, 3)
+    assert len(images) == 4
+    assert "broken.png" in caplog.text and "1 of 5 image files" in caplog.text
+    with pytest.raises(ValueError, match="no PNG, JPG, JPEG, WEBP images for the test split"):
+        read_image_folder(tmp_path, "test", 4, 3)
+    (tmp_path / "test" / "bad.jpg").write_bytes(b"\xff\xd8 not really")
+    with pytest.raises(ValueError, match="none of the 1 image files for the test split"):
+        read_image_folder(tmp_path, "test", 4, 3)
+
+
+def test_npz_data_set_splits_and_keeps_labels(tmp_path):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (200, 8, 8, 3), dtype=np.uint8)  # NHWC
+    labels = np.arange(200) % 4
+    np.savez(tmp_path / "set.npz", x=images, labels=labels)
+    train, test = (load_dataset("npz", split, root=tmp_path / "set.npz", image_size=8) for split in ("train", "test"))
+    assert len(train) + len(test) == 200 and train.data.shape[1:] == (3, 8, 8)
+    first = int(train.labels[0])
+    assert np.allclose(train.data[0].numpy(), images[0].transpose(2, 0, 1) / 255) and first == 0
+    np.savez(tmp_path / "mismatch.npz", x=images, labels=labels[:10])
+    with pytest.raises(ValueError, match="200 images but 10 labels"):
+        load_dataset("npz", "train", root=tmp_path / "mismatch.npz")
+
+
+def test_train_and_sample_on_a_folder_end_to_end(tmp_path):
+    for name in ("cats", "dogs"):
+        write_images(tmp_path / "pictures" / name, 24, (12, 10), seed=len(name))
+    workdir = tmp_path / "run"
+    small = ["--config=configs/vp_folder.py", f"--workdir={workdir}", f"--config.data.root={tmp_path / 'pictures'}",
+             "--config.data.image_size=8", "--config.data.labels_from=subfolders", "--config.model.num_classes=2",
+             "--config.model.nf=32", "--config.model.ch_mult=(1,1)", "--config.model.num_res_blocks=1",
+             "--config.model.attn_resolutions=(4,)", "--config.training.batch_size=8", "--config.training.n_iters=4",
+             "--config.training.snapshot_freq=4", "--config.training.snapshot_sampling=False",
+             "--config.sampling.num_samples=4", "--config.sampling.steps=4"]
+    trained = subprocess.run([sys.executable, "main.py", *small, "--mode=train"], cwd=ROOT, capture_output=True,
+                             text=True, timeout=HANG_TIMEOUT_S)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert json.loads((workdir / "classes.json").read_text()) == ["cats", "dogs"]
+    sampled = subprocess.run([sys.executable, "main.py", *small, "--mode=sample", "--config.sampling.labels=1"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    assert sampled.returncode == 0, sampled.stderr[-2000:]
+    samples = np.load(json.loads(sampled.stdout.strip().splitlines()[-1])["npz"])["samples"]
+    assert samples.shape == (4, 3, 8, 8) and np.isfinite(samples).all()
+    wrong = subprocess.run([sys.executable, "main.py", *small, "--mode=train", "--config.model.num_classes=3",
+                            f"--workdir={tmp_path / 'other'}"], cwd=ROOT, capture_output=True, text=True,
+                           timeout=HANG_TIMEOUT_S)
+    assert wrong.returncode == 1 and "must equal the 2 classes" in wrong.stderr.strip().splitlines()[-1]
