@@ -263,3 +263,21 @@ def test_main_refuses_an_edm_pickle_that_does_not_fit(tmp_path, name, config, fl
     lines = result.stderr.strip().splitlines()
     assert result.returncode == 1 and len(lines) == 1 and message in lines[0], result.stderr
     assert not workdir.exists()
+
+
+@requires_fixtures
+@pytest.mark.parametrize("config, classes", [("edm_cifar10", 0), ("edm_cifar10_cond", 10), ("edm_ffhq_64", 0),
+                                             ("edm_afhqv2_64", 0), ("edm_imagenet_64_cond", 1000)])
+def test_edm_twins_validate_for_sampling(config, classes):
+    import importlib.util
+    from sde_diffusion.app.validation import validate_config
+
+    spec = importlib.util.spec_from_file_location(config, ROOT / "configs" / "published" / f"{config}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    settings = module.get_config()
+    settings.eval.reference_checkpoint = str(FIXTURES / "edm_edm_ddpmpp.pkl")
+    validate_config(settings, "sample")
+    assert settings.model.num_classes == classes and settings.training.sde == "vesde"
+    assert (settings.model.sigma_min, settings.model.sigma_max) == (0.002, 80.0)
+    assert settings.sampling.method == "heun" and settings.data.centered

@@ -181,9 +181,10 @@ def _validate_classes(config) -> None:
     dataset = config.data.dataset
     if num_classes:
         expected = _folder_classes(config) if dataset == "folder" else DATASET_NUM_CLASSES.get(dataset)
-        require(expected is not None, "model.num_classes",
+        unread_folder = dataset == "folder" and not config.data.root  # sampling a published network
+        require(expected is not None or unread_folder, "model.num_classes",
                  f"data.dataset {dataset!r} has no class labels, so it must be 0", num_classes)
-        require(num_classes == expected, "model.num_classes",
+        require(unread_folder or num_classes == expected, "model.num_classes",
                  f"must equal the {expected} classes of data.dataset {dataset!r}", num_classes)
         require(config.model.name != "ncsnpp" or config.model.get("conditional", True), "model.conditional",
                  "must be True for a class-conditional ncsnpp (the class joins the noise embedding)",

@@ -1,0 +1,6 @@
+"""NVlabs/edm's FFHQ 64x64 networks (edm-ffhq-64x64-uncond-vp.pkl / -uncond-ve.pkl)."""
+from configs.published.edm_64 import edm_64
+
+
+def get_config():
+    return edm_64()
