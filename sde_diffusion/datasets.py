@@ -16,12 +16,13 @@ import io
 import pickle
 import struct
 from pathlib import Path
-from typing import Callable, Dict, Iterator, Optional, Sequence
+from typing import Callable, Dict, Iterator, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .dataset_files import locate_files
 from .toy_data import TOY_DATA, toy_mixture
 from .utils import Registry
 
@@ -143,75 +144,6 @@ def load_digits(split: str, *, image_size: Optional[int] = None, **ignored) -> A
     return ArrayDataset(_resize(images, image_size or 8), labels[keep])
 
 
-# -- locating image files, and the opt-in download -------------------------------------------
-def _find_files(directories: Sequence[Path], names: Sequence[str],
-                suffixes: Sequence[str]) -> Optional[list]:
-    """The paths of all `names` (each with the first suffix that exists) in the first
-    directory that holds all of them, or None."""
-    for directory in directories:
-        found = [next((directory / (name + s) for s in suffixes
-                       if (directory / (name + s)).is_file()), None) for name in names]
-        if all(found):
-            return found
-    return None
-
-
-def _download(name: str, root: Path) -> None:
-    """Fetch a data set's files into `root` with torchvision, imported only here. A failed
-    download (offline, a mirror down) removes what it created under `root`, `root` included,
-    and says what it fetched from where."""
-    try:
-        import torchvision.datasets
-    except ImportError as error:
-        raise ImportError(f"data.download=True needs torchvision to fetch {name}") from error
-    dataset_class = {"mnist": torchvision.datasets.MNIST, "cifar10": torchvision.datasets.CIFAR10}[name]
-    source = " or ".join(getattr(dataset_class, "mirrors", None) or [dataset_class.url])
-    existed = _existing_paths(root)
-    try:
-        dataset_class(str(root), download=True)
-    except Exception as error:  # noqa: BLE001 - urllib, HTTP, checksum and archive errors alike
-        _remove_new_paths(root, existed)
-        reason = " ".join(str(error).split()) or type(error).__name__
-        raise OSError(f"could not download {name} from {source} into {root}: {reason}") from None
-
-
-def _existing_paths(root: Path) -> Optional[set]:
-    """Every path under `root` (None when `root` does not exist)."""
-    return {root, *root.rglob("*")} if root.exists() else None
-
-
-def _remove_new_paths(root: Path, existed: Optional[set]) -> None:
-    """Remove the files and folders under `root` that are not in `existed`, deepest first."""
-    import shutil
-
-    if existed is None:
-        shutil.rmtree(root, ignore_errors=True)
-        return
-    for path in sorted(set(root.rglob("*")) - existed, key=lambda p: len(p.parts), reverse=True):
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        else:
-            path.unlink(missing_ok=True)
-
-
-def _locate(name: str, root, download: bool, subdirectories: Sequence[str],
-            names: Sequence[str], suffixes: Sequence[str], url: str) -> list:
-    if root is None:
-        raise ValueError(f"{name} is read from files: data.root must be set to their directory")
-    root = Path(root).expanduser().resolve()
-    directories = [root / sub for sub in subdirectories]
-    files = _find_files(directories, names, suffixes)
-    if files is None and download:
-        _download(name, root)
-        files = _find_files(directories, names, suffixes)
-    if files is None:
-        expected = ", ".join(n + ("[.gz]" if ".gz" in suffixes else "") for n in names)
-        where = " or ".join(str(d) for d in directories)
-        raise FileNotFoundError(f"{name} files not found: expected {expected} in {where}; "
-                                f"set data.download=True or get them from {url}")
-    return files
-
-
 # -- MNIST: IDX files --------------------------------------------------------------------------
 MNIST_URL = "https://ossci-datasets.s3.amazonaws.com/mnist/ (mirror of http://yann.lecun.com/exdb/mnist/)"
 MNIST_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
@@ -238,17 +170,21 @@ def read_idx(path) -> np.ndarray:
     return np.frombuffer(content, dtype=dtype, offset=header).reshape(dims).astype(dtype.newbyteorder("="))
 
 
-@register_dataset("mnist")
-def load_mnist(split: str, *, root=None, image_size: Optional[int] = None, download: bool = False,
-               **ignored) -> ArrayDataset:
-    """MNIST from its IDX files (plain or .gz) in `root` or torchvision's `root/MNIST/raw`.
-    image_size: 28 (native), 32 (zero padding of 2 pixels per side, as is usual for U-Nets),
+FASHION_MNIST_URL = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+# Debian/Ubuntu's dataset-fashion-mnist package puts the IDX files here.
+FASHION_MNIST_SYSTEM_ROOT = Path("/usr/share/datasets/fashion-mnist")
+
+
+def _load_idx_images(name: str, split: str, root, image_size: Optional[int], download: bool,
+                     raw_folder: str, url: str) -> ArrayDataset:
+    """An MNIST-format set from its IDX files (plain or .gz) in `root` or torchvision's
+    `root/<raw_folder>`. image_size: 28 (native), 32 (zero padding of 2 pixels per side, as
+    is usual for U-Nets whose levels halve the size: 28 does not halve twice into an even size),
     anything else a bilinear resize. 1 channel."""
-    image_path, label_path = _locate("mnist", root, download, (".", "MNIST/raw"),
-                                     MNIST_FILES[split], ("", ".gz"), MNIST_URL)
+    image_path, label_path = locate_files(name, root, download, (".", raw_folder), MNIST_FILES[split], ("", ".gz"), url)
     images, labels = read_idx(image_path), read_idx(label_path)
     if images.ndim != 3 or images.dtype != np.uint8 or labels.shape != images.shape[:1]:
-        raise ValueError(f"{image_path} and {label_path} are not MNIST images [N, H, W] of "
+        raise ValueError(f"{image_path} and {label_path} are not {name} images [N, H, W] of "
                          f"bytes and labels [N]: got {images.shape}, {labels.shape}")
     data = _to_unit_interval(images[:, None])
     if image_size == 32 and data.shape[-1] == 28:
@@ -256,6 +192,24 @@ def load_mnist(split: str, *, root=None, image_size: Optional[int] = None, downl
     else:
         data = _resize(data, image_size or data.shape[-1])
     return ArrayDataset(data, torch.from_numpy(labels.astype(np.int64)))
+
+
+@register_dataset("mnist")
+def load_mnist(split: str, *, root=None, image_size: Optional[int] = None, download: bool = False,
+               **ignored) -> ArrayDataset:
+    """MNIST (`_load_idx_images`)."""
+    return _load_idx_images("mnist", split, root, image_size, download, "MNIST/raw", MNIST_URL)
+
+
+@register_dataset("fashion_mnist")
+def load_fashion_mnist(split: str, *, root=None, image_size: Optional[int] = None, download: bool = False,
+                       **ignored) -> ArrayDataset:
+    """Fashion-MNIST (Xiao et al. 2017; same files as MNIST's, `_load_idx_images`), by default
+    from FASHION_MNIST_SYSTEM_ROOT when that folder exists."""
+    if root is None and FASHION_MNIST_SYSTEM_ROOT.is_dir():
+        root = FASHION_MNIST_SYSTEM_ROOT
+    return _load_idx_images("fashion_mnist", split, root, image_size, download, "FashionMNIST/raw",
+                            FASHION_MNIST_URL)
 
 
 # -- CIFAR-10: python pickle batches -------------------------------------------------------------
@@ -298,7 +252,7 @@ def load_cifar10(split: str, *, root=None, image_size: Optional[int] = None, dow
     """CIFAR-10 from its python batches in `root/cifar-10-batches-py` or `root` itself
     (train: data_batch_1..5 in order; test: test_batch). 3 channels; image_size 32 is native,
     anything else a bilinear resize."""
-    paths = _locate("cifar10", root, download, ("cifar-10-batches-py", "."),
+    paths = locate_files("cifar10", root, download, ("cifar-10-batches-py", "."),
                     CIFAR10_FILES[split], ("",), CIFAR10_URL)
     batches = [read_cifar_batch(path) for path in paths]
     data = _to_unit_interval(np.concatenate([b["data"] for b in batches]))

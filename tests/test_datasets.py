@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from sde_diffusion import datasets
+from sde_diffusion import dataset_files, datasets
 from sde_diffusion.datasets import DATASETS, TOY_DATA, BatchStream, load_dataset, read_idx
 from sde_diffusion.image_scaling import from_model_space, quantize, random_flip, to_model_space, uniform_dequantize
 from sde_diffusion.toy_data import toy_mixture
@@ -18,7 +18,7 @@ def no_download(monkeypatch):
     """Any test that reaches the download path without arranging it fails."""
     def fail(name, root):
         raise AssertionError(f"attempted to download {name} to {root}")
-    monkeypatch.setattr(datasets, "_download", fail)
+    monkeypatch.setattr(dataset_files, "fetch_with_torchvision", fail)
 
 
 # -- file fixtures ---------------------------------------------------------------------------------
@@ -91,6 +91,26 @@ def test_mnist_pads_to_32_and_resizes(tmp_path):
     assert resized.shape == (5, 1, 14, 14) and resized.min() >= 0 and resized.max() <= 1
 
 
+@pytest.mark.parametrize("layout", [".", "FashionMNIST/raw"])
+def test_fashion_mnist_reads_the_same_files(tmp_path, layout):
+    arrays = make_mnist(tmp_path / layout, gz=layout == ".", counts=(300, 60), seed=3)
+    for split, (images, labels) in arrays.items():
+        dataset = load_dataset("fashion_mnist", split, root=tmp_path)
+        assert torch.equal(dataset.data, unit(images)[:, None])
+        assert torch.equal(dataset.labels, torch.from_numpy(labels.astype(np.int64)))
+    padded = load_dataset("fashion_mnist", "test", root=tmp_path, image_size=32).data
+    assert padded.shape == (60, 1, 32, 32) and torch.equal(padded[:, 0, 2:30, 2:30], unit(arrays["test"][0]))
+
+
+def test_fashion_mnist_defaults_to_the_system_package_folder(tmp_path, monkeypatch):
+    arrays = make_mnist(tmp_path / "system", counts=(4, 2))
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_ROOT", tmp_path / "system")
+    assert torch.equal(load_dataset("fashion_mnist", "test").data, unit(arrays["test"][0])[:, None])
+    monkeypatch.setattr(datasets, "FASHION_MNIST_SYSTEM_ROOT", tmp_path / "absent")
+    with pytest.raises(ValueError, match="data.root must be set"):
+        load_dataset("fashion_mnist", "test")
+
+
 def test_read_idx_types_and_errors(tmp_path):
     values = np.arange(-6, 6, dtype=np.int32).reshape(3, 4) * 100000
     write_idx(tmp_path / "ints", values, type_code=0x0C, big_endian_dtype=">i4")
@@ -128,7 +148,7 @@ def test_download_is_opt_in_and_then_read_with_our_parser(tmp_path, monkeypatch)
         calls.append((name, root))
         make_mnist(root / "MNIST" / "raw", gz=True)
 
-    monkeypatch.setattr(datasets, "_download", fake_download)
+    monkeypatch.setattr(dataset_files, "fetch_with_torchvision", fake_download)
     dataset = load_dataset("mnist", "test", root=tmp_path, download=True)
     assert calls == [("mnist", tmp_path.resolve())] and dataset.data.shape == (3, 1, 28, 28)
     load_dataset("mnist", "train", root=tmp_path, download=True)  # files present: no new fetch

@@ -24,10 +24,10 @@ IMAGE_MODELS = ("ddpm", "ncsnpp")
 # model.name of a network that only comes from an EDM pickle (eval.reference_checkpoint = *.pkl)
 EDM_PICKLE_MODEL = "edm"
 MAX_IMAGE_SIZE = 1024  # pixels per side; beyond it a run cannot fit in any GPU's memory at a useful batch
-IMAGE_DATASETS = ("digits", "mnist", "cifar10", "folder", "npz")  # the rest are point sets
+IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "folder", "npz")  # the rest are point sets
 # Data sets whose labels a class-conditional model (model.num_classes > 0) can learn; the other
 # toy sets carry no classes. gmm's classes are its mixture components.
-DATASET_NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "gmm": 8}
+DATASET_NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "gmm": 8}
 
 
 class ConfigError(ValueError):

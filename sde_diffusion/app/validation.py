@@ -11,6 +11,7 @@ import torch
 from ..models import model_names
 from ..performance import PRECISIONS
 from ..sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
+from ..datasets import FASHION_MNIST_SYSTEM_ROOT
 from ..sdes import SDES
 from .config import (DATASET_NUM_CLASSES, EDM_PICKLE_MODEL, IMAGE_MODELS, MAX_IMAGE_SIZE, ConfigError, build_sde, require,
                      is_image_data, sampler_spec, select_device)
@@ -260,7 +261,7 @@ def _validate_controllable(config, mode: str) -> None:
 
 
 # Data sets read from files the user provides (or downloads into) data.root.
-FILE_DATASETS = ("mnist", "cifar10")
+FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 
 def _needs_data(config, mode: Optional[str]) -> bool:
@@ -296,6 +297,8 @@ def _validate_data_files(config, mode: Optional[str]) -> None:
         return
     if data.dataset not in FILE_DATASETS or data.root or not _needs_data(config, mode):
         return
+    if data.dataset == "fashion_mnist" and FASHION_MNIST_SYSTEM_ROOT.is_dir() and not data.download:
+        return  # the system package's files
     if data.download:
         raise ConfigError(f"config.data.root: data.download=True needs a folder to fetch {data.dataset} into: "
                           f"add --config.data.root=DIR")
