@@ -248,13 +248,25 @@ def _numpy_seed(seed: int) -> Iterator[None]:
 
 
 def quality_metric(kind: str, test: torch.Tensor, device, *, seed: int = 0, image_size: Optional[int] = None,
-                   inception_path: Optional[str] = None, mixture=None):
+                   inception_path: Optional[str] = None, mixture=None, judge=None, floor=None):
     """(metric, main key): metric(samples in data space) -> scores against `test`, the metric
     of `eval` and `study`. kind "points" (2-D sets): sliced Wasserstein distance (plus
     `mixture.sample_errors` when the exact mixture is known); "digits": FD/KD in digit-classifier
-    features (and FID/KID when `inception_path` is given); "images": FID/KID with clean-fid's
-    Inception. The feature extractors are loaded here, so missing Inception weights stop a run
-    before any sampling."""
+    features (and FID/KID when `inception_path` is given); "classifier": FD/KD in the features
+    of `judge` (`digits_judge.cached_judge` of the data set's training split: MNIST,
+    Fashion-MNIST), with the floor `fd_classifier_floor` of real `floor` images (a training
+    subset as large as `test`) when given; "images": FID/KID with clean-fid's Inception. The feature extractors are
+    loaded here, so missing Inception weights stop a run before any sampling."""
+    if kind == "classifier":
+        reference = judge.features(test)
+        subset = min(1000, len(test))
+        floor_fd = fid_kid(judge.features(floor), reference, kid_subset_size=subset)["fid"] if floor is not None else None
+
+        def classifier_metric(x):
+            scores = fid_kid(judge.features(x.cpu()), reference, kid_subset_size=min(subset, len(x)))
+            result = {"fd_classifier": scores["fid"], "kd_classifier": scores["kid"]}
+            return result if floor_fd is None else {**result, "fd_classifier_floor": floor_fd}
+        return classifier_metric, "fd_classifier"
     if kind == "points":
         def metric(x):
             scores = {"sliced_wasserstein": sliced_wasserstein(

@@ -39,3 +39,23 @@ def test_digit_distance_ranks_real_over_blurred_over_noise():
 def test_judge_rejects_wrong_shapes(judge):
     with pytest.raises(ValueError, match="expected images"):
         judge.features(torch.zeros(3, 1, 8, 8))
+
+
+def test_cached_judge_fits_once_and_reads_the_same_weights_back(tmp_path, monkeypatch):
+    from sde_diffusion.digits_judge import cached_judge
+    from sde_diffusion.evaluate import quality_metric
+
+    monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path))
+    train, test = load_digits("train", image_size=8), load_digits("test", image_size=8)
+    fitted = cached_judge(train.data, train.labels, hidden=32, max_iter=200)
+    stored = list((tmp_path / "judges").glob("judge_*.npz"))
+    assert len(stored) == 1
+    again = cached_judge(train.data, train.labels, hidden=32, max_iter=200)  # read, not refitted
+    assert (again.features(test.data) == fitted.features(test.data)).all()
+    assert again.accuracy(test.data, test.labels) > 0.85
+    cached_judge(train.data[:-1], train.labels[:-1], hidden=32, max_iter=200)  # other data: another entry
+    assert len(list((tmp_path / "judges").glob("judge_*.npz"))) == 2
+    metric, key = quality_metric("classifier", test.data, "cpu", judge=fitted, floor=train.data[:len(test.data)])
+    real, noise = metric(train.data[-len(test.data):]), metric(torch.rand(len(test.data), 1, 8, 8))
+    assert key == "fd_classifier" and real["fd_classifier_floor"] < 0.2 * noise["fd_classifier"]
+    assert real["fd_classifier"] < 0.2 * noise["fd_classifier"]

@@ -279,13 +279,36 @@ def run_likelihood(config, workdir, config_file: str = "") -> dict:
     return _write_report(workdir, f"likelihood_{step}.json", report)
 
 
+CLASSIFIER_JUDGED = ("mnist", "fashion_mnist")  # small gray labelled sets: FD in their classifier's features
+
+
 def quality_metric_for(config, test: torch.Tensor, device, mixture=None):
-    """`evaluate.quality_metric` for the config's data (points, digits or images) and settings."""
+    """`evaluate.quality_metric` for the config's data (points, digits, MNIST-like or images)."""
     from ..evaluate import quality_metric
 
-    kind = "digits" if config.data.dataset == "digits" else "images" if is_image_data(config) else "points"
+    judge = data_judge(config) if config.data.dataset in CLASSIFIER_JUDGED else None
+    floor = None
+    if config.data.dataset == "digits":
+        kind = "digits"
+    elif judge is not None:
+        kind, floor = "classifier", load_dataset_from_config(config, "train").data[:len(test)]
+    else:
+        kind = "images" if is_image_data(config) else "points"
     return quality_metric(kind, test, device, seed=config.seed, image_size=config.data.image_size,
-                          inception_path=config.eval.inception_path or None, mixture=mixture)
+                          inception_path=config.eval.inception_path or None, mixture=mixture, judge=judge,
+                          floor=floor)
+
+
+def data_judge(config):
+    """The classifier judge of the config's data set (digits, MNIST, Fashion-MNIST), or None."""
+    from ..digits_judge import DigitsJudge, cached_judge
+
+    if config.data.dataset == "digits":
+        return DigitsJudge(config.data.image_size)
+    if config.data.dataset in CLASSIFIER_JUDGED and config.data.num_channels == 1:
+        train = load_dataset_from_config(config, "train")
+        return cached_judge(train.data, train.labels)
+    return None
 
 
 def run_eval(config, workdir, config_file: str = "") -> dict:
@@ -309,9 +332,9 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
     report.update(scores)
     if class_labels is not None:
         report["guidance_scale"] = float(config.sampling.guidance_scale)
-        if config.data.dataset == "digits":
-            from ..digits_judge import DigitsJudge
-            report["label_accuracy"] = DigitsJudge(config.data.image_size).accuracy(samples, class_labels)
+        judge = data_judge(config)
+        if judge is not None:
+            report["label_accuracy"] = judge.accuracy(samples, class_labels)
     report["seconds"] = round(time.perf_counter() - start, 3)
     name = f"eval_{step}" if class_labels is None else f"eval_{step}_w{config.sampling.guidance_scale:g}"
     return _write_report(workdir, f"{name}.json", report)
