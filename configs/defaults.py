@@ -84,6 +84,7 @@ def get_base_config():
     evaluate.edm_allow_unknown_source = False
     evaluate.batch_size = 64
     evaluate.num_samples = 1000
+    evaluate.seeds = ()                   # eval: one sample set per seed, mean and std across them; () = (seed,)
     evaluate.bpd_num_images = 256
     evaluate.bpd_trace = "hutchinson"     # or "exact"
     evaluate.bpd_rtol = 1e-5

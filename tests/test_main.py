@@ -95,6 +95,20 @@ def test_eval_mode_reports_sliced_wasserstein(workdir):
     assert result.returncode == 0, result.stderr[-2000:]
     report = last_json(result.stdout)
     assert 0 < report["sliced_wasserstein"] < 0.5, report
+    assert report["weights"] == "ema" and report["seeds"] == [42] and report["num_samples"] == 500
+    assert report["sampler"].startswith("pc ") and report["nfe"] > 0 and "test split" in report["reference"]
+
+
+def test_eval_over_seeds_reports_mean_and_spread(workdir):
+    flags = [f"--workdir={workdir}", "--mode=eval", *SMALL, "--config.sampling.method=ddim",
+             "--config.sampling.steps=20"]
+    several = last_json(main_py(*flags, "--config.eval.seeds=(1,2,3)").stdout)
+    values = several["sliced_wasserstein_per_seed"]
+    assert len(values) == 3 and len(set(values)) == 3  # other seeds, other samples
+    assert several["sliced_wasserstein"] == pytest.approx(sum(values) / 3)
+    assert several["sliced_wasserstein_std"] == pytest.approx(float(np.std(values, ddof=1)))
+    alone = last_json(main_py(*flags, "--config.eval.seeds=(2,)").stdout)
+    assert alone["sliced_wasserstein"] == pytest.approx(values[1], rel=1e-6)  # seed 2 alone: the same samples
 
 
 @pytest.mark.parametrize("args, message", [

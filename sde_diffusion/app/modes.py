@@ -76,12 +76,13 @@ def draw_samples(score_fn, sde, config, num_samples: int, generator: torch.Gener
     return torch.cat(batches), nfe
 
 
-def draw_shared_samples(score_fn, sde, config, num_samples: int, device: torch.device, class_labels=None):
+def draw_shared_samples(score_fn, sde, config, num_samples: int, device: torch.device, class_labels=None,
+                        seed=None):
     """`draw_samples` with the samples (and their `class_labels`) divided over the processes:
     (all samples in rank order, the largest NFE of a batch) on rank 0, (None, None) on the
-    others. One process draws them all with the generator seeded by `config.seed`."""
+    others. One process draws them all with the generator seeded by `seed` (`config.seed`)."""
     first, count = distributed.share_of(num_samples)
-    generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed))
+    generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed if seed is None else seed))
     own_labels = None if class_labels is None else class_labels[first:first + count]
     progress = Progress("sampling", count, unit="sample", seconds=config.training.progress_seconds,
                         enabled=distributed.is_main())
@@ -176,26 +177,30 @@ def _load_edm(config, path, device):
     return network, build_sde(config), f"reference_{Path(path).stem}"
 
 
-def _sampling_run(what: str, config, workdir, device, num_samples: int, config_file: str):
+def _sampling_run(what: str, config, workdir, device, num_samples: int, config_file: str, seeds=(None,)):
     """The start `sample` and `eval` share: load the trained model, say what runs, draw
-    `num_samples` (divided over the processes). Returns (step, class labels or None, samples,
-    NFE, seconds); samples is None on the processes other than rank 0."""
+    `num_samples` (divided over the processes) for each of `seeds` (None: config.seed).
+    Returns (step, class labels or None, [samples per seed], NFE, seconds); the samples are None
+    on the processes other than rank 0."""
     model, sde, step = load_trained(config, workdir, device)
     if distributed.is_main():
         announce(what, config_file, workdir, device,
-                 f"checkpoint step {step}, {num_samples} samples with {sampler_spec(config).summary()}")
+                 f"checkpoint step {step}, {num_samples} samples with {sampler_spec(config).summary()}"
+                 + (f", seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""))
     score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
-    start = time.perf_counter()
-    samples, nfe = draw_shared_samples(score_fn, sde, config, num_samples, device, class_labels)
-    if samples is not None:
-        require_finite(samples, f"{what} with {config.sampling.method}")
-    return step, class_labels, samples, nfe, time.perf_counter() - start
+    start, drawn, nfe = time.perf_counter(), [], 0
+    for seed in seeds:
+        samples, nfe = draw_shared_samples(score_fn, sde, config, num_samples, device, class_labels, seed=seed)
+        if samples is not None:
+            require_finite(samples, f"{what} with {config.sampling.method}")
+        drawn.append(samples)
+    return step, class_labels, drawn, nfe, time.perf_counter() - start
 
 
 def run_sample(config, workdir, config_file: str = "") -> dict:
     device = select_device(config)
-    step, class_labels, samples, nfe, seconds = _sampling_run("sample", config, workdir, device,
-                                                              config.sampling.num_samples, config_file)
+    step, class_labels, (samples,), nfe, seconds = _sampling_run("sample", config, workdir, device,
+                                                                 config.sampling.num_samples, config_file)
     if samples is None:
         return None
     folder = Path(workdir) / "samples"
@@ -311,33 +316,53 @@ def data_judge(config):
     return None
 
 
+PAPER_FID_SAMPLES = 50_000  # what FID papers report; fewer makes an eval a labelled preview
+
+
 def run_eval(config, workdir, config_file: str = "") -> dict:
-    """Sample quality against the test set by `evaluate.quality_metric`. A class-conditional model
-    samples its `sampling.labels` with `sampling.guidance_scale`; on digits the report adds
-    `label_accuracy`, how often the digits judge reads the requested label."""
+    """Sample quality against the test set by `evaluate.quality_metric`, for each seed of
+    `eval.seeds` (default: `seed`), with the mean and standard deviation across seeds. A
+    class-conditional model samples its `sampling.labels` with `sampling.guidance_scale`, and
+    where the data set has a classifier judge the report adds `label_accuracy`, how often it reads
+    the requested label. The report names the checkpoint (EMA weights), the sampler call and its
+    NFE, the seeds and the number of samples; an image FID from fewer than 50k samples is a
+    preview, so marked in the report and its file name."""
     device = select_device(config)
     test = load_dataset_from_config(config, "test").data
     if distributed.is_main():  # scores on rank 0 only, which gathers the samples
         metric, _ = quality_metric_for(config, test, device)
-    step, class_labels, samples, nfe, seconds = _sampling_run("eval", config, workdir, device,
-                                                              config.eval.num_samples, config_file)
-    if samples is None:
+    seeds = tuple(config.eval.get("seeds") or ()) or (config.seed,)
+    step, class_labels, drawn, nfe, seconds = _sampling_run("eval", config, workdir, device, config.eval.num_samples,
+                                                            config_file, seeds=seeds)
+    if drawn[0] is None:
         return None
     start = time.perf_counter() - seconds
-    report = {"step": step, "num_samples": len(samples), "sampler": config.sampling.method, "nfe": nfe}
-    scores = metric(samples)
-    for name, value in scores.items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"eval: the metric {name} came out {value} on {len(samples)} samples; no report written")
-    report.update(scores)
+    per_seed = []
+    for seed, samples in zip(seeds, drawn):
+        scores = metric(samples)
+        for name, value in scores.items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"eval: the metric {name} came out {value} on {len(samples)} samples (seed {seed}); "
+                                 f"no report written")
+        if class_labels is not None and data_judge(config) is not None:
+            scores["label_accuracy"] = data_judge(config).accuracy(samples, class_labels)
+        per_seed.append(scores)
+    report = {"step": step, "weights": "ema", "num_samples": len(drawn[0]), "sampler": sampler_spec(config).summary(),
+              "nfe": nfe, "seeds": list(seeds), "reference": f"the {config.data.dataset} test split ({len(test)} items)"}
+    for name in per_seed[0]:
+        values = [scores[name] for scores in per_seed]
+        report[name] = float(np.mean(values))
+        if len(values) > 1:
+            report[f"{name}_std"] = float(np.std(values, ddof=1))
+            report[f"{name}_per_seed"] = values
+    preview = is_image_data(config) and "fid" in per_seed[0] and len(drawn[0]) < PAPER_FID_SAMPLES
+    if preview:
+        report["preview"] = f"FID of {len(drawn[0])} samples, not the {PAPER_FID_SAMPLES} papers report"
     if class_labels is not None:
         report["guidance_scale"] = float(config.sampling.guidance_scale)
-        judge = data_judge(config)
-        if judge is not None:
-            report["label_accuracy"] = judge.accuracy(samples, class_labels)
     report["seconds"] = round(time.perf_counter() - start, 3)
     name = f"eval_{step}" if class_labels is None else f"eval_{step}_w{config.sampling.guidance_scale:g}"
-    return _write_report(workdir, f"{name}.json", report)
+    return _write_report(workdir, f"{name}{'_preview' if preview else ''}.json", report)
 
 
 def run_study_mode(config, workdir, config_file: str = "") -> dict:

@@ -93,6 +93,10 @@ def validate_config(config, mode: Optional[str] = None) -> None:
              config.training.nonfinite)
     require(isinstance(config.eval.checkpoint, int) and config.eval.checkpoint >= 0, "eval.checkpoint",
              "must be a step >= 0 (0 = the latest checkpoint)", config.eval.checkpoint)
+    seeds = config.eval.get("seeds", ())
+    require(isinstance(seeds, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
+                                                     for v in seeds), "eval.seeds",
+            "must be a tuple of integers >= 0, e.g. (0,1,2); () = (seed,)", seeds)
     _validate_device(config.device)
     threads = config.get("threads", 0)
     require(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0, "threads",
