@@ -6,7 +6,8 @@ Each image is converted to RGB or grayscale, its shorter side resized to the tar
 `labels_from="subfolders"` each first-level subfolder is a class (names sorted: class i is the
 i-th name). Splits: a folder with `train/` and `test/` subfolders uses them; otherwise every image
 goes to the test split with probability TEST_FRACTION, decided by a digest of its path relative
-to the root, so the split is the same on every machine and does not move when images are added.
+to the root, so the split is the same on every machine and does not move when images are added
+(a folder too small to put any file there gives the test split the file of lowest digest).
 A file that does not read is skipped with a warning naming it and a count at the end; a folder
 without readable images is an error.
 """
@@ -43,20 +44,29 @@ def class_names(root) -> List[str]:
     return sorted(p.name for p in folder.iterdir() if p.is_dir() and _images_under(p)) if folder.is_dir() else []
 
 
+def _position(relative: Path) -> int:
+    """Where a file falls in [0, 1000): a digest of its relative path."""
+    return int.from_bytes(hashlib.blake2b(relative.as_posix().encode(), digest_size=8).digest(), "little") % 1000
+
+
 def _in_test_split(relative: Path) -> bool:
-    digest = hashlib.blake2b(relative.as_posix().encode(), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % 1000 < TEST_FRACTION * 1000
+    return _position(relative) < TEST_FRACTION * 1000
 
 
 def image_paths(root, split: str) -> List[Path]:
-    """The image files of `split` under `root` (see the module docstring)."""
+    """The image files of `split` under `root` (see the module docstring). A small folder whose
+    digests put no file in the test split gives it the one with the lowest, so that both splits
+    exist from two images on."""
     folder, whole = split_root(root, split)
     if not Path(root).expanduser().is_dir():
         raise FileNotFoundError(f"data.root {root} is not a folder")
     paths = _images_under(folder) if folder.is_dir() else []
-    if not whole:
-        paths = [p for p in paths if _in_test_split(p.relative_to(folder)) == (split == "test")]
-    return paths
+    if whole:
+        return paths
+    test = {p for p in paths if _in_test_split(p.relative_to(folder))}
+    if not test and len(paths) >= 2:
+        test = {min(paths, key=lambda p: (_position(p.relative_to(folder)), p.as_posix()))}
+    return [p for p in paths if (p in test) == (split == "test")]
 
 
 def read_image(path: Path, size: int, channels: int) -> np.ndarray:

@@ -61,6 +61,12 @@ def test_split_is_stable_disjoint_and_about_the_stated_fraction(tmp_path):
     assert set(test) <= set(image_paths(tmp_path, "test"))
 
 
+def test_a_small_folder_still_has_a_test_image(tmp_path):
+    write_images(tmp_path, 3, (4, 4))
+    test, train = image_paths(tmp_path, "test"), image_paths(tmp_path, "train")
+    assert len(test) == 1 and len(train) == 2 and not set(test) & set(train)
+
+
 def test_train_and_test_subfolders_are_the_splits(tmp_path):
     write_images(tmp_path / "train", 5, (4, 4))
     write_images(tmp_path / "test", 2, (4, 4), seed=1)
