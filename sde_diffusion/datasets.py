@@ -51,6 +51,35 @@ class ArrayDataset(torch.utils.data.Dataset):
     def __getitem__(self, index):
         return self.data[index], self.labels[index]
 
+    def batch(self, indices) -> torch.Tensor:
+        """The float32 data of `indices`, what training draws."""
+        return self.data[indices]
+
+
+class MappedImageDataset(ArrayDataset):
+    """Images kept as uint8 [N, C, H, W] in a memory-mapped .npy file, converted to float in
+    [0, 1] per batch, so that a data set larger than memory trains: only the pages of a batch
+    are read. `.data` converts the whole set (what the small test split's metrics read)."""
+
+    def __init__(self, images: np.ndarray, labels: torch.Tensor):
+        if images.shape[0] != labels.shape[0]:
+            raise ValueError(f"{images.shape[0]} images but {labels.shape[0]} labels")
+        self.images, self.labels = images, labels.to(torch.int64).contiguous()
+
+    @property
+    def data(self) -> torch.Tensor:
+        return _to_unit_interval(np.array(self.images))
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index):
+        return self.batch(torch.as_tensor([index]))[0], self.labels[index]
+
+    def batch(self, indices) -> torch.Tensor:
+        order = np.asarray(torch.as_tensor(indices).cpu())
+        return _to_unit_interval(self.images[np.sort(order)][np.argsort(np.argsort(order))])
+
 
 # -- registries ------------------------------------------------------------------------------
 # A dataset loader is called as loader(split, root=, image_size=, download=, num_points=, seed=)
@@ -264,13 +293,14 @@ def load_cifar10(split: str, *, root=None, image_size: Optional[int] = None, dow
 @register_dataset("folder")
 def load_folder(split: str, *, root=None, image_size: Optional[int] = None, num_channels: int = 3,
                 labels_from: str = "", **ignored) -> ArrayDataset:
-    """PNG / JPEG / WebP files under `root` (`image_folder`), resized and centre-cropped."""
-    from .image_folder import read_image_folder
+    """PNG / JPEG / WebP files under `root` (`image_folder`), resized and centre-cropped, read
+once into a memory-mapped uint8 cache (`image_folder.cached_image_folder`)."""
+    from .image_folder import cached_image_folder
 
     if root is None or image_size is None:
         raise ValueError("the folder data set needs data.root (the folder) and data.image_size")
-    images, labels, _ = read_image_folder(root, split, image_size, num_channels, labels_from)
-    return ArrayDataset(_to_unit_interval(images), torch.from_numpy(labels))
+    images, labels = cached_image_folder(root, split, image_size, num_channels, labels_from)
+    return MappedImageDataset(images, torch.from_numpy(labels))
 
 
 @register_dataset("npz")

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -76,16 +75,11 @@ def DigitsJudge(image_size: int = 16, hidden: int = 64, seed: int = 0) -> ImageJ
     return ImageJudge.fit(train.data, train.labels, hidden=hidden, seed=seed)
 
 
-def cache_folder() -> Path:
-    """$SDE_DIFFUSION_CACHE, else ~/.cache/sde_diffusion."""
-    return Path(os.environ.get("SDE_DIFFUSION_CACHE") or Path.home() / ".cache" / "sde_diffusion")
-
-
 def cached_judge(images: torch.Tensor, labels: torch.Tensor, hidden: int = 128, seed: int = 0,
                  max_iter: int = 30) -> ImageJudge:
     """The judge of a labelled training split (30 epochs of Adam by default: Fashion-MNIST's at
     32x32 reads its test split at 89%), fitted once and then read from the cache folder."""
-    from .output_files import atomic_write
+    from .output_files import atomic_write, cache_folder
 
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{tuple(images.shape)} {hidden} {seed} {max_iter}".encode())

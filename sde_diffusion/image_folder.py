@@ -10,6 +10,11 @@ to the root, so the split is the same on every machine and does not move when im
 (a folder too small to put any file there gives the test split the file of lowest digest).
 A file that does not read is skipped with a warning naming it and a count at the end; a folder
 without readable images is an error.
+
+`cached_image_folder` reads a folder once per split, size and colour into a uint8 .npy file in
+the cache folder (`output_files.cache_folder`), named by a digest of every image's path, size and
+modification time and of the settings, and memory-maps it from then on: a changed folder gets a
+new cache, and a data set larger than memory is read a batch at a time.
 """
 from __future__ import annotations
 
@@ -85,9 +90,9 @@ def read_image(path: Path, size: int, channels: int) -> np.ndarray:
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
 
 
-def read_image_folder(root, split: str, size: int, channels: int,
-                      labels_from: str = "") -> Tuple[np.ndarray, np.ndarray, List[str]]:
-    """(uint8 images [N, channels, size, size], int64 labels [N], class names) of `split`."""
+def _readable_images(root, split: str, size: int, channels: int, labels_from: str):
+    """(number of files, an iterator of (image, label) over the readable ones) of `split`: an
+    unreadable file is skipped with a warning, and counted in one at the end."""
     if labels_from not in LABEL_SOURCES:
         raise ValueError(f"data.labels_from must be '' or 'subfolders', got {labels_from!r}")
     paths = image_paths(root, split)
@@ -95,30 +100,40 @@ def read_image_folder(root, split: str, size: int, channels: int,
     if not paths:
         raise ValueError(f"no {', '.join(s[1:].upper() for s in IMAGE_SUFFIXES)} images for the {split} split "
                          f"in {folder}")
-    names = class_names(root) if labels_from == "subfolders" else []
-    index = {name: i for i, name in enumerate(names)}
-    images, labels, unreadable = [], [], 0
-    for path in paths:
-        label = 0
-        if labels_from == "subfolders":
-            parts = path.relative_to(folder).parts
-            if len(parts) < 2 or parts[0] not in index:
-                raise ValueError(f"{path} is not inside a class subfolder of {folder} "
-                                 f"(data.labels_from='subfolders')")
-            label = index[parts[0]]
-        try:
-            images.append(read_image(path, size, channels))
-        except Exception as error:  # noqa: BLE001 - PIL raises many kinds for damaged files
-            unreadable += 1
-            log.warning("skipping unreadable image %s: %s", path, str(error).splitlines()[0] if str(error) else
-                        type(error).__name__)
-            continue
-        labels.append(label)
-    if unreadable:
-        log.warning("%d of %d image files in %s could not be read and were skipped", unreadable, len(paths), folder)
-    if not images:
-        raise ValueError(f"none of the {len(paths)} image files for the {split} split in {folder} could be read")
-    return np.stack(images), np.asarray(labels, dtype=np.int64), names
+    index = {name: i for i, name in enumerate(class_names(root) if labels_from == "subfolders" else [])}
+
+    def each():
+        unreadable = 0
+        for path in paths:
+            label = 0
+            if labels_from == "subfolders":
+                parts = path.relative_to(folder).parts
+                if len(parts) < 2 or parts[0] not in index:
+                    raise ValueError(f"{path} is not inside a class subfolder of {folder} "
+                                     f"(data.labels_from='subfolders')")
+                label = index[parts[0]]
+            try:
+                image = read_image(path, size, channels)
+            except Exception as error:  # noqa: BLE001 - PIL raises many kinds for damaged files
+                unreadable += 1
+                log.warning("skipping unreadable image %s: %s", path,
+                            str(error).splitlines()[0] if str(error) else type(error).__name__)
+                continue
+            yield image, label
+        if unreadable:
+            log.warning("%d of %d image files in %s could not be read and were skipped", unreadable, len(paths),
+                        folder)
+        if unreadable == len(paths):
+            raise ValueError(f"none of the {len(paths)} image files for the {split} split in {folder} could be read")
+    return len(paths), each()
+
+
+def read_image_folder(root, split: str, size: int, channels: int,
+                      labels_from: str = "") -> Tuple[np.ndarray, np.ndarray, List[str]]:
+    """(uint8 images [N, channels, size, size], int64 labels [N], class names) of `split`, in memory."""
+    _, pairs = _readable_images(root, split, size, channels, labels_from)
+    images, labels = zip(*pairs)
+    return np.stack(images), np.asarray(labels, dtype=np.int64), class_names(root) if labels_from else []
 
 
 def read_npz_images(path, split: str) -> Tuple[np.ndarray, np.ndarray]:
@@ -141,3 +156,50 @@ def read_npz_images(path, split: str) -> Tuple[np.ndarray, np.ndarray]:
     if not keep.any():
         raise ValueError(f"the {split} split of {path} is empty ({len(images)} images)")
     return images[keep], labels[keep]
+
+
+def _folder_digest(root, split: str, size: int, channels: int, labels_from: str) -> str:
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(f"{split} {size} {channels} {labels_from!r}".encode())
+    folder, _ = split_root(root, split)
+    for path in image_paths(root, split):
+        stat = path.stat()
+        digest.update(f"{path.relative_to(folder).as_posix()} {stat.st_size} {stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def cached_image_folder(root, split: str, size: int, channels: int, labels_from: str = ""):
+    """(uint8 images [N, C, size, size] memory-mapped read-only, int64 labels [N]) of `split`,
+    from the cache when the folder has not changed (module docstring). The cache is written one
+    image at a time into a memory map, so building it needs no more memory than using it."""
+    from .output_files import atomic_write, cache_folder
+
+    key = _folder_digest(root, split, size, channels, labels_from)
+    images_path = cache_folder() / "image_folders" / f"{key}.npy"
+    labels_path = images_path.with_suffix(".labels.npy")
+    if not (images_path.is_file() and labels_path.is_file()):
+        count, pairs = _readable_images(root, split, size, channels, labels_from)
+        labels = []
+
+        def write_images(temporary):
+            mapped = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(count, channels, size, size))
+            for row, (image, label) in enumerate(pairs):
+                mapped[row] = image
+                labels.append(label)
+            mapped.flush()
+            if len(labels) < count:  # unreadable files were skipped: keep the rows written
+                kept = np.array(mapped[:len(labels)])
+                del mapped
+                with open(temporary, "wb") as file:
+                    np.save(file, kept)
+
+        atomic_write(images_path, write_images)
+        atomic_write(labels_path, lambda temporary: _save_npy(temporary, np.asarray(labels, dtype=np.int64)))
+        log.info("cached the %s split of %s (%d images, %dx%d) in %s", split, root, len(labels), size, size,
+                 images_path)
+    return np.load(images_path, mmap_mode="r"), np.load(labels_path)
+
+
+def _save_npy(path, array: np.ndarray) -> None:
+    with open(path, "wb") as file:  # a file object: np.save would append .npy to the name
+        np.save(file, array)

@@ -62,6 +62,12 @@ def atomic_write(path, write: Callable[[str], None], prefix: Optional[str] = Non
     return path
 
 
+def cache_folder() -> Path:
+    """Where the package keeps what it computes once (classifier judges, image caches):
+    $SDE_DIFFUSION_CACHE, else ~/.cache/sde_diffusion."""
+    return Path(os.environ.get("SDE_DIFFUSION_CACHE") or Path.home() / ".cache" / "sde_diffusion")
+
+
 def write_text_atomic(path, text: str) -> Path:
     def write(temporary):
         with open(temporary, "w") as file:

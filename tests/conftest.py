@@ -1,3 +1,6 @@
+import os
+import tempfile
+
 import torch
 
 from sde_diffusion.distributions import GaussianMixture
@@ -5,6 +8,9 @@ from sde_diffusion.distributions import GaussianMixture
 # The limit on a test's child process (main.py, torchrun, a driver). It only turns a hang into a
 # failure: far beyond any run's time on a 5x-loaded machine, so it never decides a result.
 HANG_TIMEOUT_S = 1800
+# What the package caches (classifier judges, image-folder caches) goes to a folder of this test
+# session, never the user's ~/.cache; child processes inherit it.
+os.environ.setdefault("SDE_DIFFUSION_CACHE", tempfile.mkdtemp(prefix="sde_diffusion_cache_"))
 
 
 def mixture_2d() -> GaussianMixture:

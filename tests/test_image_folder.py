@@ -102,6 +102,32 @@ def test_unreadable_files_are_skipped_and_counted_empty_folders_refused(tmp_path
         read_image_folder(tmp_path, "test", 4, 3)
 
 
+def test_folder_is_cached_memory_mapped_and_rebuilt_when_it_changes(tmp_path, monkeypatch, caplog):
+    from sde_diffusion.datasets import MappedImageDataset
+    import torch
+
+    monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    write_images(tmp_path / "pictures" / "train", 6, (9, 7))
+    write_images(tmp_path / "pictures" / "test", 2, (9, 7), seed=1)
+    (tmp_path / "pictures" / "train" / "broken.png").write_text("not a png")
+    dataset = load_dataset("folder", "train", root=tmp_path / "pictures", image_size=4, num_channels=3)
+    assert isinstance(dataset, MappedImageDataset) and isinstance(dataset.images, np.memmap)
+    assert dataset.images.dtype == np.uint8 and dataset.images.shape == (6, 3, 4, 4)  # the broken file skipped
+    in_memory, _, _ = read_image_folder(tmp_path / "pictures", "train", 4, 3)
+    assert (np.asarray(dataset.images) == in_memory).all()
+    batch = dataset.batch(torch.tensor([4, 0, 4]))  # any order, repeats: what BatchStream draws
+    assert batch.dtype == torch.float32 and torch.equal(batch[1], torch.from_numpy(in_memory[0]).float() / 255)
+    assert torch.equal(batch[0], batch[2]) and torch.equal(dataset.data, torch.from_numpy(in_memory).float() / 255)
+    cached = sorted((tmp_path / "cache" / "image_folders").glob("*.npy"))
+    assert len(cached) == 2  # images and labels
+    with caplog.at_level(logging.INFO):
+        load_dataset("folder", "train", root=tmp_path / "pictures", image_size=4, num_channels=3)
+    assert "cached the" not in caplog.text  # read from the cache
+    write_images(tmp_path / "pictures" / "train" / "new", 1, (9, 7), seed=4)  # the folder changed
+    grown = load_dataset("folder", "train", root=tmp_path / "pictures", image_size=4, num_channels=3)
+    assert len(grown) == 7 and len(sorted((tmp_path / "cache" / "image_folders").glob("*.npy"))) == 4
+
+
 def test_npz_data_set_splits_and_keeps_labels(tmp_path):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (200, 8, 8, 3), dtype=np.uint8)  # NHWC

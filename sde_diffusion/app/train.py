@@ -235,7 +235,7 @@ def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
     model.train()
     while step < training.n_iters:
         indices = next(stream)
-        x = _prepare_batch(train_set.data[indices].to(device), config, generator)
+        x = _prepare_batch(train_set.batch(indices).to(device), config, generator)
         class_labels = None
         if num_classes:
             class_labels = drop_labels(train_set.labels[indices].to(device), training.cond_drop_prob,
