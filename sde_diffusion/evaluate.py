@@ -113,28 +113,67 @@ def energy_distance(a: torch.Tensor, b: torch.Tensor, *, chunk_size: int = 4096)
 # -- images through clean-fid ----------------------------------------------------------------
 
 
-def load_inception(path: Optional[Union[str, os.PathLike]], device: Union[str, torch.device] = "cpu",
-                   *, mode: str = "clean") -> torch.nn.Module:
-    """clean-fid's Inception-v3 feature extractor (2048-d pool3 features), from a local file.
+def inception_cache_file() -> str:
+    """Where clean-fid's Inception weights are kept once fetched: the package's cache folder."""
+    from .output_files import cache_folder
 
-    `path` is the TorchScript file `inception-2015-12-05.pt` clean-fid would otherwise download
-    (or the folder holding it); None or "" raise FileNotFoundError like a missing file. It goes
-    through clean-fid's own `InceptionV3W` with `download=False`: the same network and
-    [0, 255] -> [-1, 1] scaling clean-fid uses, and no network access. `mode` as in clean-fid:
-    "clean" expects images already resized to 299x299 (`image_features` does that);
-    "legacy_tensorflow" resizes inside the network the way the TensorFlow FID code did.
+    return os.fspath(cache_folder() / "inception" / INCEPTION_FILENAME)
+
+
+def fetch_inception(file: str) -> str:
+    """Download clean-fid's Inception weights from INCEPTION_URL to `file`, written whole or not
+    at all (clean-fid's own helper writes in place, so a broken download would stay). A failure
+    is one FileNotFoundError line naming the URL and the file to place by hand."""
+    import shutil
+    import urllib.request
+
+    from .output_files import atomic_write
+
+    def write(temporary):
+        with urllib.request.urlopen(INCEPTION_URL, timeout=60) as response, open(temporary, "wb") as out:
+            shutil.copyfileobj(response, out)
+
+    try:
+        atomic_write(file, write)
+    except Exception as error:  # noqa: BLE001 - offline, proxies, HTTP errors alike
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise FileNotFoundError(f"could not download clean-fid's Inception weights from {INCEPTION_URL} ({reason}); "
+                                f"place that file at {file} or set eval.inception_path to it") from None
+    return file
+
+
+def load_inception(path: Optional[Union[str, os.PathLike]], device: Union[str, torch.device] = "cpu",
+                   *, mode: str = "clean", download: bool = False) -> torch.nn.Module:
+    """clean-fid's Inception-v3 feature extractor (2048-d pool3 features).
+
+    `path` is the TorchScript file `inception-2015-12-05.pt` (or the folder holding it). Without
+    one (None or "", the config's unset value) the file is looked for in the package's cache
+    folder (`inception_cache_file`) and, with `download`, fetched there once; otherwise a missing
+    file raises FileNotFoundError naming where to put it. It goes through clean-fid's own
+    `InceptionV3W` with `download=False`: the same network and [0, 255] -> [-1, 1] scaling
+    clean-fid uses. `mode` as in clean-fid: "clean" expects images already resized to 299x299
+    (`image_features` does that); "legacy_tensorflow" resizes inside the network the way the
+    TensorFlow FID code did.
     """
     if mode not in ("clean", "legacy_tensorflow"):
         raise ValueError(f"mode must be 'clean' or 'legacy_tensorflow' for Inception, got {mode!r}")
-    # The config's unset value is "" (eval.inception_path), the same as None.
     file = os.fspath(path) if path is not None and os.fspath(path) != "" else None
-    if file is not None and os.path.isdir(file):
+    if file is None:
+        cached = inception_cache_file()
+        if os.path.isfile(cached):
+            file = cached
+        elif download:
+            file = fetch_inception(cached)
+        else:
+            raise FileNotFoundError(
+                f"clean-fid's Inception weights are needed and no path was given: download {INCEPTION_URL} to "
+                f"{cached} (or let eval.download_inception=True fetch it there), or set eval.inception_path")
+    if os.path.isdir(file):
         file = os.path.join(file, INCEPTION_FILENAME)
-    if file is None or not os.path.isfile(file):
-        where = "no path was given" if file is None else f"{file!r} does not exist"
+    if not os.path.isfile(file):
         raise FileNotFoundError(
-            f"clean-fid's Inception weights are needed and {where}: download {INCEPTION_URL} "
-            f"(nothing is downloaded here) and set eval.inception_path to the file")
+            f"clean-fid's Inception weights are needed and {file!r} does not exist: download {INCEPTION_URL} "
+            f"(nothing is downloaded for a given path) and set eval.inception_path to the file")
     if os.path.basename(file) != INCEPTION_FILENAME:
         raise ValueError(f"clean-fid loads the Inception weights by the name {INCEPTION_FILENAME!r}; "
                          f"rename {file!r} or point eval.inception_path at its folder")
@@ -248,7 +287,8 @@ def _numpy_seed(seed: int) -> Iterator[None]:
 
 
 def quality_metric(kind: str, test: torch.Tensor, device, *, seed: int = 0, image_size: Optional[int] = None,
-                   inception_path: Optional[str] = None, mixture=None, judge=None, floor=None):
+                   inception_path: Optional[str] = None, mixture=None, judge=None, floor=None,
+                   download_inception: bool = False):
     """(metric, main key): metric(samples in data space) -> scores against `test`, the metric
     of `eval` and `study`. kind "points" (2-D sets): sliced Wasserstein distance (plus
     `mixture.sample_errors` when the exact mixture is known); "digits": FD/KD in digit-classifier
@@ -282,7 +322,7 @@ def quality_metric(kind: str, test: torch.Tensor, device, *, seed: int = 0, imag
         from .digits_judge import DigitsJudge
         judge = DigitsJudge(image_size)  # fitted once, however many calls follow
     if inception_path or kind == "images":
-        extractor = load_inception(inception_path, device)
+        extractor = load_inception(inception_path, device, download=download_inception)
         reference = to_uint8_hwc(test)
 
     def metric(x):

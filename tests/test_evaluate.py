@@ -7,6 +7,7 @@ TorchScript file of the same layout, with all network access made to fail the te
 import math
 import socket
 import urllib.request
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -328,3 +329,42 @@ def test_load_inception_reads_a_local_torchscript_file(tmp_path, no_network):
     file.rename(other_name)
     with pytest.raises(ValueError, match=INCEPTION_FILENAME):
         load_inception(other_name, "cpu")
+
+
+def test_inception_is_fetched_once_into_the_cache_folder_whole_or_not_at_all(tmp_path, monkeypatch):
+    import io as _io
+
+    from sde_diffusion.evaluate import fetch_inception, inception_cache_file
+
+    monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    target = inception_cache_file()
+    assert target.startswith(str(tmp_path / "cache")) and target.endswith(INCEPTION_FILENAME)
+
+    def offline(*args, **kwargs):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(FileNotFoundError) as refused:
+        load_inception(None, "cpu", download=True)
+    message = str(refused.value)
+    assert "\n" not in message and "https://nvlabs-fi-cdn.nvidia.com/" in message and target in message
+    assert not Path(target).parent.exists() or not any(Path(target).parent.iterdir())  # no partial file
+
+    class _Response(_io.BytesIO):
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    calls = []
+
+    def serve(url, timeout=None):
+        calls.append(url)
+        return _Response(b"weights")
+
+    monkeypatch.setattr(urllib.request, "urlopen", serve)
+    assert fetch_inception(target) == target and Path(target).read_bytes() == b"weights" and len(calls) == 1
+    with pytest.raises(FileNotFoundError, match="no path was given"):  # without download, the message says where
+        monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path / "empty"))
+        load_inception("", "cpu")

@@ -301,7 +301,7 @@ def quality_metric_for(config, test: torch.Tensor, device, mixture=None):
         kind = "images" if is_image_data(config) else "points"
     return quality_metric(kind, test, device, seed=config.seed, image_size=config.data.image_size,
                           inception_path=config.eval.inception_path or None, mixture=mixture, judge=judge,
-                          floor=floor)
+                          floor=floor, download_inception=config.eval.get("download_inception", False))
 
 
 def data_judge(config):
