@@ -136,9 +136,9 @@ def test_reverse_sde_and_probability_flow(sde):
 
 
 def test_registry_and_errors():
-    assert set(SDES) == {"vpsde", "subvpsde", "vesde"}
+    assert set(SDES) == {"vpsde", "subvpsde", "vesde", "edm", "rectified_flow", "cosine_vp"}
     assert get_sde("vesde", sigma_max=10.0).sigma_max == 10.0
-    with pytest.raises(ValueError, match="known: subvpsde, vesde, vpsde"):
+    with pytest.raises(ValueError, match="known: cosine_vp, edm, rectified_flow, subvpsde, vesde, vpsde"):
         get_sde("vp")
     with pytest.raises(ValueError, match="beta_min"):
         VPSDE(beta_min=-1.0)
