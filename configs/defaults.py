@@ -144,6 +144,9 @@ def get_base_config():
     # fractional chain step whose noise level is the SDE's at t; "reference" feeds t (N - 1) and
     # divides by the std of step floor(t (N - 1)), as score_sde does (its samples exactly).
     model.discrete_labels = "noise_level"
+    # What the network outputs: "" = the SDE's default (noise for VP-like, score for VE/EDM), or
+    # score, noise, data, v, velocity, edm (EDM's preconditioning around the network).
+    model.parameterization = ""
 
     config.optim = optim = ml_collections.ConfigDict()
     optim.optimizer = "Adam"

@@ -119,6 +119,8 @@ CASES = [
      "config.data.root", "missing"),
     ("npz data set missing", ["--config=configs/vp_folder.py", "--config.data.dataset=npz",
                               "--config.data.root={tmp}/no_such.npz"], "config.data.root", "missing"),
+    ("unknown parameterization", [TOY, "--config.model.parameterization=x_start"], "config.model.parameterization",
+     "missing"),
     # a workdir remembers what it trains: resuming or reading it under another meaning is refused
     ("resume under vesde", [TOY, *TRAINED, "--config.training.sde=vesde"], "training.sde: 'vpsde' -> 'vesde'",
      "trained"),

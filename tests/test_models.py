@@ -108,4 +108,4 @@ def test_wrapping_the_exact_network_gives_the_exact_score(sde):
 
 def test_bad_parameterization_is_refused():
     with pytest.raises(ValueError, match="parameterization"):
-        score_fn_from_model(lambda x, labels: x, VPSDE(), parameterization="v")
+        score_fn_from_model(lambda x, labels: x, VPSDE(), parameterization="epsilon")

@@ -72,7 +72,8 @@ def build_score_fn(model: torch.nn.Module, sde: SDE, config) -> ScoreFn:
     if config.model.get("discrete_labels", "noise_level") == "reference":
         from ..compat import reference_chain_conditioning
         conditioning = reference_chain_conditioning(sde)
-    return score_fn_from_model(model, sde, continuous=config.training.continuous, conditioning=conditioning)
+    return score_fn_from_model(model, sde, continuous=config.training.continuous, conditioning=conditioning,
+                               parameterization=config.model.get("parameterization") or None)
 
 
 def build_loss(config, sde: SDE) -> Callable:

@@ -106,6 +106,10 @@ def validate_config(config, mode: Optional[str] = None) -> None:
              "training.progress_seconds", "must be a number of seconds >= 0", seconds)
     _validate_study(config)
     _validate_classes(config)
+    from ..models.parameterization import PARAMETERIZATIONS
+    parameterization = config.model.get("parameterization", "")
+    require(parameterization in ("",) + PARAMETERIZATIONS, "model.parameterization",
+            f"must be '' (the SDE's default) or one of {', '.join(PARAMETERIZATIONS)}", parameterization)
     discrete_labels = config.model.get("discrete_labels", "noise_level")
     require(discrete_labels in ("noise_level", "reference"), "model.discrete_labels",
              "must be 'noise_level' or 'reference'", discrete_labels)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..sdes import SDE, ScoreFn
 from ..utils import append_dims
+from .parameterization import PARAMETERIZATIONS, path_coefs, to_score
 
 
 def score_fn_from_model(model: nn.Module, sde: SDE, *, continuous: bool = True,
@@ -30,27 +31,51 @@ def score_fn_from_model(model: nn.Module, sde: SDE, *, continuous: bool = True,
     """Wrap `model(x, labels)` as score_fn(x, t) under `sde` (the SDE the model was trained with:
     discrete labels refer to its chain, whatever chain a sampler later respaces to).
 
+    `parameterization` (default: the SDE's) says what the network outputs (`parameterization`:
+    score, noise, data, v, velocity), or "edm": EDM's preconditioning around it (input scaled by
+    c_in, label c_noise, D = c_skip y + c_out F in the unscaled variables y = x / alpha; Karras
+    et al. 2022, eq. 7 and table 1, sigma_data = EDM_SIGMA_DATA).
     The score function takes an optional third argument, class_labels [B], passed on to a
     class-conditional network as `model(x, labels, class_labels)`; without it the network is
     called as `model(x, labels)` (for a conditional network: the "no label" score).
     `conditioning(t) -> (labels, std)` replaces the SDE's noise labels and marginal std (the
     reference code's discrete-DDPM convention, `compat.reference_chain_conditioning`)."""
     parameterization = parameterization or sde.default_parameterization
-    if parameterization not in ("noise", "score"):
-        raise ValueError(f"parameterization must be 'noise' or 'score', got {parameterization!r}")
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {parameterization!r}")
+
+    def call(x, labels, class_labels):
+        labels = labels.to(x.dtype)
+        return model(x, labels) if class_labels is None else model(x, labels, class_labels)
 
     def score_fn(x: torch.Tensor, t: torch.Tensor,
                  class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
+        if parameterization == "edm":
+            return _edm_score(call, sde, x, t, class_labels)
         if conditioning is None:
             labels, std = sde.noise_labels(t, continuous=continuous), None
         else:
             labels, std = conditioning(t)
-        labels = labels.to(x.dtype)
-        output = model(x, labels) if class_labels is None else model(x, labels, class_labels)
+        output = call(x, labels, class_labels)
         if parameterization == "score":
             return output
-        std = (sde.marginal_coefs(t)[1] if std is None else std).to(x.dtype)
-        return -output / append_dims(std, x.ndim)
+        if parameterization == "noise":
+            std = (sde.marginal_coefs(t)[1] if std is None else std).to(x.dtype)
+            return -output / append_dims(std, x.ndim)
+        return to_score(parameterization, output, x, path_coefs(sde, t, x))
 
     return score_fn
+
+
+EDM_SIGMA_DATA = 0.5  # the data's std EDM's preconditioning assumes (images in [-1, 1])
+
+
+def _edm_score(call, sde: SDE, x: torch.Tensor, t: torch.Tensor, class_labels) -> torch.Tensor:
+    alpha, sigma = (append_dims(c.to(x.dtype), x.ndim) for c in sde.marginal_coefs(t))
+    noise = sigma / alpha  # EDM's sigma, in the unscaled variables y = x / alpha
+    total = noise ** 2 + EDM_SIGMA_DATA ** 2
+    c_skip, c_out, c_in = EDM_SIGMA_DATA ** 2 / total, noise * EDM_SIGMA_DATA / total.sqrt(), 1 / total.sqrt()
+    y = x / alpha
+    denoised = c_skip * y + c_out * call(c_in * y, torch.log(noise.flatten()) / 4, class_labels)
+    return (alpha * denoised - x) / sigma ** 2
