@@ -20,6 +20,9 @@ def get_base_config():
     training.sde = "vpsde"
     training.continuous = True            # False: the discrete DDPM / SMLD losses
     training.reduce_mean = False
+    # continuous-time objective: "dsm" (denoising score matching, Song et al. 2021), "edm" (EDM's
+    # log-normal noise levels and weighting) or "flow_matching" (the path's velocity as target)
+    training.loss = "dsm"
     training.likelihood_weighting = False
     training.batch_size = 128             # the global batch: under torchrun divided evenly over the processes
     training.n_iters = 1300001

@@ -107,3 +107,46 @@ def smld_loss(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, *, reduce_mean: bo
     t = sde.chain_time(index).to(x.dtype)
     residual = _score(score_fn, x_t, t, class_labels) * append_dims(sigma, x.ndim) + z
     return (0.5 * _reduce(residual ** 2, reduce_mean)).mean()
+
+
+def edm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, p_mean: float = -1.2, p_std: float = 1.2,
+             sigma_data: float = 0.5, reduce_mean: bool = False, eps: float = 1e-5,
+             generator: Optional[torch.Generator] = None, class_labels: Optional[torch.Tensor] = None,
+             shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """EDM's training objective (Karras et al. 2022, eq. 2, table 1): noise levels with
+    ln sigma ~ N(p_mean, p_std^2), the denoiser error ||D(x_t) - x_0||^2 weighted by
+    lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2. On any process: sigma is the
+    noise level s / alpha of the time whose log-SNR is -2 ln sigma (kept within [eps, T]), and
+    D = (x_t + s^2 score) / alpha is Tweedie's denoiser in the unscaled variables."""
+    rows = _global_rows(x, shard)
+    normal = _own_rows(randn((rows,), generator, x), shard)
+    level = torch.exp(p_mean + p_std * normal)
+    t = sde.time_of_log_snr(-2 * torch.log(level)).clamp(eps, sde.T)
+    z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
+    alpha, std = (append_dims(c, x.ndim) for c in sde.marginal_coefs(t))
+    x_t = alpha * x + std * z
+    denoised = (x_t + std ** 2 * _score(score_fn, x_t, t, class_labels)) / alpha
+    sigma = (std / alpha).flatten()
+    weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
+    return (0.5 * weight * _reduce((denoised - x) ** 2, reduce_mean)).mean()
+
+
+def flow_matching_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
+                       eps: float = 1e-5, generator: Optional[torch.Generator] = None,
+                       class_labels: Optional[torch.Tensor] = None,
+                       shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """Conditional flow matching (Lipman et al. 2023, eq. 9; Liu et al. 2023): t ~ U(eps, T), the
+    path's velocity u = alpha' x_0 + sigma' z as target of the velocity the score implies
+    (`models.parameterization`); for rectified flow u = z - x_0."""
+    from .models.parameterization import from_noise, path_coefs
+
+    rows = _global_rows(x, shard)
+    t = _own_rows(torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device), shard)
+    t = t * (sde.T - eps) + eps
+    z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
+    coefs = path_coefs(sde, t, x)
+    x_t = coefs.alpha * x + coefs.sigma * z
+    predicted_noise = -coefs.sigma * _score(score_fn, x_t, t, class_labels)
+    velocity = from_noise("velocity", predicted_noise, x_t, coefs)
+    target = coefs.d_alpha * x + coefs.d_sigma * z
+    return (0.5 * _reduce((velocity - target) ** 2, reduce_mean)).mean()

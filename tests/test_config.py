@@ -14,7 +14,7 @@ from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 METHOD_CONFIGS = ["vp_cifar10", "subvp_cifar10", "ve_cifar10", "ddpm_cifar10", "ncsn_cifar10",
-                  "vp_toy", "ve_toy", "vp_digits", "ve_digits", "vp_digits_cond", "vp_cifar10_cond", "vp_folder", "vp_fashion_mnist"]
+                  "vp_toy", "ve_toy", "vp_digits", "ve_digits", "vp_digits_cond", "vp_cifar10_cond", "vp_folder", "vp_fashion_mnist", "edm_toy", "fm_toy", "cosine_vp_digits", "edm_digits", "fm_digits"]
 
 
 def load_config(name):

@@ -93,3 +93,19 @@ def test_denoising_loss_is_lowest_at_the_exact_score(name):
 def test_unknown_parameterization_is_named():
     with pytest.raises(ValueError, match="parameterization must be one of score, noise, data, v, velocity, edm"):
         score_fn_from_model(torch.nn.Identity(), SDES["vpsde"], parameterization="x_start")
+
+
+@pytest.mark.parametrize("name", ["vpsde", "edm", "rectified_flow", "cosine_vp"])
+@pytest.mark.parametrize("loss", ["edm_loss", "flow_matching_loss"])
+def test_edm_and_flow_matching_losses_are_lowest_at_the_exact_score(name, loss):
+    from sde_diffusion import losses
+
+    sde, mixture = SDES[name], mixture_2d()
+    x = mixture.sample(20000, generator=torch.Generator().manual_seed(4))
+    exact = mixture.score_fn(sde)
+    eps = getattr(sde, "t_min", 1e-3) or 1e-3
+    values = []
+    for scale in (1.0, 1.05, 0.95):
+        score_fn = (lambda s: (lambda x_t, t: exact(x_t, t) * s))(scale)
+        values.append(getattr(losses, loss)(score_fn, sde, x, eps=eps, generator=torch.Generator().manual_seed(5)).item())
+    assert values[0] < min(values[1:]), values

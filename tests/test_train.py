@@ -214,3 +214,27 @@ def test_the_training_step_a_users_loop_can_call_updates_only_on_finite_steps():
     assert not result.applied and torch.isnan(result.loss)
     assert all(torch.equal(a, b) for a, b in zip(after_step, model.parameters()))
     assert all(torch.equal(a, b) for a, b in zip(shadow, ema.state_dict()["shadow_params"]))
+
+
+@pytest.mark.parametrize("process", ["edm", "flow_matching", "cosine_vp_v"])
+def test_new_processes_train_to_the_data(process, tmp_path):
+    """EDM (its process, preconditioning and loss, Heun on its grid), flow matching (velocity,
+    its loss) and cosine VP with v-prediction train the toy MLP as VP does: the same 600 steps."""
+    config = toy_config()
+    settings = {"edm": dict(sde="edm", loss="edm", parameterization="edm", method="heun", steps=18),
+                "flow_matching": dict(sde="rectified_flow", loss="flow_matching", parameterization="velocity",
+                                      method="dpm_solver++", steps=20),
+                "cosine_vp_v": dict(sde="cosine_vp", loss="dsm", parameterization="v", method="dpm_solver++",
+                                    steps=20)}[process]
+    config.training.sde, config.training.loss = settings["sde"], settings["loss"]
+    config.model.parameterization = settings["parameterization"]
+    config.model.sigma_min, config.model.sigma_max = 0.002, 80.0
+    config.sampling.method, config.sampling.steps = settings["method"], settings["steps"]
+    config.sampling.eps = 0.002 if process == "edm" else None
+    train(config, tmp_path)
+    with torch.no_grad():
+        model, sde, _ = load_trained(config, tmp_path, torch.device("cpu"))
+        distance, errors = sample_quality(build_score_fn(model, sde, config), sde, config)
+    # measured (600 steps): EDM 0.063, flow matching 0.090, cosine VP with v 0.071, against VP's
+    # 0.11 (above); two independent 2000-point draws of the mixture differ by 0.078
+    assert distance < 0.15 and errors["weight"] < 0.05, (distance, errors)

@@ -81,7 +81,12 @@ def build_loss(config, sde: SDE) -> Callable:
     objective the config names (class_labels: those of a class-conditional model's batch;
     `shard`: see losses)."""
     training = config.training
-    if training.continuous:
+    kind = training.get("loss", "") or "dsm"
+    if training.continuous and kind == "edm":
+        loss = partial(losses.edm_loss, reduce_mean=training.reduce_mean)
+    elif training.continuous and kind == "flow_matching":
+        loss = partial(losses.flow_matching_loss, reduce_mean=training.reduce_mean)
+    elif training.continuous:
         loss = partial(losses.dsm_loss, reduce_mean=training.reduce_mean,
                        likelihood_weighting=training.likelihood_weighting)
     elif training.sde == "vpsde":

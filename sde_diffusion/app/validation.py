@@ -106,6 +106,10 @@ def validate_config(config, mode: Optional[str] = None) -> None:
              "training.progress_seconds", "must be a number of seconds >= 0", seconds)
     _validate_study(config)
     _validate_classes(config)
+    loss = config.training.get("loss", "dsm")
+    require(loss in ("dsm", "edm", "flow_matching"), "training.loss", "must be 'dsm', 'edm' or 'flow_matching'", loss)
+    require(loss == "dsm" or config.training.continuous, "training.loss",
+            f"{loss!r} is a continuous-time objective (training.continuous=True)", loss)
     from ..models.parameterization import PARAMETERIZATIONS
     parameterization = config.model.get("parameterization", "")
     require(parameterization in ("",) + PARAMETERIZATIONS, "model.parameterization",
