@@ -181,6 +181,16 @@ def _class_embedding(layer: Optional[Linear], class_labels: Optional[torch.Tenso
     return emb + layer(class_labels.to(emb.dtype) * scale)
 
 
+def _decoder_level_start(dec: nn.ModuleDict, res: int, coarsest: bool, channels: int, block: dict) -> None:
+    """What opens a decoder level in both U-Nets: the middle pair (attention, then plain) at the
+    coarsest level, a 2x upsampling block at the others."""
+    if coarsest:
+        dec[f"{res}x{res}_in0"] = UNetBlock(channels, channels, attention=True, **block)
+        dec[f"{res}x{res}_in1"] = UNetBlock(channels, channels, **block)
+    else:
+        dec[f"{res}x{res}_up"] = UNetBlock(channels, channels, up=True, **block)
+
+
 class SongUNet(nn.Module):
     """DDPM++ / NCSN++ as EDM lays them out: a U-Net of UNetBlocks (bias from the embedding,
     skip_scale sqrt(1/2), one attention head), `encoder_type` standard / skip / residual (the input
@@ -237,11 +247,7 @@ class SongUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(channels, channels, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(channels, channels, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(channels, channels, up=True, **block)
+            _decoder_level_start(self.dec, res, level == len(channel_mult) - 1, channels, block)
             for index in range(num_blocks + 1):
                 attention = index == num_blocks and res in attn_resolutions
                 self.dec[f"{res}x{res}_block{index}"] = UNetBlock(channels + skips.pop(), model_channels * mult,
@@ -327,11 +333,7 @@ class DhariwalUNet(nn.Module):
         self.dec = nn.ModuleDict()
         for level, mult in reversed(list(enumerate(channel_mult))):
             res = img_resolution >> level
-            if level == len(channel_mult) - 1:
-                self.dec[f"{res}x{res}_in0"] = UNetBlock(channels, channels, attention=True, **block)
-                self.dec[f"{res}x{res}_in1"] = UNetBlock(channels, channels, **block)
-            else:
-                self.dec[f"{res}x{res}_up"] = UNetBlock(channels, channels, up=True, **block)
+            _decoder_level_start(self.dec, res, level == len(channel_mult) - 1, channels, block)
             for index in range(num_blocks + 1):
                 self.dec[f"{res}x{res}_block{index}"] = UNetBlock(channels + skips.pop(), model_channels * mult,
                                                                   attention=res in attn_resolutions, **block)
