@@ -93,7 +93,7 @@ def get_base_config():
     evaluate.bpd_rtol = 1e-5
     evaluate.bpd_atol = 1e-5
     evaluate.inception_path = ""          # clean-fid's inception-2015-12-05.pt, for FID/KID; "" = the cache folder's
-    evaluate.download_inception = True    # "" and not in the cache folder: fetch it there once (as clean-fid does)
+    evaluate.download_inception = False   # opt-in: "" and not in the cache folder: fetch it there once
 
     # --mode study: sampler specs "method key=value ..." (sde_diffusion.study) x NFE budgets.
     config.study = study = ml_collections.ConfigDict()

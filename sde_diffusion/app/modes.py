@@ -291,12 +291,14 @@ def quality_metric_for(config, test: torch.Tensor, device, mixture=None):
     """`evaluate.quality_metric` for the config's data (points, digits, MNIST-like or images)."""
     from ..evaluate import quality_metric
 
-    judge = data_judge(config) if config.data.dataset in CLASSIFIER_JUDGED else None
-    floor = None
+    judge = floor = None
     if config.data.dataset == "digits":
         kind = "digits"
-    elif judge is not None:
-        kind, floor = "classifier", load_dataset_from_config(config, "train").data[:len(test)]
+    elif _classifier_judged(config):
+        from ..digits_judge import cached_judge
+
+        train = load_dataset_from_config(config, "train")  # read once: the judge's data and the floor's
+        kind, judge, floor = "classifier", cached_judge(train.data, train.labels), train.data[:len(test)]
     else:
         kind = "images" if is_image_data(config) else "points"
     return quality_metric(kind, test, device, seed=config.seed, image_size=config.data.image_size,
@@ -310,10 +312,14 @@ def data_judge(config):
 
     if config.data.dataset == "digits":
         return DigitsJudge(config.data.image_size)
-    if config.data.dataset in CLASSIFIER_JUDGED and config.data.num_channels == 1:
+    if _classifier_judged(config):
         train = load_dataset_from_config(config, "train")
         return cached_judge(train.data, train.labels)
     return None
+
+
+def _classifier_judged(config) -> bool:
+    return config.data.dataset in CLASSIFIER_JUDGED and config.data.num_channels == 1
 
 
 PAPER_FID_SAMPLES = 50_000  # what FID papers report; fewer makes an eval a labelled preview
@@ -337,6 +343,7 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
     if drawn[0] is None:
         return None
     start = time.perf_counter() - seconds
+    judge = data_judge(config) if class_labels is not None else None  # fitted or read once, for every seed
     per_seed = []
     for seed, samples in zip(seeds, drawn):
         scores = metric(samples)
@@ -344,8 +351,8 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"eval: the metric {name} came out {value} on {len(samples)} samples (seed {seed}); "
                                  f"no report written")
-        if class_labels is not None and data_judge(config) is not None:
-            scores["label_accuracy"] = data_judge(config).accuracy(samples, class_labels)
+        if judge is not None:
+            scores["label_accuracy"] = judge.accuracy(samples, class_labels)
         per_seed.append(scores)
     report = {"step": step, "weights": "ema", "num_samples": len(drawn[0]), "sampler": sampler_spec(config).summary(),
               "nfe": nfe, "seeds": list(seeds), "reference": f"the {config.data.dataset} test split ({len(test)} items)"}
