@@ -101,6 +101,11 @@ class SDE(abc.ABC):
     def time_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
         """The inverse of `log_snr`: the time t with lambda(t) = log_snr."""
 
+    def default_sampling_end(self, declared: float) -> float:
+        """Where a sampler's default grid ends, given the time it declares (measured on VP,
+        kept as a time on sub-VP and VE): that time."""
+        return declared
+
     @property
     @abc.abstractmethod
     def prior_std(self) -> float:

@@ -50,14 +50,14 @@ def run_study(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], specs: Sequence
                                 dtype=dtype).to(device)
     references = {}
     if reference_ode:  # one solve per eps that a deterministic spec ends at
-        for eps in sorted({spec.resolved().eps for spec in parsed if spec.deterministic}):
+        for eps in sorted({spec.end(sde) for spec in parsed if spec.deterministic}):
             references[eps] = _reference(score_fn, sde, latent, eps, reference_tol)
     grid = [(spec, None) if spec.adaptive else (spec, nfe) for spec in parsed
             for nfe in ([None] if spec.adaptive else sorted(nfes))]
     rows = []
     for spec, target in tqdm(grid, desc="study", disable=not progress):
         rows.append(_run_one(score_fn, sde, latent, spec, target, metric, seed,
-                             references.get(spec.resolved().eps)))
+                             references.get(spec.end(sde))))
     return rows
 
 

@@ -14,7 +14,8 @@ from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 METHOD_CONFIGS = ["vp_cifar10", "subvp_cifar10", "ve_cifar10", "ddpm_cifar10", "ncsn_cifar10",
-                  "vp_toy", "ve_toy", "vp_digits", "ve_digits", "vp_digits_cond", "vp_cifar10_cond", "vp_folder", "vp_fashion_mnist", "edm_toy", "fm_toy", "cosine_vp_digits", "edm_digits", "fm_digits"]
+                  "vp_toy", "ve_toy", "vp_digits", "ve_digits", "vp_digits_cond", "vp_cifar10_cond", "vp_folder", "vp_fashion_mnist", "edm_toy", "fm_toy", "cosine_vp_digits", "edm_digits", "fm_digits",
+                  "edm_cifar10", "fm_cifar10"]
 
 
 def load_config(name):
@@ -47,6 +48,26 @@ def test_ddpm_config_has_the_papers_hyper_parameters():
     assert (config.optim.lr, config.optim.warmup, config.optim.grad_clip) == (2e-4, 5000, 1.0)
     assert (config.training.batch_size, config.model.dropout, config.model.ema_rate) == (128, 0.1, 0.9999)
     assert (config.model.nf, tuple(config.model.ch_mult), config.model.num_res_blocks) == (128, (1, 2, 2, 2), 2)
+
+
+def test_edm_cifar10_has_edms_ddpmpp_recipe():
+    """Karras et al. 2022, table 7 (DDPM++, no augmentation): 55.7M parameters, batch 512, lr 1e-3
+    over a 10M-image ramp, EMA half-life 500k images, dropout 0.13, no flips; EDM's process,
+    preconditioning, loss and sampler. fm_cifar10 is vp_cifar10 but for process, output, loss."""
+    from sde_diffusion.app.config import build_model
+    config = load_config("edm_cifar10")
+    assert sum(p.numel() for p in build_model(config).parameters()) == pytest.approx(55.73e6, rel=1e-3)
+    assert (config.training.batch_size, config.optim.lr, config.optim.warmup) == (512, 1e-3, 19531)
+    assert config.model.ema_rate ** (500_000 / 512) == pytest.approx(0.5)
+    assert (config.model.dropout, config.data.random_flip, config.optim.grad_clip) == (0.13, False, 0.0)
+    assert (config.training.sde, config.training.loss, config.model.parameterization) == ("edm", "edm", "edm")
+    assert (config.sampling.method, config.sampling.steps) == ("heun", 18)
+    flow, vp = load_config("fm_cifar10"), load_config("vp_cifar10")
+    sections = [name for name, value in vp.items() if hasattr(value, "items")]
+    differing = {f"{section}.{field}" for section in sections for field in vp[section]
+                 if flow[section][field] != vp[section][field]}
+    assert differing == {"training.sde", "training.loss", "model.parameterization", "sampling.method",
+                         "sampling.steps"}
 
 
 def test_discrete_losses_follow_the_sde():

@@ -15,7 +15,8 @@ from sde_diffusion.app.config import build_model
 from sde_diffusion.app.validation import validate_config
 from sde_diffusion.ema import EMA
 from sde_diffusion.sampling import SAMPLER_TRAITS, SAMPLERS, SCHEDULES, controllable, sample
-from sde_diffusion.sdes import VPSDE
+from sde_diffusion.sampling.call import SamplerSpec
+from sde_diffusion.sdes import VPSDE, get_sde
 from sde_diffusion.app.train import train
 
 VARIANTS = {  # config.sampling fields -> what the sampler must receive differently from "base"
@@ -151,3 +152,21 @@ def test_a_sampler_named_with_a_step_count_gets_its_best_known_grid():
         assert nfe == 10
         errors[label] = abs(mixture.sample_errors(x)["std"])
     assert errors["default"] < 0.05 and errors["uniform"] > 0.3, errors
+
+
+@pytest.mark.parametrize("name", ["edm", "rectified_flow", "cosine_vp", "vpsde", "subvpsde", "vesde"])
+def test_a_default_grid_ends_at_vps_noise_level_on_a_gaussian_path_and_at_its_time_elsewhere(name):
+    """The declared ends were measured on VP in time; EDM's time is its noise level, so a time
+    carried over would end dpm_solver++ at sigma = 5e-4, below EDM's sigma_min = 0.002."""
+    sde, vp = get_sde(name), VPSDE()
+    for method in ("dpm_solver++", "heun", "ddim"):
+        declared = SAMPLER_TRAITS[method].eps
+        end = float(SamplerSpec(method, steps=10).grid(sde)[-1])
+        if name in ("vpsde", "subvpsde", "vesde"):
+            assert end == declared
+        else:
+            at = lambda process, t: float(process.log_snr(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
+            assert at(sde, end) == pytest.approx(at(vp, declared), abs=1e-9), method
+    edm_end = float(SamplerSpec("dpm_solver++", steps=10).grid(get_sde("edm"))[-1])
+    assert edm_end == pytest.approx(0.00724, rel=1e-2) and edm_end > 0.002
+    assert "eps=0.00724" in SamplerSpec("dpm_solver++", steps=10).summary(get_sde("edm"))

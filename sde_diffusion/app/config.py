@@ -121,7 +121,11 @@ def sampler_spec(config) -> SamplerSpec:
                  f"the {schedule} schedule (sampler {method}'s grid) does not take it; unset it or set "
                  f"sampling.schedule to one that does", spec.schedule_options[name])
     try:
-        return spec.resolved()
+        sde = build_sde(config)
+    except (KeyError, ValueError):  # validate_config names what is wrong with the SDE
+        sde = None
+    try:
+        return spec.resolved(sde=sde)
     except ValueError as error:
         raise ConfigError(f"config.sampling: {error}") from None
 

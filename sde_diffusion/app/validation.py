@@ -71,7 +71,7 @@ def validate_config(config, mode: Optional[str] = None) -> None:
              config.model.get("dropout"))
     spec = sampler_spec(config)
     # t = 0 is the data itself: the VP marginal std is 0 there and the score infinite
-    require(0 < spec.eps < 1, "sampling.eps", "must lie in (0, 1)", spec.eps)
+    require(0 < spec.end() < 1, "sampling.eps", "must lie in (0, 1)", spec.end())
     if spec.method == "sde_solver" and not spec.options.get("adaptive", False):
         require(config.sampling.steps >= 2, "sampling.steps", "sde_solver needs at least 2 grid points",
                  config.sampling.steps)

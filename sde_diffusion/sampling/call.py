@@ -63,11 +63,13 @@ class SamplerSpec:
         SAMPLERS.get_or_raise(self.method)
         return SAMPLER_TRAITS.get(self.method, SamplerTraits())
 
-    def resolved(self, option_names: Optional[Sequence[str]] = None) -> "SamplerSpec":
+    def resolved(self, option_names: Optional[Sequence[str]] = None, sde: Optional[SDE] = None) -> "SamplerSpec":
         """This spec with the sampler's defaults filled in; ValueError for an option that the
         sampler (or `option_names`, for a caller that runs the sampler its own way) or the
         schedule does not take. A named schedule comes with its own option defaults (karras:
-        rho = 7, logsnr: power = 1), not with the sampler's default ones."""
+        rho = 7, logsnr: power = 1), not with the sampler's default ones. An unset eps becomes
+        the sampler's default end on `sde` (`SDE.default_sampling_end`); without `sde` it
+        stays unset until the grid is built."""
         traits = self.traits
         schedule = self.schedule or traits.schedule
         defaults = dict(traits.schedule_options) if self.schedule is None else {}
@@ -82,8 +84,16 @@ class SamplerSpec:
             if name not in known:
                 raise ValueError(f"sampler {self.method!r} has no option {name!r} (it takes {', '.join(known)})")
         return dataclasses.replace(self, schedule=schedule, schedule_options=schedule_options,
-                                   eps=traits.eps if self.eps is None else float(self.eps),
+                                   eps=self.end(sde) if self.eps is not None or sde is not None else None,
                                    options={name: self.options[name] for name in known if name in self.options})
+
+    def end(self, sde: Optional[SDE] = None) -> float:
+        """The grid's last time: eps as set, or the sampler's declared default carried to `sde`
+        (as declared, a time on VP's axis, without one)."""
+        if self.eps is not None:
+            return float(self.eps)
+        declared = self.traits.eps
+        return sde.default_sampling_end(declared) if sde is not None else declared
 
     @property
     def adaptive(self) -> bool:
@@ -110,21 +120,21 @@ class SamplerSpec:
         """'logsnr power=0.5' (of a resolved spec)."""
         return "".join([self.schedule, *(f" {name}={value:g}" for name, value in self.schedule_options.items())])
 
-    def grid_summary(self) -> str:
-        """'logsnr power=0.5, eps=0.001' (resolved)."""
-        spec = self.resolved()
-        return f"{spec._schedule_text()}, eps={spec.eps:g}"
+    def grid_summary(self, sde: Optional[SDE] = None) -> str:
+        """'logsnr power=0.5, eps=0.001' (resolved on `sde`; without one, eps as declared)."""
+        spec = self.resolved(sde=sde)
+        return f"{spec._schedule_text()}, eps={spec.end(sde):g}"
 
-    def summary(self) -> str:
+    def summary(self, sde: Optional[SDE] = None) -> str:
         """'pc predictor=euler_maruyama, 100 steps on the uniform grid to eps=0.001' (resolved)."""
-        spec = self.resolved()
+        spec = self.resolved(sde=sde)
         options = "".join(f" {name}={value}" for name, value in spec.options.items())
         steps = f"{spec.steps} steps" if spec.steps is not None else "the SDE's N steps"
-        return f"{spec.method}{options}, {steps} on the {spec._schedule_text()} grid to eps={spec.eps:g}"
+        return f"{spec.method}{options}, {steps} on the {spec._schedule_text()} grid to eps={spec.end(sde):g}"
 
     def grid(self, sde: SDE, device=None) -> torch.Tensor:
-        """The decreasing times the sampler gets (`resolved` first)."""
-        spec = self.resolved()
+        """The decreasing times the sampler gets (`resolved` on `sde` first)."""
+        spec = self.resolved(sde=sde)
         return get_timesteps(sde, spec.steps if spec.steps is not None else sde.N, spec.eps, spec.schedule,
                              device=device, **spec.schedule_options)
 
@@ -201,7 +211,7 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: Union[str,
     else:
         spec = SamplerSpec(method=method, steps=steps, schedule=schedule, schedule_options=dict(schedule_options or {}),
                            eps=eps, options=options)
-    spec = spec.resolved()
+    spec = spec.resolved(sde=sde)
     counted, x, timesteps, generator = start(score_fn, sde, shape, spec, generator, z=z, dtype=dtype, device=device)
     x = SAMPLERS[spec.method](counted, sde, x, timesteps, generator, **spec.options)
     return x, counted.calls
