@@ -95,3 +95,33 @@ def test_bad_precision_is_a_config_error(field, value, message):
     config.training[field] = value
     with pytest.raises(ConfigError, match=message):
         validate_config(config)
+
+
+def test_the_gpu_benchmark_runs_on_a_cpu_with_tiny_sizes(tmp_path):
+    """benchmarks/gpu.py --smoke: every part (training variants of both networks, the profile,
+    sampler against forward-only throughput, loss curves) runs and reports consistent numbers,
+    so the script a GPU session runs once cannot rot."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu.py"
+    done = subprocess.run([sys.executable, str(script), "--smoke", "--out", str(tmp_path), "--loss-steps", "3"],
+                          capture_output=True, text=True, timeout=600, env={**__import__("os").environ,
+                                                                            "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads((tmp_path / "gpu_smoke.json").read_text())
+    training = report["training"]
+    assert {row["network"] for row in training} == {"DDPM U-Net", "DDPM++"}
+    assert all(row["status"] == "ok" and row["images/s"] > 0 for row in training)
+    assert [row["speed-up"] for row in training if "default" in row["variant"]] == [1.0, 1.0]
+    shares = [float(row["share of the step"].rstrip("%")) for row in report["profile"]]
+    assert sum(shares) == pytest.approx(100, abs=0.5) and report["profile"][0]["ms per step"] > 0
+    sampling = report["sampling"]
+    assert sorted({(row["sampler"], row["NFE"]) for row in sampling}) == [
+        ("dpm_solver++", 10), ("dpm_solver++", 20), ("heun", 9), ("heun", 19)]
+    assert all(row["images/s"] > 0 and row["forward-only images/s"] > 0 for row in sampling)
+    (curve,) = report["loss_curves"]
+    assert curve["fp32"] == pytest.approx(curve["fastest"], rel=0.05)
+    assert "GPU speed" in (tmp_path / "gpu_smoke.md").read_text()
