@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Optional, Union
 
 import numpy as np
@@ -31,6 +32,17 @@ from .utils import Seed, make_generator
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
 
 FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass
+class ReferenceStatistics:
+    """A reference set for FID and KID kept as its feature mean and covariance plus a subset of
+    its features (KID's subsets are drawn from them), and where it came from (for reports)."""
+    mean: np.ndarray
+    cov: np.ndarray
+    kid_features: np.ndarray
+    count: int
+    source: str
 
 
 # -- low-dimensional sets -------------------------------------------------------------------
@@ -227,14 +239,15 @@ def image_features(images: np.ndarray, *, feature_extractor: FeatureExtractor, b
     return np.concatenate(features).reshape(len(images), -1)
 
 
-def fid_kid(samples: np.ndarray, reference: np.ndarray, *,
+def fid_kid(samples: np.ndarray, reference: Union[np.ndarray, ReferenceStatistics], *,
             feature_extractor: Optional[FeatureExtractor] = None,
             inception_path: Optional[Union[str, os.PathLike]] = None, batch_size: int = 64,
             device: Union[str, torch.device] = "cpu", mode: str = "clean",
             kid_subsets: int = 100, kid_subset_size: int = 1000, seed: int = 0,
             num_workers: int = 0) -> Dict[str, float]:
     """FID and KID between `samples` and `reference`, each either uint8 images [N, H, W, C]
-    (featurized by `image_features`) or precomputed features [N, F] (e.g. of a dataset, kept).
+    (featurized by `image_features`) or precomputed features [N, F] (e.g. of a dataset, kept);
+    `reference` may also be `ReferenceStatistics` (a whole data split, `fid_reference`).
 
     The feature extractor is `feature_extractor` if given, else clean-fid's Inception from
     `inception_path` (`load_inception`), loaded only when some input is images.
@@ -258,14 +271,18 @@ def fid_kid(samples: np.ndarray, reference: np.ndarray, *,
         return image_features(x, feature_extractor=extractor, batch_size=batch_size, device=device,
                               mode=mode, num_workers=num_workers).astype(np.float64)
 
-    sample_features, reference_features = features_of(samples), features_of(reference)
+    sample_features = features_of(samples)
+    if isinstance(reference, ReferenceStatistics):
+        reference_features, mu_r, cov_r = reference.kid_features.astype(np.float64), reference.mean, reference.cov
+    else:
+        reference_features = features_of(reference)
+        mu_r, cov_r = reference_features.mean(axis=0), np.cov(reference_features, rowvar=False)
     if sample_features.shape[1] != reference_features.shape[1]:
         raise ValueError(f"feature sizes differ: {sample_features.shape[1]} (samples) vs "
                          f"{reference_features.shape[1]} (reference)")
     if min(len(sample_features), len(reference_features)) < 2:
         raise ValueError("FID and KID need at least 2 samples in each set")
     mu_s, cov_s = sample_features.mean(axis=0), np.cov(sample_features, rowvar=False)
-    mu_r, cov_r = reference_features.mean(axis=0), np.cov(reference_features, rowvar=False)
     fid = float(cleanfid_fid.frechet_distance(mu_s, cov_s, mu_r, cov_r))
     with _numpy_seed(seed):
         kid = cleanfid_fid.kernel_distance(sample_features, reference_features,
@@ -288,15 +305,18 @@ def _numpy_seed(seed: int) -> Iterator[None]:
 
 def quality_metric(kind: str, test: torch.Tensor, device, *, seed: int = 0, image_size: Optional[int] = None,
                    inception_path: Optional[str] = None, mixture=None, judge=None, floor=None,
-                   download_inception: bool = False):
+                   download_inception: bool = False,
+                   fid_reference: Optional[Callable[[FeatureExtractor], ReferenceStatistics]] = None):
     """(metric, main key): metric(samples in data space) -> scores against `test`, the metric
     of `eval` and `study`. kind "points" (2-D sets): sliced Wasserstein distance (plus
     `mixture.sample_errors` when the exact mixture is known); "digits": FD/KD in digit-classifier
     features (and FID/KID when `inception_path` is given); "classifier": FD/KD in the features
     of `judge` (`digits_judge.cached_judge` of the data set's training split: MNIST,
     Fashion-MNIST), with the floor `fd_classifier_floor` of real `floor` images (a training
-    subset as large as `test`) when given; "images": FID/KID with clean-fid's Inception. The feature extractors are
-    loaded here, so missing Inception weights stop a run before any sampling."""
+    subset as large as `test`) when given; "images": FID/KID with clean-fid's Inception against
+    `test`, or against `fid_reference(extractor)` when given (a whole split's cached statistics:
+    `fid_reference`). The feature extractors are loaded here, so missing Inception weights stop a
+    run before any sampling."""
     if kind == "classifier":
         reference = judge.features(test)
         subset = min(1000, len(test))
@@ -323,7 +343,7 @@ def quality_metric(kind: str, test: torch.Tensor, device, *, seed: int = 0, imag
         judge = DigitsJudge(image_size)  # fitted once, however many calls follow
     if inception_path or kind == "images":
         extractor = load_inception(inception_path, device, download=download_inception)
-        reference = to_uint8_hwc(test)
+        reference = fid_reference(extractor) if fid_reference is not None and kind == "images" else to_uint8_hwc(test)
 
     def metric(x):
         scores = {}

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from .. import losses
+from ..datasets import load_dataset
 from ..distributed import rank_device
 from ..models import get_model, score_fn_from_model
 from ..models.edm_precond import Preconditioned, denoiser_score_fn
@@ -135,3 +136,14 @@ def data_shape(config) -> tuple:
     if is_image_data(config):
         return (config.data.num_channels, config.data.image_size, config.data.image_size)
     return (config.data.dim,)
+
+
+def load_dataset_from_config(config, split: str):
+    data = config.data
+    dataset = load_dataset(data.dataset, split, root=data.root or None,
+                           image_size=data.image_size if is_image_data(config) else None,
+                           download=data.download, num_points=data.num_points, seed=config.seed,
+                           num_channels=data.num_channels, labels_from=data.get("labels_from", ""))
+    if len(dataset) == 0:
+        raise ValueError(f"the {split} split of data.dataset {data.dataset!r} is empty")
+    return dataset

@@ -19,27 +19,17 @@ import numpy as np
 import torch
 
 from .. import checkpoints, distributed
-from ..datasets import load_dataset
 from ..image_scaling import from_model_space
 from ..ema import EMA
 from ..guidance import guided_score_fn_for_labels, labels_for_samples, parse_labels
 from ..output_files import atomic_write, to_json, write_text_atomic
 from ..plotting import save_image_grid, save_scatter
 from ..sampling import sample
-from .config import build_model, build_score_fn, build_sde, data_shape, is_image_data, sampler_spec, select_device
+from .config import (build_model, build_score_fn, build_sde, data_shape, is_image_data, load_dataset_from_config,
+                     sampler_spec, select_device)
+from .metrics import data_judge, fid_reference_text, quality_metric_for
 from .progress import Progress, announce, say
 from .workdir_config import check_weights_config
-
-
-def load_dataset_from_config(config, split: str):
-    data = config.data
-    dataset = load_dataset(data.dataset, split, root=data.root or None,
-                           image_size=data.image_size if is_image_data(config) else None,
-                           download=data.download, num_points=data.num_points, seed=config.seed,
-                           num_channels=data.num_channels, labels_from=data.get("labels_from", ""))
-    if len(dataset) == 0:
-        raise ValueError(f"the {split} split of data.dataset {data.dataset!r} is empty")
-    return dataset
 
 
 def to_data_space(x: torch.Tensor, config) -> torch.Tensor:
@@ -284,44 +274,6 @@ def run_likelihood(config, workdir, config_file: str = "") -> dict:
     return _write_report(workdir, f"likelihood_{step}.json", report)
 
 
-CLASSIFIER_JUDGED = ("mnist", "fashion_mnist")  # small gray labelled sets: FD in their classifier's features
-
-
-def quality_metric_for(config, test: torch.Tensor, device, mixture=None):
-    """`evaluate.quality_metric` for the config's data (points, digits, MNIST-like or images)."""
-    from ..evaluate import quality_metric
-
-    judge = floor = None
-    if config.data.dataset == "digits":
-        kind = "digits"
-    elif _classifier_judged(config):
-        from ..digits_judge import cached_judge
-
-        train = load_dataset_from_config(config, "train")  # read once: the judge's data and the floor's
-        kind, judge, floor = "classifier", cached_judge(train.data, train.labels), train.data[:len(test)]
-    else:
-        kind = "images" if is_image_data(config) else "points"
-    return quality_metric(kind, test, device, seed=config.seed, image_size=config.data.image_size,
-                          inception_path=config.eval.inception_path or None, mixture=mixture, judge=judge,
-                          floor=floor, download_inception=config.eval.get("download_inception", False))
-
-
-def data_judge(config):
-    """The classifier judge of the config's data set (digits, MNIST, Fashion-MNIST), or None."""
-    from ..digits_judge import DigitsJudge, cached_judge
-
-    if config.data.dataset == "digits":
-        return DigitsJudge(config.data.image_size)
-    if _classifier_judged(config):
-        train = load_dataset_from_config(config, "train")
-        return cached_judge(train.data, train.labels)
-    return None
-
-
-def _classifier_judged(config) -> bool:
-    return config.data.dataset in CLASSIFIER_JUDGED and config.data.num_channels == 1
-
-
 PAPER_FID_SAMPLES = 50_000  # what FID papers report; fewer makes an eval a labelled preview
 
 
@@ -336,7 +288,7 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
     device = select_device(config)
     test = load_dataset_from_config(config, "test").data
     if distributed.is_main():  # scores on rank 0 only, which gathers the samples
-        metric, _ = quality_metric_for(config, test, device)
+        metric, _ = quality_metric_for(config, test, device, workdir=workdir)
     seeds = tuple(config.eval.get("seeds") or ()) or (config.seed,)
     step, class_labels, drawn, nfe, seconds = _sampling_run("eval", config, workdir, device, config.eval.num_samples,
                                                             config_file, seeds=seeds)
@@ -363,6 +315,8 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
             report[f"{name}_std"] = float(np.std(values, ddof=1))
             report[f"{name}_per_seed"] = values
     preview = is_image_data(config) and "fid" in per_seed[0] and len(drawn[0]) < PAPER_FID_SAMPLES
+    if "fid" in per_seed[0] and config.data.dataset != "digits":
+        report["fid_reference"] = fid_reference_text(config, workdir)
     if preview:
         report["preview"] = f"FID of {len(drawn[0])} samples, not the {PAPER_FID_SAMPLES} papers report"
     if class_labels is not None:
@@ -392,7 +346,7 @@ def run_study_mode(config, workdir, config_file: str = "") -> dict:
     else:
         model, sde, step = load_trained(config, workdir, device)
         score_fn, mixture = build_score_fn(model, sde, config), None
-    data_metric, metric_key = quality_metric_for(config, test, device, mixture)
+    data_metric, metric_key = quality_metric_for(config, test, device, mixture, workdir=workdir)
     announce("study", config_file, workdir, device,
              f"{'the exact score' if study.oracle else f'checkpoint step {step}'}, "
              f"{len(study.samplers)} samplers x NFE {tuple(study.nfe)}, {study.num_samples} samples each")

@@ -13,6 +13,7 @@ from ..performance import PRECISIONS
 from ..sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
 from ..datasets import FASHION_MNIST_SYSTEM_ROOT
 from ..sdes import SDES
+from .metrics import describe_fid_reference
 from .config import (DATASET_NUM_CLASSES, EDM_PICKLE_MODEL, IMAGE_MODELS, MAX_IMAGE_SIZE, ConfigError, build_sde, require,
                      is_image_data, sampler_spec, select_device)
 
@@ -122,6 +123,8 @@ def validate_config(config, mode: Optional[str] = None) -> None:
                  and not config.model.get("num_classes", 0), "model.discrete_labels",
                  "'reference' is the reference code's conditioning of unconditional discrete DDPM "
                  "networks (training.sde=vpsde, training.continuous=False)", discrete_labels)
+    require(describe_fid_reference(config.eval.get("fid_reference", "test")) is not None, "eval.fid_reference",
+             "must be 'train', 'test' or 'cleanfid:NAME:SPLIT'", config.eval.get("fid_reference"))
     require(config.eval.bpd_trace in ("exact", "hutchinson"), "eval.bpd_trace",
              "must be 'exact' or 'hutchinson'", config.eval.bpd_trace)
     sde_class = SDES[config.training.sde]

@@ -1,0 +1,99 @@
+"""The quality metric of `eval` and `study` for the config's data: sliced Wasserstein for 2-D
+sets, FD in a classifier's features for digits and MNIST-like sets, FID/KID with Inception for
+other images, against the reference `eval.fid_reference` names (`fid_reference`)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+from .config import is_image_data, load_dataset_from_config
+
+CLASSIFIER_JUDGED = ("mnist", "fashion_mnist")  # small gray labelled sets: FD in their classifier's features
+
+
+def quality_metric_for(config, test: torch.Tensor, device, mixture=None, workdir=None):
+    """`evaluate.quality_metric` for the config's data (points, digits, MNIST-like or images);
+    image FID statistics of a whole split are cached in `workdir`/eval."""
+    from ..evaluate import quality_metric
+
+    judge = floor = None
+    if config.data.dataset == "digits":
+        kind = "digits"
+    elif _classifier_judged(config):
+        from ..digits_judge import cached_judge
+
+        train = load_dataset_from_config(config, "train")  # read once: the judge's data and the floor's
+        kind, judge, floor = "classifier", cached_judge(train.data, train.labels), train.data[:len(test)]
+    else:
+        kind = "images" if is_image_data(config) else "points"
+    return quality_metric(kind, test, device, seed=config.seed, image_size=config.data.image_size,
+                          inception_path=config.eval.inception_path or None, mixture=mixture, judge=judge,
+                          floor=floor, download_inception=config.eval.get("download_inception", False),
+                          fid_reference=fid_reference_for(config, workdir, device) if kind == "images" else None)
+
+
+def data_judge(config):
+    """The classifier judge of the config's data set (digits, MNIST, Fashion-MNIST), or None."""
+    from ..digits_judge import DigitsJudge, cached_judge
+
+    if config.data.dataset == "digits":
+        return DigitsJudge(config.data.image_size)
+    if _classifier_judged(config):
+        train = load_dataset_from_config(config, "train")
+        return cached_judge(train.data, train.labels)
+    return None
+
+
+def _classifier_judged(config) -> bool:
+    return config.data.dataset in CLASSIFIER_JUDGED and config.data.num_channels == 1
+
+
+def fid_reference_for(config, workdir, device):
+    """What `eval.fid_reference` names, as a function of the loaded feature extractor: the
+    training split's statistics (cached in `workdir`/eval, or the package's cache folder without
+    a workdir), clean-fid's published ones ("cleanfid:NAME:SPLIT"), or None for the test split."""
+    from ..evaluate import INCEPTION_FILENAME, inception_cache_file
+    from ..fid_reference import cleanfid_statistics, file_digest, split_statistics
+    from ..output_files import cache_folder
+
+    choice = describe_fid_reference(config.eval.get("fid_reference", "test"))
+    if choice == ("test",):
+        return None
+    if choice[0] == "cleanfid":
+        return lambda extractor: cleanfid_statistics(choice[1], choice[2], config.data.image_size,
+                                                     download=config.eval.get("download_inception", False))
+
+    def training_split(extractor):
+        weights = config.eval.inception_path or inception_cache_file()
+        if os.path.isdir(weights):
+            weights = os.path.join(weights, INCEPTION_FILENAME)
+        train = load_dataset_from_config(config, "train")
+        folder = Path(workdir) / "eval" if workdir is not None else cache_folder()
+        return split_statistics(train.batch, len(train), extractor, file_digest(weights), folder,
+                                f"{config.data.dataset}_train_{config.data.image_size}", device=device)
+    return training_split
+
+
+def fid_reference_text(config, workdir) -> str:
+    """What image FID/KID were computed against, for the eval report."""
+    choice = config.eval.get("fid_reference", "test")
+    if choice == "train":
+        return (f"Inception statistics of the whole {config.data.dataset} training split, cached in "
+                f"{Path(workdir) / 'eval'}")
+    if choice == "test":
+        return f"the {config.data.dataset} test split"
+    return f"clean-fid's published statistics {choice.split(':', 1)[1]}"
+
+
+def describe_fid_reference(choice: str) -> Optional[tuple]:
+    """("cleanfid", name, split) for "cleanfid:NAME:SPLIT", (choice,) for train / test, None
+    for anything else (a config error)."""
+    if choice in ("train", "test"):
+        return (choice,)
+    parts = choice.split(":")
+    if len(parts) == 3 and parts[0] == "cleanfid" and all(parts[1:]):
+        return tuple(parts)
+    return None
