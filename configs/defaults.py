@@ -24,6 +24,8 @@ def get_base_config():
     # log-normal noise levels and weighting) or "flow_matching" (the path's velocity as target)
     training.loss = "dsm"
     training.likelihood_weighting = False
+    training.min_snr_gamma = 0.0          # dsm: > 0 weights terms by min(SNR, gamma) / SNR (Hang et al. 2023; 5 there)
+    training.time_sampling = "uniform"    # flow_matching: "uniform" or "logit_normal" t (Esser et al. 2024)
     training.batch_size = 128             # the global batch: under torchrun divided evenly over the processes
     training.n_iters = 1300001
     training.log_freq = 50

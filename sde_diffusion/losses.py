@@ -43,7 +43,7 @@ def _own_rows(values: torch.Tensor, shard: Optional[Tuple[int, int]]) -> torch.T
 
 
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
-             likelihood_weighting: bool = False, eps: float = 1e-5,
+             likelihood_weighting: bool = False, min_snr_gamma: float = 0.0, eps: float = 1e-5,
              generator: Optional[torch.Generator] = None,
              class_labels: Optional[torch.Tensor] = None,
              shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
@@ -52,7 +52,13 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
     Weighting lambda(t) = s(t)^2 by default, which makes each term || s score + z ||^2 / 2;
     `likelihood_weighting` uses lambda(t) = g(t)^2, for which the loss bounds the negative
     log-likelihood (Song et al. 2021b, "Maximum likelihood training", Theorem 1).
+    `min_snr_gamma` > 0 weights each term by min(SNR, gamma) / SNR (Hang et al. 2023, Min-SNR-gamma,
+    eq. 10): the default term is the noise prediction's error, and on a path with alpha^2 + sigma^2
+    = 1 their x_0 and v weights min(SNR, gamma) and min(SNR, gamma) / (SNR + 1) are this same weight
+    of it, so one option serves every parameterization.
     """
+    if min_snr_gamma > 0 and likelihood_weighting:
+        raise ValueError("min_snr_gamma and likelihood_weighting are two weightings: choose one")
     rows = _global_rows(x, shard)
     t = _own_rows(torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device), shard)
     t = t * (sde.T - eps) + eps
@@ -66,6 +72,9 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
     else:
         residual = score * append_dims(std, x.ndim) + z
         weight = torch.ones_like(t)
+        if min_snr_gamma > 0:
+            snr = torch.exp(sde.log_snr(t))
+            weight = torch.clamp(snr, max=min_snr_gamma) / snr
     return (0.5 * weight * _reduce(residual ** 2, reduce_mean)).mean()
 
 
@@ -132,17 +141,25 @@ def edm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, p_mean: float = -1
 
 
 def flow_matching_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
-                       eps: float = 1e-5, generator: Optional[torch.Generator] = None,
+                       time_sampling: str = "uniform", eps: float = 1e-5,
+                       generator: Optional[torch.Generator] = None,
                        class_labels: Optional[torch.Tensor] = None,
                        shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """Conditional flow matching (Lipman et al. 2023, eq. 9; Liu et al. 2023): t ~ U(eps, T), the
     path's velocity u = alpha' x_0 + sigma' z as target of the velocity the score implies
-    (`models.parameterization`); for rectified flow u = z - x_0."""
+    (`models.parameterization`); for rectified flow u = z - x_0. `time_sampling` "logit_normal"
+    draws t = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024, eq. 19 with m = 0, s = 1), which puts
+    the training at mid-path, instead of uniformly."""
     from .models.parameterization import from_noise, path_coefs
 
     rows = _global_rows(x, shard)
-    t = _own_rows(torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device), shard)
-    t = t * (sde.T - eps) + eps
+    if time_sampling == "uniform":
+        u = torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device)
+    elif time_sampling == "logit_normal":
+        u = torch.sigmoid(torch.randn(rows, generator=generator, dtype=x.dtype, device=x.device))
+    else:
+        raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
+    t = _own_rows(u, shard) * (sde.T - eps) + eps
     z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
     coefs = path_coefs(sde, t, x)
     x_t = coefs.alpha * x + coefs.sigma * z

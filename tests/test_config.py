@@ -128,7 +128,27 @@ BAD_VALUES = [
     ("eval.bpd_trace", "approx", "eval.bpd_trace"),
     ("sampling.schedule", "cosine", "sampling.schedule"),
     ("sampling.rho", 0.0, "sampling.rho"),
+    ("training.min_snr_gamma", -1.0, "training.min_snr_gamma"),
+    ("training.min_snr_gamma", float("nan"), "training.min_snr_gamma"),
+    ("training.time_sampling", "beta", "training.time_sampling"),
+    ("eval.fid_reference", "val", "eval.fid_reference"),
 ]
+
+
+def test_min_snr_gamma_weights_the_dsm_loss_only():
+    for name, fields in (("edm_toy", {}), ("vp_toy", {"likelihood_weighting": True})):
+        config = load_config(name)
+        config.training.update(min_snr_gamma=5.0, **fields)
+        with pytest.raises(ConfigError, match="config.training.min_snr_gamma"):
+            validate_config(config)
+    config = load_config("vp_toy")
+    x, values = torch.randn(512, 2, generator=torch.Generator().manual_seed(0)), []
+    for gamma in (0.0, 5.0):  # the config reaches the loss: weights min(SNR, 5) / SNR <= 1 lower it
+        config.training.min_snr_gamma = gamma
+        validate_config(config)
+        loss = build_loss(config, build_sde(config))
+        values.append(loss(lambda x, t: -x, x, torch.Generator().manual_seed(1)).item())
+    assert values[1] < 0.9 * values[0]
 
 
 @pytest.mark.parametrize("field, value, named", BAD_VALUES)

@@ -34,7 +34,8 @@ def test_dsm_loss_at_the_exact_score_has_its_closed_form(sde):
     (dsm_loss, VESDE(), {"likelihood_weighting": True, "eps": 1e-3}),
     (ddpm_loss, VPSDE(), {}),
     (smld_loss, VESDE(sigma_max=10.0, N=100), {}),
-], ids=["dsm-vp", "dsm-subvp-mean", "dsm-ve-likelihood", "ddpm", "smld"])
+    (dsm_loss, VPSDE(), {"min_snr_gamma": 5.0}),
+], ids=["dsm-vp", "dsm-subvp-mean", "dsm-ve-likelihood", "ddpm", "smld", "dsm-vp-min-snr"])
 def test_exact_score_minimizes_the_loss(loss_fn, sde, options):
     mixture = mixture_2d()
     x = mixture.sample(50_000, generator=torch.Generator().manual_seed(0))
@@ -52,3 +53,50 @@ def test_chain_losses_need_their_sde():
         ddpm_loss(lambda x, t: x, VESDE(), x)
     with pytest.raises(ValueError, match="VE SDE"):
         smld_loss(lambda x, t: x, VPSDE(), x)
+
+
+def test_min_snr_gamma_weights_each_term_by_min_snr_gamma_over_snr():
+    """Data N(0, s0^2 I) and its exact score: the term at t has mean D m^2 s0^2 / (2 v) (the
+    closed form above); with Min-SNR-5 its weight is min(SNR, 5) / SNR, SNR = m^2 / s^2. The
+    weighting must change the loss (the weight is below 1 where SNR > 5, at small t)."""
+    sde, s0, dim, n, eps = VPSDE(), 0.5, 3, 200_000, 1e-5
+    data = GaussianMixture([1.0], torch.zeros(1, dim, dtype=torch.float64), [s0])
+    x = data.sample(n, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    estimate = torch.stack([dsm_loss(data.score_fn(sde), sde, x[i:i + 1000], eps=eps, generator=generator,
+                                     min_snr_gamma=5.0) for i in range(0, n, 1000)])
+    t = torch.linspace(eps, 1.0, 200_001, dtype=torch.float64)
+    m, s = sde.marginal_coefs(t)
+    snr = m ** 2 / s ** 2
+    term = dim * m ** 2 * s0 ** 2 / (2 * (m ** 2 * s0 ** 2 + s ** 2))
+    expected = torch.trapezoid(term * snr.clamp(max=5.0) / snr, t) / (1.0 - eps)
+    unweighted = torch.trapezoid(term, t) / (1.0 - eps)
+    assert abs(estimate.mean() - expected) < 4 * estimate.std() / math.sqrt(len(estimate))
+    assert unweighted - expected > 10 * estimate.std() / math.sqrt(len(estimate))
+    with pytest.raises(ValueError, match="choose one"):
+        dsm_loss(data.score_fn(sde), sde, x[:4], min_snr_gamma=5.0, likelihood_weighting=True)
+
+
+def test_flow_matching_draws_logit_normal_times_when_asked():
+    """t = sigmoid(n), n ~ N(0, 1), mapped into (eps, T): the logits of the times the network
+    sees are standard normal (Kolmogorov-Smirnov), and uniform is the default."""
+    from scipy import stats
+
+    from sde_diffusion.gaussian_paths import RectifiedFlowSDE
+    from sde_diffusion.losses import flow_matching_loss
+
+    sde, eps, seen = RectifiedFlowSDE(), 1e-5, {}
+
+    def score_fn(x, t):
+        seen["t"] = t.clone()
+        return -x
+    x = torch.zeros(20_000, 2, dtype=torch.float64)
+    for kind in ("logit_normal", "uniform"):
+        flow_matching_loss(score_fn, sde, x, time_sampling=kind, eps=eps, generator=torch.Generator().manual_seed(0))
+        u = (seen["t"] - eps) / (sde.T - eps)
+        seen[kind] = u
+    assert stats.kstest(torch.logit(seen["logit_normal"]).numpy(), "norm").pvalue > 0.01
+    assert stats.kstest(seen["uniform"].numpy(), "uniform").pvalue > 0.01
+    assert stats.kstest(seen["logit_normal"].numpy(), "uniform").pvalue < 1e-6
+    with pytest.raises(ValueError, match="time_sampling"):
+        flow_matching_loss(score_fn, sde, x, time_sampling="beta")

@@ -86,10 +86,12 @@ def build_loss(config, sde: SDE) -> Callable:
     if training.continuous and kind == "edm":
         loss = partial(losses.edm_loss, reduce_mean=training.reduce_mean)
     elif training.continuous and kind == "flow_matching":
-        loss = partial(losses.flow_matching_loss, reduce_mean=training.reduce_mean)
+        loss = partial(losses.flow_matching_loss, reduce_mean=training.reduce_mean,
+                       time_sampling=training.get("time_sampling", "uniform"))
     elif training.continuous:
         loss = partial(losses.dsm_loss, reduce_mean=training.reduce_mean,
-                       likelihood_weighting=training.likelihood_weighting)
+                       likelihood_weighting=training.likelihood_weighting,
+                       min_snr_gamma=training.get("min_snr_gamma", 0.0))
     elif training.sde == "vpsde":
         loss = partial(losses.ddpm_loss, reduce_mean=training.reduce_mean)
     else:

@@ -109,6 +109,13 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     _validate_classes(config)
     loss = config.training.get("loss", "dsm")
     require(loss in ("dsm", "edm", "flow_matching"), "training.loss", "must be 'dsm', 'edm' or 'flow_matching'", loss)
+    gamma = config.training.get("min_snr_gamma", 0.0)
+    require(isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0, "training.min_snr_gamma",
+            "must be a finite number >= 0 (0: off)", gamma)
+    require(not (gamma > 0 and (loss != "dsm" or config.training.likelihood_weighting)), "training.min_snr_gamma",
+            "weights the dsm loss without likelihood_weighting; unset one of them", gamma)
+    require(config.training.get("time_sampling", "uniform") in ("uniform", "logit_normal"), "training.time_sampling",
+            "must be 'uniform' or 'logit_normal'", config.training.get("time_sampling"))
     require(loss == "dsm" or config.training.continuous, "training.loss",
             f"{loss!r} is a continuous-time objective (training.continuous=True)", loss)
     from ..models.parameterization import PARAMETERIZATIONS
