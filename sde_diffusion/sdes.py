@@ -102,8 +102,7 @@ class SDE(abc.ABC):
         """The inverse of `log_snr`: the time t with lambda(t) = log_snr."""
 
     def default_sampling_end(self, declared: float) -> float:
-        """Where a sampler's default grid ends, given the time it declares (measured on VP,
-        kept as a time on sub-VP and VE): that time."""
+        """Where a sampler's default grid ends: the time it declares (measured on VP; kept here)."""
         return declared
 
     @property
