@@ -42,7 +42,7 @@ from configs import ddpm_cifar10, vp_cifar10  # noqa: E402
 from sde_diffusion.app.config import build_loss, build_model, build_score_fn, build_sde, data_shape  # noqa: E402
 from sde_diffusion.ema import EMA  # noqa: E402
 from sde_diffusion.performance import grad_scaler, to_memory_format, training_network  # noqa: E402
-from sde_diffusion.sampling import sample  # noqa: E402
+from sde_diffusion.sampling import SamplerSpec, sample  # noqa: E402
 from sde_diffusion.study import markdown_table  # noqa: E402
 from sde_diffusion.training_step import training_step  # noqa: E402
 
@@ -102,7 +102,8 @@ def shrink(config) -> None:
 
 
 def make_step(module, options: dict, device: torch.device, batch: int, smoke: bool):
-    """(step(), model, peak-memory reset) of the trainer's step under `options`."""
+    """(step(batch=None), model): the trainer's step under `options`, on a fixed random batch
+    or the one given."""
     config = module.get_config()
     if smoke:
         shrink(config)
@@ -240,7 +241,7 @@ def sampler_rows(device, batches, smoke: bool, repeats: int = 2) -> list:
                 forward = time_steps(lambda: score_fn(x, t), device, repeats * 5, 2) * batch
                 for method in SAMPLERS:
                     for nfe in SAMPLER_NFES:
-                        steps = nfe if method == "dpm_solver++" else (nfe + 1) // 2
+                        steps = SamplerSpec(method).steps_for_nfe(nfe)
                         run = lambda: sample(score_fn, sde, shape, method, steps, generator=0, device=device)  # noqa: E731
                         run()
                         synchronize(device)

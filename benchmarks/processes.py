@@ -82,10 +82,10 @@ def confident_share(judge, images: torch.Tensor) -> float:
     return float((probabilities.max(axis=1) >= CONFIDENT).mean())
 
 
-def evaluate_row(name: str, config, workdir: Path, num_samples: int, nfes, bpd_images: int) -> tuple:
+def evaluate_row(name: str, config, workdir: Path, trained: tuple, num_samples: int, nfes, bpd_images: int) -> tuple:
     """(summary row, every study row, 64 samples of the best 20-NFE sampler in [0, 1])."""
     device = torch.device("cpu")
-    model, sde, step = load_trained(config, workdir, device)
+    model, sde, step = trained  # load_trained's
     score_fn = build_score_fn(model, sde, config)
     test = load_dataset_from_config(config, "test").data
     metric, key = quality_metric_for(config, test, device)
@@ -116,14 +116,15 @@ def evaluate_row(name: str, config, workdir: Path, num_samples: int, nfes, bpd_i
 def evaluated_row(name: str, config, workdir: Path, num_samples: int, nfes, bpd_images: int) -> tuple:
     """`evaluate_row`, or its results kept in the workdir from an earlier run with the same
     checkpoint and settings (so rows can be evaluated as their training ends)."""
+    trained = load_trained(config, workdir, torch.device("cpu"))
     settings = {"num_samples": num_samples, "nfes": list(nfes), "bpd_images": bpd_images, "samplers": list(SAMPLERS),
-                "step": load_trained(config, workdir, torch.device("cpu"))[2]}
+                "step": trained[2]}
     kept = workdir / "benchmark_processes.json"
     if kept.is_file():
         saved = json.loads(kept.read_text())
         if saved["settings"] == settings:
             return saved["summary"], saved["rows"], torch.tensor(saved["pictures"])
-    summary, rows, pictures = evaluate_row(name, config, workdir, num_samples, nfes, bpd_images)
+    summary, rows, pictures = evaluate_row(name, config, workdir, trained, num_samples, nfes, bpd_images)
     kept.write_text(json.dumps({"settings": settings, "summary": summary, "rows": rows,
                                "pictures": pictures.tolist()}))
     return summary, rows, pictures

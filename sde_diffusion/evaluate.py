@@ -37,12 +37,11 @@ FeatureExtractor = Callable[[torch.Tensor], torch.Tensor]
 @dataclass
 class ReferenceStatistics:
     """A reference set for FID and KID kept as its feature mean and covariance plus a subset of
-    its features (KID's subsets are drawn from them), and where it came from (for reports)."""
+    its features (KID's subsets are drawn from them), and how many images it summarises."""
     mean: np.ndarray
     cov: np.ndarray
     kid_features: np.ndarray
     count: int
-    source: str
 
 
 # -- low-dimensional sets -------------------------------------------------------------------

@@ -12,7 +12,6 @@ own stats folder, fetched there only when downloads are allowed.
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from pathlib import Path
 from typing import Callable
@@ -52,10 +51,9 @@ def split_statistics(batch: Callable[[torch.Tensor], torch.Tensor], count: int, 
     for _, images in _uint8_chunks(batch, count):
         digest.update(images.tobytes())
     path = Path(cache_dir) / f"fid_reference_{name}_{digest.hexdigest()}.npz"
-    source = f"{name} ({count} images; statistics in {path})"
     if path.is_file():
         with np.load(path) as saved:
-            return ReferenceStatistics(saved["mean"], saved["cov"], saved["kid_features"], int(saved["count"]), source)
+            return ReferenceStatistics(saved["mean"], saved["cov"], saved["kid_features"], int(saved["count"]))
     if count < 2:
         raise ValueError(f"FID's reference {name} needs at least 2 images, it has {count}")
     kept = np.sort(np.random.default_rng(seed).choice(count, min(count, KID_FEATURES), replace=False))
@@ -69,13 +67,12 @@ def split_statistics(batch: Callable[[torch.Tensor], torch.Tensor], count: int, 
         kid_features.append(features[chosen].astype(np.float32))
     mean = total / count
     cov = (outer - count * np.outer(mean, mean)) / (count - 1)  # np.cov's unbiased estimate
-    statistics = ReferenceStatistics(mean, cov, np.concatenate(kid_features), count, source)
+    statistics = ReferenceStatistics(mean, cov, np.concatenate(kid_features), count)
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def write(temporary):
-        buffer = io.BytesIO()
-        np.savez(buffer, mean=mean, cov=cov, kid_features=statistics.kid_features, count=count)
-        Path(temporary).write_bytes(buffer.getvalue())
+        with open(temporary, "wb") as file:
+            np.savez(file, mean=mean, cov=cov, kid_features=statistics.kid_features, count=count)
     atomic_write(path, write)
     return statistics
 
@@ -100,5 +97,4 @@ def cleanfid_statistics(name: str, split: str, resolution: int, *, download: boo
         kid_features = get_reference_statistics(name, resolution, mode=mode, split=split, metric="KID")
     except Exception as error:  # noqa: BLE001 (clean-fid's download raises whatever requests raises)
         raise FileNotFoundError(f"clean-fid's statistics {name}/{split} at {resolution}: {error}") from None
-    return ReferenceStatistics(np.asarray(mean), np.asarray(cov), np.asarray(kid_features), -1,
-                               f"clean-fid's {name} {split} statistics at {resolution}x{resolution}")
+    return ReferenceStatistics(np.asarray(mean), np.asarray(cov), np.asarray(kid_features), -1)

@@ -67,7 +67,7 @@ def test_chunked_statistics_equal_those_of_all_features_and_are_cached_by_digest
 def test_fid_against_statistics_equals_fid_against_the_features():
     rng = np.random.default_rng(0)
     samples, reference = rng.normal(size=(300, 8)), rng.normal(0.3, 1.2, size=(400, 8))
-    stats = ReferenceStatistics(reference.mean(axis=0), np.cov(reference, rowvar=False), reference, 400, "")
+    stats = ReferenceStatistics(reference.mean(axis=0), np.cov(reference, rowvar=False), reference, 400)
     direct, via = fid_kid(samples, reference), fid_kid(samples, stats)
     assert via["fid"] == pytest.approx(direct["fid"], rel=1e-9) and via["kid"] == pytest.approx(direct["kid"], rel=1e-6)
     assert direct["fid"] > 0.3

@@ -79,13 +79,13 @@ def fid_reference_for(config, workdir, device):
 
 def fid_reference_text(config, workdir) -> str:
     """What image FID/KID were computed against, for the eval report."""
-    choice = config.eval.get("fid_reference", "test")
-    if choice == "train":
+    choice = describe_fid_reference(config.eval.get("fid_reference", "test"))
+    if choice == ("train",):
         return (f"Inception statistics of the whole {config.data.dataset} training split, cached in "
                 f"{Path(workdir) / 'eval'}")
-    if choice == "test":
+    if choice == ("test",):
         return f"the {config.data.dataset} test split"
-    return f"clean-fid's published statistics {choice.split(':', 1)[1]}"
+    return f"clean-fid's published statistics {':'.join(choice[1:])}"
 
 
 def describe_fid_reference(choice: str) -> Optional[tuple]:
