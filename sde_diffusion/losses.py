@@ -78,6 +78,36 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
     return (0.5 * weight * _reduce(residual ** 2, reduce_mean)).mean()
 
 
+def prediction_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, target: str = "v",
+                    reduce_mean: bool = False, min_snr_gamma: float = 0.0, eps: float = 1e-5,
+                    generator: Optional[torch.Generator] = None,
+                    class_labels: Optional[torch.Tensor] = None,
+                    shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+    """The error of the predicted `target`, "v" (v = alpha eps - sigma x_0, Salimans & Ho 2022,
+    eq. 2 ff.) or "data" (x_0), t ~ U(eps, T), as implied by the score (`models.parameterization`).
+    On VP the v error is the noise error times 1 + 1/SNR and the x_0 error is it times 1/SNR, so
+    this is dsm_loss with those weights. `min_snr_gamma` > 0 multiplies each term by Hang et al.
+    2023's weight for the target (eq. 10 ff.): min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma)
+    for x_0; on VP both give dsm_loss's Min-SNR-gamma objective."""
+    from .models.parameterization import from_noise, path_coefs
+
+    if target not in ("v", "data"):
+        raise ValueError(f"target must be 'v' or 'data', got {target!r}")
+    rows = _global_rows(x, shard)
+    t = _own_rows(torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device), shard)
+    t = t * (sde.T - eps) + eps
+    z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
+    coefs = path_coefs(sde, t, x)
+    x_t = coefs.alpha * x + coefs.sigma * z
+    predicted_noise = -coefs.sigma * _score(score_fn, x_t, t, class_labels)
+    residual = from_noise(target, predicted_noise, x_t, coefs) - from_noise(target, z, x_t, coefs)
+    weight = torch.ones_like(t)
+    if min_snr_gamma > 0:
+        snr = torch.exp(sde.log_snr(t))
+        weight = torch.clamp(snr, max=min_snr_gamma) / (snr + 1 if target == "v" else 1)
+    return (0.5 * weight * _reduce(residual ** 2, reduce_mean)).mean()
+
+
 def ddpm_loss(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, *, reduce_mean: bool = True,
               generator: Optional[torch.Generator] = None,
               class_labels: Optional[torch.Tensor] = None,

@@ -13,9 +13,8 @@ from sde_diffusion.sampling import sample
 from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
-METHOD_CONFIGS = ["vp_cifar10", "subvp_cifar10", "ve_cifar10", "ddpm_cifar10", "ncsn_cifar10",
-                  "vp_toy", "ve_toy", "vp_digits", "ve_digits", "vp_digits_cond", "vp_cifar10_cond", "vp_folder", "vp_fashion_mnist", "edm_toy", "fm_toy", "cosine_vp_digits", "edm_digits", "fm_digits",
-                  "edm_cifar10", "fm_cifar10"]
+# every config a user can name: the files of configs/ with a get_config (not the shared defaults)
+METHOD_CONFIGS = sorted(path.stem for path in CONFIG_DIR.glob("*.py") if "def get_config(" in path.read_text())
 
 
 def load_config(name):
@@ -135,8 +134,8 @@ BAD_VALUES = [
 ]
 
 
-def test_min_snr_gamma_weights_the_dsm_loss_only():
-    for name, fields in (("edm_toy", {}), ("vp_toy", {"likelihood_weighting": True})):
+def test_min_snr_gamma_weights_the_noise_v_and_x0_losses_only():
+    for name, fields in (("edm_toy", {}), ("fm_toy", {}), ("vp_toy", {"likelihood_weighting": True})):
         config = load_config(name)
         config.training.update(min_snr_gamma=5.0, **fields)
         with pytest.raises(ConfigError, match="config.training.min_snr_gamma"):
@@ -149,6 +148,29 @@ def test_min_snr_gamma_weights_the_dsm_loss_only():
         loss = build_loss(config, build_sde(config))
         values.append(loss(lambda x, t: -x, x, torch.Generator().manual_seed(1)).item())
     assert values[1] < 0.9 * values[0]
+
+
+def test_the_v_and_x0_losses_are_reached_from_the_config():
+    """training.loss = "v" / "data" trains on the v / x_0 error: at the score of x_t's own
+    scaling (-x / s^2 pulls every x_t to 0) the config's loss equals losses.prediction_loss with
+    the same draws, and differs from the noise (dsm) loss; likelihood_weighting is dsm's only."""
+    from sde_diffusion.losses import prediction_loss
+
+    config, x = load_config("vp_toy"), torch.randn(512, 2, generator=torch.Generator().manual_seed(0))
+    sde = build_sde(config)
+    values = {}
+    for kind in ("dsm", "v", "data"):
+        config.training.loss = kind
+        validate_config(config)
+        values[kind] = build_loss(config, sde)(lambda x, t: -x, x, torch.Generator().manual_seed(1)).item()
+        if kind != "dsm":
+            direct = prediction_loss(lambda x, t: -x, sde, x, target=kind, reduce_mean=config.training.reduce_mean,
+                                     generator=torch.Generator().manual_seed(1)).item()
+            assert values[kind] == pytest.approx(direct, rel=1e-12)
+            assert abs(values[kind] - values["dsm"]) > 0.05 * values["dsm"]
+    config.training.update(loss="v", likelihood_weighting=True)
+    with pytest.raises(ConfigError, match="config.training.likelihood_weighting"):
+        validate_config(config)
 
 
 @pytest.mark.parametrize("field, value, named", BAD_VALUES)

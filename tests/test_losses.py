@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sde_diffusion.distributions import GaussianMixture
-from sde_diffusion.losses import ddpm_loss, dsm_loss, smld_loss
+from sde_diffusion.losses import ddpm_loss, dsm_loss, prediction_loss, smld_loss
 from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
 
 from conftest import mixture_2d
@@ -35,7 +35,9 @@ def test_dsm_loss_at_the_exact_score_has_its_closed_form(sde):
     (ddpm_loss, VPSDE(), {}),
     (smld_loss, VESDE(sigma_max=10.0, N=100), {}),
     (dsm_loss, VPSDE(), {"min_snr_gamma": 5.0}),
-], ids=["dsm-vp", "dsm-subvp-mean", "dsm-ve-likelihood", "ddpm", "smld", "dsm-vp-min-snr"])
+    (prediction_loss, VPSDE(), {"target": "v"}),
+    (prediction_loss, SubVPSDE(), {"target": "data", "min_snr_gamma": 5.0}),
+], ids=["dsm-vp", "dsm-subvp-mean", "dsm-ve-likelihood", "ddpm", "smld", "dsm-vp-min-snr", "v-vp", "x0-subvp-min-snr"])
 def test_exact_score_minimizes_the_loss(loss_fn, sde, options):
     mixture = mixture_2d()
     x = mixture.sample(50_000, generator=torch.Generator().manual_seed(0))
@@ -100,3 +102,41 @@ def test_flow_matching_draws_logit_normal_times_when_asked():
     assert stats.kstest(seen["logit_normal"].numpy(), "uniform").pvalue < 1e-6
     with pytest.raises(ValueError, match="time_sampling"):
         flow_matching_loss(score_fn, sde, x, time_sampling="beta")
+
+
+@pytest.mark.parametrize("sde", [VPSDE(), SubVPSDE()], ids=lambda s: type(s).__name__)
+@pytest.mark.parametrize("target", ["v", "data"])
+def test_prediction_loss_at_the_exact_score_has_its_closed_form(sde, target):
+    """Data N(0, s0^2 I), exact score: the noise error's term D m^2 s0^2 / (2 v) (as for dsm_loss)
+    times the squared factor that turns a noise error into a v error, (m^2 + s^2) / m, or into an
+    x_0 error, s / m. Sub-VP has m^2 + s^2 != 1, so the v factor is not VP's 1 + 1/SNR there."""
+    s0, dim, n, eps = 0.5, 3, 200_000, 1e-5
+    data = GaussianMixture([1.0], torch.zeros(1, dim, dtype=torch.float64), [s0])
+    x = data.sample(n, generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(1)
+    estimate = torch.stack([prediction_loss(data.score_fn(sde), sde, x[i:i + 1000], target=target, eps=eps,
+                                            generator=generator) for i in range(0, n, 1000)])
+    t = torch.linspace(eps, 1.0, 200_001, dtype=torch.float64)
+    m, s = sde.marginal_coefs(t)
+    factor = (m ** 2 + s ** 2) / m if target == "v" else s / m
+    integrand = dim * m ** 2 * s0 ** 2 / (2 * (m ** 2 * s0 ** 2 + s ** 2)) * factor ** 2
+    expected = torch.trapezoid(integrand, t) / (1.0 - eps)
+    assert abs(estimate.mean() - expected) < 4 * estimate.std() / math.sqrt(len(estimate))
+
+
+@pytest.mark.parametrize("target", ["v", "data"])
+def test_min_snr_gamma_of_v_and_x0_losses_is_that_of_the_noise_loss_on_vp(target):
+    """Hang et al.'s weights min(SNR, g) / (SNR + 1) for v and min(SNR, g) for x_0 are the noise
+    loss's min(SNR, g) / SNR once the errors are converted (on VP): with the same times and noise
+    the two losses agree term by term, for any score, not only in expectation."""
+    sde, x = VPSDE(), torch.randn(256, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    def score(x_t, t):
+        return -x_t + 0.3 * torch.sin(3 * x_t) * t[:, None]
+    same = {"min_snr_gamma": 5.0, "reduce_mean": True}
+    by_target = prediction_loss(score, sde, x, target=target, generator=torch.Generator().manual_seed(1), **same)
+    by_noise = dsm_loss(score, sde, x, generator=torch.Generator().manual_seed(1), **same)
+    assert torch.allclose(by_target, by_noise, rtol=1e-10)
+    plain = prediction_loss(score, sde, x, target=target, reduce_mean=True, generator=torch.Generator().manual_seed(1))
+    assert abs(plain - by_target) > 0.1 * by_target
+    with pytest.raises(ValueError, match="target"):
+        prediction_loss(score, sde, x, target="noise")

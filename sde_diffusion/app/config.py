@@ -88,6 +88,9 @@ def build_loss(config, sde: SDE) -> Callable:
     elif training.continuous and kind == "flow_matching":
         loss = partial(losses.flow_matching_loss, reduce_mean=training.reduce_mean,
                        time_sampling=training.get("time_sampling", "uniform"))
+    elif training.continuous and kind in ("v", "data"):
+        loss = partial(losses.prediction_loss, target=kind, reduce_mean=training.reduce_mean,
+                       min_snr_gamma=training.get("min_snr_gamma", 0.0))
     elif training.continuous:
         loss = partial(losses.dsm_loss, reduce_mean=training.reduce_mean,
                        likelihood_weighting=training.likelihood_weighting,

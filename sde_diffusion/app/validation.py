@@ -108,12 +108,16 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     _validate_study(config)
     _validate_classes(config)
     loss = config.training.get("loss", "dsm")
-    require(loss in ("dsm", "edm", "flow_matching"), "training.loss", "must be 'dsm', 'edm' or 'flow_matching'", loss)
+    require(loss in ("dsm", "edm", "flow_matching", "v", "data"), "training.loss",
+            "must be 'dsm', 'edm', 'flow_matching', 'v' or 'data'", loss)
     gamma = config.training.get("min_snr_gamma", 0.0)
     require(isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0, "training.min_snr_gamma",
             "must be a finite number >= 0 (0: off)", gamma)
-    require(not (gamma > 0 and (loss != "dsm" or config.training.likelihood_weighting)), "training.min_snr_gamma",
-            "weights the dsm loss without likelihood_weighting; unset one of them", gamma)
+    require(not (gamma > 0 and (loss not in ("dsm", "v", "data") or config.training.likelihood_weighting)),
+            "training.min_snr_gamma", "weights the dsm, v or data loss without likelihood_weighting; unset one of them",
+            gamma)
+    require(loss == "dsm" or not config.training.likelihood_weighting, "training.likelihood_weighting",
+            f"weights the dsm loss only; the {loss!r} loss has its own weighting", True)
     require(config.training.get("time_sampling", "uniform") in ("uniform", "logit_normal"), "training.time_sampling",
             "must be 'uniform' or 'logit_normal'", config.training.get("time_sampling"))
     require(loss == "dsm" or config.training.continuous, "training.loss",
