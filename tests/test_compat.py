@@ -1,10 +1,8 @@
 """Loading score_sde_pytorch checkpoints (`sde_diffusion.compat`): the fixtures made by the
 reference code itself reproduce its outputs with the EMA weights, wrong configs and unsafe or
-broken files stop with clear errors, and every published config family round-trips through the
-reference layout."""
+broken files stop with clear errors (every family's layout: test_compat_layouts.py)."""
 import copy
 import importlib.util
-import itertools
 import json
 import subprocess
 import sys
@@ -18,13 +16,10 @@ from torch import nn
 
 from sde_diffusion.checkpoints import CheckpointError
 from sde_diffusion.compat import (ChainIndexConditioned, load_reference_checkpoint, read_reference_checkpoint,
-                                  reference_key_map, reference_noise_table, reference_units)
+                                  reference_key_map, reference_noise_table)
 from sde_diffusion.app.config import ConfigError
 from sde_diffusion.app.validation import validate_config
 from sde_diffusion.models import get_model
-from sde_diffusion.models.blocks import BigGANResnetBlock, Combine, ResnetBlock
-from sde_diffusion.models.layers import AttentionBlock, GaussianFourierProjection
-from sde_diffusion.models.resampling import Downsample, Upsample
 from conftest import HANG_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,167 +223,6 @@ def test_malicious_pickle_is_refused_without_running(tmp_path):
     message = str(refused.value)
     assert len(message.splitlines()) == 1 and "\x1b" not in message
     assert "names the Python global" in message and "would run code from the file" in message
-
-
-# ------------------------------------------------------------- every family, round trip
-
-
-def shrink(config, image_size=16):
-    """The same family at test size: widths and image size cut down, structure kept."""
-    config = copy.deepcopy(config)
-    config.model.nf = 32 if config.model.name == "ddpm" else 16
-    config.model.dropout = 0.0
-    config.data.image_size = image_size
-    config.model.attn_resolutions = tuple(image_size // 16 * r for r in config.model.attn_resolutions)
-    config.model.num_res_blocks = 3 if config.model.num_res_blocks == 8 else 2  # deep stays deeper
-    return config
-
-
-def to_reference_layout(model, shadow, table):
-    """The checkpoint the reference code would write for `model` with EMA tensors `shadow`."""
-    state = model.state_dict()
-    weights = {"module.sigmas": table}
-    weights.update({reference: state[ours].clone() for ours, reference in reference_key_map(model).items()})
-    return {"model": weights, "optimizer": {}, "step": 7,
-            "ema": {"decay": 0.999, "num_updates": 7, "shadow_params": [s.clone() for s in shadow]}}
-
-
-def round_trip(config, tmp_path):
-    torch.manual_seed(0)
-    source = get_model(config).eval()
-    with torch.no_grad():  # random weights everywhere (init_scale=0 would zero some branches)
-        for param in source.parameters():
-            param.add_(0.05 * torch.randn_like(param))
-    shadow = [p.detach() + 0.05 * torch.randn_like(p) for p in source.parameters()]
-    table = reference_noise_table(config.model.sigma_min, config.model.sigma_max, config.model.num_scales)
-    torch.save(to_reference_layout(source, shadow, table), tmp_path / "checkpoint.pth")
-    loaded = load_reference_checkpoint(tmp_path / "checkpoint.pth", config)
-
-    averaged = copy.deepcopy(source)
-    with torch.no_grad():
-        for param, value in zip(averaged.parameters(), shadow):
-            param.copy_(value)
-    size = config.data.image_size
-    x = torch.rand(2, config.data.num_channels, size, size)
-    sigma = torch.tensor([0.5, 20.0])
-    with torch.no_grad():
-        if isinstance(loaded, ChainIndexConditioned):
-            index = torch.tensor([100, 900])  # the chain levels sigmas[i] map back to label i
-            averaged.scale_by_sigma = False
-            expected = averaged(x, index.float()) / table[index].float().reshape(2, 1, 1, 1)
-            got = loaded(x, table[index].float())
-        else:
-            labels = torch.tensor([3.0, 700.0]) if config.training.sde != "vesde" else sigma
-            expected, got = averaged(x, labels), loaded(x, labels)
-            assert (source(x, labels) - got).abs().max() > 1e-4  # raw weights would differ
-    torch.testing.assert_close(got, expected, rtol=0, atol=0)
-
-
-@pytest.mark.parametrize("name", PUBLISHED)
-def test_published_configs_validate_and_round_trip(name, tmp_path):
-    config = published_config(name)
-    validate_config(config)
-    assert (config.data.image_size, tuple(config.model.ch_mult), config.model.nf) == (32, (1, 2, 2, 2), 128)
-    round_trip(shrink(config), tmp_path)
-
-
-# Families beyond the published CIFAR-10 ones (CelebA-HQ, FFHQ, LSUN use output_skip,
-# input_skip, more levels and other attention resolutions).
-VARIANTS = [
-    dict(progressive=progressive, progressive_input=progressive_input, fir=fir,
-         progressive_combine=("sum", "cat")[i % 2], embedding_type=("fourier", "positional")[i // 2 % 2],
-         resblock_type="biggan" if i % 3 else "ddpm", resamp_with_conv=i % 4 != 1,
-         ch_mult=((1, 2), (1, 1, 2, 2, 2), (2, 1, 2))[i % 3], attn_resolutions=((8,), (16, 4), ())[i % 3],
-         conditional=i != 5)
-    for i, (progressive, progressive_input, fir) in enumerate(itertools.product(
-        ("none", "output_skip", "residual"), ("none", "input_skip", "residual"), (False, True)))
-]
-
-
-@pytest.mark.parametrize("options", VARIANTS, ids=lambda o: "-".join(map(str, o.values())))
-def test_ncsnpp_families_round_trip_and_follow_the_reference_module_list(options, tmp_path):
-    config = shrink(published_config("ve_cifar10_ncsnpp_continuous"))
-    config.model.update(options)
-    config.model.num_res_blocks = 1
-    model = get_model(config)
-    assert [kind(unit) for _, unit in reference_units(model)] == reference_module_list(config)
-    round_trip(config, tmp_path)
-
-
-# The model sections of the reference's high-resolution NCSN++ configs (configs/ve/bedroom_,
-# church_, celebahq_256_, ffhq_256_ncsnpp_continuous.py: 7 levels at 256 px; celebahq_ and
-# ffhq_ncsnpp_continuous.py: 8 levels at 1024 px), at reduced width and image size.
-HIGH_RESOLUTION = {
-    "256px": dict(nf=8, ch_mult=(1, 1, 2, 2, 2, 2, 2), num_res_blocks=2, image_size=64),
-    "1024px": dict(nf=4, ch_mult=(1, 2, 4, 8, 16, 32, 32, 32), num_res_blocks=1, image_size=128),
-}
-
-
-@pytest.mark.parametrize("name", list(HIGH_RESOLUTION))
-def test_high_resolution_ncsnpp_layouts_follow_the_reference(name, tmp_path):
-    layout = dict(HIGH_RESOLUTION[name])
-    config = published_config("ve_cifar10_ncsnpp_continuous")
-    config.data.image_size = layout.pop("image_size")
-    config.model.update(layout, attn_resolutions=(16,), fir=True, skip_rescale=True, resblock_type="biggan",
-                        progressive="output_skip", progressive_input="input_skip", progressive_combine="sum",
-                        embedding_type="fourier", scale_by_sigma=True, dropout=0.0, sigma_max=378.0, num_scales=2000)
-    validate_config(config)
-    model = get_model(config)
-    assert [kind(unit) for _, unit in reference_units(model)] == reference_module_list(config)
-    round_trip(config, tmp_path)
-
-
-@pytest.mark.parametrize("ch_mult, attn, with_conv", [((1, 2), (8,), True), ((1, 2, 2), (16, 4), False)])
-def test_ddpm_families_round_trip_and_follow_the_reference_module_list(ch_mult, attn, with_conv, tmp_path):
-    config = shrink(published_config("vp_cifar10_ddpm"))
-    config.model.update(dict(ch_mult=ch_mult, attn_resolutions=attn, resamp_with_conv=with_conv))
-    model = get_model(config)
-    assert [kind(unit) for _, unit in reference_units(model)] == reference_module_list(config)
-    round_trip(config, tmp_path)
-
-
-def kind(unit):
-    kinds = [(GaussianFourierProjection, "fourier"), (nn.Linear, "dense"), (Combine, "combine"),
-             ((ResnetBlock, BigGANResnetBlock), "resnet"), (AttentionBlock, "attention"),
-             (Downsample, "down"), (Upsample, "up"), (nn.GroupNorm, "norm"), (nn.Conv2d, "conv")]
-    return next(name for cls, name in kinds if isinstance(unit, cls))
-
-
-def reference_module_list(config):
-    """The kinds of the entries of the reference network's `all_modules`, written down from the
-    construction loops of score_sde_pytorch's models/ncsnpp.py and models/ddpm.py, independently
-    of our module tree: the index each of our layers gets must be the reference's."""
-    model, levels = config.model, len(config.model.ch_mult)
-    sizes = [config.data.image_size // 2 ** i for i in range(levels)]
-    ncsnpp = model.name == "ncsnpp"
-    biggan = ncsnpp and model.resblock_type == "biggan"
-    progressive = model.progressive if ncsnpp else "none"
-    progressive_input = model.progressive_input if ncsnpp else "none"
-    kinds = ["fourier"] if ncsnpp and model.embedding_type == "fourier" else []
-    kinds += ["dense", "dense"] if (model.conditional or not ncsnpp) else []
-    kinds += ["conv"]
-    for level in range(levels):
-        for _ in range(model.num_res_blocks):
-            kinds += ["resnet"] + (["attention"] if sizes[level] in model.attn_resolutions else [])
-        if level != levels - 1:
-            kinds += ["resnet" if biggan else "down"]
-            # input_skip's parameter-free pyramid_downsample is an attribute outside all_modules;
-            # residual's pyramid_downsample has a convolution and is appended
-            kinds += {"input_skip": ["combine"], "residual": ["down"], "none": []}[progressive_input]
-    kinds += ["resnet", "attention", "resnet"]
-    for level in reversed(range(levels)):
-        kinds += ["resnet"] * (model.num_res_blocks + 1)
-        kinds += ["attention"] if sizes[level] in model.attn_resolutions else []
-        if progressive != "none":
-            coarsest = level == levels - 1
-            if progressive == "output_skip":  # its pyramid_upsample is outside all_modules too
-                kinds += ["norm", "conv"]
-            else:
-                kinds += (["norm", "conv"] if coarsest else ["up"])
-        if level != 0:
-            kinds += ["resnet" if biggan else "up"]
-    kinds += [] if progressive == "output_skip" else ["norm", "conv"]
-    return kinds
 
 
 def test_chain_index_wrapper_feeds_the_reference_index():

@@ -67,7 +67,9 @@ def test_pyramid_layout_as_saved_reproduces_the_reference():
     name = "ncsnpp_ve_skip_pyramids_as_saved"
     expected, model, score_fn = _as_saved_outputs(name, as_saved_config(name))
     with torch.no_grad():
-        assert (model(expected["x"], expected["labels_same"]) - expected["raw_same"]).abs().max() < 1e-5
+        # relative: the VE network's raw outputs reach ~50 (scaled by 1 / sigma), where 1e-5 absolute is
+        # below float32's rounding, which changes with the thread count
+        assert _relative(model(expected["x"], expected["labels_same"]), expected["raw_same"]) < 1e-5
         for points in ("same", "chain"):
             assert _relative(score_fn(expected["x"], expected[f"t_{points}"]), expected[f"score_{points}"]) < 1e-4
 
@@ -78,7 +80,7 @@ def test_discrete_ddpm_as_saved_reproduces_the_reference_at_chain_steps():
     expected, model, score_fn = _as_saved_outputs(name, as_saved_config(name))
     sde = build_sde(as_saved_config(name))
     with torch.no_grad():
-        assert (model(expected["x"], expected["labels_same"]) - expected["raw_same"]).abs().max() < 1e-5
+        assert _relative(model(expected["x"], expected["labels_same"]), expected["raw_same"]) < 1e-5
         # Chain step i: the reference at t = i / 999, this package at the time whose noise level
         # is step i's (`chain_time`): the same label i and the same std, so the same score.
         assert torch.equal(expected["labels_chain"], expected["chain_i"].float())
