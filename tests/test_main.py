@@ -51,8 +51,15 @@ def test_sample_mode_takes_fast_samplers_and_schedules(workdir):
                      "--config.sampling.steps=12", "--config.sampling.schedule=logsnr", "--config.sampling.order=3")
     assert result.returncode == 0, result.stderr[-2000:]
     report = last_json(result.stdout)
-    assert report["nfe"] == 12 and report["npz"].endswith("samples_200_dpm_solver++.npz")
-    assert np.isfinite(np.load(report["npz"])["samples"]).all()
+    assert report["nfe"] == 12 and report["npz"].endswith("samples_200_dpm_solver++_12steps.npz")
+    first = np.load(report["npz"])["samples"]
+    assert np.isfinite(first).all()
+    # another step count on the same checkpoint writes its own files and leaves these alone
+    result = main_py(f"--workdir={workdir}", "--mode=sample", *SMALL, "--config.sampling.method=dpm_solver++",
+                     "--config.sampling.steps=6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert last_json(result.stdout)["npz"].endswith("samples_200_dpm_solver++_6steps.npz")
+    assert np.array_equal(np.load(report["npz"])["samples"], first)
 
 
 def test_study_mode_on_the_checkpoint_writes_table_csv_and_plot(workdir):

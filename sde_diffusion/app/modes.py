@@ -187,6 +187,15 @@ def _sampling_run(what: str, config, workdir, device, num_samples: int, config_f
     return step, class_labels, drawn, nfe, time.perf_counter() - start
 
 
+def _output_name(kind: str, step, config, class_labels) -> str:
+    """'samples_6000_dpm_solver++_20steps' ('_w<scale>' for a conditional model): runs of other
+    samplers or step counts on the same checkpoint get files of their own, not each other's."""
+    spec = sampler_spec(config)
+    steps = f"_{spec.steps}steps" if spec.steps is not None and not spec.adaptive else ""
+    guidance = f"_w{config.sampling.guidance_scale:g}" if class_labels is not None else ""
+    return f"{kind}_{step}_{spec.method}{steps}{guidance}"
+
+
 def run_sample(config, workdir, config_file: str = "") -> dict:
     device = select_device(config)
     step, class_labels, (samples,), nfe, seconds = _sampling_run("sample", config, workdir, device,
@@ -195,10 +204,9 @@ def run_sample(config, workdir, config_file: str = "") -> dict:
         return None
     folder = Path(workdir) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"samples_{step}_{config.sampling.method}"
+    name = _output_name("samples", step, config, class_labels)
     arrays = {"samples": samples.numpy()}
     if class_labels is not None:
-        name += f"_w{config.sampling.guidance_scale:g}"
         arrays["labels"] = class_labels.numpy()
     save_npz(folder / f"{name}.npz", **arrays)
     data = None if is_image_data(config) else load_dataset_from_config(config, "test").data
@@ -322,7 +330,7 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
     if class_labels is not None:
         report["guidance_scale"] = float(config.sampling.guidance_scale)
     report["seconds"] = round(time.perf_counter() - start, 3)
-    name = f"eval_{step}" if class_labels is None else f"eval_{step}_w{config.sampling.guidance_scale:g}"
+    name = _output_name("eval", step, config, class_labels)
     return _write_report(workdir, f"{name}{'_preview' if preview else ''}.json", report)
 
 
