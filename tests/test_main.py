@@ -51,7 +51,7 @@ def test_sample_mode_takes_fast_samplers_and_schedules(workdir):
                      "--config.sampling.steps=12", "--config.sampling.schedule=logsnr", "--config.sampling.order=3")
     assert result.returncode == 0, result.stderr[-2000:]
     report = last_json(result.stdout)
-    assert report["nfe"] == 12 and report["npz"].endswith("samples_200_dpm_solver++_12steps.npz")
+    assert report["nfe"] == 12 and report["npz"].endswith("samples_200_dpm_solver++_order3_logsnr_12steps.npz")
     first = np.load(report["npz"])["samples"]
     assert np.isfinite(first).all()
     # another step count on the same checkpoint writes its own files and leaves these alone

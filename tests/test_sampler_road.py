@@ -170,3 +170,20 @@ def test_a_default_grid_ends_at_vps_noise_level_on_a_gaussian_path_and_at_its_ti
     edm_end = float(SamplerSpec("dpm_solver++", steps=10).grid(get_sde("edm"))[-1])
     assert edm_end == pytest.approx(0.00724, rel=1e-2) and edm_end > 0.002
     assert "eps=0.00724" in SamplerSpec("dpm_solver++", steps=10).summary(get_sde("edm"))
+
+
+@pytest.mark.parametrize("spec, tag", [
+    (SamplerSpec("dpm_solver++", steps=20), "dpm_solver++_20steps"),
+    (SamplerSpec("dpm_solver++", steps=20, options={"order": 3, "unipc": True}), "dpm_solver++_order3_unipc_20steps"),
+    (SamplerSpec("pc", steps=100, options={"predictor": "euler_maruyama", "corrector": "none"}),
+     "pc_euler_maruyama_none_100steps"),
+    (SamplerSpec("ddim", steps=50, options={"eta": 1.0}), "ddim_eta1_50steps"),
+    # a named schedule without options is its own defaults (power 1), not dpm_solver++'s power 0.65
+    (SamplerSpec("dpm_solver++", steps=20, schedule="logsnr"), "dpm_solver++_logsnr_20steps"),
+    (SamplerSpec("dpm_solver++", steps=20, schedule="logsnr", schedule_options={"power": 0.65}),
+     "dpm_solver++_20steps"),
+    (SamplerSpec("dpm_solver++", steps=20, schedule="karras", eps=1e-3), "dpm_solver++_karras_eps0.001_20steps"),
+    (SamplerSpec("ode"), "ode"),  # adaptive: the step count is not what it ran
+], ids=lambda value: value if isinstance(value, str) else None)
+def test_file_tags_tell_sampler_calls_apart(spec, tag):
+    assert spec.file_tag(VPSDE()) == tag

@@ -188,12 +188,10 @@ def _sampling_run(what: str, config, workdir, device, num_samples: int, config_f
 
 
 def _output_name(kind: str, step, config, class_labels) -> str:
-    """'samples_6000_dpm_solver++_20steps' ('_w<scale>' for a conditional model): runs of other
-    samplers or step counts on the same checkpoint get files of their own, not each other's."""
-    spec = sampler_spec(config)
-    steps = f"_{spec.steps}steps" if spec.steps is not None and not spec.adaptive else ""
-    guidance = f"_w{config.sampling.guidance_scale:g}" if class_labels is not None else ""
-    return f"{kind}_{step}_{spec.method}{steps}{guidance}"
+    """'samples_6000_dpm_solver++_order3_unipc_20steps' ('_w<scale>' for a conditional model): runs
+    of other sampler calls on the same checkpoint keep their own files (`SamplerSpec.file_tag`)."""
+    name = f"{kind}_{step}_{sampler_spec(config).file_tag(build_sde(config))}"
+    return name if class_labels is None else f"{name}_w{config.sampling.guidance_scale:g}"
 
 
 def run_sample(config, workdir, config_file: str = "") -> dict:

@@ -132,6 +132,25 @@ class SamplerSpec:
         steps = f"{spec.steps} steps" if spec.steps is not None else "the SDE's N steps"
         return f"{spec.method}{options}, {steps} on the {spec._schedule_text()} grid to eps={spec.end(sde):g}"
 
+    def file_tag(self, sde: Optional[SDE] = None) -> str:
+        """'dpm_solver++_order3_unipc_20steps': the method, then what this call sets apart from
+        the sampler's defaults (options, schedule, schedule options, eps), then the step count,
+        for file names that keep runs of different calls apart."""
+        def tag(name, value):
+            if isinstance(value, bool):
+                return name if value else f"no{name}"
+            return f"{name}{value:g}" if isinstance(value, (int, float)) else str(value)
+
+        spec, default = self.resolved(sde=sde), SamplerSpec(self.method).resolved(sde=sde)
+        parts = [spec.method] + [tag(name, value) for name, value in spec.options.items()]
+        if (spec.schedule, spec.schedule_options) != (default.schedule, default.schedule_options):
+            parts += [spec.schedule] + [tag(name, value) for name, value in spec.schedule_options.items()]
+        if spec.end(sde) != default.end(sde):
+            parts.append(tag("eps", spec.end(sde)))
+        if spec.steps is not None and not spec.adaptive:
+            parts.append(f"{spec.steps}steps")
+        return "_".join(parts)
+
     def grid(self, sde: SDE, device=None) -> torch.Tensor:
         """The decreasing times the sampler gets (`resolved` on `sde` first)."""
         spec = self.resolved(sde=sde)
