@@ -42,6 +42,15 @@ def _own_rows(values: torch.Tensor, shard: Optional[Tuple[int, int]]) -> torch.T
     return values if shard is None else block_rows(values, *shard)
 
 
+def _uniform_times_and_noise(sde: SDE, x: torch.Tensor, eps: float, generator: Optional[torch.Generator],
+                             shard: Optional[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """t ~ U(eps, T) and z ~ N(0, I) for this shard's rows, drawn in that order."""
+    rows = _global_rows(x, shard)
+    t = _own_rows(torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device), shard)
+    z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
+    return t * (sde.T - eps) + eps, z
+
+
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
              likelihood_weighting: bool = False, min_snr_gamma: float = 0.0, eps: float = 1e-5,
              generator: Optional[torch.Generator] = None,
@@ -59,10 +68,7 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
     """
     if min_snr_gamma > 0 and likelihood_weighting:
         raise ValueError("min_snr_gamma and likelihood_weighting are two weightings: choose one")
-    rows = _global_rows(x, shard)
-    t = _own_rows(torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device), shard)
-    t = t * (sde.T - eps) + eps
-    z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
+    t, z = _uniform_times_and_noise(sde, x, eps, generator, shard)
     mean_coef, std = sde.marginal_coefs(t)
     x_t = append_dims(mean_coef, x.ndim) * x + append_dims(std, x.ndim) * z
     score = _score(score_fn, x_t, t, class_labels)
@@ -93,10 +99,7 @@ def prediction_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, target: str
 
     if target not in ("v", "data"):
         raise ValueError(f"target must be 'v' or 'data', got {target!r}")
-    rows = _global_rows(x, shard)
-    t = _own_rows(torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device), shard)
-    t = t * (sde.T - eps) + eps
-    z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
+    t, z = _uniform_times_and_noise(sde, x, eps, generator, shard)
     coefs = path_coefs(sde, t, x)
     x_t = coefs.alpha * x + coefs.sigma * z
     predicted_noise = -coefs.sigma * _score(score_fn, x_t, t, class_labels)
