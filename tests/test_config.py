@@ -66,7 +66,7 @@ def test_edm_cifar10_has_edms_ddpmpp_recipe():
     differing = {f"{section}.{field}" for section in sections for field in vp[section]
                  if flow[section][field] != vp[section][field]}
     assert differing == {"training.sde", "training.loss", "model.parameterization", "sampling.method",
-                         "sampling.steps"}
+                         "sampling.steps", "sampling.order", "sampling.unipc"}
 
 
 def test_discrete_losses_follow_the_sde():
