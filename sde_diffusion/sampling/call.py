@@ -133,9 +133,9 @@ class SamplerSpec:
         return f"{spec.method}{options}, {steps} on the {spec._schedule_text()} grid to eps={spec.end(sde):g}"
 
     def file_tag(self, sde: Optional[SDE] = None) -> str:
-        """'dpm_solver++_order3_unipc_20steps': the method, then what this call sets apart from
-        the sampler's defaults (options, schedule, schedule options, eps), then the step count,
-        for file names that keep runs of different calls apart."""
+        """'dpm_solver++_order3_unipc_20steps': the method, the options the call sets, its grid
+        (schedule and options, eps) where that differs from the sampler's default grid, and the
+        step count (not for adaptive samplers): file names that keep different calls apart."""
         def tag(name, value):
             if isinstance(value, bool):
                 return name if value else f"no{name}"
