@@ -42,13 +42,29 @@ def _own_rows(values: torch.Tensor, shard: Optional[Tuple[int, int]]) -> torch.T
     return values if shard is None else block_rows(values, *shard)
 
 
-def _uniform_times_and_noise(sde: SDE, x: torch.Tensor, eps: float, generator: Optional[torch.Generator],
-                             shard: Optional[Tuple[int, int]]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """t ~ U(eps, T) and z ~ N(0, I) for this shard's rows, drawn in that order."""
+def _times_and_noise(sde: SDE, x: torch.Tensor, eps: float, generator: Optional[torch.Generator],
+                     shard: Optional[Tuple[int, int]], time_sampling: str = "uniform") -> Tuple[torch.Tensor, torch.Tensor]:
+    """t in (eps, T) and z ~ N(0, I) for this shard's rows, drawn in that order; t uniform, or
+    with "logit_normal" t = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024, eq. 19, m = 0, s = 1) mapped
+    into the same interval."""
     rows = _global_rows(x, shard)
-    t = _own_rows(torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device), shard)
+    if time_sampling == "uniform":
+        u = torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device)
+    elif time_sampling == "logit_normal":
+        u = torch.sigmoid(torch.randn(rows, generator=generator, dtype=x.dtype, device=x.device))
+    else:
+        raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
+    t = _own_rows(u, shard)
     z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
     return t * (sde.T - eps) + eps, z
+
+
+def _min_snr_weight(sde: SDE, t: torch.Tensor, gamma: float, target: str) -> torch.Tensor:
+    """Hang et al. 2023's Min-SNR-gamma weight (eq. 10 ff.) of a `target` error: min(SNR, gamma)
+    / SNR for the noise, / (SNR + 1) for v, and min(SNR, gamma) itself for x_0."""
+    snr = torch.exp(sde.log_snr(t))
+    clamped = torch.clamp(snr, max=gamma)
+    return {"noise": clamped / snr, "v": clamped / (snr + 1), "data": clamped}[target]
 
 
 def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
@@ -68,7 +84,7 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
     """
     if min_snr_gamma > 0 and likelihood_weighting:
         raise ValueError("min_snr_gamma and likelihood_weighting are two weightings: choose one")
-    t, z = _uniform_times_and_noise(sde, x, eps, generator, shard)
+    t, z = _times_and_noise(sde, x, eps, generator, shard)
     mean_coef, std = sde.marginal_coefs(t)
     x_t = append_dims(mean_coef, x.ndim) * x + append_dims(std, x.ndim) * z
     score = _score(score_fn, x_t, t, class_labels)
@@ -79,8 +95,7 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
         residual = score * append_dims(std, x.ndim) + z
         weight = torch.ones_like(t)
         if min_snr_gamma > 0:
-            snr = torch.exp(sde.log_snr(t))
-            weight = torch.clamp(snr, max=min_snr_gamma) / snr
+            weight = _min_snr_weight(sde, t, min_snr_gamma, "noise")
     return (0.5 * weight * _reduce(residual ** 2, reduce_mean)).mean()
 
 
@@ -99,15 +114,12 @@ def prediction_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, target: str
 
     if target not in ("v", "data"):
         raise ValueError(f"target must be 'v' or 'data', got {target!r}")
-    t, z = _uniform_times_and_noise(sde, x, eps, generator, shard)
+    t, z = _times_and_noise(sde, x, eps, generator, shard)
     coefs = path_coefs(sde, t, x)
     x_t = coefs.alpha * x + coefs.sigma * z
     predicted_noise = -coefs.sigma * _score(score_fn, x_t, t, class_labels)
     residual = from_noise(target, predicted_noise, x_t, coefs) - from_noise(target, z, x_t, coefs)
-    weight = torch.ones_like(t)
-    if min_snr_gamma > 0:
-        snr = torch.exp(sde.log_snr(t))
-        weight = torch.clamp(snr, max=min_snr_gamma) / (snr + 1 if target == "v" else 1)
+    weight = _min_snr_weight(sde, t, min_snr_gamma, target) if min_snr_gamma > 0 else torch.ones_like(t)
     return (0.5 * weight * _reduce(residual ** 2, reduce_mean)).mean()
 
 
@@ -181,19 +193,10 @@ def flow_matching_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_m
     """Conditional flow matching (Lipman et al. 2023, eq. 9; Liu et al. 2023): t ~ U(eps, T), the
     path's velocity u = alpha' x_0 + sigma' z as target of the velocity the score implies
     (`models.parameterization`); for rectified flow u = z - x_0. `time_sampling` "logit_normal"
-    draws t = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024, eq. 19 with m = 0, s = 1), which puts
-    the training at mid-path, instead of uniformly."""
+    puts the training at mid-path instead of uniformly (`_times_and_noise`)."""
     from .models.parameterization import from_noise, path_coefs
 
-    rows = _global_rows(x, shard)
-    if time_sampling == "uniform":
-        u = torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device)
-    elif time_sampling == "logit_normal":
-        u = torch.sigmoid(torch.randn(rows, generator=generator, dtype=x.dtype, device=x.device))
-    else:
-        raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
-    t = _own_rows(u, shard) * (sde.T - eps) + eps
-    z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
+    t, z = _times_and_noise(sde, x, eps, generator, shard, time_sampling)
     coefs = path_coefs(sde, t, x)
     x_t = coefs.alpha * x + coefs.sigma * z
     predicted_noise = -coefs.sigma * _score(score_fn, x_t, t, class_labels)
