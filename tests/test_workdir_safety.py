@@ -2,17 +2,20 @@
 is refused while the first is unaffected; a sampler may read beside a trainer; SIGTERM and
 SIGINT at seeded moments save, exit 143 / 130 and resume to a run bitwise equal to one never
 interrupted; what an interrupted checkpoint write left is removed on the next start."""
+import fcntl
 import os
 import random
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from conftest import HANG_TIMEOUT_S
 from sde_diffusion import checkpoints
+from sde_diffusion.app import workdir_lock as lock_module
 from sde_diffusion.app.workdir_lock import LOCK_NAME, WorkdirBusyError, WorkdirLock
 from test_fault_injection import (ARGS, N_ITERS, PREEMPTION_FREQ, ROOT, assert_same_state, last_logged_step,
                                   logged, start, wait_for_step)
@@ -57,6 +60,30 @@ def test_lock_is_exclusive_and_names_the_holder(tmp_path):
     with WorkdirLock(workdir):
         pass
     assert workdir.is_dir() and not any(workdir.iterdir())  # an existing folder stays, without the lock file
+
+
+def test_a_run_refused_before_the_holder_wrote_its_pid_still_names_it(tmp_path, monkeypatch):
+    """The window CI hit: the holder has the flock but is descheduled before writing its pid."""
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    handle = os.open(workdir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    late_write = threading.Timer(0.3, lambda: os.write(handle, b"4242\n"))
+    late_write.start()
+    try:
+        with pytest.raises(WorkdirBusyError, match="pid 4242,"):
+            WorkdirLock(workdir).acquire()
+    finally:
+        late_write.join()
+        os.close(handle)
+    monkeypatch.setattr(lock_module, "PID_PATIENCE_S", 0.05)
+    handle = os.open(workdir / LOCK_NAME, os.O_RDWR | os.O_TRUNC)
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    try:
+        with pytest.raises(WorkdirBusyError, match="pid unknown"):  # a holder that never writes, after the wait
+            WorkdirLock(workdir).acquire()
+    finally:
+        os.close(handle)
 
 
 def test_a_killed_holder_leaves_no_stale_lock(tmp_path):

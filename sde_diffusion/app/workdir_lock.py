@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import fcntl
 import os
+import time
 from pathlib import Path
 
 LOCK_NAME = "train.lock"
+PID_PATIENCE_S = 2.0
 
 
 class WorkdirBusyError(OSError):
@@ -44,7 +46,7 @@ class WorkdirLock:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                holder = _read_pid(handle)
+                holder = _wait_for_pid(handle)
                 os.close(handle)
                 self._remove_if_created()
                 raise WorkdirBusyError(f"workdir {self.workdir} is in use by another training run "
@@ -87,6 +89,18 @@ def _read_pid(handle: int) -> str:
         return os.pread(handle, 32, 0).decode(errors="replace").strip()
     except OSError:
         return ""
+
+
+def _wait_for_pid(handle: int) -> str:
+    """The holder writes its pid just after it locks; a run refused in between waits for it.
+
+    On a busy machine the holder can be descheduled between its flock and its write for longer
+    than a refused run takes to read the file, which then named no pid.
+    """
+    deadline = time.monotonic() + PID_PATIENCE_S
+    while not (holder := _read_pid(handle)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return holder
 
 
 def _same_file(handle: int, path: Path) -> bool:
