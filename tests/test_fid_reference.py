@@ -121,3 +121,35 @@ def test_an_unknown_fid_reference_is_a_config_error(npz_workdir, value):
     config.eval.fid_reference = value
     with pytest.raises(ConfigError, match="eval.fid_reference"):
         validate_config(config, "eval")
+
+
+def test_eval_without_a_path_fetches_inception_once_into_the_cache_as_clean_fid_does(npz_workdir, monkeypatch):
+    import io
+    import urllib.request
+
+    from sde_diffusion.evaluate import inception_cache_file
+
+    config, workdir = npz_workdir
+    stand_in = (workdir.parent / INCEPTION_FILENAME).read_bytes()
+    config.eval.update(inception_path="", fid_reference="test")
+    monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(workdir.parent / "cache"))
+    config.eval.download_inception = False  # forbidden, and not in the cache: one line saying where
+    with pytest.raises(FileNotFoundError) as refused:
+        run_eval(config, workdir)
+    assert "\n" not in str(refused.value) and inception_cache_file() in str(refused.value)
+    assert not (workdir / "eval").exists() or not list((workdir / "eval").glob("eval_*.json"))
+
+    fetched = []
+
+    def serve(url, timeout=None):
+        fetched.append(url)
+        return io.BytesIO(stand_in)
+
+    monkeypatch.setattr(urllib.request, "urlopen", serve)
+    config.eval.download_inception = True  # the default
+    first = run_eval(config, workdir)
+    assert fetched == ["https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"]
+    assert open(inception_cache_file(), "rb").read() == stand_in
+    assert run_eval(config, workdir)["fid"] == pytest.approx(first["fid"], rel=1e-9) and len(fetched) == 1
+    config.eval.inception_path = str(workdir.parent / INCEPTION_FILENAME)  # the same file given by path: same FID
+    assert run_eval(config, workdir)["fid"] == pytest.approx(first["fid"], rel=1e-9) and len(fetched) == 1
