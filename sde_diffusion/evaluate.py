@@ -135,22 +135,43 @@ def fetch_inception(file: str) -> str:
     """Download clean-fid's Inception weights from INCEPTION_URL to `file`, written whole or not
     at all (clean-fid's own helper writes in place, so a broken download would stay). A failure
     is one FileNotFoundError line naming the URL and the file to place by hand."""
-    import shutil
+    import http.client
     import urllib.request
 
     from .output_files import atomic_write
 
     def write(temporary):
-        with urllib.request.urlopen(INCEPTION_URL, timeout=60) as response, open(temporary, "wb") as out:
-            shutil.copyfileobj(response, out)
+        with open(temporary, "wb") as out:
+            try:  # network errors are OSErrors too: kept apart, so they are not reported as disk errors
+                response = urllib.request.urlopen(INCEPTION_URL, timeout=60)
+            except (OSError, http.client.HTTPException) as error:
+                raise _DownloadFailed(_reason(error)) from None
+            with response:
+                while True:
+                    try:
+                        chunk = response.read(1 << 20)
+                    except (OSError, http.client.HTTPException) as error:
+                        raise _DownloadFailed(_reason(error)) from None
+                    if not chunk:
+                        break
+                    out.write(chunk)
 
     try:
         atomic_write(file, write)
-    except Exception as error:  # noqa: BLE001 - offline, proxies, HTTP errors alike
-        reason = " ".join(str(error).split()) or type(error).__name__
+    except Exception as error:  # noqa: BLE001 - offline, proxies, HTTP errors, a full disk alike
+        reason = str(error) if isinstance(error, _DownloadFailed) else _reason(error)
         raise FileNotFoundError(f"could not download clean-fid's Inception weights from {INCEPTION_URL} ({reason}); "
                                 f"place that file at {file} or set eval.inception_path to it") from None
     return file
+
+
+class _DownloadFailed(Exception):
+    """The network side of a download failed (not an OSError, which `atomic_write` reads as a disk error)."""
+
+
+def _reason(error: BaseException) -> str:
+    reason = getattr(error, "reason", None)  # URLError wraps the socket error: name that
+    return " ".join(str(reason if reason is not None else error).split()) or type(error).__name__
 
 
 def load_inception(path: Optional[Union[str, os.PathLike]], device: Union[str, torch.device] = "cpu",

@@ -121,8 +121,8 @@ def _readable_images(root, split: str, size: int, channels: int, labels_from: st
                 continue
             yield image, label
         if unreadable:
-            log.warning("%d of %d image files in %s could not be read and were skipped", unreadable, len(paths),
-                        folder)
+            log.warning("%d of the %d image files of the %s split in %s could not be read and were skipped",
+                        unreadable, len(paths), split, folder)
         if unreadable == len(paths):
             raise ValueError(f"none of the {len(paths)} image files for the {split} split in {folder} could be read")
     return len(paths), each()

@@ -94,7 +94,7 @@ def test_unreadable_files_are_skipped_and_counted_empty_folders_refused(tmp_path
     with caplog.at_level(logging.WARNING):
         images, _, _ = read_image_folder(tmp_path, "train", 4, 3)
     assert len(images) == 4
-    assert "broken.png" in caplog.text and "1 of 5 image files" in caplog.text
+    assert "broken.png" in caplog.text and "1 of the 5 image files of the train split" in caplog.text
     with pytest.raises(ValueError, match="no PNG, JPG, JPEG, WEBP images for the test split"):
         read_image_folder(tmp_path, "test", 4, 3)
     (tmp_path / "test" / "bad.jpg").write_bytes(b"\xff\xd8 not really")
