@@ -105,7 +105,8 @@ def test_likelihood_divided_over_two_processes_matches_one_process_and_does_not_
     _, two = runs
     result = torchrun(two, "likelihood")
     assert result.returncode == 0, result.stderr[-3000:]
-    report = json.loads((two / "eval" / f"likelihood_{STEPS}.json").read_text())
+    (written,) = (two / "eval").glob(f"likelihood_{STEPS}_*.json")
+    report = json.loads(written.read_text())
     assert json.loads(result.stdout.strip().splitlines()[-1]) == report  # printed once, by rank 0
     # Each process solved the ODE for its own 20 points; the adaptive solver took a different
     # number of steps on each, and gathering only at the end kept that from hanging.

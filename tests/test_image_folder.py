@@ -161,6 +161,14 @@ def test_train_and_sample_on_a_folder_end_to_end(tmp_path):
     assert sampled.returncode == 0, sampled.stderr[-2000:]
     samples = np.load(json.loads(sampled.stdout.strip().splitlines()[-1])["npz"])["samples"]
     assert samples.shape == (4, 3, 8, 8) and np.isfinite(samples).all()
+    scored = subprocess.run([sys.executable, "main.py", *small, "--mode=likelihood", "--config.eval.bpd_num_images=3",
+                             "--config.eval.bpd_rtol=1e-3", "--config.eval.bpd_atol=1e-3"],
+                            cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    assert scored.returncode == 0, scored.stderr[-2000:]
+    report = json.loads((workdir / "eval" / "likelihood_4_hutchinson_rtol0.001_atol0.001_3items.json").read_text())
+    # dequantized 8-bit data: a bound on -log2 P(k) / D, positive; an untrained network is far from 0
+    assert report["metric"] == "bits_per_dim" and report["num"] == 3 and report["mean"] > 1
+    assert report["dequantization"].startswith("uniform")
     wrong = subprocess.run([sys.executable, "main.py", *small, "--mode=train", "--config.model.num_classes=3",
                             f"--workdir={tmp_path / 'other'}"], cwd=ROOT, capture_output=True, text=True,
                            timeout=HANG_TIMEOUT_S)

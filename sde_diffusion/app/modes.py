@@ -273,11 +273,18 @@ def run_likelihood(config, workdir, config_file: str = "") -> dict:
     unit = "bits_per_dim" if is_image_data(config) else "nats_per_point"
     report = {"step": step, "metric": unit, "mean": values.mean().item(),
               "stderr": (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan"),
-              "num": len(values), "trace": evaluate.bpd_trace, "nfe": sum(nfe for _, nfe in gathered)}
+              "num": len(values), "trace": evaluate.bpd_trace, "rtol": evaluate.bpd_rtol, "atol": evaluate.bpd_atol,
+              "nfe": sum(nfe for _, nfe in gathered)}
+    if is_image_data(config):
+        report["dequantization"] = "uniform, one draw per image (an upper bound on the discrete NLL)"
     if len(gathered) > 1:
         report["nfe_per_process"] = [nfe for _, nfe in gathered]
     report["seconds"] = round(time.perf_counter() - start, 3)
-    return _write_report(workdir, f"likelihood_{step}.json", report)
+    # named by the whole call, as samples and eval reports are: another trace, tolerance or count
+    # on the same checkpoint keeps its own file
+    name = (f"likelihood_{step}_{evaluate.bpd_trace}_rtol{evaluate.bpd_rtol:g}_atol{evaluate.bpd_atol:g}_"
+            f"{len(values)}items.json")
+    return _write_report(workdir, name, report)
 
 
 PAPER_FID_SAMPLES = 50_000  # what FID papers report; fewer makes an eval a labelled preview
