@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from tqdm import tqdm
 
+from .output_files import atomic_write, write_text_atomic
 from .sampling import SamplerSpec, parse_spec, sample
 from .sdes import SDE, ScoreFn
 
@@ -147,8 +149,10 @@ def plot_study(rows: Sequence[dict], path, metric_keys: Union[str, Sequence[str]
     figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7, frameon=False)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout(rect=(0, legend_height, 1, 1))
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    try:
+        atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
+    finally:
+        plt.close(figure)
 
 
 def write_study(rows: Sequence[dict], out_dir, metric_key: Union[str, Sequence[str]], title: str = "",
@@ -156,13 +160,13 @@ def write_study(rows: Sequence[dict], out_dir, metric_key: Union[str, Sequence[s
     """Write <name>.csv (every row), <name>.md (the table) and <name>.png (`metric_key`, one key
     or several, and wall time against NFE); returns the paths."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     paths = {kind: out_dir / f"{name}.{kind}" for kind in ("csv", "md", "png")}
     columns = _columns(rows)
-    with open(paths["csv"], "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    paths["md"].write_text((f"### {title}\n\n" if title else "") + markdown_table(rows, columns) + "\n")
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(paths["csv"], table.getvalue())  # each file whole or not at all
+    write_text_atomic(paths["md"], (f"### {title}\n\n" if title else "") + markdown_table(rows, columns) + "\n")
     plot_study(rows, paths["png"], metric_key, title)
     return {kind: str(path) for kind, path in paths.items()}

@@ -44,9 +44,10 @@ def test_inpaint_mode_keeps_the_observed_pixels(workdir, tmp_path):
     expected = images[..., 0] / 255
     np.testing.assert_allclose(saved["outputs"][:, 0][:, mask], expected[:, mask], atol=1e-6)
     assert not np.allclose(saved["outputs"][:, 0][:, ~mask], expected[:, ~mask], atol=0.05)
-    folder = Path(report["png"]).parent
-    for name in ("inpaint_2.png", "inpaint_2_inputs.png", "inpaint_2_outputs.png"):
-        assert (folder / name).stat().st_size > 500
+    npz = Path(report["npz"])  # named by the call: mask, conditioning, sampler and steps
+    assert npz.name == "inpaint_2_center_square_replacement_pc_euler_maruyama_none_6steps.npz"
+    for suffix in (".png", "_inputs.png", "_outputs.png"):
+        assert npz.with_name(npz.stem + suffix).stat().st_size > 500
 
 
 def test_inpaint_mode_with_smc_particles(workdir, tmp_path):
@@ -62,6 +63,7 @@ def test_inpaint_mode_with_smc_particles(workdir, tmp_path):
     mask = saved["mask"][0]
     assert saved["outputs"].shape == (5, 1, 16, 16) and not mask.all() and mask.any()
     np.testing.assert_allclose(saved["outputs"][:, 0][:, mask], images[:, 0][:, mask] / 255, atol=1e-6)
+    assert Path(report["npz"]).name == "inpaint_2_half_right_smc3_pc_euler_maruyama_none_6steps.npz"
 
 
 def test_inpaint_mode_reads_a_folder_of_pngs_and_the_test_split(workdir, tmp_path):
@@ -79,6 +81,22 @@ def test_inpaint_mode_reads_a_folder_of_pngs_and_the_test_split(workdir, tmp_pat
     result = main_py(f"--workdir={workdir}", "--mode=inpaint", "--config.controllable.mask=half_left")
     assert result.returncode == 0, result.stderr[-2000:]
     assert np.load(json.loads(result.stdout.strip().splitlines()[-1])["npz"])["outputs"].shape == (6, 1, 16, 16)
+
+
+@pytest.mark.parametrize("mode, mask, expected", [
+    ("inpaint", "random_pixels:0.5", "inpaint_7_random_pixels0.5_replacement_pc_euler_maruyama_none_6steps"),
+    ("inpaint", "/some/folder/My mask.png", "inpaint_7_mask-My mask_replacement_pc_euler_maruyama_none_6steps"),
+    ("colorize", "center_square", "colorize_7_replacement_pc_euler_maruyama_none_6steps"),
+])
+def test_output_names_carry_the_call_and_no_folders(mode, mask, expected):
+    from configs.vp_digits import get_config
+    from sde_diffusion.app.config import build_sde
+    from sde_diffusion.app.controllable_modes import _output_name
+
+    config = get_config()
+    config.sampling.steps = 6
+    config.controllable.mask = mask
+    assert _output_name(mode, 7, config, build_sde(config)) == expected
 
 
 @pytest.mark.parametrize("args, message", [

@@ -72,6 +72,14 @@ def test_study_mode_on_the_checkpoint_writes_table_csv_and_plot(workdir):
     table = Path(report["md"]).read_text()
     assert table.count("| dpm_solver++ order=2 schedule=logsnr |") == 2 and "sliced_wasserstein" in table
     assert Path(report["png"]).stat().st_size > 10_000 and Path(report["csv"]).is_file()
+    kept = {path.name: path.read_bytes() for path in (workdir / "study").iterdir()}
+    result = main_py(f"--workdir={workdir}", "--mode=study", *SMALL, "--config.study.num_samples=300",
+                     "--config.study.nfe=(5,)", "--config.study.samplers=('ddim',)")
+    assert result.returncode == 0, result.stderr[-2000:]
+    other = last_json(result.stdout)  # another grid on the same checkpoint: its own files, the first kept
+    assert Path(other["csv"]).name not in kept and all((workdir / "study" / name).read_bytes() == content
+                                                       for name, content in kept.items())
+    assert Path(report["csv"]).name.startswith("study_200_300samples_")
 
 
 def test_study_mode_on_the_oracle_needs_no_checkpoint(tmp_path):
@@ -80,7 +88,8 @@ def test_study_mode_on_the_oracle_needs_no_checkpoint(tmp_path):
                      "--config.study.num_samples=500", "--config.study.nfe=(20,)",
                      "--config.study.samplers=('dpm_solver++ order=3 schedule=logsnr',)")
     assert result.returncode == 0, result.stderr[-2000:]
-    with open(workdir / "study" / "study_oracle.csv") as handle:
+    (written,) = (workdir / "study").glob("study_oracle_500samples_*.csv")
+    with open(written) as handle:
         (row,) = list(csv.DictReader(handle))
     # the exact score of the gmm data: 20 DPM-Solver++(3M) steps put the 8 components' weights
     # within 0.05 of the truth with 500 samples (measured 0.02)

@@ -63,6 +63,19 @@ def _inpaint_options(config) -> dict:
                 particles=config.controllable.particles)
 
 
+def _output_name(mode: str, step, config, sde) -> str:
+    """'inpaint_4000_half_right_smc16_pc_euler_maruyama_langevin_1000steps': the mask, the
+    conditioning and the sampler call, so another call on the same checkpoint keeps its files."""
+    controllable = config.controllable
+    mask = controllable.mask
+    if mask.lower().endswith((".npz", ".png")):  # a mask file: its name, without folders
+        mask = "mask-" + Path(mask).stem
+    parts = [mode, str(step)] + ([mask.replace(":", "")] if mode == "inpaint" else [])
+    smc = controllable.conditioning == "smc"
+    parts.append(f"smc{controllable.particles}" if smc else controllable.conditioning)
+    return "_".join(parts + [sampler_spec(config).file_tag(sde)])
+
+
 def _images_per_batch(config) -> int:
     """sampling.batch_size counts the network's batch: with SMC each image brings a population
     of controllable.particles chains, so fewer images go in at once (at least one)."""
@@ -72,7 +85,7 @@ def _images_per_batch(config) -> int:
 
 
 def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
-    """`mode` = "inpaint" or "colorize"; writes <mode>/<mode>_<step>.npz (outputs, inputs,
+    """`mode` = "inpaint" or "colorize"; writes <mode>/<mode>_<step>_<call>.npz (outputs, inputs,
     originals, mask in [0, 1]) and .png grids of the inputs, the outputs and all three."""
     device = select_device(config)
     images = read_images(config)
@@ -108,7 +121,7 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
 
     folder = Path(workdir) / mode
     folder.mkdir(parents=True, exist_ok=True)
-    name = f"{mode}_{step}"
+    name = _output_name(mode, step, config, sde)
     arrays = {"outputs": outputs.numpy(), "inputs": inputs.numpy(), "originals": images.numpy()}
     if mode == "inpaint":
         arrays["mask"] = mask[0].numpy()

@@ -11,6 +11,7 @@ rank 0 alone writes and returns the report (the others return None). study runs 
 """
 from __future__ import annotations
 
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -339,10 +340,18 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
     return _write_report(workdir, f"{name}{'_preview' if preview else ''}.json", report)
 
 
+def _study_name(step, config) -> str:
+    """'study_4000_1000samples_3f2a9c1e': a grid is too long for a file name, so its digest (specs,
+    NFE, samples, seed, reference tolerance) keeps the files of other grids on the same checkpoint."""
+    study = config.study
+    grid = [list(study.samplers), list(study.nfe), study.num_samples, config.seed, study.reference_tol]
+    return f"study_{step}_{study.num_samples}samples_{hashlib.sha256(repr(grid).encode()).hexdigest()[:8]}"
+
+
 def run_study_mode(config, workdir, config_file: str = "") -> dict:
     """`--mode study`: the grid `study.samplers` x `study.nfe` (`sde_diffusion.study`) on the
     trained checkpoint, or on the exact score when `study.oracle` (the `gmm` toy data only),
-    scored by `evaluate.quality_metric`. Writes study/study_<step>.{csv,md,png}."""
+    scored by `evaluate.quality_metric`. Writes study/<_study_name>.{csv,md,png}."""
     from ..study import run_study, write_study
     from ..toy_data import toy_mixture
 
@@ -367,6 +376,6 @@ def run_study_mode(config, workdir, config_file: str = "") -> dict:
                      list(study.nfe), lambda x: data_metric(to_data_space(x, config)), seed=config.seed,
                      reference_tol=study.reference_tol, device=device)
     title = f"{Path(workdir).name}: {config.training.sde}, step {step}, {study.num_samples} samples"
-    paths = write_study(rows, Path(workdir) / "study", metric_key, title, name=f"study_{step}")
+    paths = write_study(rows, Path(workdir) / "study", metric_key, title, name=_study_name(step, config))
     say("study: %d rows, written to %s", len(rows), Path(workdir) / "study")
     return {"step": step, "rows": len(rows), **paths}
