@@ -130,7 +130,7 @@ def test_samples_divided_over_two_processes_gathered_by_rank_zero(runs):
     assert report["num_samples"] == 11 and samples.shape == (11, 2) and np.isfinite(samples).all()
     assert len(result.stdout.strip().splitlines()) == 1  # one report: rank 1 wrote nothing
     assert sorted(path.name for path in (two / "samples").iterdir()) == [
-        f"samples_{STEPS}_ode_rtol0.001_atol0.001.npz", f"samples_{STEPS}_ode_rtol0.001_atol0.001.png"]
+        f"samples_{STEPS}_ode_rtol0.001_atol0.001_11x_seed42.npz", f"samples_{STEPS}_ode_rtol0.001_atol0.001_11x_seed42.png"]
 
 
 def test_two_processes_resume_from_the_same_checkpoint_and_stay_with_one_process(runs, tmp_path):

@@ -188,11 +188,18 @@ def _sampling_run(what: str, config, workdir, device, num_samples: int, config_f
     return step, class_labels, drawn, nfe, time.perf_counter() - start
 
 
-def _output_name(kind: str, step, config, class_labels) -> str:
-    """'samples_6000_dpm_solver++_order3_unipc_20steps' ('_w<scale>' for a conditional model): runs
-    of other sampler calls on the same checkpoint keep their own files (`SamplerSpec.file_tag`)."""
+def _output_name(kind: str, step, config, class_labels, count: int, seeds) -> str:
+    """'samples_6000_dpm_solver++_order3_unipc_20steps_64x_seed42': the sampler call
+    (`SamplerSpec.file_tag`), for a conditional model the guidance scale and a chosen label set,
+    then the number of samples and the seeds, so that runs of other calls, sizes or seeds on the
+    same checkpoint keep their own files."""
     name = f"{kind}_{step}_{sampler_spec(config).file_tag(build_sde(config))}"
-    return name if class_labels is None else f"{name}_w{config.sampling.guidance_scale:g}"
+    if class_labels is not None:
+        name += f"_w{config.sampling.guidance_scale:g}"
+        labels = str(config.sampling.labels).strip()
+        if labels not in ("", "all"):
+            name += "_labels" + "-".join(part.strip() for part in labels.split(","))
+    return f"{name}_{count}x_seed{'-'.join(str(seed) for seed in seeds)}"
 
 
 def run_sample(config, workdir, config_file: str = "") -> dict:
@@ -203,7 +210,7 @@ def run_sample(config, workdir, config_file: str = "") -> dict:
         return None
     folder = Path(workdir) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    name = _output_name("samples", step, config, class_labels)
+    name = _output_name("samples", step, config, class_labels, len(samples), (config.seed,))
     arrays = {"samples": samples.numpy()}
     if class_labels is not None:
         arrays["labels"] = class_labels.numpy()
@@ -336,7 +343,7 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
     if class_labels is not None:
         report["guidance_scale"] = float(config.sampling.guidance_scale)
     report["seconds"] = round(time.perf_counter() - start, 3)
-    name = _output_name("eval", step, config, class_labels)
+    name = _output_name("eval", step, config, class_labels, len(drawn[0]), seeds)
     return _write_report(workdir, f"{name}{'_preview' if preview else ''}.json", report)
 
 
