@@ -131,6 +131,8 @@ BAD_VALUES = [
     ("training.min_snr_gamma", float("nan"), "training.min_snr_gamma"),
     ("training.time_sampling", "beta", "training.time_sampling"),
     ("eval.fid_reference", "val", "eval.fid_reference"),
+    ("eval.seeds", (0, 1, 0), "eval.seeds"),
+    ("eval.seeds", (0, -1), "eval.seeds"),
 ]
 
 

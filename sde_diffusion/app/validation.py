@@ -98,6 +98,7 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     require(isinstance(seeds, (tuple, list)) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
                                                      for v in seeds), "eval.seeds",
             "must be a tuple of integers >= 0, e.g. (0,1,2); () = (seed,)", seeds)
+    require(len(set(seeds)) == len(seeds), "eval.seeds", "must not repeat a seed (the same samples twice)", seeds)
     _validate_device(config.device)
     threads = config.get("threads", 0)
     require(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0, "threads",
