@@ -141,3 +141,12 @@ def test_every_documented_command_runs(doc, places, tmp_path):
         assert result.returncode == 0, f"{doc.name}: `{command}` failed:\n{result.stderr[-1500:]}"
         ran += 1
     assert ran or not any(c for c in doc_commands(doc) if not c.startswith(NOT_RUN))
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_every_local_link_and_picture_of_the_docs_exists(doc):
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", doc.read_text())
+    local = [link for link in links if not re.match(r"[a-z]+://", link)]
+    missing = [link for link in local if not (doc.parent / link).exists()]
+    assert local or doc.name != "README.md"  # the README does link its pictures and docs
+    assert not missing, f"{doc.name} links to files that do not exist: {missing}"
