@@ -28,6 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*` and processes.py's rows
 
 from benchmarks.processes import ROWS, row_config  # noqa: E402
+from sde_diffusion import checkpoints  # noqa: E402
 from sde_diffusion.app.config import build_sde, sampler_spec  # noqa: E402
 from sde_diffusion.app.modes import run_eval  # noqa: E402
 
@@ -43,13 +44,9 @@ def eval_report(config, workdir: Path, nfe: int, num_samples: int, seeds) -> dic
     pattern = f"eval_*_{call}_{num_samples}x_seed{'-'.join(map(str, seeds))}.json"
     for kept in sorted((workdir / "eval").glob(pattern)):
         report = json.loads(kept.read_text())
-        if report["step"] == _newest_step(workdir):
+        if report["step"] == max(checkpoints.snapshot_steps(workdir)):
             return report
     return run_eval(config, workdir)
-
-
-def _newest_step(workdir: Path) -> int:
-    return max(int(path.stem.split("_")[1]) for path in (workdir / "checkpoints").glob("checkpoint_*.pth"))
 
 
 def table(reports: dict, nfes, key: str = "fd_digits") -> str:
@@ -86,7 +83,7 @@ def main() -> None:
     reports = {}
     for name, module, overrides, _ in ROWS:
         workdir = args.root / name
-        if not (workdir / "checkpoints").is_dir():
+        if not checkpoints.snapshot_steps(workdir):
             raise SystemExit(f"error: no trained row {name} in {workdir}: run benchmarks/processes.py first")
         reports[name] = {}
         for nfe in nfes:

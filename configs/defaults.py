@@ -95,8 +95,7 @@ def get_base_config():
     evaluate.bpd_rtol = 1e-5
     evaluate.bpd_atol = 1e-5
     evaluate.inception_path = ""          # clean-fid's inception-2015-12-05.pt, for FID/KID; "" = the cache folder's
-    evaluate.download_inception = True    # "" and not in the cache folder: fetch it there once, as clean-fid
-                                          # does (and clean-fid's named statistics); False: never download
+    evaluate.download_inception = False   # opt-in: "" and not in the cache folder: fetch it there once
     evaluate.fid_reference = "train"      # image FID/KID against: the whole training split's Inception statistics
                                           # (cached in <workdir>/eval), "test", or "cleanfid:NAME:SPLIT" (e.g.
                                           # cleanfid:cifar10:train, clean-fid's published statistics)

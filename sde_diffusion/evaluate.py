@@ -199,7 +199,7 @@ def load_inception(path: Optional[Union[str, os.PathLike]], device: Union[str, t
         else:
             raise FileNotFoundError(
                 f"clean-fid's Inception weights are needed and no path was given: download {INCEPTION_URL} to "
-                f"{cached} (eval.download_inception=True fetches it there), or set eval.inception_path")
+                f"{cached} (or let eval.download_inception=True fetch it there), or set eval.inception_path")
     if os.path.isdir(file):
         file = os.path.join(file, INCEPTION_FILENAME)
     if not os.path.isfile(file):

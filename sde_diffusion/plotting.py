@@ -51,7 +51,12 @@ def save_scatter(samples: torch.Tensor, path, data: Optional[torch.Tensor] = Non
     if title:
         figure.suptitle(title)
     figure.tight_layout()
+    save_figure(figure, path, dpi=100)
+
+
+def save_figure(figure, path, dpi: int = 100) -> None:
+    """Write a matplotlib figure as a PNG, whole or not at all, and close it."""
     try:
-        atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
+        atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=dpi, format="png"))
     finally:
         plt.close(figure)

@@ -27,7 +27,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from tqdm import tqdm
 
-from .output_files import atomic_write, write_text_atomic
+from .output_files import write_text_atomic
 from .sampling import SamplerSpec, parse_spec, sample
 from .sdes import SDE, ScoreFn
 
@@ -117,8 +117,8 @@ def _columns(rows: Sequence[dict]) -> List[str]:
 def plot_study(rows: Sequence[dict], path, metric_keys: Union[str, Sequence[str]], title: str = "") -> None:
     """Panels against NFE, log-log, two to a row: each metric in `metric_keys` (its absolute
     value) and the wall seconds; one line per sampler spec, the legend below."""
-    import matplotlib
-    matplotlib.use("Agg")
+    from .plotting import save_figure  # first: it sets the Agg backend (files only)
+
     import matplotlib.pyplot as plt
 
     keys = [metric_keys] if isinstance(metric_keys, str) else list(metric_keys)
@@ -149,10 +149,7 @@ def plot_study(rows: Sequence[dict], path, metric_keys: Union[str, Sequence[str]
     figure.legend(*axes[0].get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=7, frameon=False)
     figure.suptitle(title, fontsize=9)
     figure.tight_layout(rect=(0, legend_height, 1, 1))
-    try:
-        atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
-    finally:
-        plt.close(figure)
+    save_figure(figure, path, dpi=110)
 
 
 def write_study(rows: Sequence[dict], out_dir, metric_key: Union[str, Sequence[str]], title: str = "",

@@ -123,7 +123,7 @@ def test_an_unknown_fid_reference_is_a_config_error(npz_workdir, value):
         validate_config(config, "eval")
 
 
-def test_eval_without_a_path_fetches_inception_once_into_the_cache_as_clean_fid_does(npz_workdir, monkeypatch):
+def test_eval_without_a_path_fetches_inception_once_into_the_cache_when_allowed(npz_workdir, monkeypatch):
     import io
     import urllib.request
 
@@ -133,7 +133,7 @@ def test_eval_without_a_path_fetches_inception_once_into_the_cache_as_clean_fid_
     stand_in = (workdir.parent / INCEPTION_FILENAME).read_bytes()
     config.eval.update(inception_path="", fid_reference="test")
     monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(workdir.parent / "cache"))
-    config.eval.download_inception = False  # forbidden, and not in the cache: one line saying where
+    config.eval.download_inception = False  # the default, and not in the cache: one line saying where
     with pytest.raises(FileNotFoundError) as refused:
         run_eval(config, workdir)
     assert "\n" not in str(refused.value) and inception_cache_file() in str(refused.value)
@@ -146,7 +146,7 @@ def test_eval_without_a_path_fetches_inception_once_into_the_cache_as_clean_fid_
         return io.BytesIO(stand_in)
 
     monkeypatch.setattr(urllib.request, "urlopen", serve)
-    config.eval.download_inception = True  # the default
+    config.eval.download_inception = True  # the opt-in
     first = run_eval(config, workdir)
     assert fetched == ["https://nvlabs-fi-cdn.nvidia.com/stylegan2-ada-pytorch/pretrained/metrics/inception-2015-12-05.pt"]
     assert open(inception_cache_file(), "rb").read() == stand_in

@@ -31,7 +31,7 @@ def quality_metric_for(config, test: torch.Tensor, device, mixture=None, workdir
         kind = "images" if is_image_data(config) else "points"
     return quality_metric(kind, test, device, seed=config.seed, image_size=config.data.image_size,
                           inception_path=config.eval.inception_path or None, mixture=mixture, judge=judge,
-                          floor=floor, download_inception=config.eval.get("download_inception", True),
+                          floor=floor, download_inception=config.eval.get("download_inception", False),
                           fid_reference=fid_reference_for(config, workdir, device) if kind == "images" else None)
 
 
@@ -64,7 +64,7 @@ def fid_reference_for(config, workdir, device):
         return None
     if choice[0] == "cleanfid":
         return lambda extractor: cleanfid_statistics(choice[1], choice[2], config.data.image_size,
-                                                     download=config.eval.get("download_inception", True))
+                                                     download=config.eval.get("download_inception", False))
 
     def training_split(extractor):
         weights = config.eval.inception_path or inception_cache_file()
