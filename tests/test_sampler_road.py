@@ -40,7 +40,6 @@ def received(monkeypatch):
             return sampler(score_fn, sde, x, timesteps, generator, **options)
         return recording
     monkeypatch.setitem(SAMPLERS, "pc", spy(SAMPLERS["pc"]))
-    monkeypatch.setattr(controllable, "pc_sampler", spy(controllable.pc_sampler))
     monkeypatch.setattr(controllable, "smc_inpaint_sampler", spy(controllable.smc_inpaint_sampler))
     return calls
 

@@ -254,7 +254,7 @@ def _validate_study(config) -> None:
 
 def _validate_controllable(config, mode: str) -> None:
     from ..sampling.masks import MASKS, is_mask_name
-    from ..sampling.controllable import CONDITIONINGS, pc_spec
+    from ..sampling.controllable import CONDITIONINGS, conditioning_spec
 
     require(is_image_data(config), "data.dataset", f"--mode {mode} needs image data", config.data.dataset)
     if mode == "colorize":
@@ -269,13 +269,11 @@ def _validate_controllable(config, mode: str) -> None:
     require(conditioning in CONDITIONINGS, "controllable.conditioning",
              f"must be one of {', '.join(CONDITIONINGS)}", conditioning)
     _positive_int(config, "controllable.particles")
-    require(config.sampling.method == "pc", "sampling.method",
-             f"--mode {mode} runs the pc sampler (its predictor and corrector) with the observation", 
-             config.sampling.method)
     try:
-        pc_spec(sampler_spec(config), None, {}, conditioning)
+        conditioning_spec(sampler_spec(config), None, {}, conditioning)
     except ValueError as error:
-        raise ConfigError(f"config.sampling: {error} (controllable.conditioning={conditioning})") from None
+        raise ConfigError(f"config.sampling.method: {error} (--mode {mode}, "
+                          f"controllable.conditioning={conditioning})") from None
     if conditioning == "smc":
         require(config.sampling.predictor != "none", "sampling.predictor",
                  "controllable.conditioning=smc weights particles by the predictor step; choose a predictor",

@@ -5,6 +5,7 @@ import inspect
 import re
 
 from . import SAMPLER_TRAITS, SAMPLERS, SamplerSpec
+from .registry import HOOK_ARGUMENT
 
 
 def _first_sentence(function) -> str:
@@ -18,7 +19,7 @@ def sampler_table() -> str:
     for name, function in SAMPLERS.items():
         parameters = inspect.signature(function).parameters.values()
         options = ", ".join(f"`{p.name}={p.default!r}`" for p in parameters
-                            if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != "constrain")
+                            if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != HOOK_ARGUMENT)
         spec = SamplerSpec(name)
         traits = SAMPLER_TRAITS[name]
         adaptive = traits.adaptive({})

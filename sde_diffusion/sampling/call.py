@@ -20,7 +20,7 @@ import torch
 
 from ..sdes import SDE, ScoreFn
 from ..utils import Seed, make_generator
-from .registry import SAMPLER_TRAITS, SAMPLERS, CountingScore, SamplerTraits
+from .registry import HOOK_ARGUMENT, SAMPLER_TRAITS, SAMPLERS, CountingScore, SamplerTraits, StepHook, takes_step_hook
 from .schedules import SCHEDULES, get_timesteps
 
 GRID_FIELDS = ("steps", "schedule", "eps")  # spec keys that set the grid, not a sampler option
@@ -28,7 +28,7 @@ GRID_FIELDS = ("steps", "schedule", "eps")  # spec keys that set the grid, not a
 
 def _keyword_options(function) -> list:
     return [name for name, parameter in inspect.signature(function).parameters.items()
-            if parameter.kind == inspect.Parameter.KEYWORD_ONLY]
+            if parameter.kind == inspect.Parameter.KEYWORD_ONLY and name != HOOK_ARGUMENT]
 
 
 def schedule_option_names(schedule: str) -> list:
@@ -211,7 +211,8 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: Union[str,
            steps: Optional[int] = None, generator: Seed = None, *, eps: Optional[float] = None,
            schedule: Optional[str] = None, schedule_options: Optional[dict] = None,
            z: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32,
-           device: Union[str, torch.device, None] = None, **options) -> Tuple[torch.Tensor, int]:
+           device: Union[str, torch.device, None] = None, step_hook: Optional[StepHook] = None,
+           **options) -> Tuple[torch.Tensor, int]:
     """Draw samples of `shape` ([B, ...]) by `method` with `steps` steps; returns (x, nfe).
 
     method: a sampler's name (then steps, eps, schedule, schedule_options and options describe
@@ -221,7 +222,8 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: Union[str,
     still finite); schedule: the grid's spacing (`schedules.SCHEDULES`), with
     `schedule_options` (karras: rho; logsnr: power); z: start from this latent instead of a
     prior sample (decoding with `ode`); generator: an int seed or a torch.Generator that makes
-    the run reproducible; options: the sampler's own.
+    the run reproducible; step_hook: a `registry.StepHook` the sampler calls along its steps
+    (conditioning, progress), ValueError for a sampler that takes none; options: the sampler's own.
     """
     if isinstance(method, SamplerSpec):
         if steps is not None or eps is not None or schedule is not None or schedule_options or options:
@@ -232,8 +234,20 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: Union[str,
                            eps=eps, options=options)
     spec = spec.resolved(sde=sde)
     counted, x, timesteps, generator = start(score_fn, sde, shape, spec, generator, z=z, dtype=dtype, device=device)
-    x = SAMPLERS[spec.method](counted, sde, x, timesteps, generator, **spec.options)
+    x = SAMPLERS[spec.method](counted, sde, x, timesteps, generator, **spec.options, **hook_keyword(spec, step_hook))
     return x, counted.calls
+
+
+def hook_keyword(spec: SamplerSpec, step_hook: Optional[StepHook]) -> dict:
+    """{step_hook: ...} for the sampler call, {} without a hook; ValueError where the sampler
+    picks its own steps inside a solver and so has none to hook."""
+    if step_hook is None:
+        return {}
+    if not takes_step_hook(spec.method):
+        hooked = ", ".join(name for name in SAMPLERS if takes_step_hook(name))
+        raise ValueError(f"sampler {spec.method!r} takes no step hook (it picks its own steps inside a solver); "
+                         f"samplers that do: {hooked}")
+    return {HOOK_ARGUMENT: step_hook}
 
 
 def start(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], spec: SamplerSpec, generator: Seed = None, *,

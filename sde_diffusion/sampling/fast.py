@@ -20,7 +20,7 @@ import torch
 
 from ..sdes import SDE
 from ..utils import randn
-from .registry import register_sampler
+from .registry import StepHook, register_sampler, run_hook
 
 
 class _Grid(NamedTuple):
@@ -56,7 +56,8 @@ def data_prediction(score_fn, x: torch.Tensor, t, alpha, sigma) -> torch.Tensor:
 # "Samplers"): DDIM's own quadratic grid.
 @register_sampler("ddim", schedule="quadratic", deterministic=lambda options: options.get("eta", 0.0) == 0)
 def ddim_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
-                 generator: Optional[torch.Generator] = None, *, eta: float = 0.0) -> torch.Tensor:
+                 generator: Optional[torch.Generator] = None, *, eta: float = 0.0,
+                 step_hook: Optional[StepHook] = None) -> torch.Tensor:
     """DDIM (Song et al. 2021a, eq. 12) for any Gaussian kernel: from t to s,
 
         x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps + c z,
@@ -69,6 +70,7 @@ def ddim_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
         raise ValueError(f"eta must be >= 0, got {eta}")
     grid = _grid(sde, timesteps)
     n = len(grid.times)
+    x = run_hook(step_hook, x, grid.times[0])
     for k in range(n):
         alpha_t, sigma_t = grid.alphas[k], grid.sigmas[k]
         x0 = data_prediction(score_fn, x, grid.times[k], alpha_t, sigma_t)
@@ -82,6 +84,7 @@ def ddim_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
         x = alpha_s * x0 + math.sqrt(sigma_s ** 2 - noise_std ** 2) * eps
         if noise_std > 0:
             x = x + noise_std * randn(x.shape, generator, x)
+        x = run_hook(step_hook, x, grid.times[k + 1], x0)
     return x
 
 
@@ -92,7 +95,7 @@ def ddim_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
 def heun_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                  generator: Optional[torch.Generator] = None, *, churn: float = 0.0,
                  churn_min: float = 0.0, churn_max: float = math.inf,
-                 churn_noise: float = 1.0) -> torch.Tensor:
+                 churn_noise: float = 1.0, step_hook: Optional[StepHook] = None) -> torch.Tensor:
     """Heun's 2nd-order method with optional stochastic churn (Karras et al. 2022, Algorithm 2).
 
     It works on y = x / alpha_t, whose noise level is sigma~ = sigma_t / alpha_t: the
@@ -113,7 +116,7 @@ def heun_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
         alpha, sigma = (c.item() for c in sde.marginal_coefs(torch.tensor(t, dtype=torch.float64)))
         return data_prediction(score_fn, alpha * y, t, alpha, sigma)
 
-    y = x / grid.alphas[0]
+    y = run_hook(step_hook, x, grid.times[0]) / grid.alphas[0]
     for k in range(n):
         level, next_level = noise_levels[k], noise_levels[k + 1]
         gamma = gamma_max if churn_min <= level <= churn_max else 0.0
@@ -132,6 +135,8 @@ def heun_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                                       grid.alphas[k + 1], grid.sigmas[k + 1])
             slope_next = (y_next - x0_next) / next_level
             y_next = y + (next_level - level) * 0.5 * (slope + slope_next)
+            # The hook sees x = alpha y at the step's end, and y goes on from what it returns.
+            y_next = run_hook(step_hook, grid.alphas[k + 1] * y_next, grid.times[k + 1], x0) / grid.alphas[k + 1]
         y = y_next
     return y  # alpha = 1 at the data
 
@@ -143,7 +148,8 @@ def heun_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                   deterministic=lambda options: options.get("eta", 0.0) == 0)
 def dpm_solver_pp_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                           generator: Optional[torch.Generator] = None, *, order: int = 2,
-                          eta: float = 0.0, unipc: bool = False) -> torch.Tensor:
+                          eta: float = 0.0, unipc: bool = False,
+                          step_hook: Optional[StepHook] = None) -> torch.Tensor:
     """Multistep DPM-Solver++ in the data prediction (Lu et al. 2022b), orders 1 to 3; eta > 0 is
     its SDE variant (eta = 1: DPM-Solver++(2M) SDE, their eq. for the SDE solver).
 
@@ -172,7 +178,7 @@ def dpm_solver_pp_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.
     n = len(grid.times)
     lam = grid.half_log_snr
     history: List[torch.Tensor] = []  # x0 at the latest grid times, newest last
-    x_previous = x
+    x_previous = x = run_hook(step_hook, x, grid.times[0])
     for k in range(n):
         x0 = data_prediction(score_fn, x, grid.times[k], grid.alphas[k], grid.sigmas[k])
         if k == n - 1:
@@ -180,6 +186,8 @@ def dpm_solver_pp_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.
         if unipc and history:
             # At most quadratic: a cubic through one more x0 measured worse at 15-20 NFE.
             x = _corrected(x_previous, x0, history[-2:], lam, grid, k)
+            if step_hook is not None:  # the corrector recomputed x: the hook acts on it again
+                x = run_hook(step_hook, x, grid.times[k], x0)
         x_previous = x
         history = (history + [x0])[-max(order, 2 if unipc else 1):]
         x0_steps = history[-order:]
@@ -200,6 +208,7 @@ def dpm_solver_pp_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.
             x = x + alpha_s * (phi_2 * d1 - phi_3 * d2)
         if eta > 0:
             x = x + sigma_s * math.sqrt(-math.expm1(-2 * eta * h)) * randn(x.shape, generator, x)
+        x = run_hook(step_hook, x, grid.times[k + 1], x0)
     return x
 
 

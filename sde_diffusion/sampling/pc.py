@@ -21,7 +21,7 @@ import torch
 
 from ..sdes import SDE
 from ..utils import Registry, randn
-from .registry import register_sampler
+from .registry import StepHook, register_sampler, run_hook
 
 PREDICTORS: Registry = Registry("predictor")
 CORRECTORS: Registry = Registry("corrector")
@@ -158,7 +158,7 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                generator: Optional[torch.Generator] = None, *, predictor: str = "reverse_diffusion",
                corrector: str = "langevin", snr: float = 0.16, corrector_steps: int = 1,
                corrector_first: bool = False, denoise: bool = True,
-               constrain: Optional[Callable] = None) -> torch.Tensor:
+               step_hook: Optional[StepHook] = None) -> torch.Tensor:
     """Predictor-corrector sampling along `timesteps` (Song et al. 2021, Algorithm 1).
 
     At each grid point t_k the predictor steps from t_k toward t_{k+1} (the last step goes
@@ -170,18 +170,18 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
     len(timesteps) - 1 - k of the SDE's chain respaced to len(timesteps) steps, and their grid
     is the chain's times (sde.chain_time) rather than `timesteps`, whose eps they ignore.
     `denoise` returns the last noise-free mean instead of adding the last step's noise.
-    `constrain(x, t, generator) -> x`, when given, is applied to the start and after the
-    predictor and after every single corrector MCMC step, with t the time x is at (the next
-    step's score time): the hook of controllable generation (`sampling.controllable`).
+    `step_hook` (`registry.StepHook`) acts on the start and after the predictor and after every
+    single corrector MCMC step, with t the time x is at (the next step's score time) and no
+    data prediction (PC's steps use the score).
     """
     steps = len(timesteps)
     # Schedules are data: Python floats and per-step time vectors, made before the loop.
     sde, index, x_coefs, score_coefs, noise_stds, timesteps = plan_predictor(sde, timesteps, predictor)
     predicts = x_coefs is not None
     make_corrector = CORRECTORS.get_or_raise(corrector)
-    # A constraint acts after each MCMC step: the corrector is then built for one step and
-    # called corrector_steps times, which is the same chain.
-    mcmc_steps, repeats = (1, corrector_steps) if constrain is not None else (corrector_steps, 1)
+    # A hook acts after each MCMC step: the corrector is then built for one step and called
+    # corrector_steps times, which is the same chain.
+    mcmc_steps, repeats = (1, corrector_steps) if step_hook is not None else (corrector_steps, 1)
     if corrector_first:
         correct = make_corrector(sde, timesteps, index, snr, mcmc_steps)
     else:  # the corrector acts after step k, at the next grid point
@@ -191,11 +191,10 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
     def correct_at(x, k, t):
         for _ in range(repeats):
             x, x_mean = correct(score_fn, x, k, t, generator)
-            if constrain is not None:
-                x = constrain(x, t, generator)
+            x = run_hook(step_hook, x, t)
         return x, x_mean
 
-    x_mean = x = constrain(x, t_batch[0], generator) if constrain is not None else x
+    x_mean = x = run_hook(step_hook, x, t_batch[0])
     for k in range(steps):
         if correct is not None and corrector_first:
             x, x_mean = correct_at(x, k, t_batch[k])
@@ -203,9 +202,8 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
             x_mean = torch.add(x * x_coefs[k], score_fn(x, t_batch[k]), alpha=score_coefs[k])
             x = x_mean + randn(x.shape, generator, x) * noise_stds[k] if noise_stds[k] else x_mean
         if k == steps - 1:
-            break  # at t = 0: no constraint (the caller sets the observed part) and no corrector
-        if constrain is not None:
-            x = constrain(x, t_batch[k + 1], generator)
+            break  # at t = 0: no hook (the caller has the result) and no corrector
+        x = run_hook(step_hook, x, t_batch[k + 1])
         if correct is not None and not corrector_first:
             x, x_mean = correct_at(x, k, t_batch[k + 1])
     return x_mean if denoise else x

@@ -11,11 +11,17 @@ The registration also declares the sampler's traits (`SamplerTraits`): its defau
 (schedule, schedule options, eps), whether it picks its own steps (adaptive), whether it is
 deterministic for given options, and how many score evaluations a grid of `steps` costs. The
 defaults are the sampler's best known setting, chosen by measurement (README, "Samplers").
+
+A sampler that steps along its grid takes a keyword `step_hook` (a `StepHook`): conditioning
+(inpainting's replacement, colorization), progress and trajectory capture act through it with
+every such sampler, instead of being written into one of them. Samplers that pick their own
+steps inside a solver (`ode`, `adaptive_sde`) have no steps to hook and do not take one.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Mapping
+import inspect
+from typing import Callable, Dict, Mapping, Optional, Protocol
 
 import torch
 
@@ -50,6 +56,34 @@ class SamplerTraits:
 
 
 SAMPLER_TRAITS: Dict[str, SamplerTraits] = {}
+
+HOOK_ARGUMENT = "step_hook"  # the keyword a sampler takes its StepHook by; not a sampler option
+
+
+class StepHook(Protocol):
+    """Called by a sampler at its start and after each step but the last (whose result the
+    caller receives): `hook(x, t, denoised) -> x'` with x the state at time t ([B]), denoised
+    the data prediction E[x_0 | x_t] the step was computed from (None at the start and where
+    a step has none, as in PC's score steps); it returns the x to go on from (or None: x
+    unchanged). The k-diffusion callback and diffusers' step callbacks, with write access."""
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor,
+                 denoised: Optional[torch.Tensor]) -> Optional[torch.Tensor]: ...
+
+
+def takes_step_hook(method: str) -> bool:
+    """Whether the sampler `method` takes a `StepHook` (declared by its `step_hook` keyword)."""
+    return HOOK_ARGUMENT in inspect.signature(SAMPLERS.get_or_raise(method)).parameters
+
+
+def run_hook(hook: Optional[StepHook], x: torch.Tensor, t, denoised: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x after `hook` (x itself without a hook, or when the hook returns None); t a float, a
+    0-d or a [B] tensor, handed to the hook as [B]."""
+    if hook is None:
+        return x
+    t = torch.as_tensor(t, dtype=x.dtype, device=x.device).expand(x.shape[0])
+    replaced = hook(x, t, denoised)
+    return x if replaced is None else replaced
 
 
 def register_sampler(name: str, **traits) -> Callable:
