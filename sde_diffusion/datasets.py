@@ -37,7 +37,11 @@ def derive_seed(*parts) -> int:
 
 
 class ArrayDataset(torch.utils.data.Dataset):
-    """A data set held in memory: `data` [N, ...] float32 and `labels` [N] int64."""
+    """A data set held in memory: `data` [N, ...] float32 and `labels` [N] int64.
+    `fingerprint`: a digest of the contents of the user's own data (folders, .npz), which a
+    resumed run compares with its checkpoint's; None for the published sets."""
+
+    fingerprint = None
 
     def __init__(self, data: torch.Tensor, labels: torch.Tensor):
         if data.shape[0] != labels.shape[0]:
@@ -294,25 +298,41 @@ def load_cifar10(split: str, *, root=None, image_size: Optional[int] = None, dow
 def load_folder(split: str, *, root=None, image_size: Optional[int] = None, num_channels: int = 3,
                 labels_from: str = "", **ignored) -> ArrayDataset:
     """PNG / JPEG / WebP files under `root` (`image_folder`), resized and centre-cropped, read
-once into a memory-mapped uint8 cache (`image_folder.cached_image_folder`)."""
+once into a memory-mapped uint8 cache (`image_folder.cached_image_folder`). `.fingerprint` is the
+digest of the cache's contents."""
     from .image_folder import cached_image_folder
 
     if root is None or image_size is None:
         raise ValueError("the folder data set needs data.root (the folder) and data.image_size")
-    images, labels = cached_image_folder(root, split, image_size, num_channels, labels_from)
-    return MappedImageDataset(images, torch.from_numpy(labels))
+    images, labels, digest = cached_image_folder(root, split, image_size, num_channels, labels_from)
+    dataset = MappedImageDataset(images, torch.from_numpy(labels))
+    dataset.fingerprint = digest
+    return dataset
 
 
 @register_dataset("npz")
 def load_npz(split: str, *, root=None, image_size: Optional[int] = None, **ignored) -> ArrayDataset:
-    """Images (`x`) and optional `labels` of the .npz file `root` (`image_folder.read_npz_images`)."""
-    from .image_folder import read_npz_images
+    """Images (`x`: uint8 or floats in [0, 1], square, any layout `image_files.to_nchw` takes) and
+    optional `labels` (class indices) of the .npz file `root`; image i is in the test split when
+    a digest of i says so (`image_folder.TEST_FRACTION`). `.fingerprint` is a digest of the split's
+    images and labels as read."""
+    from .image_files import read_npz_images
+    from .image_folder import index_in_split
 
     if root is None:
         raise ValueError("the npz data set needs data.root: the .npz file")
-    images, labels = read_npz_images(root, split)
+    path = Path(root).expanduser()
+    images, labels = read_npz_images(path, lambda count: index_in_split(count, split))
+    if not len(images):
+        raise ValueError(f"the {split} split of {path} is empty")
+    digest = hashlib.blake2b(digest_size=16)
+    for array in (images, labels):
+        digest.update(f"{array.dtype} {array.shape}".encode())
+        digest.update(np.ascontiguousarray(array).tobytes())
     data = torch.from_numpy(np.ascontiguousarray(images))
-    return ArrayDataset(_resize(data, image_size) if image_size else data, torch.from_numpy(labels))
+    dataset = ArrayDataset(_resize(data, image_size) if image_size else data, torch.from_numpy(labels))
+    dataset.fingerprint = digest.hexdigest()
+    return dataset
 
 
 # -- batches -------------------------------------------------------------------------------------

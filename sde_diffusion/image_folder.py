@@ -8,20 +8,25 @@ i-th name). Splits: a folder with `train/` and `test/` subfolders uses them; oth
 goes to the test split with probability TEST_FRACTION, decided by a digest of its path relative
 to the root, so the split is the same on every machine and does not move when images are added
 (a folder too small to put any file there gives the test split the file of lowest digest).
-A file that does not read is skipped with a warning naming it and a count at the end; a folder
-without readable images is an error.
+A file that does not read (a dangling or looping symlink named like an image included) is
+skipped with a warning naming it and a count at the end; a folder without readable images is an
+error. File names are written with control characters escaped, one line per warning.
+
+Pixels keep their whole range: 16-bit gray (PIL's I;16 and I modes) is scaled to 8 bits, not
+clipped; a mode without a known range (floats, signed 16-bit) is refused, naming it.
 
 `cached_image_folder` reads a folder once per split, size and colour into a uint8 .npy file in
 the cache folder (`output_files.cache_folder`), named by a digest of every image's path, size and
 modification time and of the settings, and memory-maps it from then on: a changed folder gets a
-new cache, and a data set larger than memory is read a batch at a time.
+new cache, and a data set larger than memory is read a batch at a time. The cache carries
+checksums (`image_cache`): one that fails them is rebuilt with a warning naming it.
 """
 from __future__ import annotations
 
 import hashlib
 import logging
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import List, Tuple
 
 import numpy as np
 
@@ -31,8 +36,22 @@ LABEL_SOURCES = ("", "subfolders")
 log = logging.getLogger(__name__)
 
 
+# The modes PIL converts to RGB or L without losing range (8 bits per channel, palettes, CMYK).
+EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+# 16-bit gray as PNG gives it (PIL reads it as I;16, older versions as the 32-bit I).
+SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+def printable(path) -> str:
+    """`path` with control characters (a newline in a file name) escaped, so it stays on one line."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in str(path))
+
+
 def _images_under(folder: Path) -> List[Path]:
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    """The image files under `folder`, and the symlinks named like one whose target is missing or
+    loops: listed so that reading them fails with a warning instead of vanishing unsaid."""
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES
+                  and (p.is_file() or p.is_symlink()))
 
 
 def split_root(root, split: str) -> Tuple[Path, bool]:
@@ -58,6 +77,12 @@ def _in_test_split(relative: Path) -> bool:
     return _position(relative) < TEST_FRACTION * 1000
 
 
+def index_in_split(count: int, split: str) -> np.ndarray:
+    """Which of `count` indexed items (an .npz's images) are in `split`: item i is in the test
+    split when the digest of "i" says so, as a file's relative path does."""
+    return np.array([_in_test_split(Path(str(i))) == (split == "test") for i in range(count)], dtype=bool)
+
+
 def image_paths(root, split: str) -> List[Path]:
     """The image files of `split` under `root` (see the module docstring). A small folder whose
     digests put no file in the test split gives it the one with the lowest, so that both splits
@@ -79,7 +104,7 @@ def read_image(path: Path, size: int, channels: int) -> np.ndarray:
     from PIL import Image
 
     with Image.open(path) as image:
-        image = image.convert("RGB" if channels == 3 else "L")
+        image = _eight_bit(image).convert("RGB" if channels == 3 else "L")
         width, height = image.size
         scale = size / min(width, height)
         resized = (max(size, round(width * scale)), max(size, round(height * scale)))
@@ -88,6 +113,23 @@ def read_image(path: Path, size: int, channels: int) -> np.ndarray:
         left, top = (resized[0] - size) // 2, (resized[1] - size) // 2
         array = np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
     return array[None] if array.ndim == 2 else array.transpose(2, 0, 1)
+
+
+def _eight_bit(image):
+    """`image` in a mode of 8 bits per channel with its range kept: PIL's own convert clips
+    16-bit gray to 0 or 255, so it is scaled here (65535 -> 255)."""
+    from PIL import Image
+
+    if image.mode in EIGHT_BIT_MODES:
+        return image
+    if image.mode not in SIXTEEN_BIT_MODES:
+        raise ValueError(f"image mode {image.mode} is not supported (supported: 8-bit gray, palette, RGB, "
+                         f"RGBA, CMYK, and 16-bit gray)")
+    values = np.asarray(image).astype(np.int64)
+    if values.size and (values.min() < 0 or values.max() > 65535):
+        raise ValueError(f"image mode {image.mode} holds values in [{values.min()}, {values.max()}], "
+                         f"outside 16-bit gray's [0, 65535]")
+    return Image.fromarray(((values * 255 + 32767) // 65535).astype(np.uint8), "L")
 
 
 def _readable_images(root, split: str, size: int, channels: int, labels_from: str):
@@ -116,13 +158,13 @@ def _readable_images(root, split: str, size: int, channels: int, labels_from: st
                 image = read_image(path, size, channels)
             except Exception as error:  # noqa: BLE001 - PIL raises many kinds for damaged files
                 unreadable += 1
-                log.warning("skipping unreadable image %s: %s", path,
-                            str(error).splitlines()[0] if str(error) else type(error).__name__)
+                log.warning("skipping unreadable image %s: %s", printable(path),
+                            printable(str(error).splitlines()[0] if str(error) else type(error).__name__))
                 continue
             yield image, label
         if unreadable:
             log.warning("%d of the %d image files of the %s split in %s could not be read and were skipped",
-                        unreadable, len(paths), split, folder)
+                        unreadable, len(paths), split, printable(folder))
         if unreadable == len(paths):
             raise ValueError(f"none of the {len(paths)} image files for the {split} split in {folder} could be read")
     return len(paths), each()
@@ -136,70 +178,39 @@ def read_image_folder(root, split: str, size: int, channels: int,
     return np.stack(images), np.asarray(labels, dtype=np.int64), class_names(root) if labels_from else []
 
 
-def read_npz_images(path, split: str) -> Tuple[np.ndarray, np.ndarray]:
-    """(float images [N, C, H, W] in [0, 1], labels [N]) of `split` from an .npz holding `x`
-    (uint8 or floats in [0, 1], any of the layouts `image_files.to_nchw` takes) and optionally
-    `labels`; image i is in the test split when a digest of i says so (TEST_FRACTION)."""
-    from .image_files import read_array, to_nchw
-
-    path = Path(path).expanduser()
-    images = to_nchw(read_array(path, "images"), path).numpy()
-    labels: Optional[np.ndarray] = None
-    with np.load(path, allow_pickle=False) as archive:
-        if "labels" in archive.files:
-            labels = np.asarray(archive["labels"]).astype(np.int64).reshape(-1)
-    if labels is None:
-        labels = np.zeros(len(images), dtype=np.int64)
-    if len(labels) != len(images):
-        raise ValueError(f"{path} holds {len(images)} images but {len(labels)} labels")
-    keep = np.array([_in_test_split(Path(str(i))) == (split == "test") for i in range(len(images))], dtype=bool)
-    if not keep.any():
-        raise ValueError(f"the {split} split of {path} is empty ({len(images)} images)")
-    return images[keep], labels[keep]
-
-
 def _folder_digest(root, split: str, size: int, channels: int, labels_from: str) -> str:
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{split} {size} {channels} {labels_from!r}".encode())
     folder, _ = split_root(root, split)
     for path in image_paths(root, split):
-        stat = path.stat()
+        try:
+            stat = path.stat()
+        except OSError:  # a dangling or looping symlink: its own entry (it is skipped when read)
+            stat = path.lstat()
         digest.update(f"{path.relative_to(folder).as_posix()} {stat.st_size} {stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()
 
 
 def cached_image_folder(root, split: str, size: int, channels: int, labels_from: str = ""):
-    """(uint8 images [N, C, size, size] memory-mapped read-only, int64 labels [N]) of `split`,
-    from the cache when the folder has not changed (module docstring). The cache is written one
-    image at a time into a memory map, so building it needs no more memory than using it."""
-    from .output_files import atomic_write, cache_folder
+    """(uint8 images [N, C, size, size] memory-mapped read-only, int64 labels [N], a digest of
+    their contents) of `split`, from the cache when the folder has not changed and the cache
+    passes its check, else read and cached (module docstring). Building it needs no more memory
+    than one image at a time; temporary files of earlier builds that were cut short are removed."""
+    from .image_cache import CacheCheckError, open_cache, remove_stale_temporaries, write_cache
+    from .output_files import cache_folder
 
-    key = _folder_digest(root, split, size, channels, labels_from)
-    images_path = cache_folder() / "image_folders" / f"{key}.npy"
-    labels_path = images_path.with_suffix(".labels.npy")
-    if not (images_path.is_file() and labels_path.is_file()):
-        count, pairs = _readable_images(root, split, size, channels, labels_from)
-        labels = []
-
-        def write_images(temporary):
-            mapped = np.lib.format.open_memmap(temporary, mode="w+", dtype=np.uint8, shape=(count, channels, size, size))
-            for row, (image, label) in enumerate(pairs):
-                mapped[row] = image
-                labels.append(label)
-            mapped.flush()
-            if len(labels) < count:  # unreadable files were skipped: keep the rows written
-                kept = np.array(mapped[:len(labels)])
-                del mapped
-                with open(temporary, "wb") as file:
-                    np.save(file, kept)
-
-        atomic_write(images_path, write_images)
-        atomic_write(labels_path, lambda temporary: _save_npy(temporary, np.asarray(labels, dtype=np.int64)))
-        log.info("cached the %s split of %s (%d images, %dx%d) in %s", split, root, len(labels), size, size,
-                 images_path)
-    return np.load(images_path, mmap_mode="r"), np.load(labels_path)
-
-
-def _save_npy(path, array: np.ndarray) -> None:
-    with open(path, "wb") as file:  # a file object: np.save would append .npy to the name
-        np.save(file, array)
+    folder = cache_folder() / "image_folders"
+    for path in remove_stale_temporaries(folder):
+        log.warning("removed %s, left by an image cache build that was cut short", printable(path))
+    images_path = folder / f"{_folder_digest(root, split, size, channels, labels_from)}.npy"
+    try:
+        return open_cache(images_path)
+    except FileNotFoundError:
+        pass
+    except CacheCheckError as error:
+        log.warning("rebuilding the image cache %s: %s", printable(images_path), error)
+    count, pairs = _readable_images(root, split, size, channels, labels_from)
+    written = write_cache(images_path, count, (channels, size, size), pairs)
+    log.info("cached the %s split of %s (%d images, %dx%d) in %s", split, printable(root), written, size, size,
+             printable(images_path))
+    return open_cache(images_path, full=True)

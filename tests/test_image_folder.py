@@ -173,3 +173,257 @@ def test_train_and_sample_on_a_folder_end_to_end(tmp_path):
                             f"--workdir={tmp_path / 'other'}"], cwd=ROOT, capture_output=True, text=True,
                            timeout=HANG_TIMEOUT_S)
     assert wrong.returncode == 1 and "must equal the 2 classes" in wrong.stderr.strip().splitlines()[-1]
+
+
+# -- the cache: checked when opened, rebuilt when damaged -----------------------------------------
+def _folder_with_cache(tmp_path, monkeypatch, count=6):
+    monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    write_images(tmp_path / "pictures" / "train", count, (9, 7))
+    write_images(tmp_path / "pictures" / "test", 2, (9, 7), seed=1)
+    dataset = load_dataset("folder", "train", root=tmp_path / "pictures", image_size=4, num_channels=3)
+    (images_path,) = [p for p in (tmp_path / "cache" / "image_folders").glob("*.npy") if ".labels" not in p.name]
+    return dataset, images_path
+
+
+def _damage_zero_data(path: Path) -> None:
+    """What the issue did: the data bytes zeroed, the .npy header kept."""
+    content = bytearray(path.read_bytes())
+    header = 10 + int.from_bytes(content[8:10], "little")
+    content[header:] = bytes(len(content) - header)
+    path.write_bytes(bytes(content))
+
+
+@pytest.mark.parametrize("damage", ["zeroed data", "truncated", "labels overwritten", "sums missing"])
+def test_a_damaged_cache_is_rebuilt_with_one_warning_naming_it(tmp_path, monkeypatch, caplog, damage):
+    dataset, images_path = _folder_with_cache(tmp_path, monkeypatch)
+    good = np.array(dataset.images)
+    labels_path = images_path.with_name(images_path.name.replace(".npy", ".labels.npy"))
+    if damage == "zeroed data":
+        _damage_zero_data(images_path)
+    elif damage == "truncated":
+        images_path.write_bytes(images_path.read_bytes()[:-10])
+    elif damage == "labels overwritten":
+        labels_path.write_bytes(labels_path.read_bytes()[:-8] + np.int64(3).tobytes())
+    else:
+        images_path.with_name(images_path.name.replace(".npy", ".sums.json")).unlink()
+    with caplog.at_level(logging.WARNING):
+        again = load_dataset("folder", "train", root=tmp_path / "pictures", image_size=4, num_channels=3)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "rebuilding the image cache" in warnings[0] and str(images_path) in warnings[0]
+    assert (np.array(again.images) == good).all() and again.fingerprint == dataset.fingerprint
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # rebuilt once: read quietly from then on
+        load_dataset("folder", "train", root=tmp_path / "pictures", image_size=4, num_channels=3)
+    assert not caplog.records
+
+
+def test_the_sampled_check_finds_one_damaged_chunk_the_full_check_always(tmp_path, monkeypatch):
+    from sde_diffusion import image_cache
+
+    monkeypatch.setattr(image_cache, "CHUNK_BYTES", 64)  # 48-byte images: many chunks
+    dataset, images_path = _folder_with_cache(tmp_path, monkeypatch, count=60)
+    content = bytearray(images_path.read_bytes())
+    content[image_cache.HEADER_BYTES + 64 * 20 + 5] ^= 0xFF  # one byte of chunk 20 of ~45
+    images_path.write_bytes(bytes(content))
+    with pytest.raises(image_cache.CacheCheckError, match="do not match their checksum"):
+        image_cache.open_cache(images_path, full=True)
+    monkeypatch.setenv(image_cache.VERIFY_ENV, "full")
+    with pytest.raises(image_cache.CacheCheckError):
+        image_cache.open_cache(images_path)
+    monkeypatch.delenv(image_cache.VERIFY_ENV)
+    found = 0
+    for _ in range(40):  # 8 of ~43 inner chunks a time: found about every fifth open
+        try:
+            image_cache.open_cache(images_path)
+        except image_cache.CacheCheckError:
+            found += 1
+    assert 0 < found < 40
+
+
+def test_stale_cache_temporaries_are_removed_live_ones_kept(tmp_path, monkeypatch, caplog):
+    import fcntl
+    import os
+
+    dataset, images_path = _folder_with_cache(tmp_path, monkeypatch)
+    folder = images_path.parent
+    stale = folder / f".{images_path.name}.abc123.tmp"  # what a SIGKILLed build leaves
+    stale.write_bytes(b"\x93NUMPY half")
+    live = folder / ".other.npy.def456.tmp"
+    live.write_bytes(b"being written")
+    handle = os.open(live, os.O_RDONLY)
+    fcntl.flock(handle, fcntl.LOCK_EX)  # another process building its cache now
+    try:
+        with caplog.at_level(logging.WARNING):
+            load_dataset("folder", "train", root=tmp_path / "pictures", image_size=4, num_channels=3)
+    finally:
+        os.close(handle)
+    assert not stale.exists() and live.exists()
+    assert f"removed {stale}, left by an image cache build that was cut short" in caplog.text
+
+
+def test_a_full_disk_is_one_error_naming_the_cache_and_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    from sde_diffusion.output_files import WriteError
+
+    monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path / "cache"))
+    write_images(tmp_path / "pictures", 20, (9, 7))
+
+    class FullDisk:
+        """A file whose writes fail with ENOSPC after 300 bytes, as a full disk's do."""
+
+        def __init__(self, file):
+            self.file, self.written = file, 0
+
+        def write(self, data):
+            self.written += len(data)
+            if self.written > 300:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return self.file.write(data)
+
+        def __getattr__(self, name):
+            return getattr(self.file, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return self.file.__exit__(*exc)
+
+    from sde_diffusion import image_cache
+
+    opened = image_cache._open_locked_temporary
+
+    def full_disk(path):
+        file, name = opened(path)
+        return FullDisk(file), name
+
+    monkeypatch.setattr(image_cache, "_open_locked_temporary", full_disk)
+    with pytest.raises(WriteError, match=r"^no space left on device writing .*image_folders/[0-9a-f]+\.npy$"):
+        load_dataset("folder", "train", root=tmp_path / "pictures", image_size=4, num_channels=3)
+    assert not list((tmp_path / "cache" / "image_folders").iterdir())  # the real disk: test_bad_input_data
+
+
+# -- what a pixel is: every mode's whole range ---------------------------------------------------
+def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
+    values = np.array([[0, 257, 32768, 65535]] * 4, dtype=np.uint16)
+    Image.fromarray(values).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as image:
+        assert image.mode.startswith("I")
+    gray = read_image(tmp_path / "deep.png", 4, 1)[0, 0]
+    assert gray.tolist() == [0, 1, 128, 255]  # mid-gray stays mid-gray (it read 255 before)
+    assert read_image(tmp_path / "deep.png", 4, 3)[:, 0, 2].tolist() == [128, 128, 128]
+    from sde_diffusion.image_folder import _eight_bit  # older Pillows read 16-bit PNGs as mode I
+
+    as_int = _eight_bit(Image.fromarray(values.astype(np.int32), "I"))
+    assert as_int.mode == "L" and np.asarray(as_int)[0].tolist() == [0, 1, 128, 255]
+
+
+def test_every_eight_bit_mode_keeps_its_pixels(tmp_path):
+    gray = np.array([[0, 64, 128, 255]] * 4, dtype=np.uint8)
+    for mode in ("L", "LA", "P", "RGB", "RGBA", "CMYK"):
+        Image.fromarray(gray, "L").convert(mode).save(tmp_path / f"{mode}.{'jpg' if mode == 'CMYK' else 'png'}",
+                                                    **({"quality": 100} if mode == "CMYK" else {}))
+    for path in tmp_path.iterdir():
+        read = read_image(path, 4, 1)[0, 0].astype(int)
+        assert np.abs(read - gray[0]).max() <= 3, (path.name, read)
+
+
+def test_modes_without_a_known_range_are_refused_naming_the_mode(tmp_path):
+    from sde_diffusion.image_folder import _eight_bit
+
+    with pytest.raises(ValueError, match="image mode F is not supported"):
+        _eight_bit(Image.fromarray(np.zeros((2, 2), np.float32)))
+    with pytest.raises(ValueError, match="outside 16-bit gray's"):
+        _eight_bit(Image.fromarray(np.full((2, 2), 70000, np.int32), "I"))
+
+
+# -- files that do not read are said, one line each ------------------------------------------------
+def test_broken_symlinks_and_odd_names_are_warned_on_one_line(tmp_path, caplog):
+    write_images(tmp_path / "train", 3, (4, 4))
+    (tmp_path / "test").mkdir()
+    write_images(tmp_path / "test", 1, (4, 4))
+    (tmp_path / "train" / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (tmp_path / "train" / "loop.png").symlink_to(tmp_path / "train" / "loop.png")
+    (tmp_path / "train" / "two\nlines.png").write_text("not a png")
+    with caplog.at_level(logging.WARNING):
+        images, _, _ = read_image_folder(tmp_path, "train", 4, 3)
+    assert len(images) == 3
+    warnings = [r.getMessage() for r in caplog.records]
+    assert all("\n" not in w for w in warnings), warnings
+    assert any("dangling.png" in w for w in warnings) and any("loop.png" in w for w in warnings)
+    assert any("two\\nlines.png" in w for w in warnings)
+    assert "3 of the 6 image files of the train split" in caplog.text
+
+
+# -- .npz inputs: headers checked before anything is read --------------------------------------------
+def write_npz_claiming(path: Path, shape, dtype="<f4", data: bytes = b"") -> None:
+    """An .npz whose x.npy header claims `shape` but holds only `data`: what a crafted file is."""
+    import io
+    import zipfile
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": tuple(shape)})
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x.npy", header.getvalue() + data)
+
+
+def test_npz_claiming_terabytes_is_refused_from_its_header(tmp_path):
+    from sde_diffusion.image_files import read_array
+
+    write_npz_claiming(tmp_path / "huge.npz", (1_000_000, 3, 512, 512))
+    assert (tmp_path / "huge.npz").stat().st_size < 400
+    with pytest.raises(ValueError, match=r"huge.npz: array 'x' claims shape \(1000000, 3, 512, 512\) float32 "
+                                         r"\(2.86 TiB\) but holds 128 bytes"):
+        read_array(tmp_path / "huge.npz", "images")
+    with pytest.raises(ValueError, match="claims shape"):
+        load_dataset("npz", "train", root=tmp_path / "huge.npz", image_size=8)
+
+
+def test_npz_over_the_budget_is_refused_before_decoding(tmp_path, monkeypatch):
+    from sde_diffusion.image_files import BUDGET_ENV, read_array
+
+    np.savez_compressed(tmp_path / "zeros.npz", x=np.zeros((64, 3, 64, 64), np.float32))  # 3 MiB, a few KiB zipped
+    assert read_array(tmp_path / "zeros.npz", "images").shape == (64, 3, 64, 64)
+    monkeypatch.setenv(BUDGET_ENV, "0.001")
+    with pytest.raises(ValueError, match=r"zeros.npz: array 'x' of shape \(64, 3, 64, 64\) float32 is 3 MiB as "
+                                         r"float32, over the 1.02 MiB budget"):
+        read_array(tmp_path / "zeros.npz", "images")
+
+
+def test_npz_of_text_or_a_bare_npy_is_one_error(tmp_path):
+    from sde_diffusion.image_files import read_array
+
+    np.savez(tmp_path / "text.npz", x=np.array(["a", "b"]))
+    with pytest.raises(ValueError, match="must hold numbers"):
+        read_array(tmp_path / "text.npz", "images")
+    np.save(tmp_path / "bare.npy", np.zeros((2, 4, 4)))
+    (tmp_path / "bare.npy").rename(tmp_path / "bare.npz")
+    with pytest.raises(ValueError, match="bare.npz cannot be read as npz"):
+        read_array(tmp_path / "bare.npz", "images")
+
+
+def test_npz_images_that_are_not_square_are_refused_not_stretched(tmp_path):
+    np.savez(tmp_path / "strips.npz", x=np.zeros((20, 3, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match=r"must be square: shape \(20, 3, 16, 3\) reads as 3 channels of 16x3"):
+        load_dataset("npz", "train", root=tmp_path / "strips.npz", image_size=16)
+
+
+@pytest.mark.parametrize("labels, message", [
+    (np.arange(200) - 1, "must be integers >= 0"),
+    (np.arange(200) / 3, "must be integers >= 0"),
+    (np.zeros((200, 2), np.int64), "one index per image"),
+])
+def test_npz_labels_must_be_class_indices(tmp_path, labels, message):
+    np.savez(tmp_path / "set.npz", x=np.zeros((200, 8, 8), np.uint8), labels=labels)
+    with pytest.raises(ValueError, match=message):
+        load_dataset("npz", "train", root=tmp_path / "set.npz", image_size=8)
+
+
+def test_npz_data_sets_carry_a_fingerprint_of_their_contents(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (50, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", x=images)
+    np.savez_compressed(tmp_path / "b.npz", x=images)  # other bytes, the same data
+    images[3, 0, 0] ^= 1
+    np.savez(tmp_path / "c.npz", x=images)
+    a, b, c = (load_dataset("npz", "train", root=tmp_path / f"{n}.npz").fingerprint for n in "abc")
+    assert a == b and a != c
