@@ -44,8 +44,9 @@ def test_inpaint_mode_keeps_the_observed_pixels(workdir, tmp_path):
     expected = images[..., 0] / 255
     np.testing.assert_allclose(saved["outputs"][:, 0][:, mask], expected[:, mask], atol=1e-6)
     assert not np.allclose(saved["outputs"][:, 0][:, ~mask], expected[:, ~mask], atol=0.05)
-    npz = Path(report["npz"])  # named by the call: mask, conditioning, sampler and steps
-    assert npz.name == "inpaint_2_center_square_replacement_pc_euler_maruyama_none_6steps.npz"
+    npz = Path(report["npz"])  # named by the call: mask, conditioning, sampler and steps, inputs, seed
+    assert npz.name.startswith("inpaint_2_center_square_replacement_pc_euler_maruyama_none_6steps_6x")
+    assert npz.name.endswith("_seed42.npz")
     for suffix in (".png", "_inputs.png", "_outputs.png"):
         assert npz.with_name(npz.stem + suffix).stat().st_size > 500
 
@@ -63,7 +64,7 @@ def test_inpaint_mode_with_smc_particles(workdir, tmp_path):
     mask = saved["mask"][0]
     assert saved["outputs"].shape == (5, 1, 16, 16) and not mask.all() and mask.any()
     np.testing.assert_allclose(saved["outputs"][:, 0][:, mask], images[:, 0][:, mask] / 255, atol=1e-6)
-    assert Path(report["npz"]).name == "inpaint_2_half_right_smc3_pc_euler_maruyama_none_6steps.npz"
+    assert Path(report["npz"]).name.startswith("inpaint_2_half_right_smc3_pc_euler_maruyama_none_6steps_5x")
 
 
 def test_inpaint_mode_reads_a_folder_of_pngs_and_the_test_split(workdir, tmp_path):
@@ -83,12 +84,39 @@ def test_inpaint_mode_reads_a_folder_of_pngs_and_the_test_split(workdir, tmp_pat
     assert np.load(json.loads(result.stdout.strip().splitlines()[-1])["npz"])["outputs"].shape == (6, 1, 16, 16)
 
 
+@pytest.mark.parametrize("method, nfe", [("ddim", 6), ("heun", 11), ("dpm_solver++", 6), ("sde_solver", 5)])
+def test_inpaint_mode_with_every_stepping_sampler(workdir, tmp_path, method, nfe):
+    """The replacement is a step hook: the fast samplers inpaint through main.py as PC does."""
+    images = np.random.default_rng(2).integers(0, 256, size=(4, 1, 16, 16), dtype=np.uint8)
+    np.savez(tmp_path / "images.npz", x=images)
+    result = main_py(f"--workdir={workdir}", "--mode=inpaint", f"--config.controllable.images={tmp_path / 'images.npz'}",
+                     "--config.controllable.mask=half_left", f"--config.sampling.method={method}")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["nfe"] == nfe and Path(report["npz"]).name.startswith(f"inpaint_2_half_left_replacement_{method}_")
+    saved = np.load(report["npz"])
+    mask = saved["mask"][0]
+    np.testing.assert_allclose(saved["outputs"][:, 0][:, mask], images[:, 0][:, mask] / 255, atol=1e-6)
+    assert np.isfinite(saved["outputs"]).all()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--config.sampling.method=ode"], "sampler 'ode' takes no step hook"),
+    (["--config.sampling.method=ddim", "--config.controllable.conditioning=smc"], "not 'ddim'"),
+])
+def test_inpaint_refuses_samplers_that_cannot_take_the_observation(tmp_path, args, message):
+    workdir = tmp_path / "run"
+    result = main_py(f"--workdir={workdir}", "--mode=inpaint", *args)
+    assert result.returncode == 1 and message in result.stderr and "config.sampling.method" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not workdir.exists()
+
+
 @pytest.mark.parametrize("mode, mask, expected", [
     ("inpaint", "random_pixels:0.5", "inpaint_7_random_pixels0.5_replacement_pc_euler_maruyama_none_6steps"),
-    ("inpaint", "/some/folder/My mask.png", "inpaint_7_mask-My mask_replacement_pc_euler_maruyama_none_6steps"),
+    ("inpaint", "/some/folder/My mask.png", "inpaint_7_mask-My mask-"),
     ("colorize", "center_square", "colorize_7_replacement_pc_euler_maruyama_none_6steps"),
 ])
-def test_output_names_carry_the_call_and_no_folders(mode, mask, expected):
+def test_output_names_carry_the_call_the_inputs_and_the_seed_and_no_folders(mode, mask, expected):
     from configs.vp_digits import get_config
     from sde_diffusion.app.config import build_sde
     from sde_diffusion.app.controllable_modes import _output_name
@@ -96,7 +124,18 @@ def test_output_names_carry_the_call_and_no_folders(mode, mask, expected):
     config = get_config()
     config.sampling.steps = 6
     config.controllable.mask = mask
-    assert _output_name(mode, 7, config, build_sde(config)) == expected
+    images, pixels = torch.zeros(3, 1, 4, 4), torch.ones(1, 1, 4, 4, dtype=torch.bool)
+    name = _output_name(mode, 7, config, build_sde(config), images, pixels)
+    assert name.startswith(expected) and name.endswith("_seed42") and "/" not in name
+    others = [_output_name(mode, 7, config, build_sde(config), images[:2], pixels),  # another count
+              _output_name(mode, 7, config, build_sde(config), images + 0.5, pixels)]  # other images
+    config.seed = 1
+    others.append(_output_name(mode, 7, config, build_sde(config), images, pixels))  # another seed
+    config.seed, config.sampling.method = 42, "ddim"
+    others.append(_output_name(mode, 7, config, build_sde(config), images, pixels))  # another sampler
+    if mask.endswith(".png"):
+        others.append(_output_name(mode, 7, config, build_sde(config), images, ~pixels))  # another mask file
+    assert len({name, *others}) == len(others) + 1
 
 
 @pytest.mark.parametrize("args, message", [
@@ -150,6 +189,12 @@ def test_colorize_mode_runs_on_an_untrained_rgb_model(tmp_path):
     assert saved["outputs"].shape == (5, 3, 16, 16) and saved["inputs"].shape == (5, 1, 16, 16)
     np.testing.assert_allclose(saved["inputs"], colour.mean(1, keepdim=True).numpy(), atol=1e-6)
     assert np.isfinite(saved["outputs"]).all() and Path(saved_png(result)).stat().st_size > 500
+    result = main_py(f"--workdir={workdir}", "--mode=colorize", f"--config.controllable.images={tmp_path / 'rgb.npz'}",
+                     "--config.sampling.method=dpm_solver++", *rgb)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["nfe"] == 6 and "_dpm_solver++_6steps_" in report["npz"]
+    assert np.load(report["npz"])["outputs"].shape == (5, 3, 16, 16)
 
 
 def saved_png(result) -> str:

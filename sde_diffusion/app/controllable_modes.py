@@ -1,6 +1,7 @@
-"""`--mode inpaint` and `--mode colorize`: read images and a mask, run the controllable PC
-samplers (`sampling.controllable`, `controllable.conditioning`: replacement, or SMC with
-`controllable.particles` chains per image) on the trained model, write the outputs and grids.
+"""`--mode inpaint` and `--mode colorize`: read images and a mask, run the configured sampler with
+the observation (`sampling.controllable`, `controllable.conditioning`: replacement with any
+sampler that takes a step hook, or SMC with the pc sampler and `controllable.particles` chains
+per image) on the trained model, write the outputs and grids.
 
 Images come from `controllable.images`: an .npz (key `x`, else its first array; uint8 or float
 in [0, 1]; [N, H, W], [N, C, H, W] or [N, H, W, C]), a folder of PNGs, or "" for the data set's
@@ -9,6 +10,7 @@ the sampler fills in) or an .npz / .png file that is 1 (white) where pixels are 
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from pathlib import Path
 
@@ -63,17 +65,24 @@ def _inpaint_options(config) -> dict:
                 particles=config.controllable.particles)
 
 
-def _output_name(mode: str, step, config, sde) -> str:
-    """'inpaint_4000_half_right_smc16_pc_euler_maruyama_langevin_1000steps': the mask, the
-    conditioning and the sampler call, so another call on the same checkpoint keeps its files."""
+def _digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:8]
+
+
+def _output_name(mode: str, step, config, sde, images: torch.Tensor, mask=None) -> str:
+    """'inpaint_4000_half_right_smc16_pc_euler_maruyama_langevin_1000steps_6x3fa0c2d1_seed0': the
+    mask (a mask file's name and a digest of its pixels), the conditioning, the sampler call, the
+    count and a digest of the input images, and the seed, so that another call, input set or
+    seed on the same checkpoint keeps its files."""
     controllable = config.controllable
-    mask = controllable.mask
-    if mask.lower().endswith((".npz", ".png")):  # a mask file: its name, without folders
-        mask = "mask-" + Path(mask).stem
-    parts = [mode, str(step)] + ([mask.replace(":", "")] if mode == "inpaint" else [])
+    mask_name = controllable.mask
+    if mask_name.lower().endswith((".npz", ".png")):  # a mask file: its name, without folders
+        mask_name = "mask-" + Path(mask_name).stem + ("" if mask is None else "-" + _digest(mask))
+    parts = [mode, str(step)] + ([mask_name.replace(":", "")] if mode == "inpaint" else [])
     smc = controllable.conditioning == "smc"
     parts.append(f"smc{controllable.particles}" if smc else controllable.conditioning)
-    return "_".join(parts + [sampler_spec(config).file_tag(sde)])
+    return "_".join(parts + [sampler_spec(config).file_tag(sde), f"{len(images)}x{_digest(images)}",
+                             f"seed{config.seed}"])
 
 
 def _images_per_batch(config) -> int:
@@ -85,7 +94,7 @@ def _images_per_batch(config) -> int:
 
 
 def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
-    """`mode` = "inpaint" or "colorize"; writes <mode>/<mode>_<step>_<call>.npz (outputs, inputs,
+    """`mode` = "inpaint" or "colorize"; writes <mode>/<name>.npz (`_output_name`) (outputs, inputs,
     originals, mask in [0, 1]) and .png grids of the inputs, the outputs and all three."""
     device = select_device(config)
     images = read_images(config)
@@ -121,7 +130,7 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
 
     folder = Path(workdir) / mode
     folder.mkdir(parents=True, exist_ok=True)
-    name = _output_name(mode, step, config, sde)
+    name = _output_name(mode, step, config, sde, images, mask if mode == "inpaint" else None)
     arrays = {"outputs": outputs.numpy(), "inputs": inputs.numpy(), "originals": images.numpy()}
     if mode == "inpaint":
         arrays["mask"] = mask[0].numpy()

@@ -13,7 +13,7 @@ import torch
 import torchsde
 
 from ..sdes import SDE
-from .registry import register_sampler
+from .registry import StepHook, register_sampler, run_hook
 
 
 class _ReverseTimeSDE(torch.nn.Module):
@@ -26,14 +26,21 @@ class _ReverseTimeSDE(torch.nn.Module):
         super().__init__()
         self.reverse_sde, self.forward_sde = sde.reverse(score_fn), sde
         self.shape, self.t_start = shape, t_start
+        self.repeat_last, self.last = False, None
 
     def _time(self, tau, y):
         return (self.t_start - tau).expand(y.shape[0]).to(y.dtype)
 
     def f(self, tau, y):
+        # torchsde evaluates f once at the start of every sdeint call to check shapes, then again
+        # at the same (tau, y) for the first step: with one call per grid interval (a step hook)
+        # that would double the score evaluations, so a repeat of the last call is answered from it.
+        if self.repeat_last and self.last is not None and self.last[0] is y and float(self.last[1]) == float(tau):
+            return self.last[2]
         # d/dtau of x(T - tau) is minus the reverse drift at t = T - tau.
         drift, _ = self.reverse_sde.sde(y.reshape(self.shape), self._time(tau, y))
-        return -drift.reshape(y.shape)
+        self.last = (y, tau, -drift.reshape(y.shape))
+        return self.last[2]
 
     def g(self, tau, y):
         # y * 0 keeps g connected to y, as Milstein's derivative of g with respect to y requires.
@@ -44,12 +51,15 @@ class _ReverseTimeSDE(torch.nn.Module):
 def torchsde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                      generator: Optional[torch.Generator] = None, *, solver: str = "euler",
                      dt: Optional[float] = None, adaptive: bool = False, rtol: float = 1e-3,
-                     atol: float = 1e-3, dt_min: float = 1e-5) -> torch.Tensor:
+                     atol: float = 1e-3, dt_min: float = 1e-5,
+                     step_hook: Optional[StepHook] = None) -> torch.Tensor:
     """Integrate the reverse SDE from timesteps[0] to timesteps[-1] with torchsde.sdeint.
 
     solver: "euler", "milstein" or "srk"; dt: the (initial) step, by default the grid's
     (timesteps[0] - timesteps[-1]) / (len(timesteps) - 1); adaptive: step-size control to
     rtol/atol (torchsde's, by step doubling). The Brownian path is seeded from `generator`.
+    With a `step_hook` the solver runs grid interval by grid interval on the same Brownian
+    path, and the hook acts at each grid time.
     """
     t_start, t_end = float(timesteps[0]), float(timesteps[-1])
     span = torch.tensor([0.0, t_start - t_end], dtype=x.dtype, device=x.device)
@@ -70,6 +80,17 @@ def torchsde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tenso
         # torchsde warns that adaptive Euler may not converge for non-additive noise; ours is
         # additive (g depends on t only) and is declared diagonal only to avoid D x D matrices.
         warnings.filterwarnings("ignore", message="Numerical solution is not guaranteed")
-        ys = torchsde.sdeint(reverse, y0, span, bm=brownian, method=solver, dt=dt,
-                             adaptive=adaptive, rtol=rtol, atol=atol, dt_min=dt_min)
-    return ys[-1].reshape(x.shape)
+        def solve(y, interval):
+            return torchsde.sdeint(reverse, y, interval, bm=brownian, method=solver, dt=dt, adaptive=adaptive,
+                                   rtol=rtol, atol=atol, dt_min=dt_min)[-1]
+        if step_hook is None:
+            return solve(y0, span).reshape(x.shape)
+        taus = (t_start - timesteps.to(torch.float64)).to(x.dtype)
+        taus[-1] = span[1]  # the Brownian interval ends there
+        reverse.repeat_last = True
+        y = run_hook(step_hook, x, timesteps[0]).reshape(y0.shape)
+        for k in range(len(timesteps) - 1):
+            y = solve(y, taus[k:k + 2])
+            if k < len(timesteps) - 2:  # the caller has the last result
+                y = run_hook(step_hook, y.reshape(x.shape), timesteps[k + 1]).reshape(y0.shape)
+    return y.reshape(x.shape)
