@@ -389,5 +389,6 @@ class BatchStream:
     def load_state_dict(self, state: Dict[str, int]) -> None:
         epoch, position = int(state["epoch"]), int(state["position"])
         if epoch < 0 or not 0 <= position <= self.dataset_size:
-            raise ValueError(f"invalid BatchStream state {state} for {self.dataset_size} samples")
+            raise ValueError(f"the saved data position (epoch {epoch}, sample {position}) lies outside the "
+                             f"{self.dataset_size} samples of the training data: the data changed since it was saved")
         self.epoch, self.position = epoch, position

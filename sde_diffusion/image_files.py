@@ -129,21 +129,46 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
-def to_nchw(array: np.ndarray, source) -> torch.Tensor:
-    if array.ndim == 3:  # [N, H, W]: gray
-        array = array[:, None]
-    elif array.ndim == 4 and array.shape[1] not in (1, 3) and array.shape[-1] in (1, 3):
-        array = array.transpose(0, 3, 1, 2)
-    if array.ndim != 4 or array.shape[1] not in (1, 3):
+def _nchw_order(shape: tuple, source) -> Optional[tuple]:
+    """How to read images of `shape` as [N, C, H, W]: None when they are [N, H, W] (gray, a
+    channel axis to add), else the transpose; ValueError naming `source` for any other shape."""
+    order = None
+    if len(shape) == 4:
+        order = (0, 3, 1, 2) if shape[1] not in (1, 3) and shape[-1] in (1, 3) else (0, 1, 2, 3)
+    if len(shape) == 3:
+        nchw = (shape[0], 1, *shape[1:])
+    elif len(shape) == 4 and shape[order[1]] in (1, 3):
+        nchw = tuple(shape[i] for i in order)
+    else:
         raise ValueError(f"images in {source} must be [N, H, W], [N, C, H, W] or [N, H, W, C] with "
-                         f"C = 1 or 3, got shape {array.shape}")
+                         f"C = 1 or 3, got shape {tuple(shape)}")
     # Images are resized to a square without cropping: any other shape would be stretched, and is
     # more often a misread layout (a 16x3 strip of "pixels") than pictures.
-    if array.shape[2] != array.shape[3]:
-        raise ValueError(f"images in {source} must be square: shape {tuple(array.shape)} reads as "
-                         f"{array.shape[1]} channels of {array.shape[2]}x{array.shape[3]} pixels; crop them to "
-                         f"squares or store [N, C, H, W] / [N, H, W, C]")
+    if nchw[2] != nchw[3]:
+        raise ValueError(f"images in {source} must be square: shape {tuple(shape)} reads as "
+                         f"{nchw[1]} channels of {nchw[2]}x{nchw[3]} pixels; crop them to squares first")
+    return order
+
+
+def to_nchw(array: np.ndarray, source) -> torch.Tensor:
+    """[N, H, W], [N, C, H, W] or [N, H, W, C] images (C = 1 or 3, square) as [N, C, H, W]."""
+    order = _nchw_order(array.shape, source)
+    array = array[:, None] if order is None else array.transpose(order)
     return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def check_npz_images(path: Path, what: str) -> tuple:
+    """The shape of the images an .npz holds, checked from its header alone (`npz_header`, the
+    layouts of `to_nchw`): what a config check can afford."""
+    path = Path(path).expanduser()
+    try:
+        shape, _ = npz_header(path, _images_member(path, what), what)
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, ValueError) and str(error).startswith(f"{what} file"):
+            raise
+        raise ValueError(f"{what} file {path} cannot be read as npz: {_first_line(error)}") from None
+    _nchw_order(shape, path)
+    return shape
 
 
 def read_npz_images(path, keep) -> Tuple[np.ndarray, np.ndarray]:

@@ -43,7 +43,7 @@ from .config import build_loss, build_model, build_score_fn, build_sde, is_image
 from .modes import draw_samples, load_dataset_from_config, sample_score_and_labels, save_sample_pictures
 from .progress import Progress, announce, say
 from .signals import StopRequest, StoppedBySignal
-from .workdir_config import check_resume
+from .workdir_config import check_resume, data_fingerprint
 from .workdir_lock import WorkdirLock
 
 
@@ -178,13 +178,14 @@ def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
     generator = torch.Generator(device).manual_seed(config.seed)
 
     step, skipped = 0, 0
+    data = data_fingerprint(train_set)  # stored with each checkpoint: data changed under a resume
     resumed, resumed_path = checkpoints.latest_checkpoint_and_path(workdir, device)
     if resumed is not None:
         missing = [key for key in ("optimizer", "data_stream", "rng") if key not in resumed]
         if missing:
             raise checkpoints.CheckpointError(f"the checkpoint of step {resumed['step']} in {workdir} cannot "
                                               f"resume training (no {', '.join(missing)})")
-        check_resume(resumed, config, resumed_path)
+        data_changed = check_resume(resumed, config, resumed_path, data)
         try:
             model.load_state_dict(resumed["model"])
             ema.load_state_dict(resumed["ema"])
@@ -193,7 +194,10 @@ def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
             first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             raise checkpoints.CheckpointError(f"checkpoint {resumed_path} does not fit this config's model: "
                                               f"{first_line}") from error
-        stream.load_state_dict(resumed["data_stream"])
+        if data_changed:  # resumed despite it: the stored position indexes the old data; next epoch
+            stream.load_state_dict({"epoch": int(resumed["data_stream"]["epoch"]) + 1, "position": 0})
+        else:
+            stream.load_state_dict(resumed["data_stream"])
         _restore_rng(resumed["rng"], generator)
         if resumed.get("grad_scaler"):  # fp16's loss scale; empty when scaling is off
             scaler.load_state_dict(resumed["grad_scaler"])
@@ -219,7 +223,8 @@ def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
             raise NonFiniteError(f"non-finite weights at step {current_step}; not saved, the last checkpoint is kept")
         return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
                 "step": current_step, "data_stream": stream.state_dict(), "rng": _rng_state(generator),
-                "config": config.to_json(), "skipped_steps": skipped, "grad_scaler": scaler.state_dict()}
+                "config": config.to_json(), "skipped_steps": skipped, "grad_scaler": scaler.state_dict(),
+                **({"data": data} if data else {})}
 
     num_classes = config.model.get("num_classes", 0)
     eval_generator = torch.Generator(device)

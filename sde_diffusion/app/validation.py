@@ -208,8 +208,11 @@ def _validate_classes(config) -> None:
              "model.num_classes", "must be an integer >= 0 (0: unconditional)", num_classes)
     dataset = config.data.dataset
     if num_classes:
-        expected = _folder_classes(config) if dataset == "folder" else DATASET_NUM_CLASSES.get(dataset)
-        unread_folder = dataset == "folder" and not config.data.root  # sampling a published network
+        if dataset in ("folder", "npz"):  # the user's own data: the classes its files hold
+            expected = _folder_classes(config) if dataset == "folder" else _npz_classes(config)
+        else:
+            expected = DATASET_NUM_CLASSES.get(dataset)
+        unread_folder = dataset in ("folder", "npz") and not config.data.root  # sampling a published network
         require(expected is not None or unread_folder, "model.num_classes",
                  f"data.dataset {dataset!r} has no class labels, so it must be 0", num_classes)
         require(unread_folder or num_classes == expected, "model.num_classes",
@@ -309,6 +312,17 @@ def _folder_classes(config) -> Optional[int]:
     return len(class_names(data.root)) or None
 
 
+def _npz_classes(config) -> Optional[int]:
+    """The classes of an .npz data set's `labels` (largest label + 1), else None."""
+    from ..image_files import read_npz_labels
+
+    path = Path(config.data.root).expanduser() if config.data.root else None
+    if path is None or not path.is_file():
+        return None
+    labels = read_npz_labels(path)
+    return int(labels.max()) + 1 if labels.size else None
+
+
 def _validate_data_files(config, mode: Optional[str]) -> None:
     data = config.data
     from ..image_folder import LABEL_SOURCES
@@ -319,6 +333,9 @@ def _validate_data_files(config, mode: Optional[str]) -> None:
         kind = "folder of images" if data.dataset == "folder" else ".npz file"
         exists = Path(data.root).expanduser().is_dir() if data.dataset == "folder" else Path(data.root).expanduser().is_file()
         require(bool(data.root) and exists, "data.root", f"must name the {kind} to read", data.root)
+        if data.dataset == "npz":  # its header, before the workdir is touched: size, layout
+            from ..image_files import check_npz_images
+            check_npz_images(Path(data.root).expanduser(), "data.root")
         return
     if data.dataset not in FILE_DATASETS or data.root or not _needs_data(config, mode):
         return

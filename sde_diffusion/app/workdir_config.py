@@ -8,6 +8,10 @@ the learning rate, where the data files are, and the sections that only say how 
 evaluate. Any other change (the SDE and its parameters, the network, the data set and its
 scaling, the loss, batch size, seed, ...) changes what the weights mean or which batches come
 next, and stops the run with one line listing each field with its stored and its new value.
+The user's own data (an image folder, an .npz) may change under the same config: its checkpoint
+also stores a fingerprint of the training split (`data_fingerprint`: size and a digest of the
+contents as read), and images added, removed or altered since are such a change ("data.root's
+train split"); moving or touching the files is not.
 `training.resume_despite_changes=True` resumes anyway and logs every changed field as a warning.
 
 The modes that read a trained workdir (sample, likelihood, eval, study, inpaint, colorize)
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Optional
 
 # Sections or single fields ("section.field", or "field" at the top) that may differ on resume.
 MAY_CHANGE_ON_RESUME = (
@@ -35,6 +40,8 @@ WEIGHT_FIELDS = ("model", "training.sde", "training.continuous", "data.dataset",
                  "data.num_channels", "data.centered")
 # Model fields that change how weights were trained, not what they compute.
 _NOT_WEIGHT_FIELDS = ("model.ema_rate", "model.dropout")
+# How a change of the data's contents is named among the changed fields.
+DATA_FIELD = "data.root's train split"
 
 
 class ConfigChangedError(ValueError):
@@ -76,25 +83,50 @@ def changed_fields(stored: dict, config, keep) -> list:
             if keep(field) and old[field] != new[field]]
 
 
+class _Said(str):
+    """A value written as it is in the refusal (not quoted like a config value)."""
+
+    def __repr__(self) -> str:
+        return str(self)
+
+
+def data_fingerprint(train_set) -> Optional[dict]:
+    """{"size", "digest"} of a training split that has a content fingerprint, else None."""
+    digest = getattr(train_set, "fingerprint", None)
+    return None if digest is None else {"size": len(train_set), "digest": digest}
+
+
+def _data_change(checkpoint: dict, data: Optional[dict]) -> list:
+    """[("data.root's train split", stored, now)] when both sides have a fingerprint and they differ."""
+    stored = checkpoint.get("data") if isinstance(checkpoint, dict) else None
+    if not isinstance(stored, dict) or data is None or stored == data:
+        return []
+
+    def said(fingerprint):
+        return _Said(f"{fingerprint.get('size')} items, contents {str(fingerprint.get('digest'))[:12]}")
+    return [(DATA_FIELD, said(stored), said(data))]
+
+
 def _describe(changes) -> str:
     return "; ".join(f"{field}: {old!r} -> {new!r}" for field, old, new in changes)
 
 
-def check_resume(checkpoint: dict, config, source) -> None:
+def check_resume(checkpoint: dict, config, source, data: Optional[dict] = None) -> bool:
     """Refuse to resume training from `checkpoint` (read from `source`) under a config that
-    changes what the run trains (module docstring); with training.resume_despite_changes,
-    warn instead."""
+    changes what the run trains, or on data whose fingerprint `data` (`data_fingerprint`)
+    differs from the stored one (module docstring); with training.resume_despite_changes,
+    warn instead. Returns whether the data changed (and the run resumes despite it)."""
     stored = stored_config(checkpoint)
-    if stored is None:
-        return
-    changes = changed_fields(stored, config, lambda field: not _matches(field, MAY_CHANGE_ON_RESUME))
+    changes = [] if stored is None else changed_fields(stored, config,
+                                                       lambda field: not _matches(field, MAY_CHANGE_ON_RESUME))
+    changes += _data_change(checkpoint, data)
     if not changes:
-        return
+        return False
     if config.training.get("resume_despite_changes", False):
         for field, old, new in changes:
-            logging.getLogger(__name__).warning("resuming %s despite a changed config field %s: %r -> %r "
+            logging.getLogger(__name__).warning("resuming %s despite a changed %s: %r -> %r "
                                                 "(training.resume_despite_changes)", source, field, old, new)
-        return
+        return any(field == DATA_FIELD for field, _, _ in changes)
     raise ConfigChangedError(f"cannot resume {source}: the config differs from the one it was trained with "
                              f"({_describe(changes)}); use the original values, a new --workdir, or "
                              f"--config.training.resume_despite_changes=True to resume anyway")
