@@ -427,3 +427,24 @@ def test_npz_data_sets_carry_a_fingerprint_of_their_contents(tmp_path):
     np.savez(tmp_path / "c.npz", x=images)
     a, b, c = (load_dataset("npz", "train", root=tmp_path / f"{n}.npz").fingerprint for n in "abc")
     assert a == b and a != c
+
+
+def test_a_build_killed_by_sigkill_leaves_a_temporary_the_next_start_removes(tmp_path):
+    """A real writer: its temporary file is kept while it runs and removed once SIGKILL ended it
+    (the kernel drops its lock with the process)."""
+    import signal
+    from sde_diffusion.image_cache import remove_stale_temporaries
+
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from sde_diffusion import image_cache; "
+        f"file, name = image_cache._open_locked_temporary(Path({str(tmp_path / 'key.npy')!r})); "
+        "file.write(b'half an image'); file.flush(); print(name, flush=True); time.sleep(600)")],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        temporary = Path(writer.stdout.readline().strip())
+        assert temporary.name.startswith(".key.npy.") and temporary.is_file()
+        assert remove_stale_temporaries(tmp_path) == [] and temporary.is_file()  # still being written
+    finally:
+        writer.send_signal(signal.SIGKILL)
+        writer.wait(timeout=HANG_TIMEOUT_S)
+    assert remove_stale_temporaries(tmp_path) == [temporary] and not temporary.exists()
