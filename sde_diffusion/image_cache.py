@@ -118,12 +118,17 @@ def write_cache(images_path: Path, planned: int, row_shape: Tuple[int, ...],
     """Write the cache of `rows` ((uint8 image of `row_shape`, label) pairs, at most `planned`)
     at `images_path` and its labels and sums beside it; returns the number of rows written."""
     labels, chunks = [], []
+    # What a resumed run compares (`app.workdir_config`): the pixels and labels alone, so that
+    # another chunk size or header layout of a later version is not "other data".
+    contents = hashlib.blake2b(digest_size=16)
 
     def write_images(file) -> None:
         file.write(_npy_header((planned, *row_shape)))
         pending = bytearray()
         for image, label in rows:
-            pending += np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+            pixels = np.ascontiguousarray(image, dtype=np.uint8).tobytes()
+            contents.update(pixels)
+            pending += pixels
             labels.append(label)
             while len(pending) >= CHUNK_BYTES:
                 file.write(pending[:CHUNK_BYTES])
@@ -140,11 +145,11 @@ def write_cache(images_path: Path, planned: int, row_shape: Tuple[int, ...],
     labels_path, sums_path = _sibling(images_path, "labels.npy"), _sibling(images_path, "sums.json")
     _write_atomically(images_path, write_images)
     label_array = np.asarray(labels, dtype=np.int64)
+    contents.update(f"{[len(labels), *row_shape]} {label_array.tolist()}".encode())
     _write_atomically(labels_path, lambda file: np.save(file, label_array))
     sums = {"shape": [len(labels), *row_shape], "header_bytes": HEADER_BYTES, "chunk_bytes": CHUNK_BYTES,
             "file_bytes": HEADER_BYTES + len(labels) * int(np.prod(row_shape)), "chunks": chunks,
-            "labels": _chunk_digest(labels_path.read_bytes())}
-    sums["digest"] = _chunk_digest(json.dumps(sums, sort_keys=True).encode())
+            "labels": _chunk_digest(labels_path.read_bytes()), "contents": contents.hexdigest()}
     _write_atomically(sums_path, lambda file: file.write(json.dumps(sums).encode()))
     return len(labels)
 
@@ -158,7 +163,7 @@ def cache_files(images_path: Path) -> list:
 
 
 def open_cache(images_path: Path, full: Optional[bool] = None):
-    """(images memory-mapped read-only, labels, content digest) of a cache written by
+    """(images memory-mapped read-only, labels, a digest of the pixels and labels) of a cache written by
     `write_cache`, after checking it (module docstring; `full=None` reads $SDE_DIFFUSION_VERIFY_CACHE).
     FileNotFoundError when a file is missing, CacheCheckError when one does not match."""
     labels_path, sums_path = cache_files(images_path)[1:]
@@ -172,7 +177,7 @@ def open_cache(images_path: Path, full: Optional[bool] = None):
     try:
         sums = json.loads(sums_path.read_text())
         shape, chunk_bytes = tuple(int(n) for n in sums["shape"]), int(sums["chunk_bytes"])
-        chunks, expected_size = list(sums["chunks"]), int(sums["file_bytes"])
+        chunks, expected_size, contents = list(sums["chunks"]), int(sums["file_bytes"]), str(sums["contents"])
     except (ValueError, KeyError, TypeError) as error:
         raise CacheCheckError(f"its checksum file {sums_path} does not read ({error})") from None
     size = images_path.stat().st_size
@@ -198,4 +203,4 @@ def open_cache(images_path: Path, full: Optional[bool] = None):
         raise CacheCheckError(f"its labels file {labels_path} does not read ({error})") from None
     if labels.shape != shape[:1]:
         raise CacheCheckError(f"it holds {shape[0]} images but {labels.shape} labels")
-    return np.load(images_path, mmap_mode="r"), labels, sums["digest"]
+    return np.load(images_path, mmap_mode="r"), labels, contents

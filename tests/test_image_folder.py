@@ -380,8 +380,9 @@ def test_npz_claiming_terabytes_is_refused_from_its_header(tmp_path):
 
 
 def test_npz_over_the_budget_is_refused_before_decoding(tmp_path, monkeypatch):
-    from sde_diffusion.image_files import BUDGET_ENV, read_array
+    from sde_diffusion.image_files import BUDGET_ENV, npz_budget_bytes, read_array
 
+    assert npz_budget_bytes() == 4 * 2 ** 30  # 6 GiB of float32 zeros (a few MiB zipped) is over it
     np.savez_compressed(tmp_path / "zeros.npz", x=np.zeros((64, 3, 64, 64), np.float32))  # 3 MiB, a few KiB zipped
     assert read_array(tmp_path / "zeros.npz", "images").shape == (64, 3, 64, 64)
     monkeypatch.setenv(BUDGET_ENV, "0.001")
