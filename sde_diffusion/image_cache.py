@@ -163,9 +163,10 @@ def cache_files(images_path: Path) -> list:
 
 
 def open_cache(images_path: Path, full: Optional[bool] = None):
-    """(images memory-mapped read-only, labels, a digest of the pixels and labels) of a cache written by
-    `write_cache`, after checking it (module docstring; `full=None` reads $SDE_DIFFUSION_VERIFY_CACHE).
-    FileNotFoundError when a file is missing, CacheCheckError when one does not match."""
+    """(images memory-mapped read-only, labels, a digest of the pixels and labels) of a cache
+    written by `write_cache`, after checking it (module docstring; `full=None` reads
+    $SDE_DIFFUSION_VERIFY_CACHE). FileNotFoundError when a file is missing, CacheCheckError when
+    one does not match."""
     labels_path, sums_path = cache_files(images_path)[1:]
     if full is None:
         full = os.environ.get(VERIFY_ENV, "") == "full"

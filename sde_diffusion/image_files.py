@@ -187,7 +187,9 @@ def read_npz_labels(path: Path, count: Optional[int] = None) -> np.ndarray:
     ValueError naming the file for labels that are not integers >= 0 or not one per image."""
     try:
         labels = read_npz_member(path, "labels", "labels")
-    except (OSError, zipfile.BadZipFile) as error:
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
+        if isinstance(error, ValueError) and str(error).startswith("labels file"):
+            raise
         raise ValueError(f"labels file {path} cannot be read as npz: {_first_line(error)}") from None
     if labels is None:
         return np.zeros(count or 0, dtype=np.int64)

@@ -53,6 +53,10 @@ CASES = [
      "must equal the 4 classes of data.dataset 'npz'", "missing"),
     ("npz negative labels", [*NPZ, "--config.data.root={tmp}/negative_labels.npz", "--config.model.num_classes=4"],
      "negative_labels.npz must be integers >= 0", "missing"),
+    ("npz fractional labels", [*NPZ, "--config.data.root={tmp}/fractional_labels.npz",
+                               "--config.model.num_classes=4"], "fractional_labels.npz must be integers >= 0", "missing"),
+    ("npz fewer labels than images", [*NPZ, "--config.data.root={tmp}/few_labels.npz", "--config.model.num_classes=4"],
+     "few_labels.npz holds 40 images but 10 labels", "missing"),
     ("npz labels claiming terabytes", [*NPZ, "--config.data.root={tmp}/huge_labels.npz",
                                        "--config.model.num_classes=4"], "huge_labels.npz: array 'labels' claims",
      "missing"),
@@ -77,7 +81,8 @@ def write_pngs(folder: Path, count: int, seed: int = 0, size=(12, 10)) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
-        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"img{seed}_{i:03d}.png")
+        pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"img{seed}_{i:03d}.png")
 
 
 def run_main(argv, env=None, prefix=()):
@@ -132,6 +137,8 @@ def _data_files(tmp: Path, pictures: Path) -> None:
     images = np.zeros((40, 8, 8, 3), np.uint8)
     np.savez(tmp / "labelled.npz", x=images, labels=np.arange(40) % 4)
     np.savez(tmp / "negative_labels.npz", x=images, labels=np.arange(40) % 4 - 1)
+    np.savez(tmp / "fractional_labels.npz", x=images, labels=np.arange(40) % 4 / 2)
+    np.savez(tmp / "few_labels.npz", x=images, labels=np.arange(10) % 4)
     shutil.copytree(pictures, tmp / "grown")
     write_pngs(tmp / "grown", 8, seed=1)
     shutil.copytree(pictures, tmp / "shrunk")
@@ -187,7 +194,8 @@ def test_bad_data_exits_with_one_line_and_changes_nothing(outcomes, name, args, 
 def test_data_changes_name_both_sides_and_the_way_out(outcomes):
     import re
 
-    for case, fewer in (("resume on a folder with images removed", True), ("resume on a folder with images added", False)):
+    for case, fewer in (("resume on a folder with images removed", True),
+                        ("resume on a folder with images added", False)):
         stderr = outcomes[case][1]
         found = re.search(r"data.root's train split: (\d+) items, contents [0-9a-f]{12} -> (\d+) items, "
                           r"contents [0-9a-f]{12}", stderr)

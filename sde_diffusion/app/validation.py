@@ -314,12 +314,15 @@ def _folder_classes(config) -> Optional[int]:
 
 def _npz_classes(config) -> Optional[int]:
     """The classes of an .npz data set's `labels` (largest label + 1), else None."""
-    from ..image_files import read_npz_labels
+    from ..image_files import check_npz_images, npz_header, read_npz_labels
 
     path = Path(config.data.root).expanduser() if config.data.root else None
     if path is None or not path.is_file():
         return None
-    labels = read_npz_labels(path)
+    count = check_npz_images(path, "data.root")[0]
+    if npz_header(path, "labels", "labels") is None:
+        return None
+    labels = read_npz_labels(path, count)
     return int(labels.max()) + 1 if labels.size else None
 
 
