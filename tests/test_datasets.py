@@ -327,6 +327,13 @@ def test_batch_stream_resumes_exactly(drop_last):
     assert set(state) == {"epoch", "position"}
 
 
+def test_a_saved_position_past_the_data_says_the_data_changed():
+    stream = BatchStream(20, 4)
+    with pytest.raises(ValueError, match=r"the saved data position \(epoch 0, sample 40\) lies outside the 20 "
+                                         r"samples of the training data: the data changed since it was saved"):
+        stream.load_state_dict({"epoch": 0, "position": 40})
+
+
 def test_batch_stream_rejects_impossible_batches():
     with pytest.raises(ValueError, match="drop_last"):
         BatchStream(5, 8)
