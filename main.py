@@ -15,7 +15,9 @@ Bad input (flags, config files and values, missing data, an unusable workdir or 
 with one line on stderr and a non-zero exit, before anything in the workdir is written.
 """
 import re
+import signal
 import sys
+from contextlib import nullcontext
 from functools import partial
 
 from absl import app, flags
@@ -38,6 +40,40 @@ def _first_and_last_line(error: BaseException) -> str:
     """A traceback folded into a message becomes its headline plus the exception's own line."""
     lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
     return " ".join(lines[:1] + lines[-1:] if len(lines) > 1 else lines)
+
+
+# Where a mode's solver tolerances and evaluation cap are set, and the batch that sizes its memory.
+SOLVER_FIELDS = {"sample": ("sampling.rtol", "sampling.atol", "sampling.max_nfe"),
+                 "likelihood": ("eval.bpd_rtol", "eval.bpd_atol", "eval.bpd_max_nfe")}
+BATCH_FIELDS = {"train": "training.batch_size", "likelihood": "eval.batch_size", "study": "study.num_samples"}
+
+
+# Where the modes write (the workdir itself: config.json, classes.json); checkpoints have their own
+# cleanup, by the trainer under the workdir's lock.
+OUTPUT_FOLDERS = (".", "samples", "snapshots", "eval", "study", "inpaint", "colorize")
+
+
+def _remove_stale_outputs(workdir) -> None:
+    """Delete the temporary files of outputs whose writer is gone (killed while writing: SIGKILL,
+    a power cut); a live writer holds its file's lock, and its file stays (`image_cache`)."""
+    import logging
+    from pathlib import Path
+
+    from sde_diffusion.image_cache import remove_stale_temporaries
+
+    for folder in OUTPUT_FOLDERS:
+        for path in remove_stale_temporaries(Path(workdir) / folder):
+            logging.getLogger("main").warning("removed %s, left by an interrupted write", path)
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """torch's allocation failures: CUDA's OutOfMemoryError, the CPU allocator's RuntimeError."""
+    text = str(error)
+    return "out of memory" in text.lower() or "can't allocate memory" in text
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
 def parse_flags(argv):
@@ -99,13 +135,15 @@ def main(argv):
     from sde_diffusion.app.validation import validate_config
     from sde_diffusion.app.controllable_modes import run_controllable
     from sde_diffusion.app.modes import run_eval, run_likelihood, run_sample, run_study_mode
-    from sde_diffusion.app.signals import StoppedBySignal
+    from sde_diffusion.app.signals import StoppedBySignal, interrupted_by_signals
+    from sde_diffusion.sampling.ode import SolverStopped
     from sde_diffusion.app.train import NonFiniteError, train
 
     config = FLAGS.config
     try:
         validate_config(config, FLAGS.mode)
         checkpoints.check_workdir(FLAGS.workdir)
+        _remove_stale_outputs(FLAGS.workdir)
         run = {"train": train, "sample": run_sample, "likelihood": run_likelihood, "eval": run_eval,
                "study": run_study_mode,
                "inpaint": partial(run_controllable, mode="inpaint"),
@@ -114,18 +152,31 @@ def main(argv):
             torch.set_num_threads(config.threads)
         distributed.setup(select_device(config).type)  # under torchrun; nothing otherwise
         try:
-            report = run(config, FLAGS.workdir, config_file=_config_path(sys.argv))
+            # the trainer saves and stops on a signal itself; elsewhere a signal stops the run where it is
+            with nullcontext() if FLAGS.mode == "train" else interrupted_by_signals():
+                report = run(config, FLAGS.workdir, config_file=_config_path(sys.argv))
             if report is not None and FLAGS.mode != "train":  # rank 0's report, one JSON line
                 print(to_json(report))
         finally:
             distributed.teardown()
     except StoppedBySignal as stopped:  # the trainer said so and saved its state
         sys.exit(stopped.exit_status)
-    except KeyboardInterrupt:  # Ctrl-C outside training: outputs are written whole or not at all
-        print("error: interrupted by SIGINT; no output was left half-written", file=sys.stderr)
-        sys.exit(130)
+    except KeyboardInterrupt as interrupted:  # outside training: outputs are written whole or not at all
+        signum = getattr(interrupted, "signum", signal.SIGINT)
+        print(f"error: interrupted by {signal.Signals(signum).name}; no output was left half-written",
+              file=sys.stderr)
+        sys.exit(128 + signum)
     except (ConfigError, checkpoints.CheckpointError, NonFiniteError, OSError, ValueError) as error:
         sys.exit("error: " + " ".join(line.strip() for line in str(error).splitlines()))
+    except SolverStopped as error:  # an adaptive solver's cap or step floor: its own line, plus the fields
+        fields = SOLVER_FIELDS.get(FLAGS.mode, SOLVER_FIELDS["sample"])
+        sys.exit(f"error: {_one_line(error)} (set by {', '.join('--config.' + field for field in fields)})")
+    except (MemoryError, RuntimeError) as error:  # torch's CPU allocator says so in a RuntimeError
+        if not isinstance(error, MemoryError) and not _out_of_memory(error):
+            raise
+        section, name = BATCH_FIELDS.get(FLAGS.mode, "sampling.batch_size").split(".")
+        sys.exit(f"error: out of memory in --mode {FLAGS.mode} on {select_device(config)} with "
+                 f"{section}.{name}={config[section][name]}: lower --config.{section}.{name}")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*` 
 from benchmarks.processes import ROWS, row_config  # noqa: E402
 from sde_diffusion import checkpoints  # noqa: E402
 from sde_diffusion.app.config import build_sde, sampler_spec  # noqa: E402
-from sde_diffusion.app.modes import run_eval  # noqa: E402
+from sde_diffusion.app.modes import batch_tag, run_eval  # noqa: E402
 
 SAMPLER = {"method": "dpm_solver++", "order": 3, "unipc": True}
 NFES = (10, 20, 50)
@@ -41,7 +41,7 @@ def eval_report(config, workdir: Path, nfe: int, num_samples: int, seeds) -> dic
     config.sampling.update(steps=nfe, **SAMPLER)
     config.eval.update(num_samples=num_samples, seeds=tuple(seeds))
     call = sampler_spec(config).file_tag(build_sde(config))  # as the app names the report
-    pattern = f"eval_*_{call}_{num_samples}x_seed{'-'.join(map(str, seeds))}.json"
+    pattern = f"eval_*_{call}_{num_samples}x{batch_tag(config, num_samples)}_seed{'-'.join(map(str, seeds))}.json"
     for kept in sorted((workdir / "eval").glob(pattern)):
         report = json.loads(kept.read_text())
         if report["step"] == max(checkpoints.snapshot_steps(workdir)):

@@ -73,6 +73,7 @@ def get_base_config():
     sampling.denoise = unset(bool)        # pc, ode, adaptive_sde: Tweedie's x0 at the end
     sampling.rtol = unset(float)          # ode, adaptive_sde, sde_solver (adaptive)
     sampling.atol = unset(float)
+    sampling.max_nfe = unset(int)         # ode, adaptive_sde: stop (one line) past this many score evaluations
     sampling.solver = unset(str)          # ode: RK45, dopri5, ...; sde_solver: euler, milstein, srk
     sampling.num_samples = 64
     sampling.batch_size = 64
@@ -94,6 +95,7 @@ def get_base_config():
     evaluate.bpd_trace = "hutchinson"     # or "exact"
     evaluate.bpd_rtol = 1e-5
     evaluate.bpd_atol = 1e-5
+    evaluate.bpd_max_nfe = 20_000         # likelihood: stop (one line) past this many score evaluations per batch
     evaluate.inception_path = ""          # clean-fid's inception-2015-12-05.pt, for FID/KID; "" = the cache folder's
     evaluate.download_inception = False   # opt-in: "" and not in the cache folder: fetch it there once
     evaluate.fid_reference = "train"      # image FID/KID against: the whole training split's Inception statistics

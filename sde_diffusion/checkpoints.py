@@ -25,6 +25,7 @@ import io
 import logging
 import os
 import re
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -141,17 +142,69 @@ def numpy_safe_globals() -> list:
 
 
 _ANSI_ESCAPE = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-_REFUSED_GLOBAL = re.compile(r"(?:GLOBAL|Unsupported global:?)\s+([A-Za-z_][\w.]*)")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL\s+([A-Za-z_][\w.]*)\s+was not an allowed global")
+_BLOCKED_MODULE = re.compile(r"whose module (\S+) is blocked")
+_REFUSED_BUILD = re.compile(r"Can only build .*but got <class '([^']+)'>")
+_REFUSED_OPCODE = re.compile(r"Unsupported operand (\d+)")
+_REASON = re.compile(r"WeightsUnpickler error:\s*(.+)", re.DOTALL)
 
 
-def _load_failure(error: BaseException) -> str:
-    """torch.load's error in one plain line: for a refused global, its name and what it means;
-    otherwise the first line of torch's text, without terminal escape codes."""
+_HARMLESS = {"collections.OrderedDict", "torch._utils._rebuild_tensor_v2", "torch._utils._rebuild_parameter"}
+
+
+def pickled_globals(path, limit: int = 1 << 28) -> list:
+    """The globals ("module.name") a pickle file (or the data.pkl of a torch zip file) names,
+    read by pickletools without running anything; [] when it cannot be read as a pickle."""
+    import pickletools
+    import zipfile
+
+    try:
+        if zipfile.is_zipfile(path):
+            with zipfile.ZipFile(path) as archive:
+                data = next((archive.read(name) for name in archive.namelist() if name.endswith("data.pkl")), b"")
+        else:
+            data = Path(path).read_bytes()[:limit]
+        names, strings = [], []
+        for opcode, argument, _ in pickletools.genops(data):
+            if opcode.name == "GLOBAL":
+                names.append(argument.replace(" ", "."))
+            elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                names.append(f"{strings[-2]}.{strings[-1]}")
+            elif isinstance(argument, str):
+                strings.append(argument)
+        return names
+    except Exception:  # noqa: BLE001 - a damaged pickle names nothing we can report
+        return []
+
+
+def refusal_reason(error: BaseException, path=None) -> str:
+    """A failed weights-only load in one plain line saying what was refused. torch's own text
+    advises loading with weights_only=False, which would run whatever the file holds: that
+    advice is never passed on; what the file asked for (a global, a rebuilt object, an opcode)
+    is named instead (for a plain pickle at `path`, the first global it names). Other failures
+    (truncated or corrupt files) give torch's first line."""
     text = _ANSI_ESCAPE.sub("", str(error)).strip()
-    refused = _REFUSED_GLOBAL.search(text)
-    if refused and "Weights only load failed" in text:
-        return (f"it names the Python global {refused.group(1)}, which is not a tensor, number or container: "
+    refused = _REFUSED_GLOBAL.search(text) or _BLOCKED_MODULE.search(text)
+    if refused:
+        name = refused.group(1)
+        name = name if "." in name else f"builtins.{name}"  # torch drops the module of a builtin
+        return (f"it names the Python global {name}, which is not a tensor, number or container: "
                 f"loading it would run code from the file, so it is refused")
+    built = _REFUSED_BUILD.search(text)
+    if built:
+        return (f"it rebuilds a {built.group(1)} from a stored state, which only tensors and containers may "
+                f"do in a checkpoint: loading it would run code from the file, so it is refused")
+    opcode = _REFUSED_OPCODE.search(text)
+    if opcode and "Weights only load failed" in text:
+        named = [name for name in pickled_globals(path) if name not in _HARMLESS] if path else []
+        what = f", naming the Python global {named[0]}" if named else ""
+        return (f"it is a plain pickle (instruction {opcode.group(1)} is not one of a tensor file){what}: "
+                f"loading it would run code from the file, so it is refused")
+    if "Weights only load failed" in text:
+        reason = _REASON.search(text)
+        lines = [line.strip() for line in (reason.group(1) if reason else "").splitlines() if line.strip()]
+        detail = f" ({lines[0]})" if lines and "weights_only" not in lines[0] else ""
+        return f"it holds objects other than tensors, numbers and containers{detail}, so it is refused"
     return text.splitlines()[0] if text else type(error).__name__
 
 
@@ -163,10 +216,12 @@ def safe_load(path, map_location="cpu", what: str = "checkpoint"):
     if not path.is_file():
         raise CheckpointError(f"no {what} at {path}")
     try:
-        with torch.serialization.safe_globals(numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()), warnings.catch_warnings():
+            # a plain pickle draws a UserWarning on its protocol before it is refused: a second line
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
-        raise CheckpointError(f"cannot load {what} {path}: {_load_failure(error)}") from error
+        raise CheckpointError(f"cannot load {what} {path}: {refusal_reason(error, path)}") from error
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -235,13 +290,16 @@ def latest_checkpoint(workdir, map_location="cpu") -> Optional[dict]:
     return latest_checkpoint_and_path(workdir, map_location)[0]
 
 
-def latest_checkpoint_and_path(workdir, map_location="cpu") -> tuple:
-    """(`latest_checkpoint`, the file it was read from), or (None, None)."""
+def latest_checkpoint_and_path(workdir, map_location="cpu", unreadable: Optional[list] = None) -> tuple:
+    """(`latest_checkpoint`, the file it was read from), or (None, None). `unreadable`, if
+    given, receives the paths of the files that did not load (for the trainer to set aside)."""
     preemption = preemption_path(workdir)
     steps = snapshot_steps(workdir)
     if not steps and not preemption.exists():
         return None, None
     newest = _try_load(preemption, map_location) if preemption.exists() else None
+    if newest is None and preemption.exists() and unreadable is not None:
+        unreadable.append(preemption)
     for step in reversed(steps):
         if newest is not None and newest["step"] >= step:
             break

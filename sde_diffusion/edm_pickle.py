@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, numpy_safe_globals
+from .checkpoints import CheckpointError, numpy_safe_globals, refusal_reason
 from .models.edm_precond import PRECONDITIONINGS
 
 # SHA-256 of NVlabs/edm's training/networks.py as the records of its pickles store it (the
@@ -114,10 +114,11 @@ def read_edm_pickle(path) -> dict:
     try:
         with open(path, "rb") as file:
             data = _RestrictedUnpickler(file).load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, KeyError, IndexError,
-            RuntimeError) as error:
-        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise CheckpointError(f"cannot load EDM network pickle {path}: {text}") from error
+    except MemoryError:
+        raise
+    except Exception as error:  # noqa: BLE001 - a malformed pickle fails in many ways, all of them "not this file"
+        # the tensors inside are read by torch's weights-only loader, whose advice is not passed on
+        raise CheckpointError(f"cannot load EDM network pickle {path}: {refusal_reason(error)}") from error
     if not isinstance(data, dict) or not isinstance(data.get("ema"), PersistentRecord):
         found = sorted(map(str, data)) if isinstance(data, dict) else type(data).__name__
         raise CheckpointError(f"{path} is not an EDM network pickle: expected a dict with an 'ema' network, "

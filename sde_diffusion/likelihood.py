@@ -13,11 +13,11 @@ adaptive solver.
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
-from .sampling.ode import probability_flow_drift, solve_ivp_torch
+from .sampling.ode import MAX_NFE, probability_flow_drift, solve_ivp_torch
 from .sampling.registry import CountingScore
 from .sdes import SDE, ScoreFn
 from .utils import Seed, batch_sum, make_generator, randn
@@ -50,15 +50,17 @@ def _probe(shape, noise: str, generator, like: torch.Tensor) -> torch.Tensor:
 
 def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str = "hutchinson",
                    noise: str = "rademacher", rtol: float = 1e-5, atol: float = 1e-5,
-                   eps: float = 1e-5, solver: str = "RK45",
+                   eps: float = 1e-5, solver: str = "RK45", max_nfe: Optional[int] = MAX_NFE,
                    generator: Seed = None) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """log p_eps(x) in nats per sample, for x given in the space the score is defined on.
 
     trace: "exact" (D backward passes per evaluation: small D only) or "hutchinson";
     noise: Hutchinson's probe distribution, "rademacher" (lower variance) or "gaussian";
     solver, rtol, atol: an ODE solver of `sampling.ode` (scipy's RK45, DOP853, ... or
-    torchdiffeq's dopri5, dopri8, ...) and its tolerances; eps: the start time.
-    Returns (logp [B], z = x_T, nfe), nfe being the number of score evaluations.
+    torchdiffeq's dopri5, dopri8, ...) and its tolerances; eps: the start time; max_nfe: stop
+    with `SolverStopped` (one line) past that many evaluations (None: never), as at a step below
+    floating-point resolution. Returns (logp [B], z = x_T, nfe), nfe being the number of score
+    evaluations.
     """
     if trace not in ("exact", "hutchinson"):
         raise ValueError(f"unknown trace {trace!r}; known: exact, hutchinson")
@@ -81,7 +83,8 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
         return torch.cat([drift.detach().reshape(batch, dim), divergence.detach()[:, None]], dim=1)
 
     state = torch.cat([x.reshape(batch, dim), x.new_zeros(batch, 1)], dim=1)
-    final = solve_ivp_torch(augmented, state, eps, sde.T, rtol=rtol, atol=atol, solver=solver)
+    final = solve_ivp_torch(augmented, state, eps, sde.T, rtol=rtol, atol=atol, solver=solver, max_nfe=max_nfe,
+                            what="likelihood ODE")
     z = final[:, :dim].reshape(shape)
     return sde.prior_logp(z) + final[:, dim], z, counted.calls
 

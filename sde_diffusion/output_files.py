@@ -2,7 +2,10 @@
 
 `atomic_write` hands the writer a temporary name in the target's folder and renames it over the
 target only when the writer returned: a run that fails or is killed while writing leaves the
-previous file (say, the last good `eval_200.json`) as it was. A full disk surfaces as one
+previous file (say, the last good `eval_200.json`) as it was. The temporary file is held under a
+flock while it exists, so what a killed run left is told apart from what a live one writes and
+removed at the next start (`remove_stale_outputs`); `written_together` renames several outputs
+at once. A full disk surfaces as one
 OSError naming the file ("no space left on device writing PATH"), whatever library wrote it.
 
 `to_json` writes strict JSON (RFC 8259 has no NaN or Infinity, and strict readers reject
@@ -12,12 +15,16 @@ Python's bare `NaN`): a non-finite number becomes null and its key is listed und
 from __future__ import annotations
 
 import errno
+import fcntl
 import json
 import math
 import os
+import signal
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, Tuple
 
 TEMPORARY_SUFFIX = ".tmp"
 
@@ -38,28 +45,84 @@ def disk_error(error: OSError, path) -> OSError:
     return WriteError(error.errno, f"cannot write {path}: {error.strerror or error}")
 
 
+def open_locked_temporary(path, prefix: Optional[str] = None) -> Tuple[int, str]:
+    """(handle, name) of a new temporary file `<prefix><random>.tmp` beside `path` (prefix: a
+    hidden `.<name>.` by default), held under an exclusive flock until the handle is closed, so
+    that `remove_stale_temporaries` (`image_cache`) never takes a file a live process writes. A
+    cleaner may unlink the name between its creation and the lock: then try again."""
+    path = Path(path)
+    for _ in range(10):
+        handle, name = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        if os.fstat(handle).st_nlink > 0:
+            return handle, name
+        os.close(handle)
+    raise OSError(errno.EAGAIN, f"cannot create a temporary file beside {path}")
+
+
+_together = threading.local()  # the renames `written_together` holds back, per thread
+
+
 def atomic_write(path, write: Callable[[str], None], prefix: Optional[str] = None) -> Path:
     """Call `write(temporary_path)`, then rename the temporary file over `path` (created with
-    its folder). The temporary file, `<prefix><random>.tmp` beside `path` (prefix: a hidden
-    `.<name>.` by default), is removed if `write` fails."""
+    its folder). The temporary file (`open_locked_temporary`) is removed if `write` fails.
+    Inside `written_together` the rename waits for the end of the block."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.",
-                                             suffix=TEMPORARY_SUFFIX)
+        handle, temporary = open_locked_temporary(path, prefix)
     except OSError as error:
         raise disk_error(error, path) from error
-    os.close(handle)
+    group = getattr(_together, "group", None)
     try:
         write(temporary)
+        if group is not None:
+            group.append((handle, temporary, path))
+            return path
         os.replace(temporary, path)
     except OSError as error:
         Path(temporary).unlink(missing_ok=True)
+        os.close(handle)
         raise disk_error(error, path) from error
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
+        os.close(handle)
         raise
+    os.close(handle)  # after the rename: a cleaner never sees the temporary unheld
     return path
+
+
+@contextmanager
+def written_together():
+    """Outputs that belong together (samples and their picture): every `atomic_write` inside
+    the block writes its temporary file, and the renames happen at the end, one after another
+    with SIGTERM, SIGINT and SIGHUP held back, so a run stopped or failing before then leaves
+    every earlier file as it was, never a new `.npz` beside an old `.png`."""
+    group = []
+    _together.group = group
+    try:
+        yield
+    except BaseException:
+        for handle, temporary, _ in group:
+            Path(temporary).unlink(missing_ok=True)
+            os.close(handle)
+        raise
+    finally:
+        _together.group = None
+    held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    try:
+        for index, (handle, temporary, path) in enumerate(group):
+            try:
+                os.replace(temporary, path)
+            except OSError as error:
+                for _, rest, _ in group[index:]:
+                    Path(rest).unlink(missing_ok=True)
+                raise disk_error(error, path) from error
+    finally:
+        for handle, _, _ in group:
+            os.close(handle)
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def cache_folder() -> Path:

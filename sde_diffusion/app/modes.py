@@ -23,7 +23,7 @@ from .. import checkpoints, distributed
 from ..image_scaling import from_model_space
 from ..ema import EMA
 from ..guidance import guided_score_fn_for_labels, labels_for_samples, parse_labels
-from ..output_files import atomic_write, to_json, write_text_atomic
+from ..output_files import atomic_write, to_json, write_text_atomic, written_together
 from ..plotting import save_image_grid, save_scatter
 from ..sampling import sample
 from .config import (build_model, build_score_fn, build_sde, data_shape, is_image_data, load_dataset_from_config,
@@ -191,15 +191,23 @@ def _sampling_run(what: str, config, workdir, device, num_samples: int, config_f
 def _output_name(kind: str, step, config, class_labels, count: int, seeds) -> str:
     """'samples_6000_dpm_solver++_order3_unipc_20steps_64x_seed42': the sampler call
     (`SamplerSpec.file_tag`), for a conditional model the guidance scale and a chosen label set,
-    then the number of samples and the seeds, so that runs of other calls, sizes or seeds on the
-    same checkpoint keep their own files."""
+    then the number of samples, `sampling.batch_size` where it is below that number ('_500x_batch100'),
+    and the seeds, so that runs of other calls, sizes, batches or seeds on the same checkpoint keep
+    their own files."""
     name = f"{kind}_{step}_{sampler_spec(config).file_tag(build_sde(config))}"
     if class_labels is not None:
         name += f"_w{config.sampling.guidance_scale:g}"
         labels = str(config.sampling.labels).strip()
         if labels not in ("", "all"):
             name += "_labels" + "-".join(part.strip() for part in labels.split(","))
-    return f"{name}_{count}x_seed{'-'.join(str(seed) for seed in seeds)}"
+    return f"{name}_{count}x{batch_tag(config, count)}_seed{'-'.join(str(seed) for seed in seeds)}"
+
+
+def batch_tag(config, count: int) -> str:
+    """'_batch100' when `count` samples are drawn in batches of `sampling.batch_size`, else '':
+    the batches draw from one random stream in turn, so the batch size changes the samples
+    once there is more than one batch."""
+    return f"_batch{config.sampling.batch_size}" if config.sampling.batch_size < count else ""
 
 
 def run_sample(config, workdir, config_file: str = "") -> dict:
@@ -214,10 +222,11 @@ def run_sample(config, workdir, config_file: str = "") -> dict:
     arrays = {"samples": samples.numpy()}
     if class_labels is not None:
         arrays["labels"] = class_labels.numpy()
-    save_npz(folder / f"{name}.npz", **arrays)
     data = None if is_image_data(config) else load_dataset_from_config(config, "test").data
-    save_sample_pictures(samples, folder / f"{name}.png", config, data=data,
-                         title=f"{config.sampling.method}, step {step}, NFE {nfe}", class_labels=class_labels)
+    with written_together():  # never a new .npz beside an old .png
+        save_npz(folder / f"{name}.npz", **arrays)
+        save_sample_pictures(samples, folder / f"{name}.png", config, data=data,
+                             title=f"{config.sampling.method}, step {step}, NFE {nfe}", class_labels=class_labels)
     report = {"step": step, "num_samples": len(samples), "nfe": nfe, "seconds": round(seconds, 3),
               "npz": str(folder / f"{name}.npz"), "png": str(folder / f"{name}.png")}
     if class_labels is not None:
@@ -251,7 +260,8 @@ def run_likelihood(config, workdir, config_file: str = "") -> dict:
     score_fn = build_score_fn(model, sde, config)
     evaluate = config.eval
     generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed))
-    options = dict(trace=evaluate.bpd_trace, rtol=evaluate.bpd_rtol, atol=evaluate.bpd_atol, generator=generator)
+    options = dict(trace=evaluate.bpd_trace, rtol=evaluate.bpd_rtol, atol=evaluate.bpd_atol, generator=generator,
+                   max_nfe=evaluate.get("bpd_max_nfe", 20_000))
     data = load_dataset_from_config(config, "test").data[:evaluate.bpd_num_images]
     first, count = distributed.share_of(len(data))
     data = data[first:first + count]

@@ -1,10 +1,19 @@
-"""Clean stops: SIGTERM (what schedulers and `kill` send) and SIGINT (Ctrl-C) during training
-end the current step, save the resume checkpoint and exit with 128 + the signal's number (143,
-130), the status schedulers read as "terminated by that signal".
+"""Clean stops: SIGTERM (what schedulers and `kill` send), SIGINT (Ctrl-C) and SIGHUP (a closed
+terminal or ssh session) during training end the current step, save the resume checkpoint and
+exit with 128 + the signal's number (143, 130, 129), the status schedulers read as "terminated
+by that signal".
 
 The handlers only record the signal; the trainer looks at it between steps (`StopRequest`), so a
 signal never interrupts a half-done optimizer step or checkpoint write, and a second signal
-while the checkpoint is being saved changes nothing.
+while the checkpoint is being saved changes nothing. Once a stop was recorded the signals stay
+ignored after the trainer returns (`StoppedBySignal.restore_handlers` puts the previous handlers
+back for a caller that carries on): a second Ctrl-C while the process exits would otherwise
+raise KeyboardInterrupt inside an exit callback and print a traceback after the saved stop.
+
+The other modes have nothing to save on the way out: `interrupted_by_signals` turns SIGTERM,
+SIGINT and SIGHUP into `Interrupted` (a KeyboardInterrupt, as Ctrl-C's is), so the temporary
+files of the outputs being written are removed on the way out (`output_files.atomic_write`) and
+main.py exits with 143 / 130 / 129 in one line.
 """
 from __future__ import annotations
 
@@ -12,7 +21,7 @@ import signal
 import threading
 from typing import Optional
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class StoppedBySignal(Exception):
@@ -20,16 +29,24 @@ class StoppedBySignal(Exception):
 
     def __init__(self, signum: int, step: int):
         self.signum, self.step = signum, step
+        self.previous_handlers: dict = {}  # set by StopRequest on its way out
         super().__init__(f"stopped by {signal.Signals(signum).name} at step {step}; resume with the same command")
 
     @property
     def exit_status(self) -> int:
         return 128 + self.signum
 
+    def restore_handlers(self) -> None:
+        """Put back the handlers that were active before training (they stay ignored otherwise)."""
+        for signum, handler in self.previous_handlers.items():
+            signal.signal(signum, handler)
+        self.previous_handlers = {}
+
 
 class StopRequest:
-    """Context manager recording SIGTERM/SIGINT while it is active (the previous handlers come
-    back at exit). Outside the main thread signals cannot be caught; it then records nothing."""
+    """Context manager recording SIGTERM/SIGINT/SIGHUP while it is active. At exit the previous
+    handlers come back, unless the exit is a StoppedBySignal: then the signals stay ignored
+    (module docstring). Outside the main thread signals cannot be caught; it then records nothing."""
 
     def __init__(self):
         self.signum: Optional[int] = None
@@ -45,7 +62,51 @@ class StopRequest:
                 self._previous[signum] = signal.signal(signum, self._record)
         return self
 
-    def __exit__(self, *exc) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if isinstance(exc, StoppedBySignal) and self._previous:
+            for signum in self._previous:
+                signal.signal(signum, signal.SIG_IGN)
+            exc.previous_handlers = dict(self._previous)
+        else:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
+        self._previous.clear()
+
+
+class Interrupted(KeyboardInterrupt):
+    """A stop signal outside training, raised where the program was (as Ctrl-C's KeyboardInterrupt)."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        super().__init__(signal.Signals(signum).name)
+
+
+class interrupted_by_signals:  # noqa: N801 - used as a `with` statement, like contextlib's
+    """While active, SIGTERM, SIGINT and SIGHUP raise `Interrupted`; the first makes every later
+    one ignored, so cleaning up is never cut short. The previous handlers come back at exit
+    unless a signal arrived (the process is then ending)."""
+
+    def __init__(self):
+        self._previous = {}
+
+    def _raise(self, signum, frame) -> None:
+        self._ignore_all()
+        raise Interrupted(signum)
+
+    def _ignore_all(self) -> None:
+        for signum in SIGNALS:
+            signal.signal(signum, signal.SIG_IGN)
+
+    def __enter__(self) -> "interrupted_by_signals":
+        if threading.current_thread() is threading.main_thread():
+            for signum in SIGNALS:
+                self._previous[signum] = signal.signal(signum, self._raise)
+        return self
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        if isinstance(exc, KeyboardInterrupt) and self._previous:
+            self._ignore_all()
+        else:
+            for signum, handler in self._previous.items():
+                signal.signal(signum, handler)
         self._previous.clear()

@@ -135,7 +135,8 @@ def train(config, workdir, config_file: str = "") -> dict:
 
     The process that writes (rank 0) holds the workdir's lock (`workdir_lock`) for the whole run
     and first removes what an interrupted checkpoint write left. SIGTERM and SIGINT end the
-    current step, save the resume checkpoint and raise StoppedBySignal (`signals`)."""
+    current step, save the resume checkpoint and raise StoppedBySignal (`signals`); so does
+    SIGHUP."""
     workdir = Path(workdir)
     if not distributed.is_main():
         with StopRequest() as stop:
@@ -179,7 +180,8 @@ def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
 
     step, skipped = 0, 0
     data = data_fingerprint(train_set)  # stored with each checkpoint: data changed under a resume
-    resumed, resumed_path = checkpoints.latest_checkpoint_and_path(workdir, device)
+    unreadable = []
+    resumed, resumed_path = checkpoints.latest_checkpoint_and_path(workdir, device, unreadable=unreadable)
     if resumed is not None:
         missing = [key for key in ("optimizer", "data_stream", "rng") if key not in resumed]
         if missing:
@@ -213,6 +215,10 @@ def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
             say("already trained to step %d; raise --config.training.n_iters to continue", step)
         return {"step": step, "loss": float("nan")}
     if main:
+        preemption = checkpoints.preemption_path(workdir)
+        if preemption in unreadable:  # the next preemption save would replace it: keep the damaged file
+            logging.getLogger(__name__).warning("moved the unreadable %s to %s", preemption,
+                                                checkpoints.set_aside(preemption))
         write_text_atomic(workdir / "config.json", config.to_json(indent=2))
         if config.data.dataset == "folder" and config.data.get("labels_from") == "subfolders":
             from ..image_folder import class_names  # class i is the i-th name: what sampling.labels means

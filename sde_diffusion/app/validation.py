@@ -62,9 +62,13 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     for field in ("optim.lr", "model.beta_min", "model.beta_max", "model.sigma_min", "model.sigma_max",
                   "eval.bpd_rtol", "eval.bpd_atol"):
         _positive_number(config, field)
-    for field in ("sampling.rtol", "sampling.atol", "sampling.rho", "sampling.power"):
-        if config.sampling[field.split(".")[1]] is not None:
+    for field in ("sampling.rtol", "sampling.atol", "sampling.rho", "sampling.power", "sampling.snr"):
+        if config.sampling[field.split(".")[1]] is not None:  # snr: the corrector squares it, so -1 would act as 1
             _positive_number(config, field)
+    if config.sampling.get("max_nfe") is not None:
+        _positive_int(config, "sampling.max_nfe")
+    if config.eval.get("bpd_max_nfe") is not None:
+        _positive_int(config, "eval.bpd_max_nfe")
     if config.sampling.corrector_steps is not None:
         _positive_int(config, "sampling.corrector_steps")
     require(0 <= config.model.ema_rate < 1, "model.ema_rate", "must lie in [0, 1)", config.model.ema_rate)

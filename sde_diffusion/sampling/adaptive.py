@@ -38,7 +38,7 @@ import torch
 
 from ..sdes import SDE, ReverseSDE
 from ..utils import append_dims, randn
-from .ode import tweedie_denoise
+from .ode import MAX_NFE, SolveWatch, tweedie_denoise
 from .registry import register_sampler
 
 
@@ -83,7 +83,7 @@ def adaptive_sde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.T
                          generator: Optional[torch.Generator] = None, *, rtol: float = 0.05,
                          atol: float = 0.0078, safety: float = 0.9, exponent: float = 0.9,
                          h_init: float = 0.01, denoise: bool = True, per_sample: bool = True,
-                         max_iterations: int = 100_000) -> torch.Tensor:
+                         max_iterations: int = 100_000, max_nfe: int = MAX_NFE) -> torch.Tensor:
     """Integrate the reverse SDE from timesteps[0] (T) to timesteps[-1] (eps) with the
     adaptive steps of Jolicoeur-Martineau et al. 2021, Algorithm 1; only the grid's ends
     matter, the solver picks its own times.
@@ -92,8 +92,9 @@ def adaptive_sde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.T
     theta; exponent: r; h_init: the first step, in time units; denoise: return Tweedie's
     E[x_0 | x_eps] at the end (+1 NFE), as the paper does; per_sample: a time and step size
     per sample (the paper's), or False for one shared by the batch, whose error is the RMS over
-    all its elements (see the module's note on low dimensions); max_iterations: raise RuntimeError
-    after that many attempted steps (each 2 NFE) when some sample has still not reached eps.
+    all its elements (see the module's note on low dimensions); max_iterations, max_nfe: raise
+    SolverStopped (a RuntimeError, one line) after that many attempted steps (each 2 NFE) or score
+    evaluations when some sample has still not reached eps; it logs where it is meanwhile.
     """
     _check_options(rtol, atol, safety, exponent, h_init, max_iterations)
     t_start, t_end = timesteps[0].to(x.dtype), timesteps[-1].to(x.dtype)
@@ -105,15 +106,16 @@ def adaptive_sde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.T
     t = t_start.expand(batch).clone()
     h = torch.full_like(t, h_init).clamp_max(t_start - t_end)
     x_low_prev = x  # the paper's initial x'_prev is the starting point itself
+    watch = SolveWatch("adaptive_sde sampler", float(t_start), float(t_end), max_nfe, f"rtol={rtol:g}, atol={atol:g}")
     for iteration in range(max_iterations + 1):
         # The one host sync per iteration: which samples still move (an adaptive loop needs it).
         moving = torch.nonzero(t > t_end).squeeze(1)
         if moving.numel() == 0:
             break
         if iteration == max_iterations:
-            raise RuntimeError(f"adaptive_sde: {moving.numel()} of {batch} samples had not reached "
-                               f"t = {float(t_end):g} after {max_iterations} iterations; loosen "
-                               "rtol/atol or raise max_iterations")
+            raise watch.stopped(f"{moving.numel()} of {batch} samples still short of the end after "
+                                f"{max_iterations} iterations", "loosen rtol/atol or raise max_iterations")
+        watch(t, calls=2)  # counted, capped at max_nfe, logged; t is read only to log or stop
         x_m, t_m, h_m = x[moving], t[moving], h[moving]
         # Land exactly on eps when the step reaches it, so no sliver of time is left over.
         s_m = torch.where(h_m >= t_m - t_end, t_end, t_m - h_m)
@@ -121,8 +123,7 @@ def adaptive_sde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.T
         error = _scaled_error(x_low, x_high, x_low_prev[moving], rtol, atol)
         if not per_sample:  # all samples share t and h, so all move: the RMS over the batch
             error = error.pow(2).mean().sqrt().expand_as(error)
-        if not torch.isfinite(error).all():
-            raise RuntimeError("adaptive_sde: non-finite error estimate (is the score finite?)")
+        watch.check_finite(bool(torch.isfinite(error).all()))
         accept = error <= 1
         keep = append_dims(accept, x.ndim)
         t_new = torch.where(accept, s_m, t_m)
