@@ -1,11 +1,16 @@
 """Adaptive solvers against the exact oracle: the probability-flow ODE with torchdiffeq's
 Runge-Kutta methods next to scipy's, and the adaptive reverse-SDE solver of Jolicoeur-Martineau
 et al. 2021 (`adaptive_sde`) on the Gaussian mixtures."""
+import logging
+import re
+
 import pytest
 import torch
 
 from sde_diffusion.likelihood import log_likelihood
 from sde_diffusion.sampling import SAMPLERS, adaptive_sde_sampler, sample
+from sde_diffusion.sampling import ode as ode_module
+from sde_diffusion.sampling.ode import MAX_NFE, SolverStopped
 from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
 
 from conftest import mixture_2d, mixture_32d
@@ -198,3 +203,50 @@ def test_adaptive_sde_errors_are_clear():
     x = torch.zeros(4, 2)
     with pytest.raises(ValueError, match="backwards"):
         adaptive_sde_sampler(score, VP, x, torch.tensor([1e-3, 1.0]))
+
+
+# -- solves that cannot finish stop in one line ---------------------------------------------
+@pytest.mark.parametrize("solver", ["RK45", "dopri5"])
+def test_ode_past_max_nfe_stops_in_one_line_saying_where(solver):
+    mixture = mixture_2d()
+    with pytest.raises(SolverStopped) as stopped:
+        sample(mixture.score_fn(VP), VP, (8, 2), "ode", generator=0, solver=solver, rtol=1e-14, atol=1e-14,
+               max_nfe=200)
+    message = str(stopped.value)
+    assert len(message.splitlines()) == 1 and message.startswith(f"ode sampler ({solver}) stopped at t = ")
+    assert "after 200 score evaluations: max_nfe=200 reached (rtol=1e-14, atol=1e-14)" in message
+    assert "raise max_nfe" in message
+
+
+def test_ode_has_a_default_cap_and_stops_at_a_non_finite_drift():
+    assert SAMPLERS["ode"].__kwdefaults__["max_nfe"] == MAX_NFE == 20_000
+    assert SAMPLERS["adaptive_sde"].__kwdefaults__["max_nfe"] == MAX_NFE
+    with pytest.raises(SolverStopped, match=r"after 1 score evaluations: the drift is non-finite"):
+        sample(lambda x, t: x * float("inf"), VP, (4, 2), "ode", generator=0)
+
+
+def test_solve_says_where_it_is_while_it_runs(monkeypatch, caplog):
+    monkeypatch.setattr(ode_module, "PROGRESS_SECONDS", 0.0)
+    caplog.set_level(logging.INFO, logger=ode_module.__name__)
+    mixture = mixture_2d()
+    sample(mixture.score_fn(VP), VP, (8, 2), "ode", generator=0, rtol=1e-3, atol=1e-3, max_nfe=10_000)
+    lines = [record.getMessage() for record in caplog.records if record.name == ode_module.__name__]
+    assert lines and all(re.fullmatch(r"ode sampler \(RK45\): t = \S+ \(of 1 -> 0\.001\), \d+ score evaluations "
+                                      r"of at most 10000", line) for line in lines), lines[:3]
+
+
+def test_adaptive_sde_past_max_nfe_stops_in_one_line():
+    mixture = mixture_2d()
+    with pytest.raises(SolverStopped) as stopped:
+        sample(mixture.score_fn(VP), VP, (8, 2), "adaptive_sde", generator=0, rtol=1e-9, atol=1e-9, max_nfe=100)
+    message = str(stopped.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith("adaptive_sde sampler stopped at t = ") and "after 100 score evaluations" in message
+
+
+def test_likelihood_past_max_nfe_stops_in_one_line():
+    mixture = mixture_2d()
+    x = mixture.sample(16, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(SolverStopped, match=r"^likelihood ODE \(RK45\) stopped at t = .* after 40 score evaluations: "
+                                            r"max_nfe=40 reached"):
+        log_likelihood(mixture.score_fn(VP), VP, x, rtol=1e-14, atol=1e-14, max_nfe=40)

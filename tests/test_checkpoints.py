@@ -3,10 +3,12 @@ to run code when unpickled. Loading reports them and falls back to the newest go
 or stops with a clear error; no code runs and no file is deleted or overwritten."""
 import logging
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -143,3 +145,59 @@ def test_checkpoint_folder_holds_no_temporary_files_after_saves(tmp_path):
         checkpoints.save_checkpoint(checkpoints.preemption_path(tmp_path), tiny_state(step))
     assert [p.name for p in checkpoints.preemption_path(tmp_path).parent.iterdir()] == ["checkpoint.pth"]
     assert checkpoints.load_checkpoint(checkpoints.preemption_path(tmp_path))["step"] == 2
+
+
+class _Evaluates:
+    def __reduce__(self):
+        return eval, ("1 + 1",)
+
+
+def _write_refused(path: Path, kind: str) -> None:
+    """A file torch's weights-only reader refuses, each kind in another way."""
+    if kind == "builtins.eval":
+        torch.save({**tiny_state(5), "x": _Evaluates()}, path)
+    elif kind == "numpy.dtypes.Complex64DType":  # a dtype outside the allowed ones, rebuilt by BUILD
+        torch.save({**tiny_state(5), "x": np.dtype("complex64")}, path)
+    elif kind == "posix.system":  # a plain pickle, not a torch zip file
+        with open(path, "wb") as file:
+            pickle.dump({"model": RunsCode("true")}, file, protocol=4)
+
+
+@pytest.mark.parametrize("kind, says", [
+    ("builtins.eval", "it names the Python global builtins.eval, which is not a tensor, number or container"),
+    ("numpy.dtypes.Complex64DType", "it rebuilds a numpy.dtypes.Complex64DType from a stored state, which only "
+                                    "tensors and containers may do in a checkpoint"),
+    ("posix.system", "it is a plain pickle (instruction 149 is not one of a tensor file), naming the Python global "
+                     "posix.system"),
+])
+def test_a_refusal_is_one_line_naming_what_was_refused_without_torchs_advice(tmp_path, kind, says):
+    path = tmp_path / "checkpoint_5.pth"
+    _write_refused(path, kind)
+    with pytest.raises(checkpoints.CheckpointError) as refused:
+        checkpoints.load_checkpoint(path)
+    message = str(refused.value)
+    assert message == f"cannot load checkpoint {path}: {says}: loading it would run code from the file, so it is refused"
+    assert "weights_only" not in message and "Re-running" not in message
+
+
+def test_the_newest_checkpoints_refusal_is_warned_the_same_way(tmp_path, caplog):
+    checkpoints.save_checkpoint(checkpoints.snapshot_path(tmp_path, 10), tiny_state(10))
+    _write_refused(checkpoints.snapshot_path(tmp_path, 20), "numpy.dtypes.Complex64DType")
+    with caplog.at_level(logging.WARNING):
+        assert checkpoints.latest_checkpoint(tmp_path)["step"] == 10
+    warned = [record.getMessage() for record in caplog.records]
+    assert len(warned) == 1 and "numpy.dtypes.Complex64DType" in warned[0] and "weights_only" not in warned[0]
+
+
+def test_the_trainer_sets_a_damaged_preemption_file_aside_before_replacing_it(tmp_path, caplog):
+    workdir = tmp_path / "run"
+    train(tiny_toy_config(n_iters=20, snapshot_freq=20), workdir)
+    damaged = checkpoints.preemption_path(workdir)
+    damage(damaged, "truncated")
+    content = damaged.read_bytes()
+    with caplog.at_level(logging.WARNING):
+        train(tiny_toy_config(n_iters=30, snapshot_freq=20), workdir)
+    moved = damaged.with_name("checkpoint.pth.unreadable")
+    assert moved.read_bytes() == content
+    assert any(f"moved the unreadable {damaged} to {moved}" in record.getMessage() for record in caplog.records)
+    assert checkpoints.load_checkpoint(damaged)["step"] == 30

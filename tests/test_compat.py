@@ -293,3 +293,28 @@ def test_reference_checkpoint_field_is_validated(fields, mode, message):
     config.eval.update(dict(checkpoint=0, reference_checkpoint=__file__))
     with pytest.raises(ConfigError, match="ddpm or ncsnpp networks"):
         validate_config(config, "sample")
+
+
+class _System:
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        import os
+        return os.system, (self.command,)
+
+
+def test_a_plain_pickle_with_os_system_is_refused_in_one_line_without_torchs_advice(tmp_path):
+    """Not a torch file at all: torch's reader stops at the pickle's first instruction and
+    advises weights_only=False; the refusal names the global the file would call instead."""
+    marker = tmp_path / "pwned"
+    import pickle
+    with open(tmp_path / "evil.pth", "wb") as file:
+        pickle.dump({"model": _System(f"touch {marker}"), "ema": {}, "step": 1}, file, protocol=4)
+    with pytest.raises(CheckpointError) as refused:
+        load_reference_checkpoint(tmp_path / "evil.pth", published_config("vp_cifar10_ddpm"))
+    message = str(refused.value)
+    assert message == (f"cannot load reference checkpoint {tmp_path / 'evil.pth'}: it is a plain pickle (instruction "
+                       f"149 is not one of a tensor file), naming the Python global posix.system: loading it would "
+                       f"run code from the file, so it is refused")
+    assert not marker.exists()

@@ -3,6 +3,8 @@ rules of a workdir's stored config."""
 import errno
 import json
 import math
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,7 +13,8 @@ from conftest import tiny_toy_config
 from sde_diffusion import checkpoints
 from sde_diffusion.app.train import train
 from sde_diffusion.app.workdir_config import MAY_CHANGE_ON_RESUME, ConfigChangedError
-from sde_diffusion.output_files import atomic_write, finite_only, to_json, write_text_atomic
+from sde_diffusion.output_files import (atomic_write, finite_only, open_locked_temporary, to_json, write_text_atomic,
+                                        written_together)
 
 
 def strict_loads(text: str):
@@ -126,3 +129,43 @@ def test_fields_that_may_change_on_resume_do_and_others_are_refused(tmp_path):
     # an expert may insist: loud, and the run goes on
     changed.training.resume_despite_changes = True
     assert train(changed, workdir)["step"] == 40
+
+
+def test_written_together_renames_all_at_the_end_or_none(tmp_path):
+    npz, png = tmp_path / "samples" / "s.npz", tmp_path / "samples" / "s.png"
+    write_text_atomic(npz, "old npz")
+    write_text_atomic(png, "old png")
+    with pytest.raises(RuntimeError):
+        with written_together():
+            write_text_atomic(npz, "new npz")
+            assert npz.read_text() == "old npz"  # held back until the block ends
+            raise RuntimeError("the picture failed")
+    assert (npz.read_text(), png.read_text()) == ("old npz", "old png")
+    assert sorted(p.name for p in npz.parent.iterdir()) == ["s.npz", "s.png"]  # no temporary left
+    with written_together():
+        write_text_atomic(npz, "new npz")
+        write_text_atomic(png, "new png")
+    assert (npz.read_text(), png.read_text()) == ("new npz", "new png")
+    assert sorted(p.name for p in npz.parent.iterdir()) == ["s.npz", "s.png"]
+
+
+def test_cleanup_takes_what_no_writer_holds_and_never_a_file_being_written(tmp_path):
+    from sde_diffusion.image_cache import remove_stale_temporaries
+    left = tmp_path / ".eval_1.json.dead01.tmp"
+    left.write_text("half")
+    seen = []
+
+    def write(temporary):  # another run's start-up cleanup, while this file is being written
+        Path(temporary).write_text("half")
+        seen.append(remove_stale_temporaries(tmp_path))
+        Path(temporary).write_text("whole")
+
+    atomic_write(tmp_path / "eval_2.json", write)
+    assert seen == [[left]] and not left.exists()
+    assert (tmp_path / "eval_2.json").read_text() == "whole"
+    handle, held = open_locked_temporary(tmp_path / "samples.npz")
+    try:
+        assert remove_stale_temporaries(tmp_path) == [] and Path(held).exists()
+    finally:
+        os.close(handle)
+    assert remove_stale_temporaries(tmp_path) == [Path(held)]
