@@ -194,8 +194,9 @@ def open_cache(images_path: Path, full: Optional[bool] = None):
         for index in indices:
             file.seek(HEADER_BYTES + index * chunk_bytes)
             if _chunk_digest(file.read(chunk_bytes)) != chunks[index]:
-                raise CacheCheckError(f"its bytes {HEADER_BYTES + index * chunk_bytes} to "
-                                      f"{HEADER_BYTES + (index + 1) * chunk_bytes} do not match their checksum")
+                end = min(HEADER_BYTES + (index + 1) * chunk_bytes, expected_size)
+                raise CacheCheckError(f"its bytes {HEADER_BYTES + index * chunk_bytes} to {end} do not match "
+                                      f"their checksum")
     if _chunk_digest(labels_path.read_bytes()) != sums["labels"]:
         raise CacheCheckError(f"its labels file {labels_path} does not match its checksum")
     try:
