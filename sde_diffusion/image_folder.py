@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 # The modes PIL converts to RGB or L without losing range (8 bits per channel, palettes, CMYK).
-EIGHT_BIT_MODES = ("1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV")
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "HSV")
 # 16-bit gray as PNG gives it (PIL reads it as I;16, older versions as the 32-bit I).
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 

@@ -333,6 +333,8 @@ def test_modes_without_a_known_range_are_refused_naming_the_mode(tmp_path):
 
     with pytest.raises(ValueError, match="image mode F is not supported"):
         _eight_bit(Image.fromarray(np.zeros((2, 2), np.float32)))
+    with pytest.raises(ValueError, match="image mode LAB is not supported"):  # PIL cannot make it RGB
+        _eight_bit(Image.new("LAB", (2, 2)))
     with pytest.raises(ValueError, match="outside 16-bit gray's"):
         _eight_bit(Image.fromarray(np.full((2, 2), 70000, np.int32), "I"))
 
