@@ -18,20 +18,18 @@ another process is still writing.
 """
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
 
-from .output_files import TEMPORARY_SUFFIX, disk_error
+from .output_files import TEMPORARY_SUFFIX, disk_error, open_locked_temporary
 
 CHUNK_BYTES = 1 << 20
 SAMPLED_CHUNKS = 8
@@ -56,15 +54,10 @@ def _npy_header(shape: Tuple[int, ...]) -> bytes:
 
 
 def _open_locked_temporary(path: Path):
-    """(file object, name) of a new temporary file beside `path`, under an exclusive flock. A
-    cleaner may unlink the name between its creation and the lock: then try again."""
-    for _ in range(10):
-        handle, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX)
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        if os.fstat(handle).st_nlink > 0:
-            return os.fdopen(handle, "r+b"), name
-        os.close(handle)
-    raise OSError(errno.EAGAIN, f"cannot create a temporary file beside {path}")
+    """(file object, name) of a new temporary file beside `path`, under an exclusive flock
+    (`output_files.open_locked_temporary`)."""
+    handle, name = open_locked_temporary(path)
+    return os.fdopen(handle, "r+b"), name
 
 
 def _write_atomically(path: Path, write: Callable) -> None:
