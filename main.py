@@ -44,7 +44,8 @@ def _first_and_last_line(error: BaseException) -> str:
 
 # Where a mode's solver tolerances and evaluation cap are set, and the batch that sizes its memory.
 SOLVER_FIELDS = {"sample": ("sampling.rtol", "sampling.atol", "sampling.max_nfe"),
-                 "likelihood": ("eval.bpd_rtol", "eval.bpd_atol", "eval.bpd_max_nfe")}
+                 "likelihood": ("eval.bpd_rtol", "eval.bpd_atol", "eval.bpd_max_nfe"),
+                 "study": ("study.samplers (rtol=, atol=, max_nfe= in a spec)", "study.reference_tol")}
 BATCH_FIELDS = {"train": "training.batch_size", "likelihood": "eval.batch_size", "study": "study.num_samples"}
 
 

@@ -235,13 +235,17 @@ def test_solve_says_where_it_is_while_it_runs(monkeypatch, caplog):
                                       r"of at most 10000", line) for line in lines), lines[:3]
 
 
-def test_adaptive_sde_past_max_nfe_stops_in_one_line():
+def test_adaptive_sde_past_max_nfe_or_below_float_resolution_stops_in_one_line():
     mixture = mixture_2d()
     with pytest.raises(SolverStopped) as stopped:
-        sample(mixture.score_fn(VP), VP, (8, 2), "adaptive_sde", generator=0, rtol=1e-9, atol=1e-9, max_nfe=100)
+        sample(mixture.score_fn(VP), VP, (8, 2), "adaptive_sde", generator=0, max_nfe=10)
     message = str(stopped.value)
-    assert len(message.splitlines()) == 1
-    assert message.startswith("adaptive_sde sampler stopped at t = ") and "after 100 score evaluations" in message
+    assert len(message.splitlines()) == 1 and message.startswith("adaptive_sde sampler stopped at t = ")
+    assert "after 10 score evaluations: max_nfe=10 reached (rtol=0.05, atol=0.0078)" in message
+    # at 1e-9 the first error estimate shrinks the step below float32's spacing at t = 1
+    with pytest.raises(SolverStopped, match=r"^adaptive_sde sampler stopped at t = 1 \(of 1 -> 0.001\) after 4 score "
+                                            r"evaluations: its step fell below the resolution of torch.float32 times"):
+        sample(mixture.score_fn(VP), VP, (8, 2), "adaptive_sde", generator=0, rtol=1e-9, atol=1e-9)
 
 
 def test_likelihood_past_max_nfe_stops_in_one_line():

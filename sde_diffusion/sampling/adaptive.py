@@ -123,7 +123,11 @@ def adaptive_sde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.T
         error = _scaled_error(x_low, x_high, x_low_prev[moving], rtol, atol)
         if not per_sample:  # all samples share t and h, so all move: the RMS over the batch
             error = error.pow(2).mean().sqrt().expand_as(error)
-        watch.check_finite(bool(torch.isfinite(error).all()))
+        # one host sync for both checks: a finite error, and steps that still move time in this precision
+        finite, moves = torch.stack([torch.isfinite(error).all(), (s_m < t_m).all()]).tolist()
+        watch.check_finite(finite)
+        if not moves:
+            raise watch.stopped(f"its step fell below the resolution of {x.dtype} times", "loosen rtol/atol")
         accept = error <= 1
         keep = append_dims(accept, x.ndim)
         t_new = torch.where(accept, s_m, t_m)
