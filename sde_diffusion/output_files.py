@@ -109,20 +109,38 @@ def written_together():
         raise
     finally:
         _together.group = None
-    held = {signal.SIGTERM, signal.SIGINT, signal.SIGHUP}
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    with _signals_held():
+        try:
+            for index, (handle, temporary, path) in enumerate(group):
+                try:
+                    os.replace(temporary, path)
+                except OSError as error:
+                    for _, rest, _ in group[index:]:
+                        Path(rest).unlink(missing_ok=True)
+                    raise disk_error(error, path) from error
+        finally:
+            for handle, _, _ in group:
+                os.close(handle)
+
+
+@contextmanager
+def _signals_held():
+    """SIGTERM, SIGINT and SIGHUP recorded, not handled, inside the block, then sent again.
+    Python runs its handlers in the main thread whichever thread the signal reached, so blocking
+    the signal there would not hold a handler back: its Python handler is swapped instead."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    arrived = []
+    previous = {signum: signal.signal(signum, lambda number, frame: arrived.append(number))
+                for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     try:
-        for index, (handle, temporary, path) in enumerate(group):
-            try:
-                os.replace(temporary, path)
-            except OSError as error:
-                for _, rest, _ in group[index:]:
-                    Path(rest).unlink(missing_ok=True)
-                raise disk_error(error, path) from error
+        yield
     finally:
-        for handle, _, _ in group:
-            os.close(handle)
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        if arrived:
+            os.kill(os.getpid(), arrived[0])
 
 
 def cache_folder() -> Path:

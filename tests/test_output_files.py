@@ -169,3 +169,31 @@ def test_cleanup_takes_what_no_writer_holds_and_never_a_file_being_written(tmp_p
     finally:
         os.close(handle)
     assert remove_stale_temporaries(tmp_path) == [Path(held)]
+
+
+def test_a_signal_during_the_renames_waits_until_both_files_are_in_place(tmp_path, monkeypatch):
+    import signal
+
+    import sde_diffusion.output_files as output_files
+    from sde_diffusion.app.signals import Interrupted, interrupted_by_signals
+    replace, calls = os.replace, []
+
+    def replace_then_signal(source, target):  # SIGTERM arrives between the two renames
+        replace(source, target)
+        calls.append(target)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+            for _ in range(1000):  # a handler would run at one of these bytecodes
+                pass
+
+    monkeypatch.setattr(output_files.os, "replace", replace_then_signal)
+    npz, png = tmp_path / "s.npz", tmp_path / "s.png"
+    with pytest.raises(Interrupted):
+        with interrupted_by_signals():
+            with written_together():
+                write_text_atomic(npz, "new npz")
+                write_text_atomic(png, "new png")
+    assert (npz.read_text(), png.read_text()) == ("new npz", "new png") and len(calls) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz", "s.png"]
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # interrupted_by_signals left them ignored
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
