@@ -115,6 +115,11 @@ def _unknown_field(error: BaseException, argv) -> str:
     return f"{unknown!r}: no such field in the config file"
 
 
+def _overridden_fields(argv) -> set:
+    """The config fields the command line sets: {"sampling.order", ...} for --config.sampling.order=3."""
+    return {arg.split("=", 1)[0][len("--config."):] for arg in argv[1:] if arg.startswith("--config.")}
+
+
 def _config_path(argv) -> str:
     for index, arg in enumerate(argv):
         if arg.startswith("--config="):
@@ -132,7 +137,8 @@ def main(argv):
 
     from sde_diffusion import checkpoints, distributed
     from sde_diffusion.output_files import to_json
-    from sde_diffusion.app.config import ConfigError, select_device
+    from sde_diffusion.app.config import ConfigError, check_sampler_options, select_device
+    from sde_diffusion.app.plugins import load_plugins
     from sde_diffusion.app.validation import validate_config
     from sde_diffusion.app.controllable_modes import run_controllable
     from sde_diffusion.app.modes import run_eval, run_likelihood, run_sample, run_study_mode
@@ -142,7 +148,9 @@ def main(argv):
 
     config = FLAGS.config
     try:
+        load_plugins(config)
         validate_config(config, FLAGS.mode)
+        check_sampler_options(config, _overridden_fields(sys.argv))
         checkpoints.check_workdir(FLAGS.workdir)
         _remove_stale_outputs(FLAGS.workdir)
         run = {"train": train, "sample": run_sample, "likelihood": run_likelihood, "eval": run_eval,

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sde_diffusion.app.config import build_loss, build_model, build_score_fn, build_sde  # noqa: E402
+from sde_diffusion.app.config import build_denoiser, build_loss, build_model, build_sde  # noqa: E402
 from sde_diffusion.datasets import BatchStream, MappedImageDataset, load_dataset  # noqa: E402
 from sde_diffusion.image_scaling import to_model_space  # noqa: E402
 from sde_diffusion.training_step import training_step  # noqa: E402
@@ -62,13 +62,13 @@ def main() -> None:
     sde = build_sde(config)
     model = build_model(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.optim.lr)
-    loss_fn, score_fn = build_loss(config, sde), build_score_fn(model, sde, config)
+    loss_fn, denoiser = build_loss(config, sde), build_denoiser(model, sde, config)
     generator = torch.Generator().manual_seed(0)
     stream = BatchStream(len(in_memory), batch, seed=0)
 
     def step():
         x = to_model_space(in_memory.batch(next(stream)), config.data.centered)
-        training_step(lambda: loss_fn(score_fn, x, generator), model, optimizer, grad_clip=1.0)
+        training_step(lambda: loss_fn(denoiser, x, generator), model, optimizer, grad_clip=1.0)
 
     step()  # warm-up
     start = time.perf_counter()

@@ -39,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*`
 
 from configs import ddpm_cifar10, vp_cifar10  # noqa: E402
-from sde_diffusion.app.config import build_loss, build_model, build_score_fn, build_sde, data_shape  # noqa: E402
+from sde_diffusion.app.config import build_denoiser, build_loss, build_model, build_sde, data_shape  # noqa: E402
 from sde_diffusion.ema import EMA  # noqa: E402
 from sde_diffusion.performance import grad_scaler, to_memory_format, training_network  # noqa: E402
 from sde_diffusion.sampling import SamplerSpec, sample  # noqa: E402
@@ -116,7 +116,7 @@ def make_step(module, options: dict, device: torch.device, batch: int, smoke: bo
     loss_fn = build_loss(config, sde)
     network = training_network(model, device, precision=options["precision"],
                                channels_last=options["channels_last"], compile=options["compile"])
-    score_fn = build_score_fn(network, sde, config)
+    denoiser = build_denoiser(network, sde, config)
     scaler = grad_scaler(options["precision"], device)
     generator = torch.Generator(device).manual_seed(0)
     x = torch.rand((batch, *data_shape(config)), generator=generator, device=device) * 2 - 1
@@ -125,7 +125,7 @@ def make_step(module, options: dict, device: torch.device, batch: int, smoke: bo
 
     def step(batch_x=None):
         images = x if batch_x is None else to_memory_format(batch_x, options["channels_last"])
-        return training_step(lambda: loss_fn(score_fn, images, generator), model, optimizer,
+        return training_step(lambda: loss_fn(denoiser, images, generator), model, optimizer,
                              grad_clip=config.optim.grad_clip, ema=ema, scaler=scaler)
     return step, model
 
@@ -232,17 +232,17 @@ def sampler_rows(device, batches, smoke: bool, repeats: int = 2) -> list:
         sde = build_sde(config)
         model = build_model(config).to(device).eval().requires_grad_(False)
         network = training_network(model, device, precision=precision)
-        score_fn = build_score_fn(network, sde, config)
+        denoiser = build_denoiser(network, sde, config)
         for batch in batches:
             shape = (batch, *data_shape(config))
             x = torch.randn(shape, device=device)
             t = torch.full((batch,), 0.5, device=device)
             with torch.no_grad():
-                forward = time_steps(lambda: score_fn(x, t), device, repeats * 5, 2) * batch
+                forward = time_steps(lambda: denoiser(x, t), device, repeats * 5, 2) * batch
                 for method in SAMPLERS:
                     for nfe in SAMPLER_NFES:
                         steps = SamplerSpec(method).steps_for_nfe(nfe)
-                        run = lambda: sample(score_fn, sde, shape, method, steps, generator=0, device=device)  # noqa: E731
+                        run = lambda: sample(denoiser, sde, shape, method, steps, generator=0, device=device)  # noqa: E731
                         run()
                         synchronize(device)
                         start = time.perf_counter()

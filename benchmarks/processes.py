@@ -44,7 +44,7 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*`
 
-from sde_diffusion.app.config import build_score_fn, data_shape  # noqa: E402
+from sde_diffusion.app.config import build_denoiser, data_shape  # noqa: E402
 from sde_diffusion.app.modes import (data_judge, load_dataset_from_config, load_trained,  # noqa: E402
                                      quality_metric_for, run_likelihood, to_data_space)
 from sde_diffusion.app.train import train  # noqa: E402
@@ -86,10 +86,10 @@ def evaluate_row(name: str, config, workdir: Path, trained: tuple, num_samples: 
     """(summary row, every study row, 64 samples of the best 20-NFE sampler in [0, 1])."""
     device = torch.device("cpu")
     model, sde, step = trained  # load_trained's
-    score_fn = build_score_fn(model, sde, config)
+    denoiser = build_denoiser(model, sde, config)
     test = load_dataset_from_config(config, "test").data
     metric, key = quality_metric_for(config, test, device)
-    rows = run_study(score_fn, sde, (num_samples,) + data_shape(config), list(SAMPLERS), list(nfes),
+    rows = run_study(denoiser, sde, (num_samples,) + data_shape(config), list(SAMPLERS), list(nfes),
                      lambda x: metric(to_data_space(x, config)), seed=config.seed, reference_ode=False,
                      progress=False)
     for row in rows:
@@ -102,7 +102,7 @@ def evaluate_row(name: str, config, workdir: Path, trained: tuple, num_samples: 
         summary[f"FD @{nfe}"] = f"{best[nfe][key]:.3f} ({best[nfe]['sampler']})"
     picture_nfe = 20 if 20 in best else nfes[-1]
     with torch.no_grad():
-        x, _ = sample(score_fn, sde, (64,) + data_shape(config), parse_spec(best[picture_nfe]["sampler"]),
+        x, _ = sample(denoiser, sde, (64,) + data_shape(config), parse_spec(best[picture_nfe]["sampler"]),
                       generator=config.seed)
     pictures = to_data_space(x, config).clamp(0, 1)
     judge = data_judge(config)

@@ -26,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*`
 
-from sde_diffusion.app.config import build_loss, build_model, build_score_fn, build_sde, data_shape  # noqa: E402
+from sde_diffusion.app.config import build_denoiser, build_loss, build_model, build_sde, data_shape  # noqa: E402
 from sde_diffusion.ema import EMA  # noqa: E402
 from sde_diffusion.performance import grad_scaler, to_memory_format, training_network  # noqa: E402
 from sde_diffusion.training_step import training_step  # noqa: E402
@@ -54,7 +54,7 @@ def time_training_steps(config, steps: int, warmup: int, repeats: int, device: s
     loss_fn = build_loss(config, sde)
     network = training_network(model, torch.device(device), precision=precision,
                                channels_last=channels_last, compile=compile)
-    score_fn = build_score_fn(network, sde, config)
+    denoiser = build_denoiser(network, sde, config)
     scaler = grad_scaler(precision, torch.device(device))
     generator = torch.Generator(device).manual_seed(0)
     x = torch.rand((config.training.batch_size, *data_shape(config)), generator=generator, device=device) * 2 - 1
@@ -62,7 +62,7 @@ def time_training_steps(config, steps: int, warmup: int, repeats: int, device: s
     model.train()
 
     def step() -> None:
-        training_step(lambda: loss_fn(score_fn, x, generator), model, optimizer, grad_clip=config.optim.grad_clip,
+        training_step(lambda: loss_fn(denoiser, x, generator), model, optimizer, grad_clip=config.optim.grad_clip,
                       ema=ema, scaler=scaler)
 
     def synchronize() -> None:

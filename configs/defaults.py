@@ -15,6 +15,7 @@ def get_base_config():
     # torch's intra-op CPU threads; 0 = torch's default (one per core). On a shared machine set it
     # to your share of the cores: oversubscribed threads slow every job (docs/threads.md).
     config.threads = 0
+    config.plugins = ()                   # modules that register components (sde_diffusion.app.plugins)
 
     config.training = training = ml_collections.ConfigDict()
     training.sde = "vpsde"

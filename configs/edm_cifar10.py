@@ -1,9 +1,10 @@
 """Training EDM on CIFAR-10 with its DDPM++ setup (Karras et al. 2022, table 7, config F's
-network without augmentation): the `ncsnpp` network at EDM's widths, EDM's process,
-preconditioning, loss and sampler (configs/processes.py). To sample NVlabs' published EDM
-networks instead, use configs/published/edm_cifar10.py, which reads their pickles.
+network without augmentation): EDM's own SongUNet (`song_unet`, the module its pickles hold) at
+its widths, EDM's process, preconditioning, loss and sampler (configs/processes.py). To sample
+NVlabs' published EDM networks instead, use configs/published/edm_cifar10.py, which reads their
+pickles.
 
-On a GPU (issue 19 / docs/training.md): add --config.training.precision=bf16
+On a GPU (docs/training.md): add --config.training.precision=bf16
 --config.training.channels_last=True."""
 import math
 
@@ -17,9 +18,10 @@ EMA_HALF_LIFE_IMAGES = 500_000
 def get_config():
     config = edm(vp_cifar10())
     model = config.model
-    model.nf = 128
-    model.ch_mult = (2, 2, 2)           # EDM's DDPM++: three levels of 256 channels
-    model.num_res_blocks = 4
+    model.name = "song_unet"            # EDM's network; its constructor's names below
+    model.model_channels = 128
+    model.channel_mult = (2, 2, 2)      # EDM's DDPM++: three levels of 256 channels
+    model.num_blocks = 4
     model.attn_resolutions = (16,)
     model.dropout = 0.13
     # EMA with a half-life of 500k images: rate^(steps per half-life) = 1/2

@@ -19,7 +19,7 @@ checked against `model.sigma_min / sigma_max / num_scales` where the network's o
 it (VE models, and any with `scale_by_sigma`), and is otherwise unused, as in the reference.
 
 Conventions: the reference conditions continuous VE networks on sigma and VP networks on
-t * 999 (continuous) or the chain index (discrete), as `models.score` does. Its discrete VE
+t * 999 (continuous) or the chain index (discrete), as `models.preconditioning` does. Its discrete VE
 (SMLD) networks instead take the index i of the nearest noise level in `sigmas` and divide by
 sigmas[i]; `ChainIndexConditioned` wraps such a network so that it takes sigma like ours.
 """
@@ -238,7 +238,7 @@ class ChainIndexConditioned(nn.Module):
 
 def reference_chain_conditioning(sde):
     """The reference code's conditioning of discrete DDPM networks, as `conditioning(t) ->
-    (labels, std)` for `models.score_fn_from_model`: label t (N - 1) and the chain's std at
+    (labels, std)` for `models.denoiser_from_model`: label t (N - 1) and the chain's std at
     step floor(t (N - 1)) (its `mutils.get_score_fn`). At t = i / (N - 1) this is chain step i
     with its own std, what DDPM trained; between such times the label moves on while the std
     stays, which is why this package's default conditioning (`VPSDE.noise_labels`) feeds the

@@ -16,6 +16,7 @@ import io
 import pickle
 import struct
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Callable, Dict, Iterator, Optional
 
 import numpy as np
@@ -89,7 +90,37 @@ class MappedImageDataset(ArrayDataset):
 # A dataset loader is called as loader(split, root=, image_size=, download=, num_points=, seed=)
 # and ignores the arguments that do not concern it (toy data have no root, images no num_points).
 DATASETS: Registry[Callable[..., ArrayDataset]] = Registry("dataset")
-register_dataset = DATASETS.register
+
+
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What a data set declares where it is registered, all the application needs to know of it:
+    images ([N, C, H, W] in [0, 1]) or points ([N, dim]); its class count (0: no labels; None:
+    read from the user's files); whether its files can be fetched into data.root (download)."""
+    images: bool = False
+    num_classes: Optional[int] = 0
+    download: bool = False
+
+
+DATASET_FACTS: Dict[str, DatasetFacts] = {}
+
+
+def register_dataset(name: str, **facts) -> Callable:
+    """Decorator: register `loader` as data set `name` with its `DatasetFacts` (keywords)."""
+    declared = DatasetFacts(**facts)
+
+    def decorator(loader: Callable[..., ArrayDataset]) -> Callable[..., ArrayDataset]:
+        DATASETS.register(name)(loader)
+        DATASET_FACTS[name] = declared
+        return loader
+    return decorator
+
+
+def dataset_facts(name: str) -> DatasetFacts:
+    """The declared facts of data set `name` (a name not registered: ValueError listing the known)."""
+    DATASETS.get_or_raise(name)
+    return DATASET_FACTS.get(name, DatasetFacts())
+
 
 def load_dataset(name: str, split: str, *, root=None, image_size: Optional[int] = None,
                  download: bool = False, num_points: int = 10000, seed: int = 0, num_channels: int = 3,
@@ -127,7 +158,7 @@ for _kind in list(TOY_DATA):
         register_dataset(_kind)(_toy_loader(_kind))
 
 
-@register_dataset("gmm")
+@register_dataset("gmm", num_classes=8)
 def load_gmm(split: str, *, num_points: int, seed: int, **ignored) -> ArrayDataset:
     """`toy_data.gmm`'s points (the same draws), labelled with the component each came from,
     so the toy set also serves class-conditional models (8 classes)."""
@@ -156,7 +187,7 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 DIGITS_TEST_FRACTION = 0.15
 
 
-@register_dataset("digits")
+@register_dataset("digits", images=True, num_classes=10)
 def load_digits(split: str, *, image_size: Optional[int] = None, **ignored) -> ArrayDataset:
     """sklearn.datasets.load_digits (1797 images 8x8, 17 grey levels 0..16, 10 classes), bundled
     with scikit-learn so it needs no files. Split: for every class, its last
@@ -227,14 +258,14 @@ def _load_idx_images(name: str, split: str, root, image_size: Optional[int], dow
     return ArrayDataset(data, torch.from_numpy(labels.astype(np.int64)))
 
 
-@register_dataset("mnist")
+@register_dataset("mnist", images=True, num_classes=10, download=True)
 def load_mnist(split: str, *, root=None, image_size: Optional[int] = None, download: bool = False,
                **ignored) -> ArrayDataset:
     """MNIST (`_load_idx_images`)."""
     return _load_idx_images("mnist", split, root, image_size, download, "MNIST/raw", MNIST_URL)
 
 
-@register_dataset("fashion_mnist")
+@register_dataset("fashion_mnist", images=True, num_classes=10, download=True)
 def load_fashion_mnist(split: str, *, root=None, image_size: Optional[int] = None, download: bool = False,
                        **ignored) -> ArrayDataset:
     """Fashion-MNIST (Xiao et al. 2017; same files as MNIST's, `_load_idx_images`), by default
@@ -279,7 +310,7 @@ def read_cifar_batch(path) -> Dict[str, np.ndarray]:
     return {"data": data.reshape(-1, 3, 32, 32), "labels": labels}
 
 
-@register_dataset("cifar10")
+@register_dataset("cifar10", images=True, num_classes=10, download=True)
 def load_cifar10(split: str, *, root=None, image_size: Optional[int] = None, download: bool = False,
                  **ignored) -> ArrayDataset:
     """CIFAR-10 from its python batches in `root/cifar-10-batches-py` or `root` itself
@@ -294,7 +325,7 @@ def load_cifar10(split: str, *, root=None, image_size: Optional[int] = None, dow
 
 
 # -- the user's own images: a folder, or an .npz ----------------------------------------------
-@register_dataset("folder")
+@register_dataset("folder", images=True, num_classes=None)
 def load_folder(split: str, *, root=None, image_size: Optional[int] = None, num_channels: int = 3,
                 labels_from: str = "", **ignored) -> ArrayDataset:
     """PNG / JPEG / WebP files under `root` (`image_folder`), resized and centre-cropped, read
@@ -310,7 +341,7 @@ digest of the cache's contents."""
     return dataset
 
 
-@register_dataset("npz")
+@register_dataset("npz", images=True, num_classes=None)
 def load_npz(split: str, *, root=None, image_size: Optional[int] = None, **ignored) -> ArrayDataset:
     """Images (`x`: uint8 or floats in [0, 1], square, any layout `image_files.to_nchw` takes) and
     optional `labels` (class indices) of the .npz file `root`; image i is in the test split when

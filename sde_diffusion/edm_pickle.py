@@ -197,6 +197,6 @@ def edm_network(record: PersistentRecord, source: str = "pickle", allow_unknown_
 
 def load_edm_network(path, device="cpu", allow_unknown_source: bool = False) -> torch.nn.Module:
     """The EMA denoiser D(x; sigma, class_labels) of the EDM pickle at `path`, on `device`
-    (a `models.edm_precond` module; `denoiser_score_fn` makes it a score function)."""
+    (a `models.edm_precond` module; `edm_denoiser` makes it this package's Denoiser)."""
     return edm_network(read_edm_pickle(path)["ema"], source=str(path),
                        allow_unknown_source=allow_unknown_source).to(device)

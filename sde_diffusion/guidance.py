@@ -4,8 +4,8 @@ s(x, t, null); sampling follows
 
     (1 + w) s(x, t, y) - w s(x, t, null)                  (Ho & Salimans 2022, eq. 6)
 
-whose t = 0 limit is the score of p(x | y) p(y | x)^w. The guided score is only a new
-score_fn(x, t), so every sampler (PC, ODE, DDIM, Heun, DPM-Solver++) runs it unchanged.
+whose t = 0 limit is the score of p(x | y) p(y | x)^w. The guided model is only a new
+`Denoiser`, so every sampler (PC, ODE, DDIM, Heun, DPM-Solver++) runs it unchanged.
 
 Also the pieces around it: dropping labels during training and reading `sampling.labels`.
 """
@@ -16,7 +16,8 @@ from typing import Callable, List, Optional
 import torch
 from torch import nn
 
-from .models.score import score_fn_from_model
+from .denoiser import Denoiser
+from .models.preconditioning import denoiser_from_model
 from .sdes import SDE, ScoreFn
 
 
@@ -37,40 +38,42 @@ def oracle_guided_score_fn(cond_score_fn: ScoreFn, uncond_score_fn: ScoreFn,
     return score_fn
 
 
-def guided_score_fn(model: nn.Module, sde: SDE, class_labels: torch.Tensor, guidance_scale: float, *,
-                    continuous: bool = True, parameterization: Optional[str] = None) -> ScoreFn:
-    """score_fn(x, t) of a class-conditional `model` (with `num_classes`; index num_classes is
-    "no label") guided towards `class_labels` [B] with scale w = `guidance_scale` >= 0
-    (`guide` on the model's score function)."""
+def guided_model_denoiser(model: nn.Module, sde: SDE, class_labels: torch.Tensor, guidance_scale: float, *,
+                          continuous: bool = True, parameterization: Optional[str] = None) -> Denoiser:
+    """The Denoiser of a class-conditional `model` (with `num_classes`; index num_classes is "no
+    label") guided towards `class_labels` [B] with scale w = `guidance_scale` >= 0 (`guide`)."""
     num_classes = getattr(model, "num_classes", 0)
     if num_classes < 1:
         raise ValueError("guidance needs a class-conditional network (model.num_classes > 0)")
-    labelled_score = score_fn_from_model(model, sde, continuous=continuous, parameterization=parameterization)
-    return guide(labelled_score, num_classes, class_labels, guidance_scale)
+    labelled = denoiser_from_model(model, sde, continuous=continuous, parameterization=parameterization)
+    return guide(labelled, num_classes, class_labels, guidance_scale)
 
 
-def guide(labelled_score: Callable, num_classes: int, class_labels: torch.Tensor, guidance_scale: float) -> ScoreFn:
-    """score_fn(x, t) guided towards `class_labels` [B] with scale w = `guidance_scale` >= 0, from
-    `labelled_score(x, t, class_labels)`, whose label `num_classes` means "no label".
+def guide(labelled: Denoiser, num_classes: int, class_labels: torch.Tensor, guidance_scale: float) -> Denoiser:
+    """`labelled` (called with class labels, `num_classes` meaning "no label") guided towards
+    `class_labels` [B] with scale w = `guidance_scale` >= 0. The rule (1 + w) cond - w uncond has
+    weights summing to one, and D, the noise and the score are affine in one another at fixed
+    x, so guiding the denoiser's native prediction is guiding each of them.
 
-    The conditional and unconditional scores come from ONE network call on the batch stacked
-    with itself, labelled [class_labels, null]: half the calls of two passes, the same
-    arithmetic. At w = 0 the unconditional half is not computed at all."""
+    The conditional and unconditional predictions come from ONE call on the batch stacked with
+    itself, labelled [class_labels, null]: half the calls of two passes, the same arithmetic. At
+    w = 0 the unconditional half is not computed at all."""
     if guidance_scale < 0:
         raise ValueError(f"guidance_scale must be >= 0, got {guidance_scale}")
     class_labels = torch.as_tensor(class_labels, dtype=torch.long)
     if class_labels.ndim != 1 or (class_labels < 0).any() or (class_labels >= num_classes).any():
         raise ValueError(f"class_labels must be a 1-D tensor of labels in 0..{num_classes - 1}")
-    if guidance_scale == 0:
-        return lambda x, t: labelled_score(x, t, class_labels.to(x.device))
     stacked_labels = torch.cat([class_labels, torch.full_like(class_labels, num_classes)])
 
-    def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
-        both = labelled_score(torch.cat([x, x]), torch.cat([t, t]), stacked_labels.to(x.device))
-        cond, uncond = both.chunk(2)
-        return guided_score(cond, uncond, guidance_scale)
-    return score_fn
+    def wrap(native):
+        if guidance_scale == 0:
+            return lambda x, t: native(x, t, class_labels.to(x.device))
+
+        def guided(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            cond, uncond = native(torch.cat([x, x]), torch.cat([t, t]), stacked_labels.to(x.device)).chunk(2)
+            return guided_score(cond, uncond, guidance_scale)
+        return guided
+    return labelled.map(wrap)
 
 
 def drop_labels(class_labels: torch.Tensor, drop_prob: float, null_label: int,
@@ -106,8 +109,7 @@ def labels_for_samples(labels: List[int], num_samples: int) -> torch.Tensor:
     return torch.as_tensor(labels, dtype=torch.long).repeat_interleave(per_label)[:num_samples]
 
 
-def guided_score_fn_for_labels(labelled_score: Callable, num_classes: int,
-                               guidance_scale: float) -> Callable[[torch.Tensor], ScoreFn]:
-    """class_labels -> guide(labelled_score, num_classes, class_labels, guidance_scale): the form
+def guided_for_labels(labelled: Denoiser, num_classes: int, guidance_scale: float) -> Callable[[torch.Tensor], Denoiser]:
+    """class_labels -> guide(labelled, num_classes, class_labels, guidance_scale): the form
     `modes.draw_samples` takes, since each batch has its own labels."""
-    return lambda class_labels: guide(labelled_score, num_classes, class_labels, guidance_scale)
+    return lambda class_labels: guide(labelled, num_classes, class_labels, guidance_scale)

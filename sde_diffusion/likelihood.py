@@ -18,7 +18,7 @@ from typing import Optional, Tuple
 import torch
 
 from .sampling.ode import MAX_NFE, probability_flow_drift, solve_ivp_torch
-from .sampling.registry import CountingScore
+from .denoiser import CountedDenoiser, as_denoiser
 from .sdes import SDE, ScoreFn
 from .utils import Seed, batch_sum, make_generator, randn
 
@@ -66,7 +66,7 @@ def log_likelihood(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, trace: str =
         raise ValueError(f"unknown trace {trace!r}; known: exact, hutchinson")
     shape, batch = x.shape, x.shape[0]
     dim = x[0].numel()
-    counted = CountingScore(score_fn)
+    counted = CountedDenoiser(as_denoiser(score_fn, sde))
     drift_fn = probability_flow_drift(counted, sde)
     probe = None
     if trace == "hutchinson":

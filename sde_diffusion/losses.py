@@ -1,7 +1,8 @@
-"""Denoising score-matching losses. Each takes a score function score_fn(x, t) (a network
-wrapped by the model layer, or an exact oracle) and a batch of data, and returns a scalar.
-With `class_labels` [B] (class-conditional training) the score is called as
-score_fn(x, t, class_labels): the same losses then fit the conditional scores.
+"""Denoising score-matching losses. Each takes the model as a `Denoiser` (a network behind its
+preconditioning) or a score function score_fn(x, t) (an exact oracle) and a batch of data, and
+returns a scalar.
+With `class_labels` [B] (class-conditional training) the model is called with them: the same
+losses then fit the conditional predictions.
 With `shard` the batch is one process's block of a global batch (see `_own_rows`).
 
 For x_t = m(t) x_0 + s(t) z the denoising target is grad log p(x_t | x_0) = -z / s(t)
@@ -9,17 +10,35 @@ For x_t = m(t) x_0 + s(t) z the denoising target is grad log p(x_t | x_0) = -z /
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import inspect
+from functools import partial
+from typing import Optional, Tuple, Union
 
 import torch
 
+from .denoiser import Denoiser, as_denoiser
 from .sdes import SDE, VESDE, VPSDE, ScoreFn
-from .utils import append_dims, batch_sum, block_rows, randn
+from .utils import Registry, append_dims, batch_sum, block_rows, randn
+
+Model = Union[Denoiser, ScoreFn]  # a Denoiser, or a score function score_fn(x, t)
+
+# The continuous-time objectives `training.loss` names: loss(model, sde, x, *, generator,
+# class_labels, shard, **options); its other keyword options are read from config.training by
+# name (`loss_options`), so a registered loss declares its settings by its signature.
+LOSSES: Registry = Registry("loss")
+register_loss = LOSSES.register
+CALL_ARGUMENTS = ("generator", "class_labels", "shard")  # given per step, not from the config
 
 
-def _score(score_fn: ScoreFn, x_t: torch.Tensor, t: torch.Tensor,
+def loss_options(name: str) -> list:
+    """The keyword options of loss `name` (its keyword-only arguments but the per-step ones)."""
+    parameters = inspect.signature(LOSSES.get_or_raise(name)).parameters.values()
+    return [p.name for p in parameters if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name not in CALL_ARGUMENTS]
+
+
+def _score(model: Model, sde: SDE, x_t: torch.Tensor, t: torch.Tensor,
            class_labels: Optional[torch.Tensor]) -> torch.Tensor:
-    return score_fn(x_t, t) if class_labels is None else score_fn(x_t, t, class_labels)
+    return as_denoiser(model, sde).score(x_t, t, class_labels)
 
 
 def _reduce(squares: torch.Tensor, reduce_mean: bool) -> torch.Tensor:
@@ -67,7 +86,8 @@ def _min_snr_weight(sde: SDE, t: torch.Tensor, gamma: float, target: str) -> tor
     return {"noise": clamped / snr, "v": clamped / (snr + 1), "data": clamped}[target]
 
 
-def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
+@register_loss("dsm")
+def dsm_loss(model: Model, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
              likelihood_weighting: bool = False, min_snr_gamma: float = 0.0, eps: float = 1e-5,
              generator: Optional[torch.Generator] = None,
              class_labels: Optional[torch.Tensor] = None,
@@ -87,7 +107,7 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
     t, z = _times_and_noise(sde, x, eps, generator, shard)
     mean_coef, std = sde.marginal_coefs(t)
     x_t = append_dims(mean_coef, x.ndim) * x + append_dims(std, x.ndim) * z
-    score = _score(score_fn, x_t, t, class_labels)
+    score = _score(model, sde, x_t, t, class_labels)
     if likelihood_weighting:
         residual = score + z / append_dims(std, x.ndim)
         weight = sde.diffusion(t) ** 2
@@ -99,7 +119,7 @@ def dsm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool 
     return (0.5 * weight * _reduce(residual ** 2, reduce_mean)).mean()
 
 
-def prediction_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, target: str = "v",
+def prediction_loss(model: Model, sde: SDE, x: torch.Tensor, *, target: str = "v",
                     reduce_mean: bool = False, min_snr_gamma: float = 0.0, eps: float = 1e-5,
                     generator: Optional[torch.Generator] = None,
                     class_labels: Optional[torch.Tensor] = None,
@@ -117,13 +137,13 @@ def prediction_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, target: str
     t, z = _times_and_noise(sde, x, eps, generator, shard)
     coefs = path_coefs(sde, t, x)
     x_t = coefs.alpha * x + coefs.sigma * z
-    predicted_noise = -coefs.sigma * _score(score_fn, x_t, t, class_labels)
+    predicted_noise = as_denoiser(model, sde).noise(x_t, t, class_labels)
     residual = from_noise(target, predicted_noise, x_t, coefs) - from_noise(target, z, x_t, coefs)
     weight = _min_snr_weight(sde, t, min_snr_gamma, target) if min_snr_gamma > 0 else torch.ones_like(t)
     return (0.5 * weight * _reduce(residual ** 2, reduce_mean)).mean()
 
 
-def ddpm_loss(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, *, reduce_mean: bool = True,
+def ddpm_loss(model: Model, sde: VPSDE, x: torch.Tensor, *, reduce_mean: bool = True,
               generator: Optional[torch.Generator] = None,
               class_labels: Optional[torch.Tensor] = None,
               shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
@@ -140,11 +160,11 @@ def ddpm_loss(score_fn: ScoreFn, sde: VPSDE, x: torch.Tensor, *, reduce_mean: bo
     z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
     x_t = append_dims(torch.sqrt(alpha_bar), x.ndim) * x + append_dims(std, x.ndim) * z
     t = sde.chain_time(index).to(x.dtype)
-    residual = _score(score_fn, x_t, t, class_labels) * append_dims(std, x.ndim) + z
+    residual = _score(model, sde, x_t, t, class_labels) * append_dims(std, x.ndim) + z
     return _reduce(residual ** 2, reduce_mean).mean()
 
 
-def smld_loss(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, *, reduce_mean: bool = False,
+def smld_loss(model: Model, sde: VESDE, x: torch.Tensor, *, reduce_mean: bool = False,
               generator: Optional[torch.Generator] = None,
               class_labels: Optional[torch.Tensor] = None,
               shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
@@ -159,11 +179,12 @@ def smld_loss(score_fn: ScoreFn, sde: VESDE, x: torch.Tensor, *, reduce_mean: bo
     z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
     x_t = x + append_dims(sigma, x.ndim) * z
     t = sde.chain_time(index).to(x.dtype)
-    residual = _score(score_fn, x_t, t, class_labels) * append_dims(sigma, x.ndim) + z
+    residual = _score(model, sde, x_t, t, class_labels) * append_dims(sigma, x.ndim) + z
     return (0.5 * _reduce(residual ** 2, reduce_mean)).mean()
 
 
-def edm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, p_mean: float = -1.2, p_std: float = 1.2,
+@register_loss("edm")
+def edm_loss(model: Model, sde: SDE, x: torch.Tensor, *, p_mean: float = -1.2, p_std: float = 1.2,
              sigma_data: float = 0.5, reduce_mean: bool = False, eps: float = 1e-5,
              generator: Optional[torch.Generator] = None, class_labels: Optional[torch.Tensor] = None,
              shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
@@ -171,7 +192,7 @@ def edm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, p_mean: float = -1
     ln sigma ~ N(p_mean, p_std^2), the denoiser error ||D(x_t) - x_0||^2 weighted by
     lambda(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2. On any process: sigma is the
     noise level s / alpha of the time whose log-SNR is -2 ln sigma (kept within [eps, T]), and
-    D = (x_t + s^2 score) / alpha is Tweedie's denoiser in the unscaled variables."""
+    D is the model's denoiser (x_0 in the unscaled variables)."""
     rows = _global_rows(x, shard)
     normal = _own_rows(randn((rows,), generator, x), shard)
     level = torch.exp(p_mean + p_std * normal)
@@ -179,13 +200,14 @@ def edm_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, p_mean: float = -1
     z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
     alpha, std = (append_dims(c, x.ndim) for c in sde.marginal_coefs(t))
     x_t = alpha * x + std * z
-    denoised = (x_t + std ** 2 * _score(score_fn, x_t, t, class_labels)) / alpha
+    denoised = as_denoiser(model, sde)(x_t, t, class_labels)
     sigma = (std / alpha).flatten()
     weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
     return (0.5 * weight * _reduce((denoised - x) ** 2, reduce_mean)).mean()
 
 
-def flow_matching_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
+@register_loss("flow_matching")
+def flow_matching_loss(model: Model, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
                        time_sampling: str = "uniform", eps: float = 1e-5,
                        generator: Optional[torch.Generator] = None,
                        class_labels: Optional[torch.Tensor] = None,
@@ -199,7 +221,11 @@ def flow_matching_loss(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, *, reduce_m
     t, z = _times_and_noise(sde, x, eps, generator, shard, time_sampling)
     coefs = path_coefs(sde, t, x)
     x_t = coefs.alpha * x + coefs.sigma * z
-    predicted_noise = -coefs.sigma * _score(score_fn, x_t, t, class_labels)
+    predicted_noise = as_denoiser(model, sde).noise(x_t, t, class_labels)
     velocity = from_noise("velocity", predicted_noise, x_t, coefs)
     target = coefs.d_alpha * x + coefs.d_sigma * z
     return (0.5 * _reduce((velocity - target) ** 2, reduce_mean)).mean()
+
+
+register_loss("v")(partial(prediction_loss, target="v"))
+register_loss("data")(partial(prediction_loss, target="data"))

@@ -54,7 +54,7 @@ class SDE(abc.ABC):
 
     T: float = 1.0
     # What a network trained under this SDE outputs unless told otherwise: "noise", the noise z
-    # of x_t = m(t) x_0 + s(t) z, or "score" (`models.score`).
+    # of x_t = m(t) x_0 + s(t) z, or "score" (`models.preconditioning`).
     default_parameterization: str = "noise"
     # Whether the discrete chain is a published training chain (DDPM's, SMLD's): discrete-time
     # training and ancestral sampling need one.

@@ -1,10 +1,53 @@
-"""The layers' import rules, read from the source with `ast` (imports inside functions count):
-the library never imports the application (`sde_diffusion.app`), samplers never import
-networks, and no module imports itself back through others (no cycles)."""
+"""The layers' import rules, read from the source with `ast` (imports inside functions count),
+from one declaration (`LAYERS`) that also writes the README's architecture table: each module
+imports only its own layer and those below it, samplers and networks never each other, the
+library never the application, and no module imports itself back through others (no cycles)."""
 import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "sde_diffusion"
+README = PACKAGE.parent / "README.md"
+
+# Bottom up: (layer, its modules and packages under sde_diffusion, what it holds). A layer may
+# import the layers listed before it; samplers and networks are siblings that never meet.
+LAYERS = [
+    ("core maths", ("sdes", "gaussian_paths", "distributions", "denoiser", "utils"),
+     "processes, the denoiser D(x, t) and its score, exact mixtures"),
+    ("files", ("output_files", "image_files", "image_scaling", "plotting"),
+     "atomic outputs, image arrays in and out, pictures"),
+    ("samplers", ("sampling",), "the registry, `SamplerSpec`, `sample`, step hooks, every sampler, inpainting"),
+    ("networks", ("models",), "the registry, the networks, EDM's, the preconditioning table"),
+    ("data and checkpoints", ("datasets", "dataset_files", "image_folder", "image_cache", "toy_data", "checkpoints",
+                              "compat", "edm_pickle", "distributed", "performance"),
+     "data sets, checkpoints and published networks, processes, devices"),
+    ("training and scoring", ("losses", "training_step", "ema", "likelihood", "guidance", "evaluate",
+                              "fid_reference", "digits_judge", "study"),
+     "losses, the training step, likelihood, guidance, metrics, studies"),
+    ("application", ("app",), "main.py's modes, config checks, the trainer, plug-ins"),
+]
+SIBLINGS = {("samplers", "networks"), ("networks", "samplers")}
+
+
+def layer_of(module: str):
+    name = module[len("sde_diffusion."):]
+    for layer, members, _ in LAYERS:
+        if any(name == member or name.startswith(member + ".") for member in members):
+            return layer
+    return None
+
+
+def allowed(layer: str) -> list:
+    names = [name for name, _, _ in LAYERS]
+    return [below for below in names[:names.index(layer)] if (layer, below) not in SIBLINGS]
+
+
+def layer_table() -> str:
+    lines = ["| layer | modules | what | may import |", "|---|---|---|---|"]
+    for layer, members, what in LAYERS:
+        modules = ", ".join(f"`{m}/`" if (PACKAGE / m).is_dir() else f"`{m}`" for m in members)
+        below = allowed(layer)
+        lines.append(f"| {layer} | {modules} | {what} | {', '.join(below) if below else 'torch only'} |")
+    return "\n".join(lines)
 
 
 def module_name(path: Path) -> str:
@@ -36,6 +79,21 @@ def imports() -> dict:
                 found.update(submodules or [target])
         graph[name] = found - {name}
     return graph
+
+
+def test_every_module_has_a_layer_and_imports_only_below_it():
+    graph = imports()
+    unlayered = sorted(module for module in graph if module != "sde_diffusion" and layer_of(module) is None)
+    assert not unlayered, f"modules in no layer of LAYERS: {unlayered}"
+    breaches = [f"{module} ({layer_of(module)}) imports {target} ({layer_of(target)})"
+                for module, targets in sorted(graph.items()) if module != "sde_diffusion"
+                for target in sorted(targets) if target != "sde_diffusion"
+                and layer_of(target) != layer_of(module) and layer_of(target) not in allowed(layer_of(module))]
+    assert not breaches, "\n".join(breaches)
+
+
+def test_the_readme_table_is_the_declaration():
+    assert layer_table() in README.read_text(), "README's architecture table differs from LAYERS:\n" + layer_table()
 
 
 def test_the_library_never_imports_the_application():

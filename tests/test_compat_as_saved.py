@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from sde_diffusion.app.config import ConfigError, build_score_fn, build_sde
+from sde_diffusion.app.config import ConfigError, build_denoiser, build_sde
 from sde_diffusion.app.validation import validate_config
 from sde_diffusion.compat import load_reference_checkpoint, read_reference_checkpoint
 from test_compat import FIXTURES, REDUCED, published_config, requires_fixtures
@@ -54,7 +54,7 @@ def test_as_saved_files_hold_numpy_scalars_and_load_with_weights_only(name):
 def _as_saved_outputs(name, config):
     expected = {key: torch.from_numpy(value) for key, value in np.load(FIXTURES / f"{name}.npz").items()}
     model = load_reference_checkpoint(FIXTURES / f"{name}.pth", config)
-    score_fn = build_score_fn(model, build_sde(config), config)
+    score_fn = build_denoiser(model, build_sde(config), config).score
     return expected, model, score_fn
 
 

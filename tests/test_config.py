@@ -50,12 +50,15 @@ def test_ddpm_config_has_the_papers_hyper_parameters():
 
 
 def test_edm_cifar10_has_edms_ddpmpp_recipe():
-    """Karras et al. 2022, table 7 (DDPM++, no augmentation): 55.7M parameters, batch 512, lr 1e-3
+    """Karras et al. 2022, table 7 (DDPM++, no augmentation): EDM's SongUNet of 55.7M parameters, batch 512, lr 1e-3
     over a 10M-image ramp, EMA half-life 500k images, dropout 0.13, no flips; EDM's process,
     preconditioning, loss and sampler. fm_cifar10 is vp_cifar10 but for process, output, loss."""
     from sde_diffusion.app.config import build_model
+    from sde_diffusion.models.edm_networks import SongUNet
     config = load_config("edm_cifar10")
-    assert sum(p.numel() for p in build_model(config).parameters()) == pytest.approx(55.73e6, rel=1e-3)
+    network = build_model(config)
+    assert isinstance(network, SongUNet) and network.num_classes == 0  # EDM's own module, trained here
+    assert sum(p.numel() for p in network.parameters()) == pytest.approx(55.73e6, rel=1e-3)
     assert (config.training.batch_size, config.optim.lr, config.optim.warmup) == (512, 1e-3, 19531)
     assert config.model.ema_rate ** (500_000 / 512) == pytest.approx(0.5)
     assert (config.model.dropout, config.data.random_flip, config.optim.grad_clip) == (0.13, False, 0.0)
@@ -255,3 +258,39 @@ def test_labelled_toy_mixture_takes_a_conditional_model():
     config = load_config("vp_toy")
     config.data.dataset, config.model.num_classes, config.sampling.labels = "gmm", 8, "0,7"
     validate_config(config)
+
+
+def test_an_option_of_another_sampler_on_the_command_line_is_an_error():
+    """`method=ddim` with `sampling.order=3` given: ddim never reads order, so it is refused in
+    one message naming the field, the chosen sampler's options and the sampler it belongs to;
+    the options a config file sets for its own sampler (vp_toy: pc's predictor) do not count."""
+    from sde_diffusion.app.config import check_sampler_options
+
+    config = load_config("vp_toy")
+    config.sampling.method, config.sampling.order = "ddim", 3
+    with pytest.raises(ConfigError, match=r"config.sampling.order: sampler ddim has no option order "
+                                          r"\(it takes eta; order is an option of dpm_solver\+\+\)"):
+        check_sampler_options(config, {"sampling.method", "sampling.order"})
+    check_sampler_options(config, {"sampling.method"})  # the file's pc options: not the user's doing
+    config.sampling.order = None
+    config.sampling.eta = 0.5
+    check_sampler_options(config, {"sampling.method", "sampling.eta", "sampling.steps", "sampling.schedule"})
+    config.sampling.method = "heun"
+    with pytest.raises(ConfigError, match="config.sampling.eta: sampler heun"):
+        check_sampler_options(config, {"sampling.eta"})
+
+
+def test_eps_is_a_time_of_the_process_and_checked_against_its_range():
+    """On EDM's process t is sigma (T = 80): ending at sigma = 2 is a valid call, beyond T not; on
+    VP the range stays (0, 1)."""
+    config = load_config("edm_toy")
+    config.sampling.eps = 2.0
+    validate_config(config)
+    assert sampler_spec(config).end(build_sde(config)) == 2.0
+    config.sampling.eps = 81.0
+    with pytest.raises(ConfigError, match=r"config.sampling.eps: must lie in \(0, 80\), the times of the edm process"):
+        validate_config(config)
+    config = load_config("vp_toy")
+    config.sampling.eps = 2.0
+    with pytest.raises(ConfigError, match=r"config.sampling.eps: must lie in \(0, 1\)"):
+        validate_config(config)

@@ -133,6 +133,8 @@ def test_output_names_carry_the_call_the_inputs_and_the_seed_and_no_folders(mode
     others.append(_output_name(mode, 7, config, build_sde(config), images, pixels))  # another seed
     config.seed, config.sampling.method = 42, "ddim"
     others.append(_output_name(mode, 7, config, build_sde(config), images, pixels))  # another sampler
+    config.sampling.method, config.sampling.batch_size = "pc", 2
+    others.append(_output_name(mode, 7, config, build_sde(config), images, pixels))  # 3 images in batches of 2
     if mask.endswith(".png"):
         others.append(_output_name(mode, 7, config, build_sde(config), images, ~pixels))  # another mask file
     assert len({name, *others}) == len(others) + 1

@@ -15,7 +15,7 @@ import torch
 from conftest import mixture_32d
 from sde_diffusion.checkpoints import CheckpointError
 from sde_diffusion.edm_pickle import load_edm_network, read_edm_pickle
-from sde_diffusion.models.edm_precond import EDMPrecond, VPPrecond, denoiser_score_fn
+from sde_diffusion.models.edm_precond import EDMPrecond, VPPrecond, edm_denoiser
 from sde_diffusion.sampling import sample
 from sde_diffusion.sdes import VESDE, VPSDE
 
@@ -175,7 +175,7 @@ def test_denoiser_score_is_the_exact_score(sde):
     x = sde.prior_sampling((64, 32), generator=torch.Generator().manual_seed(0)) * 0.5
     t = torch.linspace(0.05, 0.95, 64)
     exact = mixture.score_fn(sde)(x, t)
-    via_denoiser = denoiser_score_fn(_ExactDenoiser(mixture, sde), sde)(x, t)
+    via_denoiser = edm_denoiser(_ExactDenoiser(mixture, sde), sde).score(x, t)
     torch.testing.assert_close(via_denoiser, exact, rtol=2e-3, atol=2e-3)
 
 
@@ -206,14 +206,12 @@ def test_preconditioning_coefficients_follow_the_paper():
 ])
 def test_samplers_run_on_a_fixture_network(name, sde, method):
     network = load_edm_network(FIXTURES / f"{name}.pkl")
-    score_fn = denoiser_score_fn(network, sde, num_classes=network.label_dim)
+    denoiser = edm_denoiser(network, sde, num_classes=network.label_dim)
     if network.label_dim:
         labels = torch.tensor([3, 7])
-        score = lambda x, t: score_fn(x, t, labels)  # noqa: E731
-    else:
-        score = score_fn
+        denoiser = denoiser.map(lambda native: lambda x, t: native(x, t, labels))
     with torch.no_grad():
-        x, nfe = sample(score, sde, (2, 3, 16, 16), method, steps=6, generator=torch.Generator().manual_seed(0))
+        x, nfe = sample(denoiser, sde, (2, 3, 16, 16), method, steps=6, generator=torch.Generator().manual_seed(0))
     assert x.shape == (2, 3, 16, 16) and torch.isfinite(x).all() and nfe > 0
 
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from sde_diffusion.distributions import GaussianMixture
-from sde_diffusion.guidance import (drop_labels, guided_score, guided_score_fn, labels_for_samples,
+from sde_diffusion.guidance import (drop_labels, guided_model_denoiser, guided_score, labels_for_samples,
                                     oracle_guided_score_fn, parse_labels)
-from sde_diffusion.models import get_model_class, score_fn_from_model
+from sde_diffusion.models import denoiser_from_model, get_model_class
 from sde_diffusion.sampling import sample
 from sde_diffusion.sdes import VPSDE
 
@@ -120,15 +120,15 @@ class _CountingNetwork(torch.nn.Module):
 
 @pytest.mark.parametrize("w", [0.0, 0.5, 3.0])
 def test_guided_score_is_one_batched_call(w):
-    """guided_score_fn makes one network call on the doubled batch (the batch alone at w = 0)
-    and equals (1 + w) s(x, t, y) - w s(x, t, null) computed by separate calls."""
+    """The guided denoiser makes one network call on the doubled batch (the batch alone at w = 0)
+    and its score equals (1 + w) s(x, t, y) - w s(x, t, null) computed by separate calls."""
     network, sde = _CountingNetwork(), VPSDE()
     labels = torch.tensor([0, 2, 1, 0])
     x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0))
     t = torch.tensor([0.1, 0.4, 0.7, 1.0])
-    guided = guided_score_fn(network, sde, labels, w)(x, t)
+    guided = guided_model_denoiser(network, sde, labels, w).score(x, t)
     assert network.calls == 1 and network.batch_sizes == [4 if w == 0 else 8]
-    separate = score_fn_from_model(network, sde)
+    separate = denoiser_from_model(network, sde).score
     expected = (1 + w) * separate(x, t, labels) - w * separate(x, t)
     torch.testing.assert_close(guided, expected)
     torch.testing.assert_close(guided_score(separate(x, t, labels), separate(x, t), w), expected)
@@ -137,11 +137,11 @@ def test_guided_score_is_one_batched_call(w):
 def test_guided_score_refuses_bad_input():
     network, sde = _CountingNetwork(), VPSDE()
     with pytest.raises(ValueError, match="guidance_scale"):
-        guided_score_fn(network, sde, torch.tensor([0]), -1.0)
+        guided_model_denoiser(network, sde, torch.tensor([0]), -1.0)
     with pytest.raises(ValueError, match="labels"):
-        guided_score_fn(network, sde, torch.tensor([3]), 1.0)
+        guided_model_denoiser(network, sde, torch.tensor([3]), 1.0)
     with pytest.raises(ValueError, match="class-conditional"):
-        guided_score_fn(torch.nn.Identity(), sde, torch.tensor([0]), 1.0)
+        guided_model_denoiser(torch.nn.Identity(), sde, torch.tensor([0]), 1.0)
 
 
 @pytest.mark.parametrize("name", ["mlp", "ddpm", "ncsnpp"])
@@ -213,7 +213,7 @@ def test_trained_digits_model_follows_labels_more_with_guidance():
     network = get_model_class("mlp")(data_dim=64, width=256, num_blocks=3, embed_dim=64, num_classes=10)
     optimizer = torch.optim.Adam(network.parameters(), lr=2e-3)
     ema = EMA(network, 0.99)
-    score_fn = score_fn_from_model(network, sde)
+    score_fn = denoiser_from_model(network, sde)
     generator = torch.Generator().manual_seed(0)
     stream = BatchStream(len(train), 128, seed=0)
     for _ in range(400):
@@ -230,7 +230,7 @@ def test_trained_digits_model_follows_labels_more_with_guidance():
     accuracy = {}
     for w in (0.0, 1.0, 3.0):
         with torch.no_grad():
-            x, _ = sample(guided_score_fn(averaged, sde, requested, w), sde, (200, 1, 8, 8),
+            x, _ = sample(guided_model_denoiser(averaged, sde, requested, w), sde, (200, 1, 8, 8),
                           method="dpm_solver++", steps=30, generator=1, schedule="logsnr", order=2)
         accuracy[w] = judge.accuracy(from_model_space(x, centered=True), requested)
     # 200 samples: a binomial standard error of at most 0.035.

@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from sde_diffusion import losses
-from sde_diffusion.models import get_model, get_model_class, model_names, registry, score_fn_from_model
+from sde_diffusion.models import denoiser_from_model, get_model, get_model_class, model_names, registry
 from sde_diffusion.sdes import CONTINUOUS_LABEL_SCALE
 from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
 
@@ -77,7 +77,7 @@ def test_ddpm_loss_feeds_the_network_integer_labels():
         return torch.zeros_like(x)
 
     sde = VPSDE(N=1000)
-    score_fn = score_fn_from_model(network, sde, continuous=False)
+    score_fn = denoiser_from_model(network, sde, continuous=False)
     losses.ddpm_loss(score_fn, sde, torch.randn(4096, 2, dtype=torch.float64),
                      generator=torch.Generator().manual_seed(0))
     labels = seen[0]
@@ -101,11 +101,11 @@ def test_wrapping_the_exact_network_gives_the_exact_score(sde):
         times = labels / CONTINUOUS_LABEL_SCALE
         return -sde.marginal_coefs(times)[1][:, None] * mixture.score(x_in, sde, times)
 
-    score_fn = score_fn_from_model(exact_network, sde)
+    score_fn = denoiser_from_model(exact_network, sde).score
     # float64 round-off of the sigma -> t inversion, amplified by the sharp components at small t
     torch.testing.assert_close(score_fn(x, t), mixture.score(x, sde, t), rtol=1e-5, atol=1e-6)
 
 
 def test_bad_parameterization_is_refused():
     with pytest.raises(ValueError, match="parameterization"):
-        score_fn_from_model(lambda x, labels: x, VPSDE(), parameterization="epsilon")
+        denoiser_from_model(lambda x, labels: x, VPSDE(), parameterization="epsilon")

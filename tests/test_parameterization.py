@@ -1,4 +1,4 @@
-"""Network outputs and the score (`models.parameterization`, `models.score`): conversions that
+"""Network outputs and the score (`models.parameterization`, `models.preconditioning`): conversions that
 round-trip to float precision on every process, a network predicting each quantity exactly gives
 the exact score, and the denoising loss is lowest at the exact score on the new processes."""
 import pytest
@@ -7,7 +7,7 @@ import torch
 from conftest import mixture_2d
 from sde_diffusion.losses import dsm_loss
 from sde_diffusion.models.parameterization import from_noise, path_coefs, to_noise
-from sde_diffusion.models.score import EDM_SIGMA_DATA, score_fn_from_model
+from sde_diffusion.models.preconditioning import EDM_SIGMA_DATA, denoiser_from_model
 from sde_diffusion.sdes import get_sde
 
 SDES = {name: get_sde(name) for name in ("vpsde", "subvpsde", "vesde", "edm", "rectified_flow", "cosine_vp")}
@@ -71,7 +71,7 @@ def test_a_network_predicting_each_quantity_gives_the_exact_score(name, kind):
     x_t = alpha[:, None] * x + sigma[:, None] * torch.randn(32, 2, generator=generator, dtype=torch.float64)
     network = _Exact(mixture, sde, kind)
     network.time = t
-    score = score_fn_from_model(network, sde, parameterization=kind)(x_t, t)
+    score = denoiser_from_model(network, sde, parameterization=kind).score(x_t, t)
     torch.testing.assert_close(score, mixture.score_fn(sde)(x_t, t), rtol=1e-7, atol=1e-7)
 
 
@@ -92,7 +92,7 @@ def test_denoising_loss_is_lowest_at_the_exact_score(name):
 
 def test_unknown_parameterization_is_named():
     with pytest.raises(ValueError, match="parameterization must be one of score, noise, data, v, velocity, edm"):
-        score_fn_from_model(torch.nn.Identity(), SDES["vpsde"], parameterization="x_start")
+        denoiser_from_model(torch.nn.Identity(), SDES["vpsde"], parameterization="x_start")
 
 
 @pytest.mark.parametrize("name", ["vpsde", "edm", "rectified_flow", "cosine_vp"])

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from sde_diffusion import checkpoints
-from sde_diffusion.app.config import build_model, build_score_fn, build_sde
+from sde_diffusion.app.config import build_denoiser, build_model, build_sde
 from sde_diffusion.toy_data import toy_mixture
 from sde_diffusion.evaluate import sliced_wasserstein
 from sde_diffusion.app.modes import draw_samples, load_trained
@@ -64,9 +64,9 @@ def test_training_beats_the_initial_model_by_a_clear_margin(trained_toy):
     untrained = build_model(config).eval()
     sde = build_sde(config)
     with torch.no_grad():
-        before, _ = sample_quality(build_score_fn(untrained, sde, config), sde, config)
+        before, _ = sample_quality(build_denoiser(untrained, sde, config), sde, config)
         model, sde, step = load_trained(config, workdir, torch.device("cpu"))
-        after, errors = sample_quality(build_score_fn(model, sde, config), sde, config)
+        after, errors = sample_quality(build_denoiser(model, sde, config), sde, config)
     assert step == config.training.n_iters
     # Step 0: the zero-initialised output gives score 0, and the reverse VP drift then blows the
     # prior up by exp(int beta / 2) ~ 150 (measured SW 162). After 600 steps, measured: SW 0.11,
@@ -189,7 +189,7 @@ def test_the_training_step_a_users_loop_can_call_updates_only_on_finite_steps():
     the EMA; a batch whose loss is NaN leaves both untouched and says so."""
     from sde_diffusion.ema import EMA
     from sde_diffusion.losses import dsm_loss
-    from sde_diffusion.models import score_fn_from_model
+    from sde_diffusion.models import denoiser_from_model
     from sde_diffusion.models.mlp import MLP
     from sde_diffusion.sdes import VPSDE
     from sde_diffusion.training_step import training_step
@@ -198,7 +198,7 @@ def test_the_training_step_a_users_loop_can_call_updates_only_on_finite_steps():
     sde, model = VPSDE(), MLP(data_dim=2, width=16, num_blocks=1)
     ema = EMA(model, 0.5)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    score_fn = score_fn_from_model(model, sde)
+    score_fn = denoiser_from_model(model, sde)
     generator = torch.Generator().manual_seed(1)
 
     def loss_on(x):
@@ -234,7 +234,7 @@ def test_new_processes_train_to_the_data(process, tmp_path):
     train(config, tmp_path)
     with torch.no_grad():
         model, sde, _ = load_trained(config, tmp_path, torch.device("cpu"))
-        distance, errors = sample_quality(build_score_fn(model, sde, config), sde, config)
+        distance, errors = sample_quality(build_denoiser(model, sde, config), sde, config)
     # measured (600 steps): EDM 0.063, flow matching 0.090, cosine VP with v 0.071, against VP's
     # 0.11 (above); two independent 2000-point draws of the mixture differ by 0.078
     assert distance < 0.15 and errors["weight"] < 0.05, (distance, errors)

@@ -13,22 +13,21 @@ from typing import Callable
 import torch
 
 from .. import losses
-from ..datasets import load_dataset
+from ..datasets import DATASETS, dataset_facts, load_dataset
 from ..distributed import rank_device
-from ..models import get_model, score_fn_from_model
-from ..models.edm_precond import Preconditioned, denoiser_score_fn
+from ..denoiser import Denoiser
+from ..models import denoiser_from_model, get_model
+from ..models.edm_precond import Preconditioned, edm_denoiser
 from ..sampling import SAMPLERS, SCHEDULES, SamplerSpec, sampler_option_names, schedule_option_names, with_settings
 from ..sampling.call import GRID_FIELDS
-from ..sdes import SDES, SDE, ScoreFn
+from ..sdes import SDES, SDE
 
-IMAGE_MODELS = ("ddpm", "ncsnpp")
+SCORE_SDE_MODELS = ("ddpm", "ncsnpp")  # the networks score_sde_pytorch checkpoints hold
+EDM_MODELS = ("song_unet", "dhariwal_unet")  # EDM's U-Nets, trainable here
+IMAGE_MODELS = SCORE_SDE_MODELS + EDM_MODELS
 # model.name of a network that only comes from an EDM pickle (eval.reference_checkpoint = *.pkl)
 EDM_PICKLE_MODEL = "edm"
 MAX_IMAGE_SIZE = 1024  # pixels per side; beyond it a run cannot fit in any GPU's memory at a useful batch
-IMAGE_DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10", "folder", "npz")  # the rest are point sets
-# Data sets whose labels a class-conditional model (model.num_classes > 0) can learn; the other
-# toy sets carry no classes. gmm's classes are its mixture components.
-DATASET_NUM_CLASSES = {"digits": 10, "mnist": 10, "fashion_mnist": 10, "cifar10": 10, "gmm": 8}
 
 
 class ConfigError(ValueError):
@@ -41,7 +40,7 @@ def require(condition: bool, field: str, message: str, value) -> None:
 
 
 def is_image_data(config) -> bool:
-    return config.data.dataset in IMAGE_DATASETS
+    return config.data.dataset in DATASETS and dataset_facts(config.data.dataset).images
 
 
 # -- builders -------------------------------------------------------------------------------
@@ -63,17 +62,16 @@ def build_model(config) -> torch.nn.Module:
     return get_model(config)
 
 
-def build_score_fn(model: torch.nn.Module, sde: SDE, config) -> ScoreFn:
-    """score_fn(x, t, class_labels=None) of a network under `sde`: a network of our registry by
-    its parameterization and noise labels, an EDM denoiser (`eval.reference_checkpoint` = .pkl)
-    by Tweedie's formula."""
+def build_denoiser(model: torch.nn.Module, sde: SDE, config) -> Denoiser:
+    """The Denoiser of a network under `sde`: a network of our registry by its preconditioning
+    row and noise labels, an EDM network (`eval.reference_checkpoint` = .pkl) by its own."""
     if isinstance(model, Preconditioned):
-        return denoiser_score_fn(model, sde, num_classes=model.label_dim)
+        return edm_denoiser(model, sde, num_classes=model.label_dim)
     conditioning = None
     if config.model.get("discrete_labels", "noise_level") == "reference":
         from ..compat import reference_chain_conditioning
         conditioning = reference_chain_conditioning(sde)
-    return score_fn_from_model(model, sde, continuous=config.training.continuous, conditioning=conditioning,
+    return denoiser_from_model(model, sde, continuous=config.training.continuous, conditioning=conditioning,
                                parameterization=config.model.get("parameterization") or None)
 
 
@@ -83,18 +81,9 @@ def build_loss(config, sde: SDE) -> Callable:
     `shard`: see losses)."""
     training = config.training
     kind = training.get("loss", "") or "dsm"
-    if training.continuous and kind == "edm":
-        loss = partial(losses.edm_loss, reduce_mean=training.reduce_mean)
-    elif training.continuous and kind == "flow_matching":
-        loss = partial(losses.flow_matching_loss, reduce_mean=training.reduce_mean,
-                       time_sampling=training.get("time_sampling", "uniform"))
-    elif training.continuous and kind in ("v", "data"):
-        loss = partial(losses.prediction_loss, target=kind, reduce_mean=training.reduce_mean,
-                       min_snr_gamma=training.get("min_snr_gamma", 0.0))
-    elif training.continuous:
-        loss = partial(losses.dsm_loss, reduce_mean=training.reduce_mean,
-                       likelihood_weighting=training.likelihood_weighting,
-                       min_snr_gamma=training.get("min_snr_gamma", 0.0))
+    if training.continuous:  # a registered loss, with the options its signature names from config.training
+        loss = partial(losses.LOSSES.get_or_raise(kind),
+                       **{name: training[name] for name in losses.loss_options(kind) if name in training})
     elif training.sde == "vpsde":
         loss = partial(losses.ddpm_loss, reduce_mean=training.reduce_mean)
     else:
@@ -111,9 +100,10 @@ RUN_FIELDS = ("method", "num_samples", "batch_size", "labels", "guidance_scale")
 def sampler_spec(config) -> SamplerSpec:
     """The configured sampler call, the one description that sample, eval, snapshots, inpaint
     and colorize run: `sampling.method` with the `sampling.*` fields that are set (None = the
-    sampler's default). A field naming another sampler's option is ignored by design (configs
-    set up pc and can still be run with another method); a schedule option that the resolved
-    schedule does not take is a ConfigError naming the field."""
+    sampler's default). A field naming another sampler's option is left out: a config file sets
+    up its own sampler and can still be run with another method (on the command line, such an
+    option is an error: `check_sampler_options`); a schedule option that the resolved schedule
+    does not take is a ConfigError naming the field."""
     sampling = config.sampling
     method = sampling.method
     own = set(sampler_option_names(method)) if method in SAMPLERS else set()
@@ -134,6 +124,27 @@ def sampler_spec(config) -> SamplerSpec:
         return spec.resolved(sde=sde)
     except ValueError as error:
         raise ConfigError(f"config.sampling: {error}") from None
+
+
+def check_sampler_options(config, given) -> None:
+    """ConfigError for a sampling.* option of another sampler that the command line sets
+    (`given`: the config fields named there, such as "sampling.order"): the chosen sampler would
+    not read it, and a setting nobody reads is a setting silently dropped. Options a config file
+    sets for its own sampler stay in the file when the command line picks another sampler."""
+    method = config.sampling.method
+    if method not in SAMPLERS:
+        return  # validate_config names the unknown sampler
+    own = set(sampler_option_names(method))
+    schedule_fields = {name for schedule in SCHEDULES for name in schedule_option_names(schedule)}
+    for field in sorted(given):
+        section, _, name = field.partition(".")
+        if section != "sampling" or name in RUN_FIELDS or name in GRID_FIELDS or name in schedule_fields:
+            continue
+        if name not in own and config.sampling.get(name) is not None:
+            takers = sorted(other for other in SAMPLERS if name in sampler_option_names(other))
+            raise ConfigError(f"config.sampling.{name}: sampler {method} has no option {name} "
+                              f"(it takes {', '.join(sorted(own)) or 'none'}; {name} is an option of "
+                              f"{', '.join(takers) or 'no sampler'})")
 
 
 def data_shape(config) -> tuple:

@@ -22,7 +22,7 @@ from ..image_files import read_array, to_nchw
 from ..plotting import save_image_grid
 from ..sampling.controllable import colorize, inpaint
 from ..sampling.masks import make_mask
-from .config import build_score_fn, sampler_spec, select_device
+from .config import build_denoiser, sampler_spec, select_device
 from .modes import load_dataset_from_config, load_trained, require_finite, save_npz, to_data_space
 from .progress import Progress, announce, say
 
@@ -72,8 +72,9 @@ def _digest(tensor: torch.Tensor) -> str:
 def _output_name(mode: str, step, config, sde, images: torch.Tensor, mask=None) -> str:
     """'inpaint_4000_half_right_smc16_pc_euler_maruyama_langevin_1000steps_6x3fa0c2d1_seed0': the
     mask (a mask file's name and a digest of its pixels), the conditioning, the sampler call, the
-    count and a digest of the input images, and the seed, so that another call, input set or
-    seed on the same checkpoint keeps its files."""
+    count and a digest of the input images, the images per batch where there is more than one
+    batch, and the seed, so that another call, input set, batching or seed on the same checkpoint
+    keeps its files."""
     controllable = config.controllable
     mask_name = controllable.mask
     if mask_name.lower().endswith((".npz", ".png")):  # a mask file: its name, without folders
@@ -81,7 +82,9 @@ def _output_name(mode: str, step, config, sde, images: torch.Tensor, mask=None) 
     parts = [mode, str(step)] + ([mask_name.replace(":", "")] if mode == "inpaint" else [])
     smc = controllable.conditioning == "smc"
     parts.append(f"smc{controllable.particles}" if smc else controllable.conditioning)
-    return "_".join(parts + [sampler_spec(config).file_tag(sde), f"{len(images)}x{_digest(images)}",
+    per_batch = _images_per_batch(config)  # one random stream through the batches: their size matters
+    batches = f"_batch{per_batch}" if per_batch < len(images) else ""
+    return "_".join(parts + [sampler_spec(config).file_tag(sde), f"{len(images)}x{_digest(images)}{batches}",
                              f"seed{config.seed}"])
 
 
@@ -108,7 +111,7 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
     else:
         inputs = images.mean(1, keepdim=True)  # the channel mean: what `colorize` preserves
     model, sde, step = load_trained(config, workdir, device)
-    score_fn = build_score_fn(model, sde, config)
+    denoiser = build_denoiser(model, sde, config)
     generator = torch.Generator(device).manual_seed(config.seed)
     options = _inpaint_options(config)
     announce(mode, config_file, workdir, device, f"checkpoint step {step}, {len(images)} images, "
@@ -119,9 +122,9 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
         for batch in torch.split(images, _images_per_batch(config)):
             batch = to_model_space(batch.to(device), config.data.centered)
             if mode == "inpaint":
-                x, nfe = inpaint(score_fn, sde, batch, mask.to(device), generator=generator, **options)
+                x, nfe = inpaint(denoiser, sde, batch, mask.to(device), generator=generator, **options)
             else:
-                x, nfe = colorize(score_fn, sde, batch.mean(1, keepdim=True), generator=generator, **options)
+                x, nfe = colorize(denoiser, sde, batch.mean(1, keepdim=True), generator=generator, **options)
             outputs.append(to_data_space(x, config).cpu())
             progress.update(sum(len(output) for output in outputs))
     progress.close()

@@ -22,11 +22,11 @@ import torch
 from .. import checkpoints, distributed
 from ..image_scaling import from_model_space
 from ..ema import EMA
-from ..guidance import guided_score_fn_for_labels, labels_for_samples, parse_labels
+from ..guidance import guided_for_labels, labels_for_samples, parse_labels
 from ..output_files import atomic_write, to_json, write_text_atomic, written_together
 from ..plotting import save_image_grid, save_scatter
 from ..sampling import sample
-from .config import (build_model, build_score_fn, build_sde, data_shape, is_image_data, load_dataset_from_config,
+from .config import (build_denoiser, build_model, build_sde, data_shape, is_image_data, load_dataset_from_config,
                      sampler_spec, select_device)
 from .metrics import data_judge, fid_reference_text, quality_metric_for
 from .progress import Progress, announce, say
@@ -43,9 +43,9 @@ def sample_score_and_labels(model, sde, config, num_samples: int):
     -> guided score_fn, labels [num_samples]) from `sampling.labels` and `sampling.guidance_scale`,
     the form `draw_samples` takes."""
     if not config.model.get("num_classes", 0):
-        return build_score_fn(model, sde, config), None
+        return build_denoiser(model, sde, config), None
     labels = parse_labels(config.sampling.labels, config.model.num_classes)
-    score_fn_for = guided_score_fn_for_labels(build_score_fn(model, sde, config), config.model.num_classes,
+    score_fn_for = guided_for_labels(build_denoiser(model, sde, config), config.model.num_classes,
                                               float(config.sampling.guidance_scale))
     return score_fn_for, labels_for_samples(labels, num_samples)
 
@@ -257,7 +257,7 @@ def run_likelihood(config, workdir, config_file: str = "") -> dict:
 
     device = select_device(config)
     model, sde, step = load_trained(config, workdir, device)
-    score_fn = build_score_fn(model, sde, config)
+    score_fn = build_denoiser(model, sde, config)
     evaluate = config.eval
     generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed))
     options = dict(trace=evaluate.bpd_trace, rtol=evaluate.bpd_rtol, atol=evaluate.bpd_atol, generator=generator,
@@ -384,7 +384,7 @@ def run_study_mode(config, workdir, config_file: str = "") -> dict:
         score_fn = mixture.score_fn(sde)
     else:
         model, sde, step = load_trained(config, workdir, device)
-        score_fn, mixture = build_score_fn(model, sde, config), None
+        score_fn, mixture = build_denoiser(model, sde, config), None
     data_metric, metric_key = quality_metric_for(config, test, device, mixture, workdir=workdir)
     announce("study", config_file, workdir, device,
              f"{'the exact score' if study.oracle else f'checkpoint step {step}'}, "

@@ -39,7 +39,7 @@ from ..guidance import drop_labels
 from ..performance import grad_scaler, to_memory_format, training_network
 from ..output_files import to_json, write_text_atomic
 from ..training_step import training_step
-from .config import build_loss, build_model, build_score_fn, build_sde, is_image_data, select_device
+from .config import build_denoiser, build_loss, build_model, build_sde, is_image_data, select_device
 from .modes import draw_samples, load_dataset_from_config, sample_score_and_labels, save_sample_pictures
 from .progress import Progress, announce, say
 from .signals import StopRequest, StoppedBySignal
@@ -172,8 +172,8 @@ def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
     # of the global batch's times and noise (`losses._own_rows`).
     shard = (distributed.rank(), distributed.world_size()) if distributed.world_size() > 1 else None
     train_loss_fn = partial(loss_fn, shard=shard) if shard else loss_fn
-    score_fn = build_score_fn(network, sde, config)
-    eval_score_fn = build_score_fn(model, sde, config)
+    score_fn = build_denoiser(network, sde, config)
+    eval_score_fn = build_denoiser(model, sde, config)
     scaler = grad_scaler(training.precision, device)
     stream = BatchStream(len(train_set), training.batch_size, seed=config.seed)
     generator = torch.Generator(device).manual_seed(config.seed)

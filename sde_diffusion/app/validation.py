@@ -11,11 +11,12 @@ import torch
 from ..models import model_names
 from ..performance import PRECISIONS
 from ..sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
-from ..datasets import FASHION_MNIST_SYSTEM_ROOT
+from ..datasets import FASHION_MNIST_SYSTEM_ROOT, dataset_facts
+from ..losses import LOSSES, loss_options
 from ..sdes import SDES
 from .metrics import describe_fid_reference
-from .config import (DATASET_NUM_CLASSES, EDM_PICKLE_MODEL, IMAGE_MODELS, MAX_IMAGE_SIZE, ConfigError, build_sde, require,
-                     is_image_data, sampler_spec, select_device)
+from .config import (EDM_MODELS, EDM_PICKLE_MODEL, IMAGE_MODELS, MAX_IMAGE_SIZE, SCORE_SDE_MODELS, ConfigError,
+                     build_sde, is_image_data, require, sampler_spec, select_device)
 
 
 def _positive_int(config, field: str) -> None:
@@ -75,8 +76,15 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     require(0 <= config.model.get("dropout", 0.0) < 1, "model.dropout", "must lie in [0, 1)",
              config.model.get("dropout"))
     spec = sampler_spec(config)
-    # t = 0 is the data itself: the VP marginal std is 0 there and the score infinite
-    require(0 < spec.end() < 1, "sampling.eps", "must lie in (0, 1)", spec.end())
+    try:
+        sde = build_sde(config)
+    except (KeyError, ValueError):
+        sde = None  # the SDE's own check below names what is wrong with it
+    # eps is a time of the process the model runs on (EDM's t is sigma, up to T = 80); t = 0 is
+    # the data itself, where the marginal std is 0 and the score infinite
+    horizon = sde.T if sde is not None else 1.0
+    require(0 < spec.end(sde) < horizon, "sampling.eps",
+            f"must lie in (0, {horizon:g}), the times of the {config.training.sde} process", spec.end(sde))
     if spec.method == "sde_solver" and not spec.options.get("adaptive", False):
         require(config.sampling.steps >= 2, "sampling.steps", "sde_solver needs at least 2 grid points",
                  config.sampling.steps)
@@ -113,16 +121,18 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     _validate_study(config)
     _validate_classes(config)
     loss = config.training.get("loss", "dsm")
-    require(loss in ("dsm", "edm", "flow_matching", "v", "data"), "training.loss",
-            "must be 'dsm', 'edm', 'flow_matching', 'v' or 'data'", loss)
+    _known(loss, LOSSES, "training.loss")
+    options = loss_options(loss)
     gamma = config.training.get("min_snr_gamma", 0.0)
     require(isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0, "training.min_snr_gamma",
             "must be a finite number >= 0 (0: off)", gamma)
-    require(not (gamma > 0 and (loss not in ("dsm", "v", "data") or config.training.likelihood_weighting)),
-            "training.min_snr_gamma", "weights the dsm, v or data loss without likelihood_weighting; unset one of them",
-            gamma)
-    require(loss == "dsm" or not config.training.likelihood_weighting, "training.likelihood_weighting",
-            f"weights the dsm loss only; the {loss!r} loss has its own weighting", True)
+    takes_gamma = [name for name in LOSSES if "min_snr_gamma" in loss_options(name)]
+    require(not (gamma > 0 and ("min_snr_gamma" not in options or config.training.likelihood_weighting)),
+            "training.min_snr_gamma", f"weights the {', '.join(takes_gamma)} losses without likelihood_weighting; "
+            "unset one of them", gamma)
+    require("likelihood_weighting" in options or not config.training.likelihood_weighting,
+            "training.likelihood_weighting", f"weights the dsm loss only; the {loss!r} loss has its own weighting",
+            True)
     require(config.training.get("time_sampling", "uniform") in ("uniform", "logit_normal"), "training.time_sampling",
             "must be 'uniform' or 'logit_normal'", config.training.get("time_sampling"))
     require(loss == "dsm" or config.training.continuous, "training.loss",
@@ -192,8 +202,8 @@ def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:
                 config.model.name)
         require(config.training.sde in ("vpsde", "vesde"), "training.sde",
                 "EDM's networks run under vpsde (VPPrecond) or vesde (the others)", config.training.sde)
-    require(path.endswith(".pkl") or config.model.name in IMAGE_MODELS, field,
-             f"score_sde_pytorch checkpoints hold {' or '.join(IMAGE_MODELS)} networks, not "
+    require(path.endswith(".pkl") or config.model.name in SCORE_SDE_MODELS, field,
+             f"score_sde_pytorch checkpoints hold {' or '.join(SCORE_SDE_MODELS)} networks, not "
              f"model.name={config.model.name!r}", path)
     require(not config.eval.checkpoint, field,
              "set either it or eval.checkpoint (a step of the workdir's own run), not both", path)
@@ -212,11 +222,12 @@ def _validate_classes(config) -> None:
              "model.num_classes", "must be an integer >= 0 (0: unconditional)", num_classes)
     dataset = config.data.dataset
     if num_classes:
+        declared = dataset_facts(dataset).num_classes
         if dataset in ("folder", "npz"):  # the user's own data: the classes its files hold
             expected = _folder_classes(config) if dataset == "folder" else _npz_classes(config)
         else:
-            expected = DATASET_NUM_CLASSES.get(dataset)
-        unread_folder = dataset in ("folder", "npz") and not config.data.root  # sampling a published network
+            expected = declared or None
+        unread_folder = declared is None and not config.data.root  # sampling a published network
         require(expected is not None or unread_folder, "model.num_classes",
                  f"data.dataset {dataset!r} has no class labels, so it must be 0", num_classes)
         require(unread_folder or num_classes == expected, "model.num_classes",
@@ -292,8 +303,6 @@ def _validate_controllable(config, mode: str) -> None:
                  "0 < p < 1) or be an existing .npz or .png file", mask)
 
 
-# Data sets read from files the user provides (or downloads into) data.root.
-FILE_DATASETS = ("mnist", "fashion_mnist", "cifar10")
 
 
 def _needs_data(config, mode: Optional[str]) -> bool:
@@ -344,7 +353,7 @@ def _validate_data_files(config, mode: Optional[str]) -> None:
             from ..image_files import check_npz_images
             check_npz_images(Path(data.root).expanduser(), "data.root")
         return
-    if data.dataset not in FILE_DATASETS or data.root or not _needs_data(config, mode):
+    if not dataset_facts(data.dataset).download or data.root or not _needs_data(config, mode):
         return
     if data.dataset == "fashion_mnist" and FASHION_MNIST_SYSTEM_ROOT.is_dir() and not data.download:
         return  # the system package's files
@@ -363,6 +372,9 @@ def _validate_image_config(config) -> None:
              config.data.image_size)
     require(config.data.num_channels in (1, 3), "data.num_channels", "must be 1 (gray) or 3 (RGB)",
              config.data.num_channels)
+    if config.model.name in EDM_MODELS:
+        _validate_edm_unet(config)
+        return
     if config.model.name not in IMAGE_MODELS:
         return
     _positive_int(config, "model.nf")
@@ -379,3 +391,21 @@ def _validate_image_config(config) -> None:
         require(resolution in resolutions, "model.attn_resolutions",
                  f"each must be one of the network's resolutions {sorted(resolutions)}",
                  tuple(config.model.attn_resolutions))
+
+
+def _validate_edm_unet(config) -> None:
+    """song_unet / dhariwal_unet: EDM's names for the widths, levels and attention."""
+    model = config.model
+    for field in ("model_channels", "num_blocks"):
+        if field in model:
+            _positive_int(config, f"model.{field}")
+    channel_mult = tuple(model.get("channel_mult", ()))
+    require(len(channel_mult) > 0 and all(isinstance(m, int) and m > 0 for m in channel_mult), "model.channel_mult",
+            "must be a non-empty list of positive integers (EDM's name for the per-level widths)", channel_mult)
+    size, factor = config.data.image_size, 2 ** (len(channel_mult) - 1)
+    require(size % factor == 0, "data.image_size",
+            f"must be divisible by 2**(len(model.channel_mult) - 1) = {factor} for this network", size)
+    resolutions = {size // 2 ** level for level in range(len(channel_mult))}
+    for resolution in model.get("attn_resolutions", ()):
+        require(resolution in resolutions, "model.attn_resolutions",
+                f"each must be one of the network's resolutions {sorted(resolutions)}", tuple(model.attn_resolutions))

@@ -1,7 +1,7 @@
-"""Score networks behind a registry, and the wrapper that turns a network into score_fn(x, t)."""
+"""Networks behind a registry, and the preconditioning that turns a network into its Denoiser."""
 from .registry import ENTRY_POINT_GROUP, MODELS, get_model, get_model_class, model_names, register_model
-from .score import score_fn_from_model
-from . import ddpm, mlp, ncsnpp  # noqa: F401  (register "ddpm", "mlp", "ncsnpp")
+from .preconditioning import denoiser_from_model
+from . import ddpm, edm_unets, mlp, ncsnpp  # noqa: F401  (register "ddpm", "song_unet", "dhariwal_unet", "mlp", "ncsnpp")
 
 __all__ = ["ENTRY_POINT_GROUP", "MODELS", "get_model", "get_model_class", "model_names",
-           "register_model", "score_fn_from_model"]
+           "register_model", "denoiser_from_model"]

@@ -1,11 +1,10 @@
 """EDM's preconditioned denoisers D(x; sigma) = c_skip x + c_out F(c_in x, c_noise) (Karras et al.
-2022, table 1 and eq. 7) around a SongUNet / DhariwalUNet, and the score function of such a
-denoiser under one of this package's SDEs.
+2022, table 1 and eq. 7) around a SongUNet / DhariwalUNet, as EDM's pickles hold them, and the
+`Denoiser` of such a network under one of this package's SDEs.
 
 In EDM's variables x = y + sigma n is the data plus noise of std sigma; a VP or VE process of
 this package has x_t = alpha(t) y + s(t) n, the same thing scaled by alpha(t) with sigma =
-s(t) / alpha(t). Tweedie's formula gives the score of p_t from the denoiser:
-grad log p_t(x_t) = (alpha D(x_t / alpha; s / alpha) - x_t) / s^2.
+s(t) / alpha(t): E[x_0 | x_t] = D(x_t / alpha; s / alpha).
 """
 from __future__ import annotations
 
@@ -15,9 +14,12 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..sdes import SDE, ScoreFn
+from ..denoiser import Denoiser
+from ..sdes import SDE
 from ..utils import append_dims
 from .edm_networks import NETWORKS
+from .edm_unets import one_hot_or_none
+from .preconditioning import edm_coefficients
 
 
 class Preconditioned(nn.Module):
@@ -87,9 +89,7 @@ class EDMPrecond(Preconditioned):
         self.sigma_min, self.sigma_max, self.sigma_data = sigma_min, sigma_max, sigma_data
 
     def coefficients(self, sigma):
-        data = self.sigma_data
-        total = sigma ** 2 + data ** 2
-        return data ** 2 / total, sigma * data / total.sqrt(), 1 / total.sqrt(), torch.log(sigma) / 4
+        return edm_coefficients(sigma, self.sigma_data)
 
 
 class iDDPMPrecond(Preconditioned):  # noqa: N801 - EDM's class name, which its pickles carry
@@ -122,21 +122,15 @@ PRECONDITIONINGS = {cls.__name__: cls for cls in (VPPrecond, VEPrecond, EDMPreco
 SDE_OF = {"VPPrecond": "vpsde", "VEPrecond": "vesde", "EDMPrecond": "vesde", "iDDPMPrecond": "vesde"}
 
 
-def denoiser_score_fn(denoiser: nn.Module, sde: SDE, num_classes: int = 0) -> ScoreFn:
-    """score_fn(x, t, class_labels=None) of an EDM denoiser under `sde` (module docstring).
-    Class labels are indices [B]; index `num_classes` (this package's "no label") and None give
-    EDM's unconditional input, the zero vector."""
+def edm_denoiser(network: nn.Module, sde: SDE, num_classes: int = 0) -> Denoiser:
+    """The Denoiser of an EDM network (a `Preconditioned`) under `sde` (module docstring): its D
+    at the unscaled x / alpha and noise level sigma / alpha. Class labels are indices [B]; index
+    `num_classes` (this package's "no label") and None give EDM's unconditional input, the zero
+    vector."""
 
-    def score_fn(x: torch.Tensor, t: torch.Tensor, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        t = torch.as_tensor(t, device=x.device).expand(x.shape[0])
+    def denoise(x: torch.Tensor, t: torch.Tensor, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         alpha, std = (append_dims(c.to(x.dtype), x.ndim) for c in sde.marginal_coefs(t))
-        one_hot = None
-        if num_classes:
-            one_hot = torch.zeros(x.shape[0], num_classes, device=x.device)
-            if class_labels is not None:
-                known = class_labels < num_classes
-                one_hot[known.nonzero().flatten(), class_labels[known].long()] = 1.0
-        denoised = denoiser(x / alpha, (std / alpha).flatten(), one_hot).to(x.dtype)
-        return (alpha * denoised - x) / std ** 2
+        one_hot = one_hot_or_none(class_labels, num_classes, x.float())
+        return network(x / alpha, (std / alpha).flatten(), one_hot).to(x.dtype)
 
-    return score_fn
+    return Denoiser(sde, denoise)

@@ -1,9 +1,9 @@
-"""What a network outputs, and the score samplers need: conversions between the quantities a
-Gaussian path x_t = alpha x_0 + sigma eps lets a network predict.
+"""Conversions between the quantities a Gaussian path x_t = alpha x_0 + sigma eps lets a network
+predict (the losses compare them; `models.preconditioning` turns each into the denoiser).
 
 - "score": grad log p_t(x_t) = -E[eps | x_t] / sigma;
 - "noise": eps (Ho et al. 2020);
-- "data": x_0 (Karras et al. 2022's denoiser D in unscaled variables, times alpha);
+- "data": x_0 (Karras et al. 2022's denoiser D);
 - "v": v = alpha eps - sigma x_0 (Salimans & Ho 2022, for any alpha, sigma);
 - "velocity": the flow's dx_t / dt = alpha' x_0 + sigma' eps (flow matching, rectified flow;
   Lipman et al. 2023), where alpha' = f alpha and sigma' = (g^2 + 2 f sigma^2) / (2 sigma)
@@ -11,7 +11,7 @@ Gaussian path x_t = alpha x_0 + sigma eps lets a network predict.
 
 Each is affine in (x_t, prediction) given the time's (alpha, sigma, alpha', sigma'), so
 `to_noise` and `from_noise` convert exactly. EDM's preconditioned output F (D = c_skip x +
-c_out F(c_in x, c_noise)) also changes the network's input, so `models.score` handles it.
+c_out F(c_in x, c_noise)) also changes the network's input: a row of `models.preconditioning`.
 """
 from __future__ import annotations
 
@@ -60,7 +60,3 @@ def from_noise(kind: str, noise: torch.Tensor, x: torch.Tensor, c: PathCoefs) ->
     data = (x - c.sigma * noise) / c.alpha
     return {"noise": noise, "score": -noise / c.sigma, "data": data, "v": c.alpha * noise - c.sigma * data,
             "velocity": c.d_alpha * data + c.d_sigma * noise}[kind]
-
-
-def to_score(kind: str, prediction: torch.Tensor, x: torch.Tensor, c: PathCoefs) -> torch.Tensor:
-    return prediction if kind == "score" else -to_noise(kind, prediction, x, c) / c.sigma

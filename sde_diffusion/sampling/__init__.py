@@ -1,18 +1,18 @@
-"""Samplers behind one entry point, `sample(score_fn, sde, shape, method=..., steps=...)`."""
-from .registry import SAMPLER_TRAITS, SAMPLERS, CountingScore, SamplerTraits, register_sampler
+"""Samplers behind one entry point, `sample(model, sde, shape, method=..., steps=...)`."""
+from .registry import SAMPLER_TRAITS, SAMPLERS, SamplerTraits, StepHook, register_sampler
 from .schedules import SCHEDULES, get_timesteps, register_schedule
 from .call import SamplerSpec, parse_spec, sample, sampler_option_names, schedule_option_names, with_settings
 from .pc import CORRECTORS, PREDICTORS, AffineStep, pc_sampler, register_corrector, register_predictor
 from . import sde_solver  # noqa: F401  (registers "sde_solver")
-from .fast import data_prediction, ddim_sampler, dpm_solver_pp_sampler, heun_sampler
-from .ode import decode, encode, ode_sampler, probability_flow_drift, solve_probability_flow, tweedie_denoise
+from .fast import ddim_sampler, dpm_solver_pp_sampler, heun_sampler
+from .ode import decode, encode, ode_sampler, probability_flow_drift, solve_probability_flow
 from .adaptive import adaptive_sde_sampler
 
 __all__ = [
     "SAMPLERS", "SAMPLER_TRAITS", "SamplerTraits", "SamplerSpec", "PREDICTORS", "CORRECTORS", "AffineStep",
-    "CountingScore", "sample", "parse_spec", "with_settings", "sampler_option_names", "schedule_option_names",
+    "StepHook", "sample", "parse_spec", "with_settings", "sampler_option_names", "schedule_option_names",
     "register_sampler", "register_predictor", "register_corrector",
     "SCHEDULES", "get_timesteps", "register_schedule", "pc_sampler", "ode_sampler", "encode", "decode",
-    "probability_flow_drift", "data_prediction", "ddim_sampler", "dpm_solver_pp_sampler", "heun_sampler",
-    "solve_probability_flow", "tweedie_denoise", "adaptive_sde_sampler",
+    "probability_flow_drift", "ddim_sampler", "dpm_solver_pp_sampler", "heun_sampler",
+    "solve_probability_flow", "adaptive_sde_sampler",
 ]

@@ -36,9 +36,10 @@ from typing import Optional, Tuple
 
 import torch
 
+from ..denoiser import Denoiser
 from ..sdes import SDE, ReverseSDE
 from ..utils import append_dims, randn
-from .ode import MAX_NFE, SolveWatch, tweedie_denoise
+from .ode import MAX_NFE, SolveWatch
 from .registry import register_sampler
 
 
@@ -79,7 +80,7 @@ def _check_options(rtol: float, atol: float, safety: float, exponent: float, h_i
 
 
 @register_sampler("adaptive_sde", adaptive=lambda options: True)
-def adaptive_sde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
+def adaptive_sde_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                          generator: Optional[torch.Generator] = None, *, rtol: float = 0.05,
                          atol: float = 0.0078, safety: float = 0.9, exponent: float = 0.9,
                          h_init: float = 0.01, denoise: bool = True, per_sample: bool = True,
@@ -101,7 +102,7 @@ def adaptive_sde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.T
     if not t_start > t_end:
         raise ValueError(f"adaptive_sde integrates backwards: need timesteps[0] > timesteps[-1], "
                          f"got {float(t_start)} and {float(t_end)}")
-    reverse = sde.reverse(score_fn)
+    reverse = sde.reverse(denoiser.score)
     batch = x.shape[0]
     t = t_start.expand(batch).clone()
     h = torch.full_like(t, h_init).clamp_max(t_start - t_end)
@@ -137,5 +138,5 @@ def adaptive_sde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.T
         x_low_prev = x_low_prev.index_copy(0, moving, torch.where(keep, x_low, x_low_prev[moving]))
         t, h = t.index_copy(0, moving, t_new), h.index_copy(0, moving, h_new)
     if denoise:
-        x = tweedie_denoise(score_fn, sde, x, t_end.expand(batch))
+        x = denoiser(x, t_end.expand(batch))
     return x

@@ -7,7 +7,8 @@ own options. Unset grid fields (None) take the sampler's declared defaults (`Sam
 setting that does not apply is an error, never silently dropped. A spec is written as a string
 "method key=value ..." (`parse_spec`, used by studies and configs) or built from keywords.
 
-`sample(score_fn, sde, shape, method, steps, ...)` is the entry point of every sampler.
+`sample(model, sde, shape, method, steps, ...)` is the entry point of every sampler; the model is
+a `denoiser.Denoiser` (a network behind its preconditioning) or a score function (an exact oracle).
 """
 from __future__ import annotations
 
@@ -18,11 +19,13 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
+from ..denoiser import CountedDenoiser, Denoiser, as_denoiser
 from ..sdes import SDE, ScoreFn
 from ..utils import Seed, make_generator
-from .registry import HOOK_ARGUMENT, SAMPLER_TRAITS, SAMPLERS, CountingScore, SamplerTraits, StepHook, takes_step_hook
+from .registry import HOOK_ARGUMENT, SAMPLER_TRAITS, SAMPLERS, SamplerTraits, StepHook, takes_step_hook
 from .schedules import SCHEDULES, get_timesteps
 
+Model = Union[Denoiser, ScoreFn]  # what sampling takes: a Denoiser, or a score function score_fn(x, t)
 GRID_FIELDS = ("steps", "schedule", "eps")  # spec keys that set the grid, not a sampler option
 
 
@@ -207,7 +210,7 @@ def with_settings(spec: SamplerSpec, values: dict) -> SamplerSpec:
     return dataclasses.replace(spec, schedule_options=schedule_options, options=options, **grid)
 
 
-def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: Union[str, SamplerSpec] = "pc",
+def sample(model: Model, sde: SDE, shape: Sequence[int], method: Union[str, SamplerSpec] = "pc",
            steps: Optional[int] = None, generator: Seed = None, *, eps: Optional[float] = None,
            schedule: Optional[str] = None, schedule_options: Optional[dict] = None,
            z: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32,
@@ -233,7 +236,7 @@ def sample(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], method: Union[str,
         spec = SamplerSpec(method=method, steps=steps, schedule=schedule, schedule_options=dict(schedule_options or {}),
                            eps=eps, options=options)
     spec = spec.resolved(sde=sde)
-    counted, x, timesteps, generator = start(score_fn, sde, shape, spec, generator, z=z, dtype=dtype, device=device)
+    counted, x, timesteps, generator = start(model, sde, shape, spec, generator, z=z, dtype=dtype, device=device)
     x = SAMPLERS[spec.method](counted, sde, x, timesteps, generator, **spec.options, **hook_keyword(spec, step_hook))
     return x, counted.calls
 
@@ -250,10 +253,10 @@ def hook_keyword(spec: SamplerSpec, step_hook: Optional[StepHook]) -> dict:
     return {HOOK_ARGUMENT: step_hook}
 
 
-def start(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], spec: SamplerSpec, generator: Seed = None, *,
+def start(model: Model, sde: SDE, shape: Sequence[int], spec: SamplerSpec, generator: Seed = None, *,
           z: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32,
           device: Union[str, torch.device, None] = None):
-    """What every sampling run begins with: (the counted score, x at T: a prior sample of
+    """What every sampling run begins with: (the counted denoiser, x at T: a prior sample of
     `shape` or the latent `z`, the grid of `spec`, the generator made from `generator`)."""
     device = torch.device(device) if device is not None else (z.device if z is not None else torch.device("cpu"))
     generator = make_generator(generator, device)
@@ -261,4 +264,4 @@ def start(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], spec: SamplerSpec, 
         x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
     else:
         x = z.to(device=device, dtype=dtype)
-    return CountingScore(score_fn), x, spec.grid(sde, device), generator
+    return CountedDenoiser(as_denoiser(model, sde)), x, spec.grid(sde, device), generator

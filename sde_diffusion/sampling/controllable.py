@@ -21,7 +21,7 @@ image, at K times the batch; the replacement stays the choice for images with ma
 Colorization observes the grayscale in a decoupled colour space: an orthogonal 3x3 matrix M
 whose first row is the luminance direction (1, 1, 1) / sqrt(3) maps RGB channels to (gray, two
 colour channels); the gray channel is observed, the sampler runs on x' = M x with the score
-s'(x') = M s(M^T x') (M is orthogonal, so the density is only rotated), and M^T maps back.
+D'(x') = M D(M^T x') (M is orthogonal, so the density is only rotated), and M^T maps back.
 """
 from __future__ import annotations
 
@@ -31,9 +31,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..sdes import SDE, ScoreFn
+from ..denoiser import Denoiser, as_denoiser
+from ..sdes import SDE
 from ..utils import Seed, append_dims, make_generator, randn
-from .call import SamplerSpec, hook_keyword, sample, start
+from .call import Model, SamplerSpec, hook_keyword, sample, start
 from .registry import StepHook
 from .smc import smc_inpaint_sampler
 
@@ -68,7 +69,7 @@ def replacement(sde: SDE, observation: torch.Tensor, mask: torch.Tensor,
 
 CONDITIONINGS = ("replacement", "smc")
 _SMC_OPTIONS = [name for name in inspect.signature(smc_inpaint_sampler).parameters
-                if name not in ("score_fn", "sde", "x", "timesteps", "generator", "observation", "mask")]
+                if name not in ("denoiser", "sde", "x", "timesteps", "generator", "observation", "mask")]
 
 
 def conditioning_spec(spec: Optional[SamplerSpec], steps: Optional[int], settings: dict,
@@ -93,7 +94,7 @@ def conditioning_spec(spec: Optional[SamplerSpec], steps: Optional[int], setting
     return spec.resolved()
 
 
-def inpaint(score_fn: ScoreFn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor,
+def inpaint(model: Model, sde: SDE, observation: torch.Tensor, mask: torch.Tensor,
             steps: Optional[int] = None, generator: Seed = None, *, conditioning: str = "replacement",
             particles: int = 16, spec: Optional[SamplerSpec] = None, **settings) -> Tuple[torch.Tensor, int]:
     """Fill in the missing part of `observation` ([B, ...], in the model's space) where `mask`
@@ -110,18 +111,18 @@ def inpaint(score_fn: ScoreFn, sde: SDE, observation: torch.Tensor, mask: torch.
     spec = conditioning_spec(spec, steps, settings, conditioning)
     generator = make_generator(generator, observation.device)
     if conditioning == "smc":
-        population, weights, nfe = inpaint_particles(score_fn, sde, observation, mask, particles,
+        population, weights, nfe = inpaint_particles(model, sde, observation, mask, particles,
                                                      generator=generator, spec=spec)
         chosen = torch.multinomial(weights, 1, generator=generator)  # [B, 1]
         return population[torch.arange(len(population), device=chosen.device), chosen[:, 0]], nfe
     mask = _mask_as_bool(mask, observation)
     hook = replacement(sde, observation, mask, generator)
-    x, nfe = sample(score_fn, sde, observation.shape, spec, generator=generator, dtype=observation.dtype,
+    x, nfe = sample(model, sde, observation.shape, spec, generator=generator, dtype=observation.dtype,
                     device=observation.device, step_hook=hook)
     return torch.where(mask, observation, x), nfe
 
 
-def inpaint_particles(score_fn: ScoreFn, sde: SDE, observation: torch.Tensor, mask: torch.Tensor,
+def inpaint_particles(model: Model, sde: SDE, observation: torch.Tensor, mask: torch.Tensor,
                       particles: int, steps: Optional[int] = None, generator: Seed = None, *,
                       spec: Optional[SamplerSpec] = None, **settings) -> Tuple[torch.Tensor, torch.Tensor, int]:
     """SMC inpainting (`smc.smc_inpaint_sampler`): a population of `particles` chains for each
@@ -133,7 +134,7 @@ def inpaint_particles(score_fn: ScoreFn, sde: SDE, observation: torch.Tensor, ma
     spec = conditioning_spec(spec, steps, settings, "smc")
     mask = _mask_as_bool(mask, observation)
     shape = (observation.shape[0], int(particles)) + tuple(observation.shape[1:])
-    counted, x, timesteps, generator = start(score_fn, sde, shape, spec, generator, dtype=observation.dtype,
+    counted, x, timesteps, generator = start(model, sde, shape, spec, generator, dtype=observation.dtype,
                                              device=observation.device)
     population, log_weights = smc_inpaint_sampler(counted, sde, x, timesteps, generator, observation=observation,
                                                   mask=mask, **spec.options)
@@ -154,14 +155,17 @@ def mix_channels(x: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
     return torch.einsum("ij,bj...->bi...", matrix.to(x), x)
 
 
-def decoupled_score(score_fn: ScoreFn, matrix: torch.Tensor) -> ScoreFn:
-    """The score of x' = M x: s'(x', t) = M s(M^T x', t), for an orthogonal M."""
-    def score(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return mix_channels(score_fn(mix_channels(x, matrix.T), t), matrix)
-    return score
+def decoupled(denoiser: Denoiser, matrix: torch.Tensor) -> Denoiser:
+    """The model of x' = M x for an orthogonal M: D'(x', t) = M D(M^T x', t), and the score
+    likewise, so whichever the denoiser computes natively is rotated."""
+    def rotate(native):
+        def rotated(x: torch.Tensor, t: torch.Tensor, *class_labels) -> torch.Tensor:
+            return mix_channels(native(mix_channels(x, matrix.T), t, *class_labels), matrix)
+        return rotated
+    return denoiser.map(rotate)
 
 
-def colorize(score_fn: ScoreFn, sde: SDE, gray: torch.Tensor, steps: Optional[int] = None,
+def colorize(model: Model, sde: SDE, gray: torch.Tensor, steps: Optional[int] = None,
              generator: Seed = None, **options) -> Tuple[torch.Tensor, int]:
     """Colour images ([B, 3, ...]) whose channel mean is `gray` ([B, 1, ...], in the model's
     space), sampled by `inpaint` in the decoupled space (`options` as `inpaint`'s); returns
@@ -173,6 +177,6 @@ def colorize(score_fn: ScoreFn, sde: SDE, gray: torch.Tensor, steps: Optional[in
     observation = torch.cat([math.sqrt(3) * gray, torch.zeros_like(gray).expand(-1, 2, *gray.shape[2:])], 1)
     mask = torch.zeros((1, 3) + (1,) * (gray.ndim - 2), dtype=torch.bool, device=gray.device)
     mask[:, 0] = True
-    decoupled, nfe = inpaint(decoupled_score(score_fn, matrix), sde, observation, mask, steps,
+    rotated, nfe = inpaint(decoupled(as_denoiser(model, sde), matrix), sde, observation, mask, steps,
                              generator, **options)
-    return mix_channels(decoupled, matrix.T), nfe
+    return mix_channels(rotated, matrix.T), nfe

@@ -1,12 +1,11 @@
 """Few-step samplers written in the SDE's marginal coefficients: DDIM, Heun (EDM) and
 DPM-Solver++.
 
-With p_t(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) (alpha = m(t), sigma = s(t) of the SDE), the
-score gives the data prediction x0(x, t) = (x + sigma_t^2 score) / alpha_t (Tweedie) and the noise
-prediction eps(x, t) = -sigma_t score. Every sampler below needs only (alpha, sigma) on its grid,
-so each runs unchanged on VP, sub-VP and VE.
+With p_t(x_t | x_0) = N(alpha_t x_0, sigma_t^2 I) (alpha = m(t), sigma = s(t) of the SDE), each
+step uses the denoiser's data prediction x0(x, t) = D(x, t) (`denoiser.Denoiser`) and needs only
+(alpha, sigma) on its grid, so each runs unchanged on every process of the package.
 
-Grid convention (shared with `pc`): the sampler evaluates the score at the `steps` times
+Grid convention (shared with `pc`): the sampler evaluates the denoiser at the `steps` times
 `timesteps` (T down to eps) and its last step goes from eps to the data itself
 (alpha = 1, sigma = 0), where the update is x = x0(x, eps). So one evaluation per grid time for
 DDIM and DPM-Solver++ (NFE = steps) and two for Heun but one for its last step (NFE = 2 steps - 1).
@@ -18,6 +17,7 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
+from ..denoiser import Denoiser
 from ..sdes import SDE
 from ..utils import randn
 from .registry import StepHook, register_sampler, run_hook
@@ -38,24 +38,11 @@ def _grid(sde: SDE, timesteps: torch.Tensor) -> _Grid:
     return _Grid(times.tolist(), alpha.tolist() + [1.0], sigma.tolist() + [0.0], lam.tolist() + [math.inf])
 
 
-def _time_batch(t, x: torch.Tensor) -> torch.Tensor:
-    if isinstance(t, torch.Tensor):
-        return t.to(x.dtype).expand(x.shape[0])
-    return torch.full((x.shape[0],), t, dtype=x.dtype, device=x.device)
-
-
-def data_prediction(score_fn, x: torch.Tensor, t, alpha, sigma) -> torch.Tensor:
-    """x0(x, t) = (x + sigma_t^2 score(x, t)) / alpha_t: E[x_0 | x_t] by Tweedie's formula, the
-    one x0-prediction of the package. t, alpha, sigma: floats (the fast samplers' precomputed
-    grid) or tensors that broadcast against x (t: [B] or a scalar)."""
-    return (x + sigma * sigma * score_fn(x, _time_batch(t, x))) / alpha
-
-
 # -- DDIM ------------------------------------------------------------------------------------
 # Defaults chosen on the trained digits model, where it and the exact mixture disagree (README,
 # "Samplers"): DDIM's own quadratic grid.
 @register_sampler("ddim", schedule="quadratic", deterministic=lambda options: options.get("eta", 0.0) == 0)
-def ddim_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
+def ddim_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                  generator: Optional[torch.Generator] = None, *, eta: float = 0.0,
                  step_hook: Optional[StepHook] = None) -> torch.Tensor:
     """DDIM (Song et al. 2021a, eq. 12) for any Gaussian kernel: from t to s,
@@ -73,7 +60,7 @@ def ddim_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
     x = run_hook(step_hook, x, grid.times[0])
     for k in range(n):
         alpha_t, sigma_t = grid.alphas[k], grid.sigmas[k]
-        x0 = data_prediction(score_fn, x, grid.times[k], alpha_t, sigma_t)
+        x0 = denoiser(x, grid.times[k])
         if k == n - 1:
             return x0
         alpha_s, sigma_s = grid.alphas[k + 1], grid.sigmas[k + 1]
@@ -89,10 +76,10 @@ def ddim_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
 
 
 # -- Heun, Karras et al. 2022 ----------------------------------------------------------------
-# Karras et al.'s own grid (rho = 7); one score evaluation per step plus one per step but the last.
+# Karras et al.'s own grid (rho = 7); one evaluation per step plus one per step but the last.
 @register_sampler("heun", schedule="karras", deterministic=lambda options: options.get("churn", 0.0) == 0,
                   score_calls=lambda steps, options: 2 * steps - 1)
-def heun_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
+def heun_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                  generator: Optional[torch.Generator] = None, *, churn: float = 0.0,
                  churn_min: float = 0.0, churn_max: float = math.inf,
                  churn_noise: float = 1.0, step_hook: Optional[StepHook] = None) -> torch.Tensor:
@@ -110,11 +97,10 @@ def heun_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
     top_level = noise_levels[0]
 
     def denoise(y: torch.Tensor, level: float) -> torch.Tensor:
-        # Evaluate the score at the time whose noise level is `level`; the network sees x = alpha y.
+        # D at the time whose noise level is `level`; the network sees x = alpha y.
         t = grid.times[0] if level >= top_level else float(sde.time_of_log_snr(
             torch.tensor(-2 * math.log(level), dtype=torch.float64)))
-        alpha, sigma = (c.item() for c in sde.marginal_coefs(torch.tensor(t, dtype=torch.float64)))
-        return data_prediction(score_fn, alpha * y, t, alpha, sigma)
+        return denoiser(sde.marginal_coefs(torch.tensor(t, dtype=torch.float64))[0].item() * y, t)
 
     y = run_hook(step_hook, x, grid.times[0]) / grid.alphas[0]
     for k in range(n):
@@ -127,12 +113,11 @@ def heun_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
             level = level_hat
             x0 = denoise(y, level)
         else:
-            x0 = data_prediction(score_fn, grid.alphas[k] * y, grid.times[k], grid.alphas[k], grid.sigmas[k])
+            x0 = denoiser(grid.alphas[k] * y, grid.times[k])
         slope = (y - x0) / level
         y_next = y + (next_level - level) * slope
         if next_level > 0:  # 2nd-order correction with the slope at the end of the step
-            x0_next = data_prediction(score_fn, grid.alphas[k + 1] * y_next, grid.times[k + 1],
-                                      grid.alphas[k + 1], grid.sigmas[k + 1])
+            x0_next = denoiser(grid.alphas[k + 1] * y_next, grid.times[k + 1])
             slope_next = (y_next - x0_next) / next_level
             y_next = y + (next_level - level) * 0.5 * (slope + slope_next)
             # The hook sees x = alpha y at the step's end, and y goes on from what it returns.
@@ -146,7 +131,7 @@ def heun_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
 # preferred where the exact mixture favours another warp (README, "Samplers").
 @register_sampler("dpm_solver++", schedule="logsnr", schedule_options={"power": 0.65}, eps=5e-4,
                   deterministic=lambda options: options.get("eta", 0.0) == 0)
-def dpm_solver_pp_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
+def dpm_solver_pp_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                           generator: Optional[torch.Generator] = None, *, order: int = 2,
                           eta: float = 0.0, unipc: bool = False,
                           step_hook: Optional[StepHook] = None) -> torch.Tensor:
@@ -180,11 +165,11 @@ def dpm_solver_pp_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.
     history: List[torch.Tensor] = []  # x0 at the latest grid times, newest last
     x_previous = x = run_hook(step_hook, x, grid.times[0])
     for k in range(n):
-        x0 = data_prediction(score_fn, x, grid.times[k], grid.alphas[k], grid.sigmas[k])
+        x0 = denoiser(x, grid.times[k])
         if k == n - 1:
             return x0
         if unipc and history:
-            # At most quadratic: a cubic through one more x0 measured worse at 15-20 NFE.
+            # UniPC's corrector interpolates through at most three x0: the new one and the last two.
             x = _corrected(x_previous, x0, history[-2:], lam, grid, k)
             if step_hook is not None:  # the corrector recomputed x: the hook acts on it again
                 x = run_hook(step_hook, x, grid.times[k], x0)

@@ -24,10 +24,10 @@ import torch
 import torchdiffeq
 from scipy.integrate import solve_ivp
 
-from ..sdes import SDE, ScoreFn
-from ..utils import append_dims
-from .fast import data_prediction
-from .registry import CountingScore, register_sampler
+from ..denoiser import CountedDenoiser, Denoiser, as_denoiser
+from ..sdes import SDE
+from .call import Model
+from .registry import register_sampler
 
 
 MAX_NFE = 20_000  # the default cap: about 100 times a solve at the default tolerances
@@ -73,9 +73,10 @@ class SolveWatch:
                                "the score diverges (a huge guidance scale, a damaged model?)")
 
 
-def probability_flow_drift(score_fn: ScoreFn, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """drift(x, t) of the probability-flow ODE (Song et al. 2021, eq. 13)."""
-    flow = sde.reverse(score_fn, probability_flow=True)
+def probability_flow_drift(model: Model, sde: SDE) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """drift(x, t) of the probability-flow ODE (Song et al. 2021, eq. 13) of a Denoiser (its
+    score by Tweedie's formula) or a score function."""
+    flow = sde.reverse(as_denoiser(model, sde).score, probability_flow=True)
     return lambda x, t: flow.sde(x, t)[0]
 
 
@@ -160,47 +161,40 @@ def _solve_torchdiffeq(fun, y0: torch.Tensor, t_start: float, t_end: float, rtol
     return path[-1]
 
 
-def solve_probability_flow(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t_start: float,
+def solve_probability_flow(model: Model, sde: SDE, x: torch.Tensor, t_start: float,
                            t_end: float, **solver_options) -> Tuple[torch.Tensor, int]:
     """Carry x from time t_start to t_end along the probability-flow ODE; returns (x, nfe)."""
-    counted = CountingScore(score_fn)
+    counted = CountedDenoiser(as_denoiser(model, sde))
     x_end = solve_ivp_torch(probability_flow_drift(counted, sde), x, t_start, t_end, **solver_options)
     return x_end, counted.calls
 
 
-def encode(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, eps: float = 1e-3,
+def encode(model: Model, sde: SDE, x: torch.Tensor, eps: float = 1e-3,
            **solver_options) -> Tuple[torch.Tensor, int]:
     """Data x (at time eps) to its latent z at time T; returns (z, nfe)."""
-    return solve_probability_flow(score_fn, sde, x, eps, sde.T, **solver_options)
+    return solve_probability_flow(model, sde, x, eps, sde.T, **solver_options)
 
 
-def decode(score_fn: ScoreFn, sde: SDE, z: torch.Tensor, eps: float = 1e-3,
+def decode(model: Model, sde: SDE, z: torch.Tensor, eps: float = 1e-3,
            **solver_options) -> Tuple[torch.Tensor, int]:
     """A latent z at time T to data at time eps; returns (x, nfe)."""
-    return solve_probability_flow(score_fn, sde, z, sde.T, eps, **solver_options)
-
-
-def tweedie_denoise(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """E[x_0 | x_t] = (x_t + s(t)^2 score(x_t, t)) / m(t) (Tweedie's formula): one evaluation
-    that removes the noise still present at the last time of the grid."""
-    mean_coef, std = sde.marginal_coefs(t)
-    return data_prediction(score_fn, x, t, append_dims(mean_coef.to(x.dtype), x.ndim),
-                           append_dims(std.to(x.dtype), x.ndim))
+    return solve_probability_flow(model, sde, z, sde.T, eps, **solver_options)
 
 
 @register_sampler("ode", adaptive=lambda options: True, deterministic=lambda options: True)
-def ode_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
+def ode_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                 generator: Optional[torch.Generator] = None, *, rtol: float = 1e-5,
                 atol: float = 1e-5, solver: str = "RK45", denoise: bool = False,
                 max_nfe: int = MAX_NFE) -> torch.Tensor:
     """Solve the probability-flow ODE from timesteps[0] to timesteps[-1] with an adaptive
     `solver` to rtol/atol: scipy's (RK45, DOP853, Radau, ...) or torchdiffeq's (dopri5, dopri8,
     bosh3, ...), which stays on x's device; only the grid's ends matter. Deterministic: the
-    generator only draws the prior. `denoise` applies Tweedie's formula at the end (+1 NFE).
+    generator only draws the prior. `denoise` returns D(x, eps) at the end (+1 NFE), removing the
+    noise still present at the grid's last time.
     SolverStopped past `max_nfe` score evaluations (module docstring)."""
     t_end = float(timesteps[-1])
-    x, _ = solve_probability_flow(score_fn, sde, x, float(timesteps[0]), t_end, rtol=rtol, atol=atol,
+    x, _ = solve_probability_flow(denoiser, sde, x, float(timesteps[0]), t_end, rtol=rtol, atol=atol,
                                   solver=solver, max_nfe=max_nfe, what="ode sampler")
     if denoise:
-        x = tweedie_denoise(score_fn, sde, x, torch.full((x.shape[0],), t_end, dtype=x.dtype, device=x.device))
+        x = denoiser(x, t_end)
     return x

@@ -19,6 +19,7 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
+from ..denoiser import Denoiser
 from ..sdes import SDE
 from ..utils import Registry, randn
 from .registry import StepHook, register_sampler, run_hook
@@ -154,7 +155,7 @@ def _pc_score_calls(steps: int, options) -> int:
 
 
 @register_sampler("pc", score_calls=_pc_score_calls)
-def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
+def pc_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                generator: Optional[torch.Generator] = None, *, predictor: str = "reverse_diffusion",
                corrector: str = "langevin", snr: float = 0.16, corrector_steps: int = 1,
                corrector_first: bool = False, denoise: bool = True,
@@ -190,7 +191,7 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
 
     def correct_at(x, k, t):
         for _ in range(repeats):
-            x, x_mean = correct(score_fn, x, k, t, generator)
+            x, x_mean = correct(denoiser.score, x, k, t, generator)
             x = run_hook(step_hook, x, t)
         return x, x_mean
 
@@ -199,7 +200,7 @@ def pc_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
         if correct is not None and corrector_first:
             x, x_mean = correct_at(x, k, t_batch[k])
         if predicts:
-            x_mean = torch.add(x * x_coefs[k], score_fn(x, t_batch[k]), alpha=score_coefs[k])
+            x_mean = torch.add(x * x_coefs[k], denoiser.score(x, t_batch[k]), alpha=score_coefs[k])
             x = x_mean + randn(x.shape, generator, x) * noise_stds[k] if noise_stds[k] else x_mean
         if k == steps - 1:
             break  # at t = 0: no hook (the caller has the result) and no corrector

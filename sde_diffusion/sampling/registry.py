@@ -1,10 +1,11 @@
 """The sampler registry: each sampler and, declared beside it, what the rest of the package needs
 to know of it.
 
-A sampler is a function `sampler(score_fn, sde, x, timesteps, generator, **options) -> x`
-registered with `@register_sampler("name", ...)`. It starts from `x` (a prior sample or a given
+A sampler is a function `sampler(denoiser, sde, x, timesteps, generator, **options) -> x`
+registered with `@register_sampler("name", ...)`, where `denoiser` is a `denoiser.Denoiser`
+(its D(x, t), and the score derived from it, for the samplers that step with the score). It starts from `x` (a prior sample or a given
 latent) at timesteps[0] and integrates the reverse process along the decreasing grid
-`timesteps`. `sampling.call.sample` draws the prior, builds the grid and counts the score
+`timesteps`. `sampling.call.sample` draws the prior, builds the grid and counts the model's
 evaluations, so a sampler cannot misreport its cost.
 
 The registration also declares the sampler's traits (`SamplerTraits`): its default time grid
@@ -25,7 +26,6 @@ from typing import Callable, Dict, Mapping, Optional, Protocol
 
 import torch
 
-from ..sdes import ScoreFn
 from ..utils import Registry
 
 SAMPLERS: Registry = Registry("sampler")
@@ -95,16 +95,3 @@ def register_sampler(name: str, **traits) -> Callable:
         SAMPLER_TRAITS[name] = declared
         return sampler
     return decorator
-
-
-class CountingScore:
-    """Wraps a score function and counts its (batched) calls: the number of function
-    evaluations (NFE) every sampler reports."""
-
-    def __init__(self, score_fn: ScoreFn):
-        self.score_fn = score_fn
-        self.calls = 0
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        self.calls += 1
-        return self.score_fn(x, t)

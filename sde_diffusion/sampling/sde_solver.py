@@ -12,6 +12,7 @@ from typing import Optional
 import torch
 import torchsde
 
+from ..denoiser import Denoiser
 from ..sdes import SDE
 from .registry import StepHook, register_sampler, run_hook
 
@@ -22,9 +23,9 @@ class _ReverseTimeSDE(torch.nn.Module):
     noise_type = "diagonal"
     sde_type = "ito"
 
-    def __init__(self, score_fn, sde: SDE, shape, t_start: float):
+    def __init__(self, denoiser: Denoiser, sde: SDE, shape, t_start: float):
         super().__init__()
-        self.reverse_sde, self.forward_sde = sde.reverse(score_fn), sde
+        self.reverse_sde, self.forward_sde = sde.reverse(denoiser.score), sde
         self.shape, self.t_start = shape, t_start
         self.repeat_last, self.last = False, None
 
@@ -48,7 +49,7 @@ class _ReverseTimeSDE(torch.nn.Module):
 
 
 @register_sampler("sde_solver", adaptive=lambda options: bool(options.get("adaptive", False)))
-def torchsde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
+def torchsde_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                      generator: Optional[torch.Generator] = None, *, solver: str = "euler",
                      dt: Optional[float] = None, adaptive: bool = False, rtol: float = 1e-3,
                      atol: float = 1e-3, dt_min: float = 1e-5,
@@ -75,7 +76,7 @@ def torchsde_sampler(score_fn, sde: SDE, x: torch.Tensor, timesteps: torch.Tenso
     brownian = torchsde.BrownianInterval(t0=0.0, t1=float(span[1]), size=y0.shape, dtype=x.dtype,
                                          device=x.device, entropy=seed,
                                          levy_area_approximation=levy_area)
-    reverse = _ReverseTimeSDE(score_fn, sde, x.shape, t_start)
+    reverse = _ReverseTimeSDE(denoiser, sde, x.shape, t_start)
     with torch.no_grad(), warnings.catch_warnings():
         # torchsde warns that adaptive Euler may not converge for non-additive noise; ours is
         # additive (g depends on t only) and is declared diagonal only to avoid D x D matrices.

@@ -42,7 +42,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..sdes import SDE, ScoreFn
+from ..denoiser import Denoiser
+from ..sdes import SDE
 from ..utils import batch_sum, randn
 from .pc import CORRECTORS, plan_predictor
 
@@ -84,7 +85,7 @@ def _take(x: torch.Tensor, ancestors: torch.Tensor) -> torch.Tensor:
     return torch.gather(x, 1, ancestors.reshape(ancestors.shape + (1,) * (x.ndim - 2)).expand_as(x))
 
 
-def smc_inpaint_sampler(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
+def smc_inpaint_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                         generator: Optional[torch.Generator] = None, *, observation: torch.Tensor,
                         mask: torch.Tensor, predictor: str = "reverse_diffusion",
                         corrector: str = "langevin", snr: float = 0.16, corrector_steps: int = 1,
@@ -117,7 +118,7 @@ def smc_inpaint_sampler(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, timesteps:
     log_weights = x.new_zeros(populations, particles)
     x_mean = x
     for k in range(steps):
-        x_mean = unflat(torch.add(flat(x) * x_coefs[k], score_fn(flat(x), t_batch[k]), alpha=score_coefs[k]))
+        x_mean = unflat(torch.add(flat(x) * x_coefs[k], denoiser.score(flat(x), t_batch[k]), alpha=score_coefs[k]))
         y_next = (y_coefs[k] * observation + previous_coefs[k] * y_t
                   + bridge_stds[k] * randn(observation.shape, generator, observation))
         if noise_stds[k] > 0:  # a deterministic step carries no information about y
@@ -136,7 +137,7 @@ def smc_inpaint_sampler(score_fn: ScoreFn, sde: SDE, x: torch.Tensor, timesteps:
         x = torch.where(mask, y_t, x_mean + noise_stds[k] * randn(x_mean.shape, generator, x_mean))
         if correct is not None:
             for _ in range(corrector_steps):
-                x = torch.where(mask, y_t, unflat(correct(score_fn, flat(x), k, t_batch[k + 1], generator)[0]))
+                x = torch.where(mask, y_t, unflat(correct(denoiser.score, flat(x), k, t_batch[k + 1], generator)[0]))
     if not denoise:
         x_mean = x_mean + noise_stds[-1] * randn(x_mean.shape, generator, x_mean)
     return torch.where(mask, observation, x_mean), log_weights

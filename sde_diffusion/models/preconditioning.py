@@ -1,0 +1,111 @@
+"""From a network to its denoiser: the preconditioning table.
+
+Whatever a network predicts, D(x, t) = E[x_0 | x_t = x] is affine in its output F,
+
+    D(x, t) = c_skip x + c_out F(c_in x, c_noise),
+
+with coefficients of the time's alpha, sigma (x_t = alpha x_0 + sigma eps) and their derivatives
+alpha', sigma': EDM's table 1 (Karras et al. 2022) generalised to every quantity a network of
+this package predicts. One row per `parameterization`:
+
+| row      | F predicts                           | c_skip                     | c_out                      | c_in |
+|----------|--------------------------------------|----------------------------|----------------------------|------|
+| score    | grad log p_t                         | 1 / alpha                  | sigma^2 / alpha            | 1    |
+| noise    | eps (Ho et al. 2020)                 | 1 / alpha                  | -sigma / alpha             | 1    |
+| data     | x_0                                  | 0                          | 1                          | 1    |
+| v        | alpha eps - sigma x_0 (Salimans & Ho)| alpha / (alpha^2+sigma^2)  | -sigma / (alpha^2+sigma^2) | 1    |
+| velocity | alpha' x_0 + sigma' eps (flow)       | sigma' / W                 | -sigma / W                 | 1    |
+| edm      | EDM's F, with n = sigma / alpha      | s_d^2 / (alpha (n^2+s_d^2))| n s_d / sqrt(n^2+s_d^2)    | 1 / (alpha sqrt(n^2+s_d^2)) |
+
+where W = alpha sigma' - sigma alpha' and s_d = EDM_SIGMA_DATA. The noise label c_noise is the
+process's own (`SDE.noise_labels`: t * 999 or the DDPM chain index on VP, sigma on VE) except for
+EDM's row, whose label is ln(n) / 4 (their eq. 7). alpha' = f alpha and sigma' = (g^2 + 2 f
+sigma^2) / (2 sigma) follow from the SDE's drift f and diffusion g.
+"""
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Tuple
+
+import torch
+from torch import nn
+
+from ..denoiser import Denoiser
+from ..sdes import SDE
+from ..utils import append_dims
+from .parameterization import PARAMETERIZATIONS, path_coefs
+
+EDM_SIGMA_DATA = 0.5  # the data's std EDM's preconditioning assumes (images in [-1, 1])
+
+
+class Coefficients(NamedTuple):
+    """c_skip, c_out, c_in of D = c_skip x + c_out F(c_in x, .), each broadcasting against x."""
+    c_skip: torch.Tensor
+    c_out: torch.Tensor
+    c_in: torch.Tensor
+
+
+def edm_coefficients(sigma: torch.Tensor, sigma_data: float = EDM_SIGMA_DATA) -> Tuple[torch.Tensor, ...]:
+    """EDM's (c_skip, c_out, c_in, c_noise) at noise level sigma in unscaled variables (Karras et
+    al. 2022, eq. 7 and table 1): unit-variance network input and target."""
+    total = sigma ** 2 + sigma_data ** 2
+    return sigma_data ** 2 / total, sigma * sigma_data / total.sqrt(), 1 / total.sqrt(), torch.log(sigma) / 4
+
+
+def coefficients(parameterization: str, sde: SDE, t: torch.Tensor, like: torch.Tensor,
+                 std: Optional[torch.Tensor] = None) -> Coefficients:
+    """The table's row `parameterization` at times t ([B]); `std` replaces sigma in the noise
+    row's output scale only (the reference code's discrete DDPM convention, `compat`)."""
+    c = path_coefs(sde, t, like)
+    one = torch.ones_like(c.alpha)
+    if parameterization == "score":
+        return Coefficients(1 / c.alpha, c.sigma ** 2 / c.alpha, one)
+    if parameterization == "noise":
+        # score = -F / std, so D = (x + sigma^2 score) / alpha = (x - sigma^2 / std F) / alpha
+        out = -c.sigma if std is None else -c.sigma ** 2 / append_dims(std.to(like.dtype), like.ndim)
+        return Coefficients(1 / c.alpha, out / c.alpha, one)
+    if parameterization == "data":
+        return Coefficients(torch.zeros_like(one), one, one)
+    if parameterization == "v":
+        total = c.alpha ** 2 + c.sigma ** 2
+        return Coefficients(c.alpha / total, -c.sigma / total, one)
+    if parameterization == "velocity":
+        wronskian = c.alpha * c.d_sigma - c.sigma * c.d_alpha
+        return Coefficients(c.d_sigma / wronskian, -c.sigma / wronskian, one)
+    if parameterization == "edm":
+        c_skip, c_out, c_in, _ = edm_coefficients(c.sigma / c.alpha)
+        return Coefficients(c_skip / c.alpha, c_out, c_in / c.alpha)
+    raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {parameterization!r}")
+
+
+def denoiser_from_model(model: nn.Module, sde: SDE, *, continuous: bool = True,
+                        parameterization: Optional[str] = None,
+                        conditioning: Optional[Callable] = None) -> Denoiser:
+    """The Denoiser of `model(x, labels)` trained under `sde` (discrete labels refer to its
+    chain, whatever chain a sampler later respaces to), by the table's row `parameterization`
+    (default: the SDE's, `SDE.default_parameterization`).
+
+    Called with class_labels [B], the denoiser calls a class-conditional network as
+    `model(x, labels, class_labels)`; without, as `model(x, labels)` (for a conditional network:
+    the "no label" prediction). `conditioning(t) -> (labels, std)` replaces the SDE's noise
+    labels and the noise row's std (the reference code's discrete DDPM convention,
+    `compat.reference_chain_conditioning`)."""
+    parameterization = parameterization or sde.default_parameterization
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {parameterization!r}")
+
+    def denoise(x: torch.Tensor, t: torch.Tensor, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
+        std = None
+        if parameterization == "edm":
+            alpha, sigma = sde.marginal_coefs(t)
+            labels = torch.log(sigma / alpha) / 4
+        elif conditioning is None:
+            labels = sde.noise_labels(t, continuous=continuous)
+        else:
+            labels, std = conditioning(t)
+        c = coefficients(parameterization, sde, t, x, std)
+        labels = labels.to(x.dtype)
+        inputs = c.c_in * x
+        output = model(inputs, labels) if class_labels is None else model(inputs, labels, class_labels)
+        return c.c_skip * x + c.c_out * output
+
+    return Denoiser(sde, denoise)
