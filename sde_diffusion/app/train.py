@@ -26,8 +26,9 @@ import json
 import logging
 import signal
 import time
-from functools import partial
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Optional
 
 import torch
 
@@ -37,11 +38,12 @@ from ..image_scaling import random_flip, to_model_space, uniform_dequantize
 from ..ema import EMA
 from ..guidance import drop_labels
 from ..performance import grad_scaler, to_memory_format, training_network
-from ..output_files import to_json, write_text_atomic
+from ..output_files import write_text_atomic
 from ..training_step import training_step
 from .config import build_denoiser, build_loss, build_model, build_sde, is_image_data, select_device
 from .modes import draw_samples, load_dataset_from_config, sample_score_and_labels, save_sample_pictures
 from .progress import Progress, announce, say
+from .scalars import NoScalars, Scalars
 from .signals import StopRequest, StoppedBySignal
 from .workdir_config import check_resume, data_fingerprint
 from .workdir_lock import WorkdirLock
@@ -49,59 +51,6 @@ from .workdir_lock import WorkdirLock
 
 class NonFiniteError(ArithmeticError):
     """Training produced a non-finite loss or gradient and `training.nonfinite` says stop."""
-
-
-def _forget_after(path: Path, step: int) -> None:
-    """Drop the lines of metrics.jsonl past `step` (logged by a run killed after its last
-    checkpoint, and about to be logged again) and a line cut short by the kill."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            pass
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text("".join(kept))
-    temporary.replace(path)
-
-
-class _Scalars:
-    """metrics.jsonl plus TensorBoard (optional dependency), continuing after `step`."""
-
-    def __init__(self, workdir: Path, step: int):
-        _forget_after(workdir / "metrics.jsonl", step)
-        self.file = open(workdir / "metrics.jsonl", "a")
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-            # purge_step hides the events of the interrupted run from step + 1 on
-            self.tensorboard = SummaryWriter(str(workdir / "tensorboard"), purge_step=step + 1 if step else None)
-        except ImportError:
-            self.tensorboard = None
-
-    def write(self, step: int, **scalars) -> None:
-        self.file.write(to_json({"step": step, **scalars}) + "\n")
-        self.file.flush()
-        if self.tensorboard is not None:
-            for name, value in scalars.items():
-                self.tensorboard.add_scalar(name, value, step)
-
-    def close(self) -> None:
-        self.file.close()
-        if self.tensorboard is not None:
-            self.tensorboard.close()
-
-
-class _NoScalars:
-    """What the processes other than rank 0 log: nothing."""
-
-    def write(self, step: int, **scalars) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
 
 
 def _prepare_batch(x: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
@@ -147,185 +96,270 @@ def train(config, workdir, config_file: str = "") -> dict:
         return _train(config, workdir, config_file, stop)
 
 
-def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
-    device = select_device(config)
-    distributed.check_batch_divides(config.training.batch_size)
-    main = distributed.is_main()
+@dataclass
+class _Run:
+    """What a training run holds, and its checkpoints save (`state`)."""
+    config: Any
+    device: torch.device
+    sde: Any
+    model: torch.nn.Module
+    ema: EMA
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    stream: BatchStream
+    generator: torch.Generator
+    train_set: Any
+    test_set: Any
+    data: Optional[dict]  # the train split's fingerprint, compared on resume
+    step: int = 0
+    skipped: int = 0
+
+    def state(self) -> dict:
+        if not all(torch.isfinite(value).all() for value in self.model.state_dict().values()
+                   if value.is_floating_point()):
+            raise NonFiniteError(f"non-finite weights at step {self.step}; not saved, the last checkpoint is kept")
+        return {"model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "step": self.step,
+                "data_stream": self.stream.state_dict(), "rng": _rng_state(self.generator),
+                "config": self.config.to_json(), "skipped_steps": self.skipped,
+                "grad_scaler": self.scaler.state_dict(), **({"data": self.data} if self.data else {})}
+
+
+def _set_up(config, device) -> _Run:
+    """Data, process, network, EMA, optimizer, loss scaler, data order and generator, at step 0."""
     torch.manual_seed(config.seed)
     train_set = load_dataset_from_config(config, "train")
-    test_set = load_dataset_from_config(config, "test")
-    sde = build_sde(config)
     model = build_model(config).to(device)
-    ema = EMA(model, config.model.ema_rate)
     optim = config.optim
     optimizer_class = torch.optim.AdamW if optim.optimizer == "AdamW" else torch.optim.Adam
     optimizer = optimizer_class(model.parameters(), lr=optim.lr, betas=(optim.beta1, 0.999),
                                 eps=optim.eps, weight_decay=optim.weight_decay)
-    loss_fn = build_loss(config, sde)
-    training = config.training
-    # The loss runs through a (possibly compiled / autocast) view sharing the model's parameters;
-    # state dicts, EMA and evaluation use the plain model.
-    network = training_network(model, device, precision=training.precision,
-                               channels_last=training.channels_last, compile=training.compile)
-    network = distributed.data_parallel(network, device)
-    # Under torchrun the loss sees this process's block of the global batch and keeps its block
-    # of the global batch's times and noise (`losses._own_rows`).
-    shard = (distributed.rank(), distributed.world_size()) if distributed.world_size() > 1 else None
-    train_loss_fn = partial(loss_fn, shard=shard) if shard else loss_fn
-    score_fn = build_denoiser(network, sde, config)
-    eval_score_fn = build_denoiser(model, sde, config)
-    scaler = grad_scaler(training.precision, device)
-    stream = BatchStream(len(train_set), training.batch_size, seed=config.seed)
-    generator = torch.Generator(device).manual_seed(config.seed)
+    return _Run(config, device, build_sde(config), model, EMA(model, config.model.ema_rate), optimizer,
+                grad_scaler(config.training.precision, device),
+                BatchStream(len(train_set), config.training.batch_size, seed=config.seed),
+                torch.Generator(device).manual_seed(config.seed), train_set,
+                load_dataset_from_config(config, "test"), data_fingerprint(train_set))
 
-    step, skipped = 0, 0
-    data = data_fingerprint(train_set)  # stored with each checkpoint: data changed under a resume
+
+def _resume(run: _Run, workdir: Path) -> tuple:
+    """Load the newest checkpoint that loads into `run`; returns (its path or None, the paths of
+    those that did not load)."""
     unreadable = []
-    resumed, resumed_path = checkpoints.latest_checkpoint_and_path(workdir, device, unreadable=unreadable)
-    if resumed is not None:
-        missing = [key for key in ("optimizer", "data_stream", "rng") if key not in resumed]
-        if missing:
-            raise checkpoints.CheckpointError(f"the checkpoint of step {resumed['step']} in {workdir} cannot "
-                                              f"resume training (no {', '.join(missing)})")
-        data_changed = check_resume(resumed, config, resumed_path, data)
-        try:
-            model.load_state_dict(resumed["model"])
-            ema.load_state_dict(resumed["ema"])
-            optimizer.load_state_dict(resumed["optimizer"])
-        except (RuntimeError, ValueError, KeyError) as error:
-            first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise checkpoints.CheckpointError(f"checkpoint {resumed_path} does not fit this config's model: "
-                                              f"{first_line}") from error
-        if data_changed:  # resumed despite it: the stored position indexes the old data; next epoch
-            stream.load_state_dict({"epoch": int(resumed["data_stream"]["epoch"]) + 1, "position": 0})
-        else:
-            stream.load_state_dict(resumed["data_stream"])
-        _restore_rng(resumed["rng"], generator)
-        if resumed.get("grad_scaler"):  # fp16's loss scale; empty when scaling is off
-            scaler.load_state_dict(resumed["grad_scaler"])
-        step = int(resumed["step"])
-        skipped = int(resumed.get("skipped_steps", 0))
-    distributed.check_same_on_all(step, "the step to resume from")
-    if main:
-        announce("train", config_file, workdir, device,
-                 f"{sum(p.numel() for p in model.parameters()):,} parameters, " +
-                 (f"resuming from step {step} of {resumed_path}" if resumed is not None else "starting at step 0"))
-    if step >= training.n_iters:
+    resumed, path = checkpoints.latest_checkpoint_and_path(workdir, run.device, unreadable=unreadable)
+    if resumed is None:
+        return None, unreadable
+    missing = [key for key in ("optimizer", "data_stream", "rng") if key not in resumed]
+    if missing:
+        raise checkpoints.CheckpointError(f"the checkpoint of step {resumed['step']} in {workdir} cannot "
+                                          f"resume training (no {', '.join(missing)})")
+    data_changed = check_resume(resumed, run.config, path, run.data)
+    try:
+        run.model.load_state_dict(resumed["model"])
+        run.ema.load_state_dict(resumed["ema"])
+        run.optimizer.load_state_dict(resumed["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as error:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise checkpoints.CheckpointError(f"checkpoint {path} does not fit this config's model: "
+                                          f"{first_line}") from error
+    if data_changed:  # resumed despite it: the stored position indexes the old data; next epoch
+        run.stream.load_state_dict({"epoch": int(resumed["data_stream"]["epoch"]) + 1, "position": 0})
+    else:
+        run.stream.load_state_dict(resumed["data_stream"])
+    _restore_rng(resumed["rng"], run.generator)
+    if resumed.get("grad_scaler"):  # fp16's loss scale; empty when scaling is off
+        run.scaler.load_state_dict(resumed["grad_scaler"])
+    run.step, run.skipped = int(resumed["step"]), int(resumed.get("skipped_steps", 0))
+    return path, unreadable
+
+
+def _write_run_files(run: _Run, workdir: Path, unreadable: list) -> None:
+    """Rank 0, before the first step: a damaged preemption checkpoint set aside, config.json, and
+    classes.json for a folder whose subfolders are its classes."""
+    config = run.config
+    preemption = checkpoints.preemption_path(workdir)
+    if preemption in unreadable:  # the next preemption save would replace it: keep the damaged file
+        logging.getLogger(__name__).warning("moved the unreadable %s to %s", preemption,
+                                            checkpoints.set_aside(preemption))
+    write_text_atomic(workdir / "config.json", config.to_json(indent=2))
+    if config.data.dataset == "folder" and config.data.get("labels_from") == "subfolders":
+        from ..image_folder import class_names  # class i is the i-th name: what sampling.labels means
+        write_text_atomic(workdir / "classes.json", json.dumps(class_names(config.data.root), indent=2))
+
+
+def _objective(run: _Run) -> tuple:
+    """(train_loss(x, class_labels), eval_loss(x, generator, class_labels)): the configured loss
+    through the training view of the network (autocast, channels-last, compiled, data-parallel:
+    it shares the model's parameters) and, for the eval loss, through the plain model. Under
+    torchrun the loss sees this process's block of the global batch and keeps its block of the
+    global batch's times and noise (`losses._own_rows`)."""
+    config, training = run.config, run.config.training
+    loss_fn = build_loss(config, run.sde)
+    network = training_network(run.model, run.device, precision=training.precision,
+                               channels_last=training.channels_last, compile=training.compile)
+    network = build_denoiser(distributed.data_parallel(network, run.device), run.sde, config)
+    shard = (distributed.rank(), distributed.world_size()) if distributed.world_size() > 1 else None
+    evaluated = build_denoiser(run.model, run.sde, config)
+
+    def train_loss(x, class_labels):
+        return loss_fn(network, x, run.generator, class_labels, **({"shard": shard} if shard else {}))
+    return train_loss, lambda x, generator, class_labels: loss_fn(evaluated, x, generator, class_labels)
+
+
+def _batch(run: _Run, num_classes: int) -> tuple:
+    """The next batch in the model's space and its labels (each dropped to "no label" with
+    probability training.cond_drop_prob), this process's rows of it under torchrun."""
+    training = run.config.training
+    indices = next(run.stream)
+    x = _prepare_batch(run.train_set.batch(indices).to(run.device), run.config, run.generator)
+    class_labels = None
+    if num_classes:
+        class_labels = drop_labels(run.train_set.labels[indices].to(run.device), training.cond_drop_prob,
+                                   null_label=num_classes, generator=run.generator)
+    if distributed.world_size() > 1:
+        x = distributed.shard_rows(x)
+        class_labels = None if class_labels is None else distributed.shard_rows(class_labels)
+    return to_memory_format(x, training.channels_last), class_labels
+
+
+def _step(run: _Run, train_loss, num_classes: int, skipped_in_a_row: int) -> tuple:
+    """One optimizer step with the warmed-up learning rate; (loss, skipped steps in a row).
+    NonFiniteError when a non-finite step is to stop the run (`training.nonfinite`)."""
+    training, optim = run.config.training, run.config.optim
+    x, class_labels = _batch(run, num_classes)
+    for group in run.optimizer.param_groups:
+        group["lr"] = optim.lr * min((run.step + 1) / optim.warmup, 1.0) if optim.warmup else optim.lr
+    loss, _, applied = training_step(lambda: train_loss(x, class_labels), run.model, run.optimizer,
+                                     grad_clip=optim.grad_clip, ema=run.ema, scaler=run.scaler,
+                                     average=distributed.mean_over_ranks)
+    if applied:
+        return loss, 0
+    run.skipped, skipped_in_a_row = run.skipped + 1, skipped_in_a_row + 1
+    if training.nonfinite == "stop" or skipped_in_a_row > training.nonfinite_max_skips:
+        why = ("training.nonfinite=stop" if training.nonfinite == "stop" else
+               f"{skipped_in_a_row} steps in a row, more than training.nonfinite_max_skips")
+        raise NonFiniteError(f"non-finite loss or gradient at step {run.step + 1} ({why}); the "
+                             f"checkpoints written so far are kept")
+    return loss, skipped_in_a_row
+
+
+def _save_due(run: _Run, workdir: Path, main: bool) -> None:
+    """The preemption checkpoint and the kept one (with snapshot samples) when their steps come.
+    Every process checks its (identical) weights in `state`, so all stop alike; rank 0 writes,
+    and the barrier holds the others until the file is complete."""
+    training, step = run.config.training, run.step
+    last = step == training.n_iters
+    if step % training.snapshot_freq_for_preemption == 0 or last:
+        state = run.state()
         if main:
-            say("already trained to step %d; raise --config.training.n_iters to continue", step)
-        return {"step": step, "loss": float("nan")}
-    if main:
-        preemption = checkpoints.preemption_path(workdir)
-        if preemption in unreadable:  # the next preemption save would replace it: keep the damaged file
-            logging.getLogger(__name__).warning("moved the unreadable %s to %s", preemption,
-                                                checkpoints.set_aside(preemption))
-        write_text_atomic(workdir / "config.json", config.to_json(indent=2))
-        if config.data.dataset == "folder" and config.data.get("labels_from") == "subfolders":
-            from ..image_folder import class_names  # class i is the i-th name: what sampling.labels means
-            write_text_atomic(workdir / "classes.json", json.dumps(class_names(config.data.root), indent=2))
+            checkpoints.save_checkpoint(checkpoints.preemption_path(workdir), state)
+        distributed.barrier()
+    if step % training.snapshot_freq == 0 or last:
+        path, state = checkpoints.snapshot_path(workdir, step), run.state()
+        if main:
+            if path.exists():  # only a file that did not load at resume: keep it, under another name
+                logging.getLogger(__name__).warning("moved the unreadable %s to %s", path, checkpoints.set_aside(path))
+            checkpoints.save_checkpoint(path, state)
+            if training.snapshot_sampling:
+                _snapshot_samples(run.ema.averaged_model(run.model), run.sde, run.config, workdir, step,
+                                  run.test_set, run.device)
+        distributed.barrier()
 
-    def state_at(current_step: int) -> dict:
-        if not all(torch.isfinite(value).all() for value in model.state_dict().values() if value.is_floating_point()):
-            raise NonFiniteError(f"non-finite weights at step {current_step}; not saved, the last checkpoint is kept")
-        return {"model": model.state_dict(), "ema": ema.state_dict(), "optimizer": optimizer.state_dict(),
-                "step": current_step, "data_stream": stream.state_dict(), "rng": _rng_state(generator),
-                "config": config.to_json(), "skipped_steps": skipped, "grad_scaler": scaler.state_dict(),
-                **({"data": data} if data else {})}
 
-    num_classes = config.model.get("num_classes", 0)
-    eval_generator = torch.Generator(device)
-    eval_batch = test_set.data[:training.batch_size].to(device)
-    # The eval loss of a conditional model is the conditional one (labels never dropped).
-    eval_labels = test_set.labels[:training.batch_size].to(device) if num_classes else None
-    scalars = _Scalars(workdir, step) if main else _NoScalars()
-    progress = Progress("train", training.n_iters, initial=step, every=training.log_freq,
-                        seconds=training.progress_seconds, enabled=main)
-    loss = torch.tensor(float("nan"))
-    tick, tick_step = time.perf_counter(), step
-    skipped_in_a_row = 0
-    model.train()
-    while step < training.n_iters:
-        indices = next(stream)
-        x = _prepare_batch(train_set.batch(indices).to(device), config, generator)
-        class_labels = None
-        if num_classes:
-            class_labels = drop_labels(train_set.labels[indices].to(device), training.cond_drop_prob,
-                                       null_label=num_classes, generator=generator)
-        if shard is not None:  # this process's rows of the global batch
-            x = distributed.shard_rows(x)
-            class_labels = None if class_labels is None else distributed.shard_rows(class_labels)
-        x = to_memory_format(x, training.channels_last)
-        for group in optimizer.param_groups:
-            group["lr"] = optim.lr * min((step + 1) / optim.warmup, 1.0) if optim.warmup else optim.lr
-        loss, _, applied = training_step(lambda: train_loss_fn(score_fn, x, generator, class_labels), model,
-                                         optimizer, grad_clip=optim.grad_clip, ema=ema, scaler=scaler,
-                                         average=distributed.mean_over_ranks)
-        if applied:
-            skipped_in_a_row = 0
-        else:
-            skipped, skipped_in_a_row = skipped + 1, skipped_in_a_row + 1
-            if training.nonfinite == "stop" or skipped_in_a_row > training.nonfinite_max_skips:
-                progress.close()
-                scalars.close()
-                why = ("training.nonfinite=stop" if training.nonfinite == "stop" else
-                       f"{skipped_in_a_row} steps in a row, more than training.nonfinite_max_skips")
-                raise NonFiniteError(f"non-finite loss or gradient at step {step + 1} ({why}); the "
-                                     f"checkpoints written so far are kept")
-        step += 1
+class _Log:
+    """Progress lines, the scalars (loss, lr, steps/s, skipped steps) every log_freq steps and
+    the eval loss on a fixed test batch every eval_freq steps."""
 
+    def __init__(self, run: _Run, workdir: Path, main: bool, eval_loss, num_classes: int):
+        training = run.config.training
+        self.run, self.main, self.eval_loss = run, main, eval_loss
+        self.scalars = Scalars(workdir, run.step) if main else NoScalars()
+        self.progress = Progress("train", training.n_iters, initial=run.step, every=training.log_freq,
+                                 seconds=training.progress_seconds, enabled=main)
+        self.tick, self.tick_step, self.seconds = time.perf_counter(), run.step, None
+        self.eval_generator = torch.Generator(run.device)
+        self.eval_batch = run.test_set.data[:training.batch_size].to(run.device)
+        # The eval loss of a conditional model is the conditional one (labels never dropped).
+        self.eval_labels = run.test_set.labels[:training.batch_size].to(run.device) if num_classes else None
+
+    def after_step(self, loss: torch.Tensor) -> None:
+        run, training, step = self.run, self.run.config.training, self.run.step
         if step % training.log_freq == 0 or step == training.n_iters:
             now = time.perf_counter()
-            rate = (step - tick_step) / max(now - tick, 1e-9)
-            tick, tick_step = now, step
+            rate = (step - self.tick_step) / max(now - self.tick, 1e-9)
+            self.tick, self.tick_step = now, step
             value = loss.item()
-            progress.update(step, loss=value)
-            scalars.write(step, loss=value, lr=optimizer.param_groups[0]["lr"], steps_per_s=rate,
-                          skipped_steps=skipped)
+            self.progress.update(step, loss=value)
+            self.scalars.write(step, loss=value, lr=run.optimizer.param_groups[0]["lr"], steps_per_s=rate,
+                               skipped_steps=run.skipped)
         else:
-            progress.tick(step)
-        if step % training.eval_freq == 0 and main:
-            model.eval()
+            self.progress.tick(step)
+        if step % training.eval_freq == 0 and self.main:
+            run.model.eval()
             with torch.no_grad():
-                eval_generator.manual_seed(config.seed + 1)  # the same noise each time: comparable
-                eval_loss = loss_fn(eval_score_fn, _prepare_batch(eval_batch, config, eval_generator),
-                                    eval_generator, eval_labels)
-            model.train()
-            scalars.write(step, eval_loss=eval_loss.item())
-        # Every process checks its (identical) weights in state_at, so all stop alike; rank 0
-        # writes, and the barrier holds the others until the file is complete.
-        if step % training.snapshot_freq_for_preemption == 0 or step == training.n_iters:
-            state = state_at(step)
-            if main:
-                checkpoints.save_checkpoint(checkpoints.preemption_path(workdir), state)
-            distributed.barrier()
-        if step % training.snapshot_freq == 0 or step == training.n_iters:
-            path, state = checkpoints.snapshot_path(workdir, step), state_at(step)
-            if main:
-                if path.exists():  # only a file that did not load at resume: keep it, under another name
-                    logging.getLogger(__name__).warning("moved the unreadable %s to %s", path,
-                                                        checkpoints.set_aside(path))
-                checkpoints.save_checkpoint(path, state)
-                if training.snapshot_sampling:
-                    _snapshot_samples(ema.averaged_model(model), sde, config, workdir, step, test_set, device)
-            distributed.barrier()
-        if _any_rank_stopping(stop, device) and step < training.n_iters:
-            state = state_at(step)
-            if main:
-                checkpoints.save_checkpoint(checkpoints.preemption_path(workdir), state)
-            distributed.barrier()
-            progress.close()
-            scalars.close()
-            stopped = StoppedBySignal(stop.signum or signal.SIGTERM, step)
-            if main:
-                say("%s", stopped)
-            raise stopped
-    seconds = progress.close()
-    scalars.close()
+                self.eval_generator.manual_seed(run.config.seed + 1)  # the same noise each time: comparable
+                batch = _prepare_batch(self.eval_batch, run.config, self.eval_generator)
+                value = self.eval_loss(batch, self.eval_generator, self.eval_labels)
+            run.model.train()
+            self.scalars.write(step, eval_loss=value.item())
+
+    def close(self) -> float:
+        """Ends the bar and the scalar files (once); returns the run's seconds."""
+        if self.seconds is None:
+            self.scalars.close()
+            self.seconds = self.progress.close()
+        return self.seconds
+
+
+def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
+    device = select_device(config)
+    distributed.check_batch_divides(config.training.batch_size)
+    main, training = distributed.is_main(), config.training
+    run = _set_up(config, device)
+    resumed_path, unreadable = _resume(run, workdir)
+    distributed.check_same_on_all(run.step, "the step to resume from")
+    if main:
+        announce("train", config_file, workdir, device,
+                 f"{sum(p.numel() for p in run.model.parameters()):,} parameters, " +
+                 (f"resuming from step {run.step} of {resumed_path}" if resumed_path else "starting at step 0"))
+    if run.step >= training.n_iters:
+        if main:
+            say("already trained to step %d; raise --config.training.n_iters to continue", run.step)
+        return {"step": run.step, "loss": float("nan")}
+    if main:
+        _write_run_files(run, workdir, unreadable)
+    num_classes = config.model.get("num_classes", 0)
+    train_loss, eval_loss = _objective(run)
+    log = _Log(run, workdir, main, eval_loss, num_classes)
+    loss, skipped_in_a_row = torch.tensor(float("nan")), 0
+    run.model.train()
+    try:
+        while run.step < training.n_iters:
+            loss, skipped_in_a_row = _step(run, train_loss, num_classes, skipped_in_a_row)
+            run.step += 1
+            log.after_step(loss)
+            _save_due(run, workdir, main)
+            if _any_rank_stopping(stop, device) and run.step < training.n_iters:
+                _stop(run, workdir, main, stop, log)
+    finally:
+        seconds = log.close()
     final_loss = float(loss.detach())
     if main:
-        say("trained to step %d: loss %.4g, %s, checkpoints in %s", step, final_loss, _wall_time(seconds),
+        say("trained to step %d: loss %.4g, %s, checkpoints in %s", run.step, final_loss, _wall_time(seconds),
             workdir / checkpoints.SNAPSHOT_DIR)
-    return {"step": step, "loss": final_loss}
+    return {"step": run.step, "loss": final_loss}
+
+
+def _stop(run: _Run, workdir: Path, main: bool, stop: StopRequest, log: _Log) -> None:
+    """A stop signal: the resume checkpoint at this step, then StoppedBySignal."""
+    state = run.state()
+    if main:
+        checkpoints.save_checkpoint(checkpoints.preemption_path(workdir), state)
+    distributed.barrier()
+    log.close()
+    stopped = StoppedBySignal(stop.signum or signal.SIGTERM, run.step)
+    if main:
+        say("%s", stopped)
+    raise stopped
 
 
 def _any_rank_stopping(stop: StopRequest, device) -> bool:
