@@ -96,10 +96,13 @@ DATASETS: Registry[Callable[..., ArrayDataset]] = Registry("dataset")
 class DatasetFacts:
     """What a data set declares where it is registered, all the application needs to know of it:
     images ([N, C, H, W] in [0, 1]) or points ([N, dim]); its class count (0: no labels; None:
-    read from the user's files); whether its files can be fetched into data.root (download)."""
+    read from the user's files); whether its files can be fetched into data.root (download); the
+    judge that scores samples of it: "digits" (the bundled digits' classifier), "classifier" (one
+    fitted on its gray training split), or "" (FID/KID for images, sliced Wasserstein for points)."""
     images: bool = False
     num_classes: Optional[int] = 0
     download: bool = False
+    judge: str = ""
 
 
 DATASET_FACTS: Dict[str, DatasetFacts] = {}
@@ -187,7 +190,7 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 DIGITS_TEST_FRACTION = 0.15
 
 
-@register_dataset("digits", images=True, num_classes=10)
+@register_dataset("digits", images=True, num_classes=10, judge="digits")
 def load_digits(split: str, *, image_size: Optional[int] = None, **ignored) -> ArrayDataset:
     """sklearn.datasets.load_digits (1797 images 8x8, 17 grey levels 0..16, 10 classes), bundled
     with scikit-learn so it needs no files. Split: for every class, its last
@@ -258,14 +261,14 @@ def _load_idx_images(name: str, split: str, root, image_size: Optional[int], dow
     return ArrayDataset(data, torch.from_numpy(labels.astype(np.int64)))
 
 
-@register_dataset("mnist", images=True, num_classes=10, download=True)
+@register_dataset("mnist", images=True, num_classes=10, download=True, judge="classifier")
 def load_mnist(split: str, *, root=None, image_size: Optional[int] = None, download: bool = False,
                **ignored) -> ArrayDataset:
     """MNIST (`_load_idx_images`)."""
     return _load_idx_images("mnist", split, root, image_size, download, "MNIST/raw", MNIST_URL)
 
 
-@register_dataset("fashion_mnist", images=True, num_classes=10, download=True)
+@register_dataset("fashion_mnist", images=True, num_classes=10, download=True, judge="classifier")
 def load_fashion_mnist(split: str, *, root=None, image_size: Optional[int] = None, download: bool = False,
                        **ignored) -> ArrayDataset:
     """Fashion-MNIST (Xiao et al. 2017; same files as MNIST's, `_load_idx_images`), by default

@@ -22,9 +22,8 @@ from ..sampling import SAMPLERS, SCHEDULES, SamplerSpec, sampler_option_names, s
 from ..sampling.call import GRID_FIELDS
 from ..sdes import SDES, SDE
 
-SCORE_SDE_MODELS = ("ddpm", "ncsnpp")  # the networks score_sde_pytorch checkpoints hold
-EDM_MODELS = ("song_unet", "dhariwal_unet")  # EDM's U-Nets, trainable here
-IMAGE_MODELS = SCORE_SDE_MODELS + EDM_MODELS
+SCORE_SDE_MODELS = ("ddpm", "ncsnpp")  # the networks score_sde_pytorch checkpoints hold (their layouts)
+EDM_MODELS = ("song_unet", "dhariwal_unet")  # EDM's U-Nets, configured by EDM's field names
 # model.name of a network that only comes from an EDM pickle (eval.reference_checkpoint = *.pkl)
 EDM_PICKLE_MODEL = "edm"
 MAX_IMAGE_SIZE = 1024  # pixels per side; beyond it a run cannot fit in any GPU's memory at a useful batch

@@ -9,9 +9,8 @@ from typing import Optional
 
 import torch
 
+from ..datasets import dataset_facts
 from .config import is_image_data, load_dataset_from_config
-
-CLASSIFIER_JUDGED = ("mnist", "fashion_mnist")  # small gray labelled sets: FD in their classifier's features
 
 
 def quality_metric_for(config, test: torch.Tensor, device, mixture=None, workdir=None):
@@ -20,7 +19,7 @@ def quality_metric_for(config, test: torch.Tensor, device, mixture=None, workdir
     from ..evaluate import quality_metric
 
     judge = floor = None
-    if config.data.dataset == "digits":
+    if dataset_facts(config.data.dataset).judge == "digits":
         kind = "digits"
     elif _classifier_judged(config):
         from ..digits_judge import cached_judge
@@ -39,7 +38,7 @@ def data_judge(config):
     """The classifier judge of the config's data set (digits, MNIST, Fashion-MNIST), or None."""
     from ..digits_judge import DigitsJudge, cached_judge
 
-    if config.data.dataset == "digits":
+    if dataset_facts(config.data.dataset).judge == "digits":
         return DigitsJudge(config.data.image_size)
     if _classifier_judged(config):
         train = load_dataset_from_config(config, "train")
@@ -48,7 +47,8 @@ def data_judge(config):
 
 
 def _classifier_judged(config) -> bool:
-    return config.data.dataset in CLASSIFIER_JUDGED and config.data.num_channels == 1
+    """A small gray labelled set whose registration names a fitted classifier as its judge."""
+    return dataset_facts(config.data.dataset).judge == "classifier" and config.data.num_channels == 1
 
 
 def fid_reference_for(config, workdir, device):

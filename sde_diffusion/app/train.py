@@ -1,4 +1,6 @@
-"""The denoising score-matching trainer behind `main.py --mode train`.
+"""The denoising score-matching trainer behind `main.py --mode train`, in named parts: set-up
+(`_set_up`) and resume (`_resume`), the step (`_batch`, `_step`), logging (`_Log`, `scalars`),
+checkpoints and snapshots (`_save_due`), signals (`_stop`), and `_train` putting them in order.
 
 One loop: draw a batch, augment and scale it (for a class-conditional model, also its labels,
 each dropped to "no label" with probability `training.cond_drop_prob`), take an Adam step on the configured loss with

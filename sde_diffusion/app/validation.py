@@ -9,13 +9,14 @@ from typing import Optional
 import torch
 
 from ..models import model_names
+from ..models.registry import IMAGE_NETWORKS
 from ..performance import PRECISIONS
 from ..sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
 from ..datasets import FASHION_MNIST_SYSTEM_ROOT, dataset_facts
 from ..losses import LOSSES, loss_options
 from ..sdes import SDES
 from .metrics import describe_fid_reference
-from .config import (EDM_MODELS, EDM_PICKLE_MODEL, IMAGE_MODELS, MAX_IMAGE_SIZE, SCORE_SDE_MODELS, ConfigError,
+from .config import (EDM_MODELS, EDM_PICKLE_MODEL, MAX_IMAGE_SIZE, SCORE_SDE_MODELS, ConfigError,
                      build_sde, is_image_data, require, sampler_spec, select_device)
 
 
@@ -175,7 +176,7 @@ def validate_config(config, mode: Optional[str] = None) -> None:
         _positive_int(config, "data.num_points")
         require(config.data.num_points >= 5, "data.num_points",
                  "must be at least 5 (the test split holds data.num_points // 5 points)", config.data.num_points)
-        require(config.model.name not in IMAGE_MODELS, "model.name",
+        require(config.model.name not in IMAGE_NETWORKS, "model.name",
                  f"{config.model.name!r} is an image network; use 'mlp' for point data", config.model.name)
     if config.model.name == "mlp":
         for field in ("model.width", "model.num_blocks", "model.embed_dim"):
@@ -375,7 +376,7 @@ def _validate_image_config(config) -> None:
     if config.model.name in EDM_MODELS:
         _validate_edm_unet(config)
         return
-    if config.model.name not in IMAGE_MODELS:
+    if config.model.name not in SCORE_SDE_MODELS:
         return
     _positive_int(config, "model.nf")
     _positive_int(config, "model.num_res_blocks")

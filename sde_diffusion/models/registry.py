@@ -32,8 +32,14 @@ ENTRY_POINT_GROUP = "sde_diffusion.models"
 MODELS: Registry = Registry("model")
 
 
-def register_model(name: str):
-    """Class decorator: `@register_model("ddpm")` makes `model.name = "ddpm"` build that class."""
+IMAGE_NETWORKS: set = set()  # names registered with images=True: networks of [B, C, H, W] images
+
+
+def register_model(name: str, *, images: bool = False):
+    """Class decorator: `@register_model("ddpm", images=True)` makes `model.name = "ddpm"` build
+    that class; `images` declares a network of images (else of points or any flat vectors)."""
+    if images:
+        IMAGE_NETWORKS.add(name)
     return MODELS.register(name)
 
 
