@@ -135,5 +135,5 @@ def test_the_rules_see_real_imports():
     """The walk finds what is there: the app imports the library, the library its parts."""
     graph = imports()
     assert "sde_diffusion.app.config" in graph["sde_diffusion.app.modes"]
-    assert "sde_diffusion.sampling.call" in graph["sde_diffusion.sampling.controllable"]
-    assert "sde_diffusion.sdes" in graph["sde_diffusion.sampling.call"]
+    assert "sde_diffusion.sampling.spec" in graph["sde_diffusion.sampling.controllable"]
+    assert "sde_diffusion.sdes" in graph["sde_diffusion.sampling.spec"]

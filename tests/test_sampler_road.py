@@ -15,7 +15,7 @@ from sde_diffusion.app.config import build_model
 from sde_diffusion.app.validation import validate_config
 from sde_diffusion.ema import EMA
 from sde_diffusion.sampling import SAMPLER_TRAITS, SAMPLERS, SCHEDULES, controllable, sample
-from sde_diffusion.sampling.call import SamplerSpec
+from sde_diffusion.sampling.spec import SamplerSpec
 from sde_diffusion.sdes import VPSDE, get_sde
 from sde_diffusion.app.train import train
 

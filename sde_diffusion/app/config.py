@@ -19,7 +19,7 @@ from ..denoiser import Denoiser
 from ..models import denoiser_from_model, get_model
 from ..models.edm_precond import Preconditioned, edm_denoiser
 from ..sampling import SAMPLERS, SCHEDULES, SamplerSpec, sampler_option_names, schedule_option_names, with_settings
-from ..sampling.call import GRID_FIELDS
+from ..sampling.spec import GRID_FIELDS
 from ..sdes import SDES, SDE
 
 SCORE_SDE_MODELS = ("ddpm", "ncsnpp")  # the networks score_sde_pytorch checkpoints hold (their layouts)

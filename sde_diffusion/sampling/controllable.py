@@ -34,7 +34,7 @@ import torch
 from ..denoiser import Denoiser, as_denoiser
 from ..sdes import SDE
 from ..utils import Seed, append_dims, make_generator, randn
-from .call import Model, SamplerSpec, hook_keyword, sample, start
+from .spec import Model, SamplerSpec, hook_keyword, sample, start
 from .registry import StepHook
 from .smc import smc_inpaint_sampler
 

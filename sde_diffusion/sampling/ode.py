@@ -26,7 +26,7 @@ from scipy.integrate import solve_ivp
 
 from ..denoiser import CountedDenoiser, Denoiser, as_denoiser
 from ..sdes import SDE
-from .call import Model
+from .spec import Model
 from .registry import register_sampler
 
 

@@ -5,7 +5,7 @@ A sampler is a function `sampler(denoiser, sde, x, timesteps, generator, **optio
 registered with `@register_sampler("name", ...)`, where `denoiser` is a `denoiser.Denoiser`
 (its D(x, t), and the score derived from it, for the samplers that step with the score). It starts from `x` (a prior sample or a given
 latent) at timesteps[0] and integrates the reverse process along the decreasing grid
-`timesteps`. `sampling.call.sample` draws the prior, builds the grid and counts the model's
+`timesteps`. `sampling.spec.sample` draws the prior, builds the grid and counts the model's
 evaluations, so a sampler cannot misreport its cost.
 
 The registration also declares the sampler's traits (`SamplerTraits`): its default time grid
