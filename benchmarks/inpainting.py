@@ -44,7 +44,7 @@ from sde_diffusion.sampling.masks import make_mask  # noqa: E402
 
 MASKS = ("half_left", "center_square")
 FAST = ("ddim", "heun", "dpm_solver++", "dpm_solver++ order=3 unipc=true", "sde_solver",
-        "pc predictor=euler_maruyama corrector=none")
+        "pc predictor=euler_maruyama corrector=none", "ddim eta=1", "dpm_solver++ eta=1")
 REFERENCE = ("pc predictor=euler_maruyama corrector=none", 1000)
 NFES = (20, 50)
 

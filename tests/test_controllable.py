@@ -227,7 +227,7 @@ def test_systematic_resampling_and_effective_sample_size():
     assert sorted(ancestors[0].tolist()) == [0, 0, 1, 2] and sorted(ancestors[1].tolist()) == [0, 1, 2, 3]
 
 
-DETERMINISTIC = ["ddim", "heun", "dpm_solver++", "dpm_solver++ order=3 unipc=true"]
+DETERMINISTIC = ["ddim eta=0", "heun", "dpm_solver++ eta=0", "dpm_solver++ order=3 unipc=true"]
 
 
 @pytest.mark.parametrize("sde_name", sorted(SDES))
@@ -280,3 +280,17 @@ def test_inpainting_refuses_a_sampler_without_steps_to_hook():
         inpaint(SHARED_OBSERVED.score_fn(sde), sde, observation, mask, spec=SamplerSpec("ode"))
     with pytest.raises(ValueError, match="SMC inpainting .* not 'ddim'"):
         inpaint(SHARED_OBSERVED.score_fn(sde), sde, observation, mask, spec=SamplerSpec("ddim"), conditioning="smc")
+
+
+def test_conditioned_runs_take_the_options_their_sampler_declares_for_them():
+    """ddim and dpm_solver++ inpaint with eta = 1 unless the call sets eta (their deterministic
+    forms lose to it: docs/controllable.md); UniPC's corrector stays deterministic; PC is as set."""
+    from sde_diffusion.sampling import parse_spec
+    from sde_diffusion.sampling.controllable import conditioning_spec
+
+    def options(text):
+        return conditioning_spec(parse_spec(text), None, {}, "replacement").options
+    assert options("ddim")["eta"] == 1.0 and options("dpm_solver++")["eta"] == 1.0
+    assert options("ddim eta=0")["eta"] == 0 and options("dpm_solver++ eta=0.5")["eta"] == 0.5
+    assert "eta" not in options("dpm_solver++ order=3 unipc=true")
+    assert options("pc predictor=euler_maruyama") == {"predictor": "euler_maruyama"}

@@ -20,7 +20,7 @@ import torch
 from ..image_scaling import to_model_space
 from ..image_files import read_array, to_nchw
 from ..plotting import save_image_grid
-from ..sampling.controllable import colorize, inpaint
+from ..sampling.controllable import colorize, conditioning_spec, inpaint
 from ..sampling.masks import make_mask
 from .config import build_denoiser, sampler_spec, select_device
 from .modes import load_dataset_from_config, load_trained, require_finite, save_npz, to_data_space
@@ -61,8 +61,14 @@ def _gray_if_equal_channels(images: torch.Tensor) -> torch.Tensor:
 def _inpaint_options(config) -> dict:
     """`inpaint`'s keywords: the configured sampler call (`config.sampler_spec`, the pc
     sampler) and the conditioning."""
-    return dict(spec=sampler_spec(config), conditioning=config.controllable.conditioning,
+    return dict(spec=_conditioned_spec(config), conditioning=config.controllable.conditioning,
                 particles=config.controllable.particles)
+
+
+def _conditioned_spec(config):
+    """The configured sampler call as the conditioning runs it (with the options the sampler
+    declares for conditioned runs, `controllable.conditioning_spec`)."""
+    return conditioning_spec(sampler_spec(config), None, {}, config.controllable.conditioning)
 
 
 def _digest(tensor: torch.Tensor) -> str:
@@ -84,7 +90,7 @@ def _output_name(mode: str, step, config, sde, images: torch.Tensor, mask=None) 
     parts.append(f"smc{controllable.particles}" if smc else controllable.conditioning)
     per_batch = _images_per_batch(config)  # one random stream through the batches: their size matters
     batches = f"_batch{per_batch}" if per_batch < len(images) else ""
-    return "_".join(parts + [sampler_spec(config).file_tag(sde), f"{len(images)}x{_digest(images)}{batches}",
+    return "_".join(parts + [_conditioned_spec(config).file_tag(sde), f"{len(images)}x{_digest(images)}{batches}",
                              f"seed{config.seed}"])
 
 
@@ -115,7 +121,7 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
     generator = torch.Generator(device).manual_seed(config.seed)
     options = _inpaint_options(config)
     announce(mode, config_file, workdir, device, f"checkpoint step {step}, {len(images)} images, "
-             f"{config.controllable.conditioning} with {sampler_spec(config).summary()}")
+             f"{config.controllable.conditioning} with {_conditioned_spec(config).summary()}")
     progress = Progress(mode, len(images), unit="image", seconds=config.training.progress_seconds)
     outputs, nfe, start = [], 0, time.perf_counter()
     with torch.no_grad():

@@ -25,6 +25,7 @@ D'(x') = M D(M^T x') (M is orthogonal, so the density is only rotated), and M^T 
 """
 from __future__ import annotations
 
+import dataclasses
 import inspect
 import math
 from typing import Optional, Tuple
@@ -77,7 +78,9 @@ def conditioning_spec(spec: Optional[SamplerSpec], steps: Optional[int], setting
     """The sampler call of an inpainting run: `spec`, or a PC call built from `steps` and
     `settings` (eps, schedule, schedule_options and the pc sampler's options), resolved and
     checked against what `conditioning` runs: replacement any sampler that takes a step hook,
-    SMC the PC sampler's predictor and corrector with its own options."""
+    with the options it declares for conditioned runs (`SamplerTraits.conditioned_options`:
+    ddim and dpm_solver++ take eta = 1) unless the call sets them; SMC the PC sampler's
+    predictor and corrector with its own options."""
     if conditioning not in CONDITIONINGS:
         raise ValueError(f"unknown conditioning {conditioning!r}; known: {', '.join(CONDITIONINGS)}")
     if spec is None:
@@ -91,7 +94,10 @@ def conditioning_spec(spec: Optional[SamplerSpec], steps: Optional[int], setting
                              f"not {spec.method!r}")
         return spec.resolved(_SMC_OPTIONS)
     hook_keyword(spec, lambda x, t, denoised: x)  # refuses a sampler without steps to hook
-    return spec.resolved()
+    conditioned = dict(spec.traits.conditioned_options)
+    if spec.options.get("unipc"):  # UniPC's corrector is for the deterministic solver
+        conditioned.pop("eta", None)
+    return dataclasses.replace(spec, options={**conditioned, **spec.options}).resolved()
 
 
 def inpaint(model: Model, sde: SDE, observation: torch.Tensor, mask: torch.Tensor,

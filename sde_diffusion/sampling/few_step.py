@@ -40,8 +40,10 @@ def _grid(sde: SDE, timesteps: torch.Tensor) -> _Grid:
 
 # -- DDIM ------------------------------------------------------------------------------------
 # Defaults chosen on the trained digits model, where it and the exact mixture disagree (README,
-# "Samplers"): DDIM's own quadratic grid.
-@register_sampler("ddim", schedule="quadratic", deterministic=lambda options: options.get("eta", 0.0) == 0)
+# "Samplers"): DDIM's own quadratic grid; conditioned by a step hook (inpainting), eta = 1, whose
+# fresh noise lets the replacement's mismatch wash out (docs/controllable.md).
+@register_sampler("ddim", schedule="quadratic", deterministic=lambda options: options.get("eta", 0.0) == 0,
+                  conditioned_options={"eta": 1.0})
 def ddim_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                  generator: Optional[torch.Generator] = None, *, eta: float = 0.0,
                  step_hook: Optional[StepHook] = None) -> torch.Tensor:
@@ -130,7 +132,8 @@ def heun_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch
 # The log-SNR grid warped towards high SNR: the best 2nd-order grid on the trained digits model,
 # preferred where the exact mixture favours another warp (README, "Samplers").
 @register_sampler("dpm_solver++", schedule="logsnr", schedule_options={"power": 0.65}, eps=5e-4,
-                  deterministic=lambda options: options.get("eta", 0.0) == 0)
+                  deterministic=lambda options: options.get("eta", 0.0) == 0,
+                  conditioned_options={"eta": 1.0})  # conditioned: its SDE variant, as ddim's
 def dpm_solver_pp_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                           generator: Optional[torch.Generator] = None, *, order: int = 2,
                           eta: float = 0.0, unipc: bool = False,

@@ -46,13 +46,16 @@ class SamplerTraits:
     schedule, schedule_options, eps: the time grid it runs on when the caller names none;
     adaptive(options): it picks its own times (only the grid's ends matter) and so runs once,
     whatever the step budget; deterministic(options): it maps a latent to one sample;
-    score_calls(steps, options): the score evaluations a grid of `steps` times costs."""
+    score_calls(steps, options): the score evaluations a grid of `steps` times costs;
+    conditioned_options: the options it runs with, unless the caller sets them, when a step hook
+    conditions it (inpainting, colorization): its best known setting there."""
     schedule: str = "uniform"
     schedule_options: Mapping[str, float] = field(default_factory=dict)
     eps: float = 1e-3
     adaptive: Callable[[Mapping], bool] = _never
     deterministic: Callable[[Mapping], bool] = _never
     score_calls: Callable[[int, Mapping], int] = _one_per_step
+    conditioned_options: Mapping[str, float] = field(default_factory=dict)
 
 
 SAMPLER_TRAITS: Dict[str, SamplerTraits] = {}
