@@ -1,6 +1,6 @@
 """Plug-ins (`app.plugins`): a module outside the package registers a data set, a sampler, a
-network and a loss, and main.py trains, samples and studies with them by name through
-`config.plugins`, with no file of the package edited."""
+network, a loss and a process, and main.py trains, samples and studies with them by name
+through `config.plugins`, with no file of the package edited."""
 import json
 import os
 import subprocess
@@ -19,9 +19,11 @@ import torch
 from torch import nn
 
 from sde_diffusion.datasets import ArrayDataset, register_dataset
+from sde_diffusion.gaussian_paths import GaussianPathSDE
 from sde_diffusion.losses import dsm_loss, register_loss
 from sde_diffusion.models import register_model
 from sde_diffusion.sampling import register_sampler
+from sde_diffusion.sdes import register_sde
 
 
 @register_dataset("ring")  # points (the default facts): 2-D, no classes
@@ -59,6 +61,30 @@ def half_dsm(model, sde, x, *, reduce_mean=False, generator=None, class_labels=N
     """Half the dsm loss: the same minimizer."""
     return 0.5 * dsm_loss(model, sde, x, reduce_mean=reduce_mean, generator=generator,
                           class_labels=class_labels, shard=shard)
+
+
+@register_sde("sqrt_linear_vp")
+class SqrtLinearVP(GaussianPathSDE):
+    """alpha_bar(t) = 1 - t: alpha = sqrt(1 - t), sigma = sqrt(t), f = -1 / (2 (1 - t)), g^2 = -2 f."""
+
+    def __init__(self, T: float = 0.999, N: int = 1000):
+        super().__init__(N)
+        self.T = float(T)
+
+    def drift_coef(self, t):
+        return -0.5 / (1 - t)
+
+    def diffusion(self, t):
+        return torch.sqrt(1 / (1 - t))
+
+    def marginal_coefs(self, t):
+        return torch.sqrt(1 - t), torch.sqrt(t)
+
+    def time_of_log_snr(self, log_snr):
+        return torch.sigmoid(-log_snr)
+
+    def _init_kwargs(self):
+        return {"T": self.T, "N": self.N}
 '''
 
 
@@ -66,7 +92,8 @@ def main_py(workdir, plugin_dir, *flags, plugins="('ring_plugin',)"):
     env = dict(os.environ, PYTHONPATH=f"{plugin_dir}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     command = [sys.executable, "main.py", "--config=configs/vp_toy.py", f"--workdir={workdir}",
                f"--config.plugins={plugins}", "--config.data.dataset=ring", "--config.model.name=tiny_mlp",
-               "--config.training.loss=half_dsm", "--config.training.n_iters=30", "--config.training.batch_size=64",
+               "--config.training.loss=half_dsm", "--config.training.sde=sqrt_linear_vp",
+               "--config.training.n_iters=30", "--config.training.batch_size=64",
                "--config.training.snapshot_freq=30", "--config.data.num_points=500",
                "--config.training.snapshot_sampling=False", "--config.sampling.method=plain_euler",
                "--config.sampling.steps=20", "--config.sampling.num_samples=64", "--config.eval.num_samples=64",
@@ -75,7 +102,7 @@ def main_py(workdir, plugin_dir, *flags, plugins="('ring_plugin',)"):
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S, env=env)
 
 
-def test_a_plugin_registers_a_dataset_a_sampler_a_network_and_a_loss(tmp_path):
+def test_a_plugin_registers_a_dataset_a_sampler_a_network_a_loss_and_a_process(tmp_path):
     (tmp_path / "ring_plugin.py").write_text(PLUGIN)
     workdir = tmp_path / "run"
     reports = {}
@@ -92,6 +119,7 @@ def test_a_plugin_registers_a_dataset_a_sampler_a_network_and_a_loss(tmp_path):
     assert "plain_euler" in text and "ddim" in text
     config = json.loads((workdir / "config.json").read_text())
     assert config["plugins"] == ["ring_plugin"] and config["model"]["name"] == "tiny_mlp"
+    assert (config["training"]["sde"], config["training"]["loss"]) == ("sqrt_linear_vp", "half_dsm")
 
 
 def test_a_plugin_that_does_not_import_is_one_line(tmp_path):
