@@ -5,8 +5,12 @@ With `class_labels` [B] (class-conditional training) the model is called with th
 losses then fit the conditional predictions.
 With `shard` the batch is one process's block of a global batch (see `_own_rows`).
 
-For x_t = m(t) x_0 + s(t) z the denoising target is grad log p(x_t | x_0) = -z / s(t)
-(Vincent 2011); the losses below differ in how times are drawn and terms are weighted.
+For x_t = alpha(t) x_0 + sigma(t) z, the error of every quantity a network can predict (the
+score, the noise, v, the flow's velocity, x_0) is a multiple of the denoiser's, D(x_t, t) - x_0,
+so each continuous loss here is a weighting lambda(t) of ||D - x_0||^2 (`_denoising_error`) under
+its own draw of times: dsm's lambda = SNR (its noise error; Vincent 2011, Song et al. 2021), v's,
+x_0's, flow matching's and EDM's their own. The chain losses (`ddpm_loss`, `smld_loss`) keep
+their published forms on the chain's noise levels.
 """
 from __future__ import annotations
 
@@ -86,6 +90,15 @@ def _min_snr_weight(sde: SDE, t: torch.Tensor, gamma: float, target: str) -> tor
     return {"noise": clamped / snr, "v": clamped / (snr + 1), "data": clamped}[target]
 
 
+def _denoising_error(model: Model, sde: SDE, x: torch.Tensor, t: torch.Tensor, z: torch.Tensor,
+                     class_labels: Optional[torch.Tensor], reduce_mean: bool) -> torch.Tensor:
+    """||D(x_t, t) - x_0||^2 per sample, x_t = alpha x_0 + sigma z: what every continuous loss
+    here weights by its own lambda(t) (each target's error is an affine function of D's)."""
+    alpha, sigma = (append_dims(c, x.ndim) for c in sde.marginal_coefs(t))
+    denoised = as_denoiser(model, sde)(alpha * x + sigma * z, t, class_labels)
+    return _reduce((denoised - x) ** 2, reduce_mean)
+
+
 @register_loss("dsm")
 def dsm_loss(model: Model, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = False,
              likelihood_weighting: bool = False, min_snr_gamma: float = 0.0, eps: float = 1e-5,
@@ -105,18 +118,15 @@ def dsm_loss(model: Model, sde: SDE, x: torch.Tensor, *, reduce_mean: bool = Fal
     if min_snr_gamma > 0 and likelihood_weighting:
         raise ValueError("min_snr_gamma and likelihood_weighting are two weightings: choose one")
     t, z = _times_and_noise(sde, x, eps, generator, shard)
-    mean_coef, std = sde.marginal_coefs(t)
-    x_t = append_dims(mean_coef, x.ndim) * x + append_dims(std, x.ndim) * z
-    score = _score(model, sde, x_t, t, class_labels)
-    if likelihood_weighting:
-        residual = score + z / append_dims(std, x.ndim)
-        weight = sde.diffusion(t) ** 2
+    alpha, sigma = sde.marginal_coefs(t)
+    snr = (alpha / sigma) ** 2  # the noise error is sqrt(SNR) times the x_0 error
+    if likelihood_weighting:  # g^2 ||score error||^2, the score error alpha / sigma^2 times x_0's
+        weight = sde.diffusion(t) ** 2 * snr / sigma ** 2
+    elif min_snr_gamma > 0:
+        weight = _min_snr_weight(sde, t, min_snr_gamma, "noise") * snr
     else:
-        residual = score * append_dims(std, x.ndim) + z
-        weight = torch.ones_like(t)
-        if min_snr_gamma > 0:
-            weight = _min_snr_weight(sde, t, min_snr_gamma, "noise")
-    return (0.5 * weight * _reduce(residual ** 2, reduce_mean)).mean()
+        weight = snr
+    return (0.5 * weight * _denoising_error(model, sde, x, t, z, class_labels, reduce_mean)).mean()
 
 
 def prediction_loss(model: Model, sde: SDE, x: torch.Tensor, *, target: str = "v",
@@ -130,17 +140,15 @@ def prediction_loss(model: Model, sde: SDE, x: torch.Tensor, *, target: str = "v
     this is dsm_loss with those weights. `min_snr_gamma` > 0 multiplies each term by Hang et al.
     2023's weight for the target (eq. 10 ff.): min(SNR, gamma) / (SNR + 1) for v, min(SNR, gamma)
     for x_0; on VP both give dsm_loss's Min-SNR-gamma objective."""
-    from .models.parameterization import from_noise, path_coefs
-
     if target not in ("v", "data"):
         raise ValueError(f"target must be 'v' or 'data', got {target!r}")
     t, z = _times_and_noise(sde, x, eps, generator, shard)
-    coefs = path_coefs(sde, t, x)
-    x_t = coefs.alpha * x + coefs.sigma * z
-    predicted_noise = as_denoiser(model, sde).noise(x_t, t, class_labels)
-    residual = from_noise(target, predicted_noise, x_t, coefs) - from_noise(target, z, x_t, coefs)
-    weight = _min_snr_weight(sde, t, min_snr_gamma, target) if min_snr_gamma > 0 else torch.ones_like(t)
-    return (0.5 * weight * _reduce(residual ** 2, reduce_mean)).mean()
+    alpha, sigma = sde.marginal_coefs(t)
+    # v's error is -(alpha^2 + sigma^2) / sigma times x_0's; x_0's is itself
+    weight = ((alpha ** 2 + sigma ** 2) / sigma) ** 2 if target == "v" else torch.ones_like(t)
+    if min_snr_gamma > 0:
+        weight = weight * _min_snr_weight(sde, t, min_snr_gamma, target)
+    return (0.5 * weight * _denoising_error(model, sde, x, t, z, class_labels, reduce_mean)).mean()
 
 
 def ddpm_loss(model: Model, sde: VPSDE, x: torch.Tensor, *, reduce_mean: bool = True,
@@ -198,12 +206,10 @@ def edm_loss(model: Model, sde: SDE, x: torch.Tensor, *, p_mean: float = -1.2, p
     level = torch.exp(p_mean + p_std * normal)
     t = sde.time_of_log_snr(-2 * torch.log(level)).clamp(eps, sde.T)
     z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
-    alpha, std = (append_dims(c, x.ndim) for c in sde.marginal_coefs(t))
-    x_t = alpha * x + std * z
-    denoised = as_denoiser(model, sde)(x_t, t, class_labels)
-    sigma = (std / alpha).flatten()
+    alpha, std = sde.marginal_coefs(t)
+    sigma = std / alpha
     weight = (sigma ** 2 + sigma_data ** 2) / (sigma * sigma_data) ** 2
-    return (0.5 * weight * _reduce((denoised - x) ** 2, reduce_mean)).mean()
+    return (0.5 * weight * _denoising_error(model, sde, x, t, z, class_labels, reduce_mean)).mean()
 
 
 @register_loss("flow_matching")
@@ -216,15 +222,13 @@ def flow_matching_loss(model: Model, sde: SDE, x: torch.Tensor, *, reduce_mean: 
     path's velocity u = alpha' x_0 + sigma' z as target of the velocity the score implies
     (`models.parameterization`); for rectified flow u = z - x_0. `time_sampling` "logit_normal"
     puts the training at mid-path instead of uniformly (`_times_and_noise`)."""
-    from .models.parameterization import from_noise, path_coefs
+    from .models.parameterization import path_coefs
 
     t, z = _times_and_noise(sde, x, eps, generator, shard, time_sampling)
-    coefs = path_coefs(sde, t, x)
-    x_t = coefs.alpha * x + coefs.sigma * z
-    predicted_noise = as_denoiser(model, sde).noise(x_t, t, class_labels)
-    velocity = from_noise("velocity", predicted_noise, x_t, coefs)
-    target = coefs.d_alpha * x + coefs.d_sigma * z
-    return (0.5 * _reduce((velocity - target) ** 2, reduce_mean)).mean()
+    c = path_coefs(sde, t, t)  # [B] each
+    # u's error is alpha' (D - x_0) + sigma' (eps_hat - eps) = (alpha' - sigma' alpha / sigma) (D - x_0)
+    weight = (c.d_alpha - c.d_sigma * c.alpha / c.sigma) ** 2
+    return (0.5 * weight * _denoising_error(model, sde, x, t, z, class_labels, reduce_mean)).mean()
 
 
 register_loss("v")(partial(prediction_loss, target="v"))

@@ -59,8 +59,8 @@ def _gray_if_equal_channels(images: torch.Tensor) -> torch.Tensor:
 
 # -- the modes -----------------------------------------------------------------------------
 def _inpaint_options(config) -> dict:
-    """`inpaint`'s keywords: the configured sampler call (`config.sampler_spec`, the pc
-    sampler) and the conditioning."""
+    """`inpaint`'s keywords: the configured sampler call as the conditioning runs it and the
+    conditioning."""
     return dict(spec=_conditioned_spec(config), conditioning=config.controllable.conditioning,
                 particles=config.controllable.particles)
 
