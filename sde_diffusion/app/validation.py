@@ -16,22 +16,9 @@ from ..datasets import FASHION_MNIST_SYSTEM_ROOT, dataset_facts
 from ..losses import LOSSES, loss_options
 from ..sdes import SDES
 from .metrics import describe_fid_reference
-from .config import (EDM_MODELS, EDM_PICKLE_MODEL, MAX_IMAGE_SIZE, SCORE_SDE_MODELS, ConfigError,
-                     build_sde, is_image_data, require, sampler_spec, select_device)
-
-
-def _positive_int(config, field: str) -> None:
-    section, name = field.split(".")
-    value = config[section].get(name)
-    require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
-             "must be a positive integer", value)
-
-
-def _positive_number(config, field: str) -> None:
-    section, name = field.split(".")
-    value = config[section].get(name)
-    require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-             and value > 0, field, "must be a positive finite number", value)
+from .config import (EDM_PICKLE_MODEL, SCORE_SDE_MODELS, ConfigError, build_sde, is_image_data, require,
+                     sampler_spec, select_device)
+from .network_checks import check_image_config, positive_int as _positive_int, positive_number as _positive_number
 
 
 def _known(name, known, field: str) -> None:
@@ -170,7 +157,7 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     if mode in ("inpaint", "colorize"):
         _validate_controllable(config, mode)
     if is_image_data(config):
-        _validate_image_config(config)
+        check_image_config(config)
         _validate_data_files(config, mode)
     else:
         _positive_int(config, "data.num_points")
@@ -363,50 +350,3 @@ def _validate_data_files(config, mode: Optional[str]) -> None:
                           f"add --config.data.root=DIR")
     raise ConfigError(f"config.data.root: {data.dataset} is read from files: add --config.data.root=DIR "
                       f"(the folder that holds them), or --config.data.download=True with it to fetch them")
-
-
-def _validate_image_config(config) -> None:
-    _positive_int(config, "data.image_size")
-    _positive_int(config, "data.num_channels")
-    require(config.data.image_size <= MAX_IMAGE_SIZE, "data.image_size",
-             f"must be at most {MAX_IMAGE_SIZE} (the largest published score-based models' size)",
-             config.data.image_size)
-    require(config.data.num_channels in (1, 3), "data.num_channels", "must be 1 (gray) or 3 (RGB)",
-             config.data.num_channels)
-    if config.model.name in EDM_MODELS:
-        _validate_edm_unet(config)
-        return
-    if config.model.name not in SCORE_SDE_MODELS:
-        return
-    _positive_int(config, "model.nf")
-    _positive_int(config, "model.num_res_blocks")
-    ch_mult = tuple(config.model.ch_mult)
-    require(len(ch_mult) > 0 and all(isinstance(m, int) and m > 0 for m in ch_mult), "model.ch_mult",
-             "must be a non-empty list of positive integers", ch_mult)
-    size = config.data.image_size
-    factor = 2 ** (len(ch_mult) - 1)
-    require(size % factor == 0, "data.image_size",
-             f"must be divisible by 2**(len(model.ch_mult) - 1) = {factor} for this network", size)
-    resolutions = {size // 2 ** level for level in range(len(ch_mult))}
-    for resolution in config.model.attn_resolutions:
-        require(resolution in resolutions, "model.attn_resolutions",
-                 f"each must be one of the network's resolutions {sorted(resolutions)}",
-                 tuple(config.model.attn_resolutions))
-
-
-def _validate_edm_unet(config) -> None:
-    """song_unet / dhariwal_unet: EDM's names for the widths, levels and attention."""
-    model = config.model
-    for field in ("model_channels", "num_blocks"):
-        if field in model:
-            _positive_int(config, f"model.{field}")
-    channel_mult = tuple(model.get("channel_mult", ()))
-    require(len(channel_mult) > 0 and all(isinstance(m, int) and m > 0 for m in channel_mult), "model.channel_mult",
-            "must be a non-empty list of positive integers (EDM's name for the per-level widths)", channel_mult)
-    size, factor = config.data.image_size, 2 ** (len(channel_mult) - 1)
-    require(size % factor == 0, "data.image_size",
-            f"must be divisible by 2**(len(model.channel_mult) - 1) = {factor} for this network", size)
-    resolutions = {size // 2 ** level for level in range(len(channel_mult))}
-    for resolution in model.get("attn_resolutions", ()):
-        require(resolution in resolutions, "model.attn_resolutions",
-                f"each must be one of the network's resolutions {sorted(resolutions)}", tuple(model.attn_resolutions))

@@ -1,0 +1,57 @@
+"""Config checks of image data and of the image networks' shapes, before anything is written:
+sizes and channels the data can have, and the widths, levels and attention resolutions of the
+score_sde U-Nets (`ddpm`, `ncsnpp`: `nf`, `ch_mult`, `num_res_blocks`) and EDM's (`song_unet`,
+`dhariwal_unet`: `model_channels`, `channel_mult`, `num_blocks`), each under its own names."""
+from __future__ import annotations
+
+import math
+
+from .config import EDM_MODELS, MAX_IMAGE_SIZE, SCORE_SDE_MODELS, require
+
+
+def positive_int(config, field: str) -> None:
+    section, name = field.split(".")
+    value = config[section].get(name)
+    require(isinstance(value, int) and not isinstance(value, bool) and value > 0, field,
+            "must be a positive integer", value)
+
+
+def positive_number(config, field: str) -> None:
+    section, name = field.split(".")
+    value = config[section].get(name)
+    require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            and value > 0, field, "must be a positive finite number", value)
+
+
+def check_image_config(config) -> None:
+    positive_int(config, "data.image_size")
+    positive_int(config, "data.num_channels")
+    require(config.data.image_size <= MAX_IMAGE_SIZE, "data.image_size",
+            f"must be at most {MAX_IMAGE_SIZE} (the largest published score-based models' size)",
+            config.data.image_size)
+    require(config.data.num_channels in (1, 3), "data.num_channels", "must be 1 (gray) or 3 (RGB)",
+            config.data.num_channels)
+    if config.model.name in SCORE_SDE_MODELS:
+        positive_int(config, "model.nf")
+        positive_int(config, "model.num_res_blocks")
+        _check_levels(config, "ch_mult", "")
+    elif config.model.name in EDM_MODELS:
+        for field in ("model_channels", "num_blocks"):
+            if field in config.model:
+                positive_int(config, f"model.{field}")
+        _check_levels(config, "channel_mult", " (EDM's name for the per-level widths)")
+
+
+def _check_levels(config, mult_field: str, named: str) -> None:
+    """The per-level width multipliers, the image size they halve and the attention resolutions."""
+    model = config.model
+    mult = tuple(model.get(mult_field, ()))
+    require(len(mult) > 0 and all(isinstance(m, int) and m > 0 for m in mult), f"model.{mult_field}",
+            f"must be a non-empty list of positive integers{named}", mult)
+    size, factor = config.data.image_size, 2 ** (len(mult) - 1)
+    require(size % factor == 0, "data.image_size",
+            f"must be divisible by 2**(len(model.{mult_field}) - 1) = {factor} for this network", size)
+    resolutions = {size // 2 ** level for level in range(len(mult))}
+    for resolution in model.get("attn_resolutions", ()):
+        require(resolution in resolutions, "model.attn_resolutions",
+                f"each must be one of the network's resolutions {sorted(resolutions)}", tuple(model.attn_resolutions))
