@@ -29,7 +29,8 @@ from tqdm import tqdm
 
 from .output_files import write_text_atomic
 from .sampling import SamplerSpec, parse_spec, sample
-from .sdes import SDE, ScoreFn
+from .sampling.spec import Model
+from .sdes import SDE
 
 Metric = Callable[[torch.Tensor], Dict[str, float]]
 
@@ -39,13 +40,13 @@ def _distances(x: torch.Tensor, reference: torch.Tensor) -> Dict[str, float]:
     return {"ode_rms": per_sample.pow(2).mean().sqrt().item(), "ode_median": per_sample.median().item()}
 
 
-def run_study(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], specs: Sequence[Union[str, SamplerSpec]], nfes: Sequence[int],
+def run_study(model: Model, sde: SDE, shape: Sequence[int], specs: Sequence[Union[str, SamplerSpec]], nfes: Sequence[int],
               metric: Metric, *, seed: int = 0, reference_ode: bool = True, reference_tol: float = 1e-6,
               device=None, dtype: torch.dtype = torch.float32, progress: bool = True) -> List[dict]:
     """Run every spec at every NFE budget (adaptive specs once) from the latent drawn with
-    `seed`; one row per run with its true NFE, wall seconds, the metric and, for deterministic
+    `seed` with `model` (a Denoiser or a score function); one row per run with its true NFE, wall seconds, the metric and, for deterministic
     samplers, the distance to the probability-flow ODE solution from the same latent (RK45 at
-    `reference_tol`, then Tweedie's x0 at the spec's own eps, so that only the discretization
+    `reference_tol`, then the denoiser's x0 at the spec's own eps, so that only the discretization
     error remains). A failing run gives a status, not a crash."""
     parsed = [parse_spec(spec) if isinstance(spec, str) else spec for spec in specs]
     latent = sde.prior_sampling(tuple(shape), generator=torch.Generator().manual_seed(seed),
@@ -53,26 +54,26 @@ def run_study(score_fn: ScoreFn, sde: SDE, shape: Sequence[int], specs: Sequence
     references = {}
     if reference_ode:  # one solve per eps that a deterministic spec ends at
         for eps in sorted({spec.end(sde) for spec in parsed if spec.deterministic}):
-            references[eps] = _reference(score_fn, sde, latent, eps, reference_tol)
+            references[eps] = _reference(model, sde, latent, eps, reference_tol)
     grid = [(spec, None) if spec.adaptive else (spec, nfe) for spec in parsed
             for nfe in ([None] if spec.adaptive else sorted(nfes))]
     rows = []
     for spec, target in tqdm(grid, desc="study", disable=not progress):
-        rows.append(_run_one(score_fn, sde, latent, spec, target, metric, seed,
+        rows.append(_run_one(model, sde, latent, spec, target, metric, seed,
                              references.get(spec.end(sde))))
     return rows
 
 
-def _reference(score_fn, sde: SDE, latent: torch.Tensor, eps: float, tol: float) -> Optional[torch.Tensor]:
+def _reference(model, sde: SDE, latent: torch.Tensor, eps: float, tol: float) -> Optional[torch.Tensor]:
     try:
         with torch.no_grad():
-            x, _ = sample(score_fn, sde, latent.shape, "ode", z=latent, eps=eps, rtol=tol, atol=tol, denoise=True)
+            x, _ = sample(model, sde, latent.shape, "ode", z=latent, eps=eps, rtol=tol, atol=tol, denoise=True)
     except Exception:  # noqa: BLE001 (no reference: the rows go without ODE distances)
         return None
     return x if torch.isfinite(x).all() else None
 
 
-def _run_one(score_fn, sde, latent, spec: SamplerSpec, target: Optional[int], metric: Metric, seed: int,
+def _run_one(model, sde, latent, spec: SamplerSpec, target: Optional[int], metric: Metric, seed: int,
              reference: Optional[torch.Tensor]) -> dict:
     row = {"sampler": spec.text, "method": spec.method, "target_nfe": target if target is not None else "",
            "nfe": 0, "seconds": math.nan, "status": "ok"}
@@ -80,7 +81,7 @@ def _run_one(score_fn, sde, latent, spec: SamplerSpec, target: Optional[int], me
     try:
         steps = spec.steps_for_nfe(target) if target is not None else spec.steps
         with torch.no_grad():
-            x, row["nfe"] = sample(score_fn, sde, latent.shape, dataclasses.replace(spec, steps=steps), z=latent,
+            x, row["nfe"] = sample(model, sde, latent.shape, dataclasses.replace(spec, steps=steps), z=latent,
                                    generator=seed)
         row["seconds"] = time.perf_counter() - start
         if not torch.isfinite(x).all():

@@ -1,6 +1,6 @@
 """What main.py's modes do with a trained workdir: draw samples, score likelihoods, evaluate.
 
-Shared with the trainer: `sample_score_and_labels` (the score to sample with: for a
+Shared with the trainer: `sampling_denoiser_and_labels` (the denoiser to sample with: for a
 class-conditional model, guided towards `sampling.labels` with scale `sampling.guidance_scale`),
 `draw_samples` (the configured sampler, in batches) and `save_sample_pictures` (an image grid,
 one row per class for conditional samples, or a scatter plot against the data for 2-D sets).
@@ -38,36 +38,36 @@ def to_data_space(x: torch.Tensor, config) -> torch.Tensor:
     return from_model_space(x, config.data.centered) if is_image_data(config) else x
 
 
-def sample_score_and_labels(model, sde, config, num_samples: int):
-    """(score_fn, None) for an unconditional model; for a class-conditional one (class labels
-    -> guided score_fn, labels [num_samples]) from `sampling.labels` and `sampling.guidance_scale`,
-    the form `draw_samples` takes."""
+def sampling_denoiser_and_labels(model, sde, config, num_samples: int):
+    """(the network's Denoiser, None) for an unconditional network; for a class-conditional one
+    (class labels -> guided Denoiser, labels [num_samples]) from `sampling.labels` and
+    `sampling.guidance_scale`, the form `draw_samples` takes."""
     if not config.model.get("num_classes", 0):
         return build_denoiser(model, sde, config), None
     labels = parse_labels(config.sampling.labels, config.model.num_classes)
-    score_fn_for = guided_for_labels(build_denoiser(model, sde, config), config.model.num_classes,
-                                              float(config.sampling.guidance_scale))
-    return score_fn_for, labels_for_samples(labels, num_samples)
+    denoiser_for = guided_for_labels(build_denoiser(model, sde, config), config.model.num_classes,
+                                     float(config.sampling.guidance_scale))
+    return denoiser_for, labels_for_samples(labels, num_samples)
 
 
-def draw_samples(score_fn, sde, config, num_samples: int, generator: torch.Generator,
+def draw_samples(model, sde, config, num_samples: int, generator: torch.Generator,
                  device: torch.device, class_labels=None, progress: Progress = None):
     """`num_samples` samples in data space with the configured sampler; returns (x, nfe per batch).
-    With `class_labels` ([num_samples]), `score_fn` maps a batch's labels to its score function
-    (see `sample_score_and_labels`). `progress`, if given, is told the samples done per batch."""
+    With `class_labels` ([num_samples]), `model` maps a batch's labels to its Denoiser
+    (see `sampling_denoiser_and_labels`). `progress`, if given, is told the samples done per batch."""
     batch_size, spec = config.sampling.batch_size, sampler_spec(config)
     batches, nfe = [], 0
     for start in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - start)
-        batch_score_fn = score_fn if class_labels is None else score_fn(class_labels[start:start + count])
-        x, nfe = sample(batch_score_fn, sde, (count,) + data_shape(config), spec, generator=generator, device=device)
+        batch_model = model if class_labels is None else model(class_labels[start:start + count])
+        x, nfe = sample(batch_model, sde, (count,) + data_shape(config), spec, generator=generator, device=device)
         batches.append(to_data_space(x, config).cpu())
         if progress is not None:
             progress.update(start + count, nfe=nfe)
     return torch.cat(batches), nfe
 
 
-def draw_shared_samples(score_fn, sde, config, num_samples: int, device: torch.device, class_labels=None,
+def draw_shared_samples(model, sde, config, num_samples: int, device: torch.device, class_labels=None,
                         seed=None):
     """`draw_samples` with the samples (and their `class_labels`) divided over the processes:
     (all samples in rank order, the largest NFE of a batch) on rank 0, (None, None) on the
@@ -79,7 +79,7 @@ def draw_shared_samples(score_fn, sde, config, num_samples: int, device: torch.d
                         enabled=distributed.is_main())
     with torch.no_grad():
         if count:
-            samples, nfe = draw_samples(score_fn, sde, config, count, generator, device, own_labels, progress)
+            samples, nfe = draw_samples(model, sde, config, count, generator, device, own_labels, progress)
         else:  # more processes than samples
             samples, nfe = torch.empty((0,) + data_shape(config)), 0
     progress.close()
@@ -178,10 +178,10 @@ def _sampling_run(what: str, config, workdir, device, num_samples: int, config_f
         announce(what, config_file, workdir, device,
                  f"checkpoint step {step}, {num_samples} samples with {sampler_spec(config).summary()}"
                  + (f", seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""))
-    score_fn, class_labels = sample_score_and_labels(model, sde, config, num_samples)
+    model, class_labels = sampling_denoiser_and_labels(model, sde, config, num_samples)
     start, drawn, nfe = time.perf_counter(), [], 0
     for seed in seeds:
-        samples, nfe = draw_shared_samples(score_fn, sde, config, num_samples, device, class_labels, seed=seed)
+        samples, nfe = draw_shared_samples(model, sde, config, num_samples, device, class_labels, seed=seed)
         if samples is not None:
             require_finite(samples, f"{what} with {config.sampling.method}")
         drawn.append(samples)
@@ -257,7 +257,7 @@ def run_likelihood(config, workdir, config_file: str = "") -> dict:
 
     device = select_device(config)
     model, sde, step = load_trained(config, workdir, device)
-    score_fn = build_denoiser(model, sde, config)
+    model = build_denoiser(model, sde, config)
     evaluate = config.eval
     generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed))
     options = dict(trace=evaluate.bpd_trace, rtol=evaluate.bpd_rtol, atol=evaluate.bpd_atol, generator=generator,
@@ -275,9 +275,9 @@ def run_likelihood(config, workdir, config_file: str = "") -> dict:
     for batch in torch.split(data, evaluate.batch_size):
         batch = batch.to(device)
         if is_image_data(config):
-            value, nfe = bits_per_dim(score_fn, sde, batch, centered=config.data.centered, **options)
+            value, nfe = bits_per_dim(model, sde, batch, centered=config.data.centered, **options)
         else:
-            logp, _, nfe = log_likelihood(score_fn, sde, batch, **options)
+            logp, _, nfe = log_likelihood(model, sde, batch, **options)
             value = -logp
         values.append(value.detach().cpu())
         total_nfe += nfe
@@ -381,15 +381,15 @@ def run_study_mode(config, workdir, config_file: str = "") -> dict:
         if config.data.dataset != "gmm":
             raise ValueError("study.oracle needs data.dataset=gmm, whose exact score is known")
         sde, step, mixture = build_sde(config), "oracle", toy_mixture()
-        score_fn = mixture.score_fn(sde)
+        model = mixture.score_fn(sde)
     else:
         model, sde, step = load_trained(config, workdir, device)
-        score_fn, mixture = build_denoiser(model, sde, config), None
+        model, mixture = build_denoiser(model, sde, config), None
     data_metric, metric_key = quality_metric_for(config, test, device, mixture, workdir=workdir)
     announce("study", config_file, workdir, device,
              f"{'the exact score' if study.oracle else f'checkpoint step {step}'}, "
              f"{len(study.samplers)} samplers x NFE {tuple(study.nfe)}, {study.num_samples} samples each")
-    rows = run_study(score_fn, sde, (study.num_samples,) + data_shape(config), list(study.samplers),
+    rows = run_study(model, sde, (study.num_samples,) + data_shape(config), list(study.samplers),
                      list(study.nfe), lambda x: data_metric(to_data_space(x, config)), seed=config.seed,
                      reference_tol=study.reference_tol, device=device)
     title = f"{Path(workdir).name}: {config.training.sde}, step {step}, {study.num_samples} samples"

@@ -43,7 +43,7 @@ from ..performance import grad_scaler, to_memory_format, training_network
 from ..output_files import write_text_atomic
 from ..training_step import training_step
 from .config import build_denoiser, build_loss, build_model, build_sde, is_image_data, select_device
-from .modes import draw_samples, load_dataset_from_config, sample_score_and_labels, save_sample_pictures
+from .modes import draw_samples, load_dataset_from_config, sampling_denoiser_and_labels, save_sample_pictures
 from .progress import Progress, announce, say
 from .scalars import NoScalars, Scalars
 from .signals import StopRequest, StoppedBySignal
@@ -380,9 +380,9 @@ def _wall_time(seconds: float) -> str:
 def _snapshot_samples(averaged_model, sde, config, workdir: Path, step: int, test_set, device) -> None:
     generator = torch.Generator(device).manual_seed(config.seed)
     count = config.training.num_snapshot_samples
-    score_fn, class_labels = sample_score_and_labels(averaged_model, sde, config, count)
+    model, class_labels = sampling_denoiser_and_labels(averaged_model, sde, config, count)
     with torch.no_grad():
-        samples, nfe = draw_samples(score_fn, sde, config, count, generator, device, class_labels)
+        samples, nfe = draw_samples(model, sde, config, count, generator, device, class_labels)
     data = None if is_image_data(config) else test_set.data
     save_sample_pictures(samples, workdir / "snapshots" / f"samples_{step}.png", config, data=data,
                          title=f"step {step}, {config.sampling.method}, NFE {nfe}", class_labels=class_labels)
