@@ -17,7 +17,7 @@ LAYERS = [
      "atomic outputs, image arrays in and out, pictures"),
     ("samplers", ("sampling",), "the registry, `SamplerSpec`, `sample`, step hooks, every sampler, inpainting"),
     ("networks", ("models",), "the registry, the networks, EDM's, the preconditioning table"),
-    ("data and checkpoints", ("datasets", "dataset_files", "image_folder", "image_cache", "toy_data", "checkpoints",
+    ("data and checkpoints", ("datasets", "dataset_files", "dataset_formats", "image_folder", "image_cache", "toy_data", "checkpoints",
                               "compat", "edm_pickle", "distributed", "performance"),
      "data sets, checkpoints and published networks, processes, devices"),
     ("training and scoring", ("losses", "training_step", "ema", "likelihood", "guidance", "evaluate",
