@@ -58,11 +58,10 @@ def _gray_if_equal_channels(images: torch.Tensor) -> torch.Tensor:
 
 
 # -- the modes -----------------------------------------------------------------------------
-def _inpaint_options(config) -> dict:
-    """`inpaint`'s keywords: the configured sampler call as the conditioning runs it and the
-    conditioning."""
-    return dict(spec=_conditioned_spec(config), conditioning=config.controllable.conditioning,
-                particles=config.controllable.particles)
+def _inpaint_options(config, spec) -> dict:
+    """`inpaint`'s keywords: the sampler call as the conditioning runs it (`_conditioned_spec`)
+    and the conditioning."""
+    return dict(spec=spec, conditioning=config.controllable.conditioning, particles=config.controllable.particles)
 
 
 def _conditioned_spec(config):
@@ -75,12 +74,12 @@ def _digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:8]
 
 
-def _output_name(mode: str, step, config, sde, images: torch.Tensor, mask=None) -> str:
+def _output_name(mode: str, step, config, sde, images: torch.Tensor, mask=None, spec=None) -> str:
     """'inpaint_4000_half_right_smc16_pc_euler_maruyama_langevin_1000steps_6x3fa0c2d1_seed0': the
     mask (a mask file's name and a digest of its pixels), the conditioning, the sampler call, the
     count and a digest of the input images, the images per batch where there is more than one
     batch, and the seed, so that another call, input set, batching or seed on the same checkpoint
-    keeps its files."""
+    keeps its files. `spec`: the run's `_conditioned_spec`, made here when not given."""
     controllable = config.controllable
     mask_name = controllable.mask
     if mask_name.lower().endswith((".npz", ".png")):  # a mask file: its name, without folders
@@ -90,7 +89,8 @@ def _output_name(mode: str, step, config, sde, images: torch.Tensor, mask=None) 
     parts.append(f"smc{controllable.particles}" if smc else controllable.conditioning)
     per_batch = _images_per_batch(config)  # one random stream through the batches: their size matters
     batches = f"_batch{per_batch}" if per_batch < len(images) else ""
-    return "_".join(parts + [_conditioned_spec(config).file_tag(sde), f"{len(images)}x{_digest(images)}{batches}",
+    spec = spec if spec is not None else _conditioned_spec(config)
+    return "_".join(parts + [spec.file_tag(sde), f"{len(images)}x{_digest(images)}{batches}",
                              f"seed{config.seed}"])
 
 
@@ -119,9 +119,10 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
     model, sde, step = load_trained(config, workdir, device)
     denoiser = build_denoiser(model, sde, config)
     generator = torch.Generator(device).manual_seed(config.seed)
-    options = _inpaint_options(config)
+    spec = _conditioned_spec(config)  # made once: the run, its start line and its file names
+    options = _inpaint_options(config, spec)
     announce(mode, config_file, workdir, device, f"checkpoint step {step}, {len(images)} images, "
-             f"{config.controllable.conditioning} with {_conditioned_spec(config).summary()}")
+             f"{config.controllable.conditioning} with {spec.summary()}")
     progress = Progress(mode, len(images), unit="image", seconds=config.training.progress_seconds)
     outputs, nfe, start = [], 0, time.perf_counter()
     with torch.no_grad():
@@ -139,7 +140,7 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
 
     folder = Path(workdir) / mode
     folder.mkdir(parents=True, exist_ok=True)
-    name = _output_name(mode, step, config, sde, images, mask if mode == "inpaint" else None)
+    name = _output_name(mode, step, config, sde, images, mask if mode == "inpaint" else None, spec)
     arrays = {"outputs": outputs.numpy(), "inputs": inputs.numpy(), "originals": images.numpy()}
     if mode == "inpaint":
         arrays["mask"] = mask[0].numpy()

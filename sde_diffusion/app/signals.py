@@ -43,6 +43,14 @@ class StoppedBySignal(Exception):
         self.previous_handlers = {}
 
 
+def _install(handler) -> dict:
+    """`handler` for every stop signal; the handlers it replaced (none off the main thread, where
+    Python cannot set them)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {signum: signal.signal(signum, handler) for signum in SIGNALS}
+
+
 class StopRequest:
     """Context manager recording SIGTERM/SIGINT/SIGHUP while it is active. At exit the previous
     handlers come back, unless the exit is a StoppedBySignal: then the signals stay ignored
@@ -57,9 +65,7 @@ class StopRequest:
             self.signum = signum
 
     def __enter__(self) -> "StopRequest":
-        if threading.current_thread() is threading.main_thread():
-            for signum in SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._record)
+        self._previous = _install(self._record)
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:
@@ -98,9 +104,7 @@ class interrupted_by_signals:  # noqa: N801 - used as a `with` statement, like c
             signal.signal(signum, signal.SIG_IGN)
 
     def __enter__(self) -> "interrupted_by_signals":
-        if threading.current_thread() is threading.main_thread():
-            for signum in SIGNALS:
-                self._previous[signum] = signal.signal(signum, self._raise)
+        self._previous = _install(self._raise)
         return self
 
     def __exit__(self, exc_type, exc, traceback) -> None:

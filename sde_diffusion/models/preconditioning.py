@@ -38,10 +38,12 @@ EDM_SIGMA_DATA = 0.5  # the data's std EDM's preconditioning assumes (images in 
 
 
 class Coefficients(NamedTuple):
-    """c_skip, c_out, c_in of D = c_skip x + c_out F(c_in x, .), each broadcasting against x."""
+    """c_skip, c_out, c_in of D = c_skip x + c_out F(c_in x, c_noise), each broadcasting against
+    x; c_noise [B] where the row sets the label (EDM's), None where the process's own is used."""
     c_skip: torch.Tensor
     c_out: torch.Tensor
     c_in: torch.Tensor
+    c_noise: Optional[torch.Tensor] = None
 
 
 def edm_coefficients(sigma: torch.Tensor, sigma_data: float = EDM_SIGMA_DATA) -> Tuple[torch.Tensor, ...]:
@@ -55,25 +57,26 @@ def coefficients(parameterization: str, sde: SDE, t: torch.Tensor, like: torch.T
                  std: Optional[torch.Tensor] = None) -> Coefficients:
     """The table's row `parameterization` at times t ([B]); `std` replaces sigma in the noise
     row's output scale only (the reference code's discrete DDPM convention, `compat`)."""
-    c = path_coefs(sde, t, like)
-    one = torch.ones_like(c.alpha)
+    if parameterization == "velocity":  # the only row that needs alpha' and sigma'
+        c = path_coefs(sde, t, like)
+        wronskian = c.alpha * c.d_sigma - c.sigma * c.d_alpha
+        return Coefficients(c.d_sigma / wronskian, -c.sigma / wronskian, torch.ones_like(c.alpha))
+    alpha, sigma = (append_dims(coef.to(like.dtype), like.ndim) for coef in sde.marginal_coefs(t))
+    one = torch.ones_like(alpha)
     if parameterization == "score":
-        return Coefficients(1 / c.alpha, c.sigma ** 2 / c.alpha, one)
+        return Coefficients(1 / alpha, sigma ** 2 / alpha, one)
     if parameterization == "noise":
         # score = -F / std, so D = (x + sigma^2 score) / alpha = (x - sigma^2 / std F) / alpha
-        out = -c.sigma if std is None else -c.sigma ** 2 / append_dims(std.to(like.dtype), like.ndim)
-        return Coefficients(1 / c.alpha, out / c.alpha, one)
+        out = -sigma if std is None else -sigma ** 2 / append_dims(std.to(like.dtype), like.ndim)
+        return Coefficients(1 / alpha, out / alpha, one)
     if parameterization == "data":
         return Coefficients(torch.zeros_like(one), one, one)
     if parameterization == "v":
-        total = c.alpha ** 2 + c.sigma ** 2
-        return Coefficients(c.alpha / total, -c.sigma / total, one)
-    if parameterization == "velocity":
-        wronskian = c.alpha * c.d_sigma - c.sigma * c.d_alpha
-        return Coefficients(c.d_sigma / wronskian, -c.sigma / wronskian, one)
+        total = alpha ** 2 + sigma ** 2
+        return Coefficients(alpha / total, -sigma / total, one)
     if parameterization == "edm":
-        c_skip, c_out, c_in, _ = edm_coefficients(c.sigma / c.alpha)
-        return Coefficients(c_skip / c.alpha, c_out, c_in / c.alpha)
+        c_skip, c_out, c_in, c_noise = edm_coefficients(sigma / alpha)
+        return Coefficients(c_skip / alpha, c_out, c_in / alpha, c_noise.flatten())
     raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {parameterization!r}")
 
 
@@ -94,16 +97,12 @@ def denoiser_from_model(model: nn.Module, sde: SDE, *, continuous: bool = True,
         raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {parameterization!r}")
 
     def denoise(x: torch.Tensor, t: torch.Tensor, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
-        std = None
-        if parameterization == "edm":
-            alpha, sigma = sde.marginal_coefs(t)
-            labels = torch.log(sigma / alpha) / 4
-        elif conditioning is None:
-            labels = sde.noise_labels(t, continuous=continuous)
-        else:
-            labels, std = conditioning(t)
+        labels = std = None
+        if parameterization != "edm":  # EDM's row sets its own label
+            labels, std = ((sde.noise_labels(t, continuous=continuous), None) if conditioning is None
+                           else conditioning(t))
         c = coefficients(parameterization, sde, t, x, std)
-        labels = labels.to(x.dtype)
+        labels = (c.c_noise if labels is None else labels).to(x.dtype)
         inputs = c.c_in * x
         output = model(inputs, labels) if class_labels is None else model(inputs, labels, class_labels)
         return c.c_skip * x + c.c_out * output

@@ -35,7 +35,7 @@ import torch
 from ..denoiser import Denoiser, as_denoiser
 from ..sdes import SDE
 from ..utils import Seed, append_dims, make_generator, randn
-from .spec import Model, SamplerSpec, hook_keyword, sample, start
+from .spec import Model, SamplerSpec, require_step_hook, sample, start
 from .registry import StepHook
 from .smc import smc_inpaint_sampler
 
@@ -93,7 +93,7 @@ def conditioning_spec(spec: Optional[SamplerSpec], steps: Optional[int], setting
             raise ValueError(f"SMC inpainting weights particles by PC's predictor steps; it runs the pc sampler, "
                              f"not {spec.method!r}")
         return spec.resolved(_SMC_OPTIONS)
-    hook_keyword(spec, lambda x, t, denoised: x)  # refuses a sampler without steps to hook
+    require_step_hook(spec.method)
     conditioned = dict(spec.traits.conditioned_options)
     if spec.options.get("unipc"):  # UniPC's corrector is for the deterministic solver
         conditioned.pop("eta", None)

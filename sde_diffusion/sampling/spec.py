@@ -246,11 +246,16 @@ def hook_keyword(spec: SamplerSpec, step_hook: Optional[StepHook]) -> dict:
     picks its own steps inside a solver and so has none to hook."""
     if step_hook is None:
         return {}
-    if not takes_step_hook(spec.method):
-        hooked = ", ".join(name for name in SAMPLERS if takes_step_hook(name))
-        raise ValueError(f"sampler {spec.method!r} takes no step hook (it picks its own steps inside a solver); "
-                         f"samplers that do: {hooked}")
+    require_step_hook(spec.method)
     return {HOOK_ARGUMENT: step_hook}
+
+
+def require_step_hook(method: str) -> None:
+    """ValueError where sampler `method` picks its own steps inside a solver and so has none to hook."""
+    if not takes_step_hook(method):
+        hooked = ", ".join(name for name in SAMPLERS if takes_step_hook(name))
+        raise ValueError(f"sampler {method!r} takes no step hook (it picks its own steps inside a solver); "
+                         f"samplers that do: {hooked}")
 
 
 def start(model: Model, sde: SDE, shape: Sequence[int], spec: SamplerSpec, generator: Seed = None, *,
