@@ -60,7 +60,7 @@ def _remove_stale_outputs(workdir) -> None:
     import logging
     from pathlib import Path
 
-    from sde_diffusion.image_cache import remove_stale_temporaries
+    from sde_diffusion.data.image_cache import remove_stale_temporaries
 
     for folder in OUTPUT_FOLDERS:
         for path in remove_stale_temporaries(Path(workdir) / folder):
@@ -135,8 +135,10 @@ def main(argv):
     # Imported here so that `--help` and flag errors do not pay for importing torch.
     import torch
 
-    from sde_diffusion import checkpoints, distributed
-    from sde_diffusion.output_files import to_json
+    from sde_diffusion.files import checkpoints
+
+    from sde_diffusion.training import distributed
+    from sde_diffusion.files.output_files import to_json
     from sde_diffusion.app.config import ConfigError, check_sampler_options, select_device
     from sde_diffusion.app.plugins import load_plugins
     from sde_diffusion.app.validation import validate_config
@@ -166,6 +168,8 @@ def main(argv):
                 report = run(config, FLAGS.workdir, config_file=_config_path(sys.argv))
             if report is not None and FLAGS.mode != "train":  # rank 0's report, one JSON line
                 print(to_json(report))
+            # all ranks leave together: gloo aborts a process whose peer closes the group under it
+            distributed.barrier()
         finally:
             distributed.teardown()
     except StoppedBySignal as stopped:  # the trainer said so and saved its state

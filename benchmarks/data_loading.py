@@ -24,9 +24,9 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sde_diffusion.app.config import build_denoiser, build_loss, build_model, build_sde  # noqa: E402
-from sde_diffusion.datasets import BatchStream, MappedImageDataset, load_dataset  # noqa: E402
-from sde_diffusion.image_scaling import to_model_space  # noqa: E402
-from sde_diffusion.training_step import training_step  # noqa: E402
+from sde_diffusion.data.datasets import BatchStream, MappedImageDataset, load_dataset  # noqa: E402
+from sde_diffusion.files.image_scaling import to_model_space  # noqa: E402
+from sde_diffusion.training.training_step import training_step  # noqa: E402
 
 
 def seconds_per_batch(dataset, batch_size: int, repeats: int) -> float:

@@ -4,7 +4,7 @@ The case is the oracle's sharpest: a 32-D Gaussian mixture (4 components, stds 0
 3 randn apart; `benchmarks/samplers.py`'s) under the VP SDE, so every error is the sampler's
 own. Every row starts from the same latent (seed 0), draws 10k samples and is scored by
 `GaussianMixture.sample_errors` (weight, mean, std errors; log-density gap). Our rows run
-through `sde_diffusion.study`, which also gives each deterministic sampler's distance to a
+through `sde_diffusion.evaluation.study`, which also gives each deterministic sampler's distance to a
 tight-tolerance probability-flow ODE solution at its own eps. Reference levels: the 1000-step
 predictor-corrector samplers; floors: exact mixture samples (the Monte Carlo noise of 10k
 samples) and the tight ODE solution itself (what any deterministic sampler converges to).
@@ -51,9 +51,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from samplers import mixtures  # noqa: E402
 
-from sde_diffusion.sdes import VPSDE  # noqa: E402
+from sde_diffusion.processes.sdes import VPSDE  # noqa: E402
 from sde_diffusion.sampling import sample  # noqa: E402
-from sde_diffusion.study import markdown_table, parse_spec, plot_study, run_study, write_study  # noqa: E402
+from sde_diffusion.evaluation.study import markdown_table, parse_spec, plot_study, run_study, write_study  # noqa: E402
 
 SEED, HELD_OUT_SEEDS = 0, (1, 2, 3)
 ERRORS = ("weight", "std", "logp_gap")  # the targets' errors; `mean` is in the full table

@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*`
 
 from configs import ddpm_cifar10, vp_cifar10  # noqa: E402
 from sde_diffusion.app.config import build_denoiser, build_loss, build_model, build_sde, data_shape  # noqa: E402
-from sde_diffusion.ema import EMA  # noqa: E402
-from sde_diffusion.performance import grad_scaler, to_memory_format, training_network  # noqa: E402
+from sde_diffusion.training.ema import EMA  # noqa: E402
+from sde_diffusion.training.speed import grad_scaler, to_memory_format, training_network  # noqa: E402
 from sde_diffusion.sampling import SamplerSpec, sample  # noqa: E402
-from sde_diffusion.study import markdown_table  # noqa: E402
-from sde_diffusion.training_step import training_step  # noqa: E402
+from sde_diffusion.evaluation.study import markdown_table  # noqa: E402
+from sde_diffusion.training.training_step import training_step  # noqa: E402
 
 NETWORKS = {"DDPM U-Net": ddpm_cifar10, "DDPM++": vp_cifar10}
 BASE = dict(tf32="default", precision="fp32", channels_last=False, compile=False, adam="default")

@@ -37,7 +37,7 @@ from configs.vp_digits import get_config  # noqa: E402
 from sde_diffusion.app.config import build_denoiser  # noqa: E402
 from sde_diffusion.app.metrics import data_judge, quality_metric_for  # noqa: E402
 from sde_diffusion.app.modes import load_dataset_from_config, load_trained, to_data_space  # noqa: E402
-from sde_diffusion.image_scaling import to_model_space  # noqa: E402
+from sde_diffusion.files.image_scaling import to_model_space  # noqa: E402
 from sde_diffusion.sampling import parse_spec  # noqa: E402
 from sde_diffusion.sampling.controllable import inpaint  # noqa: E402
 from sde_diffusion.sampling.masks import make_mask  # noqa: E402

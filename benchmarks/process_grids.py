@@ -33,8 +33,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from samplers import mixtures  # noqa: E402
 
-from sde_diffusion.sdes import SDE, get_sde  # noqa: E402
-from sde_diffusion.study import markdown_table, parse_spec, run_study  # noqa: E402
+from sde_diffusion.processes.sdes import SDE, get_sde  # noqa: E402
+from sde_diffusion.evaluation.study import markdown_table, parse_spec, run_study  # noqa: E402
 
 SEED, HELD_OUT_SEED = 0, 1
 TARGET_SAMPLES = 200_000  # the summary's re-runs: 10k samples leave a Monte Carlo noise of about 0.005

@@ -11,7 +11,7 @@ another network output:
     fm         flow matching: linear path, velocity, its loss             configs/fm_digits.py
 
 Each row trains in its own workdir under --root (resumed where it stopped; a finished one is
-only read; its results are kept there and reused while checkpoint and settings are the same), then: FD in digit-classifier features (`digits_judge`, as `--mode study` reports it)
+only read; its results are kept there and reused while checkpoint and settings are the same), then: FD in digit-classifier features (`evaluation.judges`, as `--mode study` reports it)
 of 500 samples against the test split at 10, 20 and 50 NFE for each sampler of SAMPLERS named
 with a budget only, the best sampler per budget; the share of samples the classifier is at
 least 90% sure of ("confident", against the test images' share); bits/dim of 128 test images
@@ -48,9 +48,9 @@ from sde_diffusion.app.config import build_denoiser, data_shape  # noqa: E402
 from sde_diffusion.app.modes import (data_judge, load_dataset_from_config, load_trained,  # noqa: E402
                                      quality_metric_for, run_likelihood, to_data_space)
 from sde_diffusion.app.train import train  # noqa: E402
-from sde_diffusion.plotting import image_grid  # noqa: E402
+from sde_diffusion.files.plotting import image_grid  # noqa: E402
 from sde_diffusion.sampling import sample  # noqa: E402
-from sde_diffusion.study import markdown_table, parse_spec, run_study  # noqa: E402
+from sde_diffusion.evaluation.study import markdown_table, parse_spec, run_study  # noqa: E402
 
 ROWS = (  # name, config module, overrides, what it is
     ("vp_eps", "configs.vp_digits", {}, "VP, noise prediction"),

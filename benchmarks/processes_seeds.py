@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*` and processes.py's rows
 
 from benchmarks.processes import ROWS, row_config  # noqa: E402
-from sde_diffusion import checkpoints  # noqa: E402
+from sde_diffusion.files import checkpoints  # noqa: E402
 from sde_diffusion.app.config import build_sde, sampler_spec  # noqa: E402
 from sde_diffusion.app.modes import batch_tag, run_eval  # noqa: E402
 

@@ -35,9 +35,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from sde_diffusion.distributions import GaussianMixture  # noqa: E402
+from sde_diffusion.processes.distributions import GaussianMixture  # noqa: E402
 from sde_diffusion.sampling import sample  # noqa: E402
-from sde_diffusion.sdes import VESDE, VPSDE  # noqa: E402
+from sde_diffusion.processes.sdes import VESDE, VPSDE  # noqa: E402
 
 EPS = 1e-3  # last time of the grid, as `sample` uses by default
 SEED = 0

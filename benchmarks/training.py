@@ -27,9 +27,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*`
 
 from sde_diffusion.app.config import build_denoiser, build_loss, build_model, build_sde, data_shape  # noqa: E402
-from sde_diffusion.ema import EMA  # noqa: E402
-from sde_diffusion.performance import grad_scaler, to_memory_format, training_network  # noqa: E402
-from sde_diffusion.training_step import training_step  # noqa: E402
+from sde_diffusion.training.ema import EMA  # noqa: E402
+from sde_diffusion.training.speed import grad_scaler, to_memory_format, training_network  # noqa: E402
+from sde_diffusion.training.training_step import training_step  # noqa: E402
 
 # (config module, batch size, what the row shows)
 ROWS = (

@@ -1,7 +1,7 @@
 """Training steps/s of the DDPM U-Net at 32x32 with the trainer's speed options on and off.
 
 The options are the config fields `training.precision` (fp32, bf16, fp16 autocast),
-`training.channels_last` and `training.compile` (see `sde_diffusion.performance`). Each row times
+`training.channels_last` and `training.compile` (see `sde_diffusion.training.speed`). Each row times
 the trainer's step (loss forward + backward, clipping, Adam, EMA; `training.time_training_steps`)
 on random 32x32x3 batches of `configs/ddpm_cifar10.py`'s network (35.7M parameters) after warmup
 steps that also absorb torch.compile's compilation, best of `--repeats` runs.

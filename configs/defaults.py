@@ -103,7 +103,7 @@ def get_base_config():
                                           # (cached in <workdir>/eval), "test", or "cleanfid:NAME:SPLIT" (e.g.
                                           # cleanfid:cifar10:train, clean-fid's published statistics)
 
-    # --mode study: sampler specs "method key=value ..." (sde_diffusion.study) x NFE budgets.
+    # --mode study: sampler specs "method key=value ..." (sde_diffusion.evaluation.study) x NFE budgets.
     config.study = study = ml_collections.ConfigDict()
     study.samplers = ("pc predictor=euler_maruyama corrector=none",
                       "pc predictor=reverse_diffusion corrector=langevin",

@@ -6,4 +6,4 @@ The library never imports the application behind main.py (`app`).
 """
 __version__ = "0.1.0"
 
-from . import gaussian_paths  # noqa: E402,F401 - registers the edm, rectified_flow and cosine_vp SDEs
+from .processes import gaussian_paths  # noqa: E402,F401 - registers the edm, rectified_flow and cosine_vp SDEs

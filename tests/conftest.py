@@ -3,7 +3,7 @@ import tempfile
 
 import torch
 
-from sde_diffusion.distributions import GaussianMixture
+from sde_diffusion.processes.distributions import GaussianMixture
 
 # The limit on a test's child process (main.py, torchrun, a driver). It only turns a hang into a
 # failure: far beyond any run's time on a 5x-loaded machine, so it never decides a result.

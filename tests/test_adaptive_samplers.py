@@ -7,11 +7,11 @@ import re
 import pytest
 import torch
 
-from sde_diffusion.likelihood import log_likelihood
+from sde_diffusion.evaluation.likelihood import log_likelihood
 from sde_diffusion.sampling import SAMPLERS, adaptive_sde_sampler, sample
 from sde_diffusion.sampling import ode as ode_module
 from sde_diffusion.sampling.ode import MAX_NFE, SolverStopped
-from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
+from sde_diffusion.processes.sdes import SubVPSDE, VESDE, VPSDE
 
 from conftest import mixture_2d, mixture_32d
 

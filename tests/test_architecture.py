@@ -11,18 +11,14 @@ README = PACKAGE.parent / "README.md"
 # Bottom up: (layer, its modules and packages under sde_diffusion, what it holds). A layer may
 # import the layers listed before it; samplers and networks are siblings that never meet.
 LAYERS = [
-    ("core maths", ("sdes", "gaussian_paths", "distributions", "denoiser", "utils"),
-     "processes, the denoiser D(x, t) and its score, exact mixtures"),
-    ("files", ("output_files", "image_files", "image_scaling", "plotting"),
-     "atomic outputs, image arrays in and out, pictures"),
+    ("processes", ("utils", "processes"), "tensor helpers, the processes, the denoiser D(x, t) and its score, exact mixtures"),
+    ("files", ("files",), "atomic outputs, image arrays in and out, checkpoints, pictures"),
     ("samplers", ("sampling",), "the registry, `SamplerSpec`, `sample`, step hooks, every sampler, inpainting"),
     ("networks", ("models",), "the registry, the networks, EDM's, the preconditioning table"),
-    ("data and checkpoints", ("datasets", "dataset_files", "dataset_formats", "image_folder", "image_cache", "toy_data", "checkpoints",
-                              "compat", "edm_pickle", "distributed", "performance"),
-     "data sets, checkpoints and published networks, processes, devices"),
-    ("training and scoring", ("losses", "training_step", "ema", "likelihood", "guidance", "evaluate",
-                              "fid_reference", "digits_judge", "study"),
-     "losses, the training step, likelihood, guidance, metrics, studies"),
+    ("data", ("data",), "the data set registry, toy sets, published file formats, image folders and their cache"),
+    ("published networks", ("published",), "score_sde checkpoints and EDM pickles onto our networks"),
+    ("training", ("training",), "losses, the training step, EMA, guidance, speed options, torchrun"),
+    ("evaluation", ("evaluation",), "likelihood, sample-quality metrics, FID statistics, judges, studies"),
     ("application", ("app",), "main.py's modes, config checks, the trainer, plug-ins"),
 ]
 SIBLINGS = {("samplers", "networks"), ("networks", "samplers")}
@@ -136,4 +132,4 @@ def test_the_rules_see_real_imports():
     graph = imports()
     assert "sde_diffusion.app.config" in graph["sde_diffusion.app.modes"]
     assert "sde_diffusion.sampling.spec" in graph["sde_diffusion.sampling.controllable"]
-    assert "sde_diffusion.sdes" in graph["sde_diffusion.sampling.spec"]
+    assert "sde_diffusion.processes.sdes" in graph["sde_diffusion.sampling.spec"]

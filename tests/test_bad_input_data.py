@@ -122,8 +122,8 @@ def trained_on_pictures(tmp_path_factory, pictures):
 
 
 def _data_files(tmp: Path, pictures: Path) -> None:
-    from sde_diffusion.datasets import load_dataset
-    from sde_diffusion.image_folder import image_paths
+    from sde_diffusion.data.datasets import load_dataset
+    from sde_diffusion.data.image_folder import image_paths
 
     write_npz_claiming(tmp / "huge.npz", "x", (1_000_000, 3, 512, 512))
     write_npz_claiming(tmp / "huge_labels.npz", "labels", (10 ** 12,),

@@ -23,7 +23,7 @@ import torch
 
 import test_bad_input
 from conftest import HANG_TIMEOUT_S
-from sde_diffusion import checkpoints
+from sde_diffusion.files import checkpoints
 from test_bad_input import ROOT, TOY, _argv, _tree, trained_workdir  # noqa: F401 - a fixture
 from test_fault_injection import ARGS, last_logged_step, start, wait_for_step
 
@@ -301,7 +301,7 @@ def test_sigterm_while_sampling_leaves_no_temporary_and_no_lone_file(tmp_path, t
 def test_a_held_temporary_is_kept_and_an_unheld_one_removed(tmp_path, trained_workdir):  # noqa: F811
     """What a live writer holds (flock) beside the workdir's outputs is never taken by another
     run's start-up cleanup; what a killed writer left is."""
-    from sde_diffusion.output_files import open_locked_temporary
+    from sde_diffusion.files.output_files import open_locked_temporary
     workdir = tmp_path / "run"
     subprocess.run(["cp", "-a", str(trained_workdir), str(workdir)], check=True)
     (workdir / "samples").mkdir()

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import tiny_toy_config
-from sde_diffusion import checkpoints
+from sde_diffusion.files import checkpoints
 from sde_diffusion.app.train import train
 from conftest import HANG_TIMEOUT_S
 
@@ -60,7 +60,7 @@ def test_a_damaged_newest_snapshot_falls_back_to_the_previous_one(tmp_path, capl
         checkpoints.save_checkpoint(checkpoints.snapshot_path(tmp_path, step), tiny_state(step))
     damage(checkpoints.snapshot_path(tmp_path, 30), how)
     before = files_of(tmp_path)
-    with caplog.at_level(logging.WARNING, logger="sde_diffusion.checkpoints"):
+    with caplog.at_level(logging.WARNING, logger="sde_diffusion.files.checkpoints"):
         state = checkpoints.latest_checkpoint(tmp_path)
     assert state["step"] == 20 and torch.equal(state["model"]["weight"], torch.full((3,), 20.0))
     (warning,) = [record.getMessage() for record in caplog.records]

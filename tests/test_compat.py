@@ -1,4 +1,4 @@
-"""Loading score_sde_pytorch checkpoints (`sde_diffusion.compat`): the fixtures made by the
+"""Loading score_sde_pytorch checkpoints (`sde_diffusion.published.score_sde`): the fixtures made by the
 reference code itself reproduce its outputs with the EMA weights, wrong configs and unsafe or
 broken files stop with clear errors (every family's layout: test_compat_layouts.py)."""
 import copy
@@ -14,8 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from sde_diffusion.checkpoints import CheckpointError
-from sde_diffusion.compat import (ChainIndexConditioned, load_reference_checkpoint, read_reference_checkpoint,
+from sde_diffusion.files.checkpoints import CheckpointError
+from sde_diffusion.published.score_sde import (ChainIndexConditioned, load_reference_checkpoint, read_reference_checkpoint,
                                   reference_key_map, reference_noise_table)
 from sde_diffusion.app.config import ConfigError
 from sde_diffusion.app.validation import validate_config

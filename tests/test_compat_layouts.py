@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from sde_diffusion.app.validation import validate_config
-from sde_diffusion.compat import (ChainIndexConditioned, load_reference_checkpoint, reference_key_map,
+from sde_diffusion.published.score_sde import (ChainIndexConditioned, load_reference_checkpoint, reference_key_map,
                                   reference_noise_table, reference_units)
 from sde_diffusion.models import get_model
 from sde_diffusion.models.blocks import BigGANResnetBlock, Combine, ResnetBlock

@@ -6,11 +6,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from sde_diffusion import losses
+from sde_diffusion.training import losses
 from sde_diffusion.app.config import ConfigError, build_loss, build_sde, data_shape, sampler_spec
 from sde_diffusion.app.validation import validate_config
 from sde_diffusion.sampling import sample
-from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
+from sde_diffusion.processes.sdes import SubVPSDE, VESDE, VPSDE
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # every config a user can name: the files of configs/ with a get_config (not the shared defaults)
@@ -159,7 +159,7 @@ def test_the_v_and_x0_losses_are_reached_from_the_config():
     """training.loss = "v" / "data" trains on the v / x_0 error: at the score of x_t's own
     scaling (-x / s^2 pulls every x_t to 0) the config's loss equals losses.prediction_loss with
     the same draws, and differs from the noise (dsm) loss; likelihood_weighting is dsm's only."""
-    from sde_diffusion.losses import prediction_loss
+    from sde_diffusion.training.losses import prediction_loss
 
     config, x = load_config("vp_toy"), torch.randn(512, 2, generator=torch.Generator().manual_seed(0))
     sde = build_sde(config)

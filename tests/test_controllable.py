@@ -5,11 +5,11 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.distributions import GaussianMixture
+from sde_diffusion.processes.distributions import GaussianMixture
 from sde_diffusion.sampling.controllable import (colorize, decoupling_matrix, inpaint, inpaint_particles,
                                                  mix_channels)
 from sde_diffusion.sampling.smc import effective_sample_size, observation_bridge, systematic_resampling
-from sde_diffusion.sdes import get_sde
+from sde_diffusion.processes.sdes import get_sde
 
 SDES = {"vpsde": dict(), "vesde": dict(sigma_min=0.01, sigma_max=10.0)}
 

@@ -171,9 +171,9 @@ def test_colorize_mode_runs_on_an_untrained_rgb_model(tmp_path):
     .npz of float CHW images; gray preservation itself is proven on the oracle
     (test_controllable.py), since an untrained model's outputs are clamped to [0, 1]."""
     from configs.vp_digits import get_config
-    from sde_diffusion.checkpoints import save_checkpoint, snapshot_path
+    from sde_diffusion.files.checkpoints import save_checkpoint, snapshot_path
     from sde_diffusion.app.config import build_model
-    from sde_diffusion.ema import EMA
+    from sde_diffusion.training.ema import EMA
 
     rgb = ["--config.data.dataset=cifar10", "--config.data.num_channels=3"]
     config = get_config()

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 import torch
 
-from sde_diffusion import dataset_files, datasets
-from sde_diffusion.dataset_formats import read_idx
-from sde_diffusion.datasets import DATASETS, TOY_DATA, BatchStream, load_dataset
-from sde_diffusion.image_scaling import from_model_space, quantize, random_flip, to_model_space, uniform_dequantize
-from sde_diffusion.toy_data import toy_mixture
+from sde_diffusion.data import dataset_files, datasets
+from sde_diffusion.data.dataset_formats import read_idx
+from sde_diffusion.data.datasets import DATASETS, TOY_DATA, BatchStream, load_dataset
+from sde_diffusion.files.image_scaling import from_model_space, quantize, random_flip, to_model_space, uniform_dequantize
+from sde_diffusion.data.toy_data import toy_mixture
 
 
 @pytest.fixture(autouse=True)

@@ -1,12 +1,12 @@
-"""The Denoiser (sde_diffusion.denoiser): D, the score and the noise are one another by Tweedie's
+"""The Denoiser (sde_diffusion.processes.denoiser): D, the score and the noise are one another by Tweedie's
 formula, whichever the source computes; the preconditioning table's rows give the exact D."""
 import pytest
 import torch
 
 from conftest import mixture_2d
-from sde_diffusion.denoiser import CountedDenoiser, Denoiser, as_denoiser
+from sde_diffusion.processes.denoiser import CountedDenoiser, Denoiser, as_denoiser
 from sde_diffusion.models.preconditioning import coefficients, edm_coefficients
-from sde_diffusion.sdes import get_sde
+from sde_diffusion.processes.sdes import get_sde
 
 SDES = {name: get_sde(name) for name in ("vpsde", "subvpsde", "vesde", "edm", "rectified_flow", "cosine_vp")}
 

@@ -3,9 +3,9 @@ feature space that `--mode eval` reports for digit samples."""
 import pytest
 import torch
 
-from sde_diffusion.datasets import load_digits
-from sde_diffusion.digits_judge import DigitsJudge
-from sde_diffusion.evaluate import digits_scores
+from sde_diffusion.data.datasets import load_digits
+from sde_diffusion.evaluation.judges import DigitsJudge
+from sde_diffusion.evaluation.sample_quality import digits_scores
 
 
 @pytest.fixture(scope="module")
@@ -42,8 +42,8 @@ def test_judge_rejects_wrong_shapes(judge):
 
 
 def test_cached_judge_fits_once_and_reads_the_same_weights_back(tmp_path, monkeypatch):
-    from sde_diffusion.digits_judge import cached_judge
-    from sde_diffusion.evaluate import quality_metric
+    from sde_diffusion.evaluation.judges import cached_judge
+    from sde_diffusion.evaluation.sample_quality import quality_metric
 
     monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path))
     train, test = load_digits("train", image_size=8), load_digits("test", image_size=8)

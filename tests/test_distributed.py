@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from sde_diffusion import distributed
-from sde_diffusion.checkpoints import load_checkpoint, snapshot_path
+from sde_diffusion.training import distributed
+from sde_diffusion.files.checkpoints import load_checkpoint, snapshot_path
 from sde_diffusion.app.config import build_sde
-from sde_diffusion.losses import ddpm_loss, dsm_loss
+from sde_diffusion.training.losses import ddpm_loss, dsm_loss
 from sde_diffusion.app.modes import run_likelihood
 from sde_diffusion.app.train import train
 from conftest import HANG_TIMEOUT_S
@@ -51,6 +51,11 @@ def torchrun(workdir: Path, mode: str, *extra: str) -> subprocess.CompletedProce
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S, env=environment)
 
 
+def _tails(stderr: str) -> str:
+    """Where a rank failed and how it ended: the first and last lines of torchrun's stderr."""
+    return stderr if len(stderr) < 6000 else stderr[:3000] + "\n[...]\n" + stderr[-3000:]
+
+
 def files(workdir: Path) -> list:
     """Relative paths, with the event file's name (host, pid, time) reduced to its folder."""
     return sorted(str(path.relative_to(workdir).parent / "<events>") if "tfevents" in path.name
@@ -62,7 +67,7 @@ def runs(tmp_path_factory):
     one, two = tmp_path_factory.mktemp("one_process"), tmp_path_factory.mktemp("two_processes")
     train(toy_config(), one)
     result = torchrun(two, "train")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, _tails(result.stderr)
     return one, two
 
 
@@ -104,7 +109,7 @@ def test_rank_zero_alone_writes_each_file_and_metric_once(runs):
 def test_likelihood_divided_over_two_processes_matches_one_process_and_does_not_hang(runs):
     _, two = runs
     result = torchrun(two, "likelihood")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, _tails(result.stderr)
     (written,) = (two / "eval").glob(f"likelihood_{STEPS}_*.json")
     report = json.loads(written.read_text())
     assert json.loads(result.stdout.strip().splitlines()[-1]) == report  # printed once, by rank 0
@@ -124,7 +129,7 @@ def test_samples_divided_over_two_processes_gathered_by_rank_zero(runs):
     _, two = runs
     result = torchrun(two, "sample", "--config.sampling.method=ode", "--config.sampling.num_samples=11",
                       "--config.sampling.rtol=1e-3", "--config.sampling.atol=1e-3")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, _tails(result.stderr)
     report = json.loads(result.stdout.strip().splitlines()[-1])
     samples = np.load(report["npz"])["samples"]
     assert report["num_samples"] == 11 and samples.shape == (11, 2) and np.isfinite(samples).all()
@@ -137,7 +142,7 @@ def test_two_processes_resume_from_the_same_checkpoint_and_stay_with_one_process
     one, two = (shutil.copytree(workdir, tmp_path / workdir.name) for workdir in runs)
     written = snapshot_path(two, STEPS).stat().st_mtime_ns
     result = torchrun(two, "train", f"--config.training.n_iters={STEPS + 10}")
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, _tails(result.stderr)
     config = toy_config()
     config.training.n_iters = STEPS + 10
     train(config, one)

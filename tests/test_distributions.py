@@ -4,8 +4,8 @@ import pytest
 import torch
 from scipy.stats import multivariate_normal
 
-from sde_diffusion.distributions import GaussianMixture
-from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
+from sde_diffusion.processes.distributions import GaussianMixture
+from sde_diffusion.processes.sdes import SubVPSDE, VESDE, VPSDE
 
 from conftest import mixture_2d, mixture_32d
 

@@ -1,4 +1,4 @@
-"""EDM's network pickles (`sde_diffusion.edm_pickle`): the fixtures written by NVlabs/edm's own
+"""EDM's network pickles (`sde_diffusion.published.edm`): the fixtures written by NVlabs/edm's own
 code reproduce its denoiser outputs; files that carry anything but data are refused without
 running it (marker files); the denoiser's score under this package's SDEs is Tweedie's, and the
 samplers run on it."""
@@ -13,11 +13,11 @@ import pytest
 import torch
 
 from conftest import mixture_32d
-from sde_diffusion.checkpoints import CheckpointError
-from sde_diffusion.edm_pickle import load_edm_network, read_edm_pickle
+from sde_diffusion.files.checkpoints import CheckpointError
+from sde_diffusion.published.edm import load_edm_network, read_edm_pickle
 from sde_diffusion.models.edm_precond import EDMPrecond, VPPrecond, edm_denoiser
 from sde_diffusion.sampling import sample
-from sde_diffusion.sdes import VESDE, VPSDE
+from sde_diffusion.processes.sdes import VESDE, VPSDE
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "edm"
 requires_fixtures = pytest.mark.skipif(not FIXTURES.is_dir(), reason=f"EDM fixtures not found at {FIXTURES}")

@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from conftest import HANG_TIMEOUT_S
-from sde_diffusion.edm_pickle import load_edm_network
+from sde_diffusion.published.edm import load_edm_network
 from sde_diffusion.models import get_model_class
 from sde_diffusion.models.edm_precond import edm_denoiser
 from sde_diffusion.models.preconditioning import denoiser_from_model
-from sde_diffusion.sdes import VESDE
+from sde_diffusion.processes.sdes import VESDE
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT.parent / "shared" / "fixtures" / "edm"

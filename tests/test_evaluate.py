@@ -17,7 +17,7 @@ import torch
 from cleanfid import fid as cleanfid_fid
 from PIL import Image
 
-from sde_diffusion.evaluate import (INCEPTION_FILENAME, energy_distance, fid_kid, image_features,
+from sde_diffusion.evaluation.sample_quality import (INCEPTION_FILENAME, energy_distance, fid_kid, image_features,
                                     load_inception, sliced_wasserstein)
 
 
@@ -334,7 +334,7 @@ def test_load_inception_reads_a_local_torchscript_file(tmp_path, no_network):
 def test_inception_is_fetched_once_into_the_cache_folder_whole_or_not_at_all(tmp_path, monkeypatch):
     import io as _io
 
-    from sde_diffusion.evaluate import fetch_inception, inception_cache_file
+    from sde_diffusion.evaluation.sample_quality import fetch_inception, inception_cache_file
 
     monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path / "cache"))
     target = inception_cache_file()

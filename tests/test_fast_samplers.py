@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sde_diffusion.sampling import SCHEDULES, get_timesteps, sample
-from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
+from sde_diffusion.processes.sdes import SubVPSDE, VESDE, VPSDE
 
 from conftest import mixture_2d, mixture_32d
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from sde_diffusion import checkpoints
+from sde_diffusion.files import checkpoints
 from conftest import HANG_TIMEOUT_S
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,13 +9,13 @@ import pytest
 import torch
 from test_evaluate import _StandInInception, no_network, random_images  # noqa: F401 (a fixture)
 
-from sde_diffusion import fid_reference
+from sde_diffusion.evaluation import fid_reference
 from sde_diffusion.app.config import ConfigError, build_model
 from sde_diffusion.app.modes import run_eval
 from sde_diffusion.app.validation import validate_config
-from sde_diffusion.checkpoints import save_checkpoint, snapshot_path
-from sde_diffusion.ema import EMA
-from sde_diffusion.evaluate import INCEPTION_FILENAME, ReferenceStatistics, fid_kid, image_features
+from sde_diffusion.files.checkpoints import save_checkpoint, snapshot_path
+from sde_diffusion.training.ema import EMA
+from sde_diffusion.evaluation.sample_quality import INCEPTION_FILENAME, ReferenceStatistics, fid_kid, image_features
 
 
 class CountingExtractor(torch.nn.Module):
@@ -127,7 +127,7 @@ def test_eval_without_a_path_fetches_inception_once_into_the_cache_when_allowed(
     import io
     import urllib.request
 
-    from sde_diffusion.evaluate import inception_cache_file
+    from sde_diffusion.evaluation.sample_quality import inception_cache_file
 
     config, workdir = npz_workdir
     stand_in = (workdir.parent / INCEPTION_FILENAME).read_bytes()

@@ -1,4 +1,4 @@
-"""The EDM, rectified-flow and cosine-VP processes (`sde_diffusion.gaussian_paths`): drift and
+"""The EDM, rectified-flow and cosine-VP processes (`sde_diffusion.processes.gaussian_paths`): drift and
 diffusion against the derivatives of their marginals, marginals against Monte Carlo of their
 forward SDEs, the oracle's score against autograd, every kind of sampler against the exact 2-D
 mixture, and the probability-flow likelihood against the exact density."""
@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from conftest import mixture_2d
-from sde_diffusion.likelihood import log_likelihood
+from sde_diffusion.evaluation.likelihood import log_likelihood
 from sde_diffusion.sampling import sample
-from sde_diffusion.sdes import get_sde
+from sde_diffusion.processes.sdes import get_sde
 
 PROCESSES = {"edm": get_sde("edm"), "rectified_flow": get_sde("rectified_flow"), "cosine_vp": get_sde("cosine_vp")}
 # a time range inside each process where finite differences and Monte Carlo are well conditioned

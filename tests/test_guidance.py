@@ -5,12 +5,12 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.distributions import GaussianMixture
-from sde_diffusion.guidance import (drop_labels, guided_model_denoiser, guided_score, labels_for_samples,
+from sde_diffusion.processes.distributions import GaussianMixture
+from sde_diffusion.training.guidance import (drop_labels, guided_model_denoiser, guided_score, labels_for_samples,
                                     oracle_guided_score_fn, parse_labels)
 from sde_diffusion.models import denoiser_from_model, get_model_class
 from sde_diffusion.sampling import sample
-from sde_diffusion.sdes import VPSDE
+from sde_diffusion.processes.sdes import VPSDE
 
 NUM_SAMPLES = 4000
 REQUESTED = 0
@@ -200,11 +200,11 @@ def test_trained_digits_model_follows_labels_more_with_guidance():
     """A class-conditional MLP trained here for 400 steps on the 8x8 digits (64-D, labels
     dropped with probability 0.1): the digits judge reads the requested label on its samples far
     above chance (10%), more often with guidance. Measured: 0.60, 0.90, 0.97 at w = 0, 1, 3."""
-    from sde_diffusion.datasets import BatchStream, load_digits
-    from sde_diffusion.image_scaling import from_model_space, to_model_space
-    from sde_diffusion.digits_judge import DigitsJudge
-    from sde_diffusion.ema import EMA
-    from sde_diffusion.losses import dsm_loss
+    from sde_diffusion.data.datasets import BatchStream, load_digits
+    from sde_diffusion.files.image_scaling import from_model_space, to_model_space
+    from sde_diffusion.evaluation.judges import DigitsJudge
+    from sde_diffusion.training.ema import EMA
+    from sde_diffusion.training.losses import dsm_loss
 
     torch.manual_seed(0)
     train = load_digits("train", image_size=8)

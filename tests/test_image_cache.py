@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from conftest import HANG_TIMEOUT_S
-from sde_diffusion.datasets import load_dataset
+from sde_diffusion.data.datasets import load_dataset
 from test_image_folder import write_images
 
 def _folder_with_cache(tmp_path, monkeypatch, count=6):
@@ -56,7 +56,7 @@ def test_a_damaged_cache_is_rebuilt_with_one_warning_naming_it(tmp_path, monkeyp
 
 
 def test_the_sampled_check_finds_one_damaged_chunk_the_full_check_always(tmp_path, monkeypatch):
-    from sde_diffusion import image_cache
+    from sde_diffusion.data import image_cache
 
     monkeypatch.setattr(image_cache, "CHUNK_BYTES", 64)  # 48-byte images: many chunks
     dataset, images_path = _folder_with_cache(tmp_path, monkeypatch, count=60)
@@ -101,7 +101,7 @@ def test_stale_cache_temporaries_are_removed_live_ones_kept(tmp_path, monkeypatc
 
 def test_a_full_disk_is_one_error_naming_the_cache_and_leaves_nothing(tmp_path, monkeypatch):
     import errno
-    from sde_diffusion.output_files import WriteError
+    from sde_diffusion.files.output_files import WriteError
 
     monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path / "cache"))
     write_images(tmp_path / "pictures", 20, (9, 7))
@@ -127,7 +127,7 @@ def test_a_full_disk_is_one_error_naming_the_cache_and_leaves_nothing(tmp_path, 
         def __exit__(self, *exc):
             return self.file.__exit__(*exc)
 
-    from sde_diffusion import image_cache
+    from sde_diffusion.data import image_cache
 
     opened = image_cache._open_locked_temporary
 
@@ -147,10 +147,10 @@ def test_a_build_killed_by_sigkill_leaves_a_temporary_the_next_start_removes(tmp
     """A real writer: its temporary file is kept while it runs and removed once SIGKILL ended it
     (the kernel drops its lock with the process)."""
     import signal
-    from sde_diffusion.image_cache import remove_stale_temporaries
+    from sde_diffusion.data.image_cache import remove_stale_temporaries
 
     writer = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from sde_diffusion import image_cache; "
+        "import sys, time; from pathlib import Path; from sde_diffusion.data import image_cache; "
         f"file, name = image_cache._open_locked_temporary(Path({str(tmp_path / 'key.npy')!r})); "
         "file.write(b'half an image'); file.flush(); print(name, flush=True); time.sleep(600)")],
         stdout=subprocess.PIPE, text=True)

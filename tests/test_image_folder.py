@@ -12,8 +12,8 @@ import pytest
 from PIL import Image
 
 from conftest import HANG_TIMEOUT_S
-from sde_diffusion.datasets import load_dataset
-from sde_diffusion.image_folder import TEST_FRACTION, class_names, image_paths, read_image, read_image_folder
+from sde_diffusion.data.datasets import load_dataset
+from sde_diffusion.data.image_folder import TEST_FRACTION, class_names, image_paths, read_image, read_image_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def test_unreadable_files_are_skipped_and_counted_empty_folders_refused(tmp_path
 
 
 def test_folder_is_cached_memory_mapped_and_rebuilt_when_it_changes(tmp_path, monkeypatch, caplog):
-    from sde_diffusion.datasets import MappedImageDataset
+    from sde_diffusion.data.datasets import MappedImageDataset
     import torch
 
     monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path / "cache"))
@@ -184,7 +184,7 @@ def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
     gray = read_image(tmp_path / "deep.png", 4, 1)[0, 0]
     assert gray.tolist() == [0, 1, 128, 255]  # mid-gray stays mid-gray (it read 255 before)
     assert read_image(tmp_path / "deep.png", 4, 3)[:, 0, 2].tolist() == [128, 128, 128]
-    from sde_diffusion.image_folder import _eight_bit  # older Pillows read 16-bit PNGs as mode I
+    from sde_diffusion.data.image_folder import _eight_bit  # older Pillows read 16-bit PNGs as mode I
 
     as_int = _eight_bit(Image.fromarray(values.astype(np.int32), "I"))
     assert as_int.mode == "L" and np.asarray(as_int)[0].tolist() == [0, 1, 128, 255]
@@ -201,7 +201,7 @@ def test_every_eight_bit_mode_keeps_its_pixels(tmp_path):
 
 
 def test_modes_without_a_known_range_are_refused_naming_the_mode(tmp_path):
-    from sde_diffusion.image_folder import _eight_bit
+    from sde_diffusion.data.image_folder import _eight_bit
 
     with pytest.raises(ValueError, match="image mode F is not supported"):
         _eight_bit(Image.fromarray(np.zeros((2, 2), np.float32)))
@@ -242,7 +242,7 @@ def write_npz_claiming(path: Path, shape, dtype="<f4", data: bytes = b"") -> Non
 
 
 def test_npz_claiming_terabytes_is_refused_from_its_header(tmp_path):
-    from sde_diffusion.image_files import read_array
+    from sde_diffusion.files.image_files import read_array
 
     write_npz_claiming(tmp_path / "huge.npz", (1_000_000, 3, 512, 512))
     assert (tmp_path / "huge.npz").stat().st_size < 400
@@ -254,7 +254,7 @@ def test_npz_claiming_terabytes_is_refused_from_its_header(tmp_path):
 
 
 def test_npz_over_the_budget_is_refused_before_decoding(tmp_path, monkeypatch):
-    from sde_diffusion.image_files import BUDGET_ENV, npz_budget_bytes, read_array
+    from sde_diffusion.files.image_files import BUDGET_ENV, npz_budget_bytes, read_array
 
     assert npz_budget_bytes() == 4 * 2 ** 30  # 6 GiB of float32 zeros (a few MiB zipped) is over it
     np.savez_compressed(tmp_path / "zeros.npz", x=np.zeros((64, 3, 64, 64), np.float32))  # 3 MiB, a few KiB zipped
@@ -266,7 +266,7 @@ def test_npz_over_the_budget_is_refused_before_decoding(tmp_path, monkeypatch):
 
 
 def test_npz_of_text_or_a_bare_npy_is_one_error(tmp_path):
-    from sde_diffusion.image_files import read_array
+    from sde_diffusion.files.image_files import read_array
 
     np.savez(tmp_path / "text.npz", x=np.array(["a", "b"]))
     with pytest.raises(ValueError, match="must hold numbers"):

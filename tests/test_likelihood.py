@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.distributions import GaussianMixture
-from sde_diffusion.likelihood import bits_per_dim, log_likelihood
-from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
+from sde_diffusion.processes.distributions import GaussianMixture
+from sde_diffusion.evaluation.likelihood import bits_per_dim, log_likelihood
+from sde_diffusion.processes.sdes import SubVPSDE, VESDE, VPSDE
 
 from conftest import mixture_2d, mixture_32d
 

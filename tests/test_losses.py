@@ -3,9 +3,9 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.distributions import GaussianMixture
-from sde_diffusion.losses import ddpm_loss, dsm_loss, prediction_loss, smld_loss
-from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
+from sde_diffusion.processes.distributions import GaussianMixture
+from sde_diffusion.training.losses import ddpm_loss, dsm_loss, prediction_loss, smld_loss
+from sde_diffusion.processes.sdes import SubVPSDE, VESDE, VPSDE
 
 from conftest import mixture_2d
 
@@ -84,8 +84,8 @@ def test_flow_matching_draws_logit_normal_times_when_asked():
     sees are standard normal (Kolmogorov-Smirnov), and uniform is the default."""
     from scipy import stats
 
-    from sde_diffusion.gaussian_paths import RectifiedFlowSDE
-    from sde_diffusion.losses import flow_matching_loss
+    from sde_diffusion.processes.gaussian_paths import RectifiedFlowSDE
+    from sde_diffusion.training.losses import flow_matching_loss
 
     sde, eps, seen = RectifiedFlowSDE(), 1e-5, {}
 

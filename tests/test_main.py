@@ -191,7 +191,7 @@ def test_class_conditional_train_then_guided_sample(tmp_path):
     samples of label 3 to component 3 (chance: its weight 4/36; measured: 1.00 at w = 1)."""
     import torch
 
-    from sde_diffusion.toy_data import toy_mixture
+    from sde_diffusion.data.toy_data import toy_mixture
 
     workdir = tmp_path / "cond"
     conditional = [*SMALL, "--config.model.num_classes=8", "--config.optim.warmup=0", "--config.training.n_iters=400",

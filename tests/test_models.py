@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from sde_diffusion import losses
+from sde_diffusion.training import losses
 from sde_diffusion.models import denoiser_from_model, get_model, get_model_class, model_names, registry
-from sde_diffusion.sdes import CONTINUOUS_LABEL_SCALE
-from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
+from sde_diffusion.processes.sdes import CONTINUOUS_LABEL_SCALE
+from sde_diffusion.processes.sdes import SubVPSDE, VESDE, VPSDE
 
 from conftest import mixture_2d
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sde_diffusion.compat import load_reference_weights, reference_key_map
+from sde_diffusion.published.score_sde import load_reference_weights, reference_key_map
 from sde_diffusion.models import ddpm, ncsnpp, resampling
 from sde_diffusion.models.registry import get_model
 
@@ -30,7 +30,7 @@ def load_family(name):
 
 
 def fixture_error(name, use_ema, device="cpu"):
-    """Max deviation from the reference output, with the EMA weights (`sde_diffusion.compat`)
+    """Max deviation from the reference output, with the EMA weights (`sde_diffusion.published.score_sde`)
     or the raw ones (the same key mapping, without the shadow parameters)."""
     model, checkpoint, expected = load_family(name)
     if use_ema:

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from conftest import tiny_toy_config
-from sde_diffusion import checkpoints
+from sde_diffusion.files import checkpoints
 from sde_diffusion.app.train import train
 from sde_diffusion.app.workdir_config import MAY_CHANGE_ON_RESUME, ConfigChangedError
-from sde_diffusion.output_files import (atomic_write, finite_only, open_locked_temporary, to_json, write_text_atomic,
+from sde_diffusion.files.output_files import (atomic_write, finite_only, open_locked_temporary, to_json, write_text_atomic,
                                         written_together)
 
 
@@ -150,7 +150,7 @@ def test_written_together_renames_all_at_the_end_or_none(tmp_path):
 
 
 def test_cleanup_takes_what_no_writer_holds_and_never_a_file_being_written(tmp_path):
-    from sde_diffusion.image_cache import remove_stale_temporaries
+    from sde_diffusion.data.image_cache import remove_stale_temporaries
     left = tmp_path / ".eval_1.json.dead01.tmp"
     left.write_text("half")
     seen = []
@@ -174,7 +174,7 @@ def test_cleanup_takes_what_no_writer_holds_and_never_a_file_being_written(tmp_p
 def test_a_signal_during_the_renames_waits_until_both_files_are_in_place(tmp_path, monkeypatch):
     import signal
 
-    import sde_diffusion.output_files as output_files
+    import sde_diffusion.files.output_files as output_files
     from sde_diffusion.app.signals import Interrupted, interrupted_by_signals
     replace, calls = os.replace, []
 

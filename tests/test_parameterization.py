@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from conftest import mixture_2d
-from sde_diffusion.losses import dsm_loss
+from sde_diffusion.training.losses import dsm_loss
 from sde_diffusion.models.parameterization import from_noise, path_coefs, to_noise
 from sde_diffusion.models.preconditioning import EDM_SIGMA_DATA, denoiser_from_model
-from sde_diffusion.sdes import get_sde
+from sde_diffusion.processes.sdes import get_sde
 
 SDES = {name: get_sde(name) for name in ("vpsde", "subvpsde", "vesde", "edm", "rectified_flow", "cosine_vp")}
 KINDS = ("noise", "data", "v", "velocity", "score")
@@ -98,7 +98,7 @@ def test_unknown_parameterization_is_named():
 @pytest.mark.parametrize("name", ["vpsde", "edm", "rectified_flow", "cosine_vp"])
 @pytest.mark.parametrize("loss", ["edm_loss", "flow_matching_loss"])
 def test_edm_and_flow_matching_losses_are_lowest_at_the_exact_score(name, loss):
-    from sde_diffusion import losses
+    from sde_diffusion.training import losses
 
     sde, mixture = SDES[name], mixture_2d()
     x = mixture.sample(20000, generator=torch.Generator().manual_seed(4))

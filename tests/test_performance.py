@@ -3,10 +3,10 @@ import pytest
 import torch
 
 from configs import vp_digits
-from sde_diffusion import checkpoints
+from sde_diffusion.files import checkpoints
 from sde_diffusion.app.config import ConfigError, build_model
 from sde_diffusion.app.validation import validate_config
-from sde_diffusion.performance import AutocastNetwork, grad_scaler, to_memory_format, training_network
+from sde_diffusion.training.speed import AutocastNetwork, grad_scaler, to_memory_format, training_network
 from sde_diffusion.app.train import train
 
 

@@ -18,12 +18,12 @@ import math
 import torch
 from torch import nn
 
-from sde_diffusion.datasets import ArrayDataset, register_dataset
-from sde_diffusion.gaussian_paths import GaussianPathSDE
-from sde_diffusion.losses import dsm_loss, register_loss
+from sde_diffusion.data.datasets import ArrayDataset, register_dataset
+from sde_diffusion.processes.gaussian_paths import GaussianPathSDE
+from sde_diffusion.training.losses import dsm_loss, register_loss
 from sde_diffusion.models import register_model
 from sde_diffusion.sampling import register_sampler
-from sde_diffusion.sdes import register_sde
+from sde_diffusion.processes.sdes import register_sde
 
 
 @register_dataset("ring")  # points (the default facts): 2-D, no classes

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import HANG_TIMEOUT_S
 
-from sde_diffusion.datasets import load_dataset
+from sde_diffusion.data.datasets import load_dataset
 from sde_diffusion.app.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]

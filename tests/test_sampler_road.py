@@ -10,13 +10,13 @@ import torch
 from conftest import mixture_32d, tiny_toy_config
 
 from sde_diffusion.app import controllable_modes, modes
-from sde_diffusion.checkpoints import save_checkpoint, snapshot_path
+from sde_diffusion.files.checkpoints import save_checkpoint, snapshot_path
 from sde_diffusion.app.config import build_model
 from sde_diffusion.app.validation import validate_config
-from sde_diffusion.ema import EMA
+from sde_diffusion.training.ema import EMA
 from sde_diffusion.sampling import SAMPLER_TRAITS, SAMPLERS, SCHEDULES, controllable, sample
 from sde_diffusion.sampling.spec import SamplerSpec
-from sde_diffusion.sdes import VPSDE, get_sde
+from sde_diffusion.processes.sdes import VPSDE, get_sde
 from sde_diffusion.app.train import train
 
 VARIANTS = {  # config.sampling fields -> what the sampler must receive differently from "base"

@@ -4,7 +4,7 @@ import torch
 
 from sde_diffusion.sampling import (PREDICTORS, AffineStep, decode, encode,
                                     register_predictor, sample)
-from sde_diffusion.sdes import SubVPSDE, VESDE, VPSDE
+from sde_diffusion.processes.sdes import SubVPSDE, VESDE, VPSDE
 
 from conftest import mixture_2d, mixture_32d
 

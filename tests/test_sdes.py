@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from sde_diffusion.sdes import SDES, SubVPSDE, VESDE, VPSDE, get_sde
+from sde_diffusion.processes.sdes import SDES, SubVPSDE, VESDE, VPSDE, get_sde
 
 ALL_SDES = [VPSDE(), SubVPSDE(), VESDE(sigma_max=5.0)]
 

@@ -3,10 +3,10 @@ with what, and that a hook which changes nothing changes nothing."""
 import pytest
 import torch
 
-from sde_diffusion.distributions import GaussianMixture
+from sde_diffusion.processes.distributions import GaussianMixture
 from sde_diffusion.sampling import SAMPLERS, SamplerSpec, parse_spec, sample
 from sde_diffusion.sampling.registry import takes_step_hook
-from sde_diffusion.sdes import get_sde
+from sde_diffusion.processes.sdes import get_sde
 
 MIXTURE = GaussianMixture([0.6, 0.4], [[1.0, -1.0], [-2.0, 0.5]], [[0.3, 0.5], [0.6, 0.2]])
 STEPPING = ["ddim", "ddim eta=1", "heun", "heun churn=5", "dpm_solver++", "dpm_solver++ order=3 unipc=true",

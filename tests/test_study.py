@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from sde_diffusion.sampling import parse_spec, sample
-from sde_diffusion.sdes import VPSDE
-from sde_diffusion.study import run_study, write_study
+from sde_diffusion.processes.sdes import VPSDE
+from sde_diffusion.evaluation.study import run_study, write_study
 
 from conftest import mixture_2d
 

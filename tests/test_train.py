@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from sde_diffusion import checkpoints
+from sde_diffusion.files import checkpoints
 from sde_diffusion.app.config import build_denoiser, build_model, build_sde
-from sde_diffusion.toy_data import toy_mixture
-from sde_diffusion.evaluate import sliced_wasserstein
+from sde_diffusion.data.toy_data import toy_mixture
+from sde_diffusion.evaluation.sample_quality import sliced_wasserstein
 from sde_diffusion.app.modes import draw_samples, load_trained
 from sde_diffusion.app.train import train
 
@@ -187,12 +187,12 @@ def test_too_many_skipped_steps_in_a_row_stop(tmp_path, monkeypatch):
 def test_the_training_step_a_users_loop_can_call_updates_only_on_finite_steps():
     """`training_step` alone, as a user's loop calls it: a finite batch moves the weights and
     the EMA; a batch whose loss is NaN leaves both untouched and says so."""
-    from sde_diffusion.ema import EMA
-    from sde_diffusion.losses import dsm_loss
+    from sde_diffusion.training.ema import EMA
+    from sde_diffusion.training.losses import dsm_loss
     from sde_diffusion.models import denoiser_from_model
     from sde_diffusion.models.mlp import MLP
-    from sde_diffusion.sdes import VPSDE
-    from sde_diffusion.training_step import training_step
+    from sde_diffusion.processes.sdes import VPSDE
+    from sde_diffusion.training.training_step import training_step
 
     torch.manual_seed(0)
     sde, model = VPSDE(), MLP(data_dim=2, width=16, num_blocks=1)

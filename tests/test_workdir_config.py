@@ -7,7 +7,7 @@ import torch
 
 from ml_collections import ConfigDict
 from sde_diffusion.app.workdir_config import DATA_FIELD, ConfigChangedError, check_resume, data_fingerprint
-from sde_diffusion.datasets import ArrayDataset
+from sde_diffusion.data.datasets import ArrayDataset
 
 
 def tiny_toy_config():

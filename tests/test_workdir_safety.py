@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import HANG_TIMEOUT_S
-from sde_diffusion import checkpoints
+from sde_diffusion.files import checkpoints
 from sde_diffusion.app import workdir_lock as lock_module
 from sde_diffusion.app.workdir_lock import LOCK_NAME, WorkdirBusyError, WorkdirLock
 from test_fault_injection import (ARGS, N_ITERS, PREEMPTION_FREQ, ROOT, assert_same_state, last_logged_step,

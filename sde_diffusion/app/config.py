@@ -12,15 +12,15 @@ from typing import Callable
 
 import torch
 
-from .. import losses
-from ..datasets import DATASETS, dataset_facts, load_dataset
-from ..distributed import rank_device
-from ..denoiser import Denoiser
+from ..training import losses
+from ..data.datasets import DATASETS, dataset_facts, load_dataset
+from ..training.distributed import rank_device
+from ..processes.denoiser import Denoiser
 from ..models import denoiser_from_model, get_model
 from ..models.edm_precond import Preconditioned, edm_denoiser
 from ..sampling import SAMPLERS, SCHEDULES, SamplerSpec, sampler_option_names, schedule_option_names, with_settings
 from ..sampling.spec import GRID_FIELDS
-from ..sdes import SDES, SDE
+from ..processes.sdes import SDES, SDE
 
 SCORE_SDE_MODELS = ("ddpm", "ncsnpp")  # the networks score_sde_pytorch checkpoints hold (their layouts)
 EDM_MODELS = ("song_unet", "dhariwal_unet")  # EDM's U-Nets, configured by EDM's field names
@@ -68,7 +68,7 @@ def build_denoiser(model: torch.nn.Module, sde: SDE, config) -> Denoiser:
         return edm_denoiser(model, sde, num_classes=model.label_dim)
     conditioning = None
     if config.model.get("discrete_labels", "noise_level") == "reference":
-        from ..compat import reference_chain_conditioning
+        from ..published.score_sde import reference_chain_conditioning
         conditioning = reference_chain_conditioning(sde)
     return denoiser_from_model(model, sde, continuous=config.training.continuous, conditioning=conditioning,
                                parameterization=config.model.get("parameterization") or None)

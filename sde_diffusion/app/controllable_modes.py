@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..image_scaling import to_model_space
-from ..image_files import read_array, to_nchw
-from ..plotting import save_image_grid
+from ..files.image_scaling import to_model_space
+from ..files.image_files import read_array, to_nchw
+from ..files.plotting import save_image_grid
 from ..sampling.controllable import colorize, conditioning_spec, inpaint
 from ..sampling.masks import make_mask
 from .config import build_denoiser, sampler_spec, select_device

@@ -9,20 +9,20 @@ from typing import Optional
 
 import torch
 
-from ..datasets import dataset_facts
+from ..data.datasets import dataset_facts
 from .config import is_image_data, load_dataset_from_config
 
 
 def quality_metric_for(config, test: torch.Tensor, device, mixture=None, workdir=None):
     """`evaluate.quality_metric` for the config's data (points, digits, MNIST-like or images);
     image FID statistics of a whole split are cached in `workdir`/eval."""
-    from ..evaluate import quality_metric
+    from ..evaluation.sample_quality import quality_metric
 
     judge = floor = None
     if dataset_facts(config.data.dataset).judge == "digits":
         kind = "digits"
     elif _classifier_judged(config):
-        from ..digits_judge import cached_judge
+        from ..evaluation.judges import cached_judge
 
         train = load_dataset_from_config(config, "train")  # read once: the judge's data and the floor's
         kind, judge, floor = "classifier", cached_judge(train.data, train.labels), train.data[:len(test)]
@@ -36,7 +36,7 @@ def quality_metric_for(config, test: torch.Tensor, device, mixture=None, workdir
 
 def data_judge(config):
     """The classifier judge of the config's data set (digits, MNIST, Fashion-MNIST), or None."""
-    from ..digits_judge import DigitsJudge, cached_judge
+    from ..evaluation.judges import DigitsJudge, cached_judge
 
     if dataset_facts(config.data.dataset).judge == "digits":
         return DigitsJudge(config.data.image_size)
@@ -55,9 +55,9 @@ def fid_reference_for(config, workdir, device):
     """What `eval.fid_reference` names, as a function of the loaded feature extractor: the
     training split's statistics (cached in `workdir`/eval, or the package's cache folder without
     a workdir), clean-fid's published ones ("cleanfid:NAME:SPLIT"), or None for the test split."""
-    from ..evaluate import INCEPTION_FILENAME, inception_cache_file
-    from ..fid_reference import cleanfid_statistics, file_digest, split_statistics
-    from ..output_files import cache_folder
+    from ..evaluation.sample_quality import INCEPTION_FILENAME, inception_cache_file
+    from ..evaluation.fid_reference import cleanfid_statistics, file_digest, split_statistics
+    from ..files.output_files import cache_folder
 
     choice = describe_fid_reference(config.eval.get("fid_reference", "test"))
     if choice == ("test",):

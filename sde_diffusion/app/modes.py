@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .. import checkpoints, distributed
-from ..image_scaling import from_model_space
-from ..ema import EMA
-from ..guidance import guided_for_labels, labels_for_samples, parse_labels
-from ..output_files import atomic_write, to_json, write_text_atomic, written_together
-from ..plotting import save_image_grid, save_scatter
+from ..files import checkpoints
+from ..training import distributed
+from ..files.image_scaling import from_model_space
+from ..training.ema import EMA
+from ..training.guidance import guided_for_labels, labels_for_samples, parse_labels
+from ..files.output_files import atomic_write, to_json, write_text_atomic, written_together
+from ..files.plotting import save_image_grid, save_scatter
 from ..sampling import sample
-from .config import (build_denoiser, build_model, build_sde, data_shape, is_image_data, load_dataset_from_config,
-                     sampler_spec, select_device)
+from .config import (build_denoiser, build_model, build_sde, data_shape, is_image_data,
+                     load_dataset_from_config, sampler_spec, select_device)
 from .metrics import data_judge, fid_reference_text, quality_metric_for
 from .progress import Progress, announce, say
 from .workdir_config import check_weights_config
@@ -107,7 +108,7 @@ def load_trained(config, workdir, device):
     if str(config.eval.get("reference_checkpoint", "")).endswith(".pkl"):
         return _load_edm(config, config.eval.reference_checkpoint, device)
     if config.eval.get("reference_checkpoint"):
-        from ..compat import read_reference_checkpoint, reference_model
+        from ..published.score_sde import read_reference_checkpoint, reference_model
 
         path = config.eval.reference_checkpoint
         checkpoint = read_reference_checkpoint(path)
@@ -145,7 +146,7 @@ def require_finite(values: torch.Tensor, what: str) -> torch.Tensor:
 def _load_edm(config, path, device):
     """(EDM denoiser, SDE, "reference_<file stem>") from an EDM network pickle, after checking that the
     config's SDE is the one its preconditioning's noise levels describe."""
-    from ..edm_pickle import load_edm_network
+    from ..published.edm import load_edm_network
     from ..models.edm_precond import SDE_OF
 
     network = load_edm_network(path, device, allow_unknown_source=config.eval.get("edm_allow_unknown_source", False))
@@ -253,7 +254,7 @@ def _write_report(workdir, name: str, report: dict) -> dict:
 
 def run_likelihood(config, workdir, config_file: str = "") -> dict:
     """Bits/dim of test images (nats per point for 2-D sets) through the probability-flow ODE."""
-    from ..likelihood import bits_per_dim, log_likelihood
+    from ..evaluation.likelihood import bits_per_dim, log_likelihood
 
     device = select_device(config)
     model, sde, step = load_trained(config, workdir, device)
@@ -366,11 +367,11 @@ def _study_name(step, config) -> str:
 
 
 def run_study_mode(config, workdir, config_file: str = "") -> dict:
-    """`--mode study`: the grid `study.samplers` x `study.nfe` (`sde_diffusion.study`) on the
+    """`--mode study`: the grid `study.samplers` x `study.nfe` (`sde_diffusion.evaluation.study`) on the
     trained checkpoint, or on the exact score when `study.oracle` (the `gmm` toy data only),
     scored by `evaluate.quality_metric`. Writes study/<_study_name>.{csv,md,png}."""
-    from ..study import run_study, write_study
-    from ..toy_data import toy_mixture
+    from ..evaluation.study import run_study, write_study
+    from ..data.toy_data import toy_mixture
 
     if distributed.world_size() > 1:
         raise ValueError("--mode study runs in one process: start it without torchrun")

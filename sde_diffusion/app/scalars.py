@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..output_files import to_json
+from ..files.output_files import to_json
 
 
 def forget_after(path: Path, step: int) -> None:

@@ -34,14 +34,15 @@ from typing import Any, Optional
 
 import torch
 
-from .. import checkpoints, distributed
-from ..datasets import BatchStream
-from ..image_scaling import random_flip, to_model_space, uniform_dequantize
-from ..ema import EMA
-from ..guidance import drop_labels
-from ..performance import grad_scaler, to_memory_format, training_network
-from ..output_files import write_text_atomic
-from ..training_step import training_step
+from ..files import checkpoints
+from ..training import distributed
+from ..data.datasets import BatchStream
+from ..files.image_scaling import random_flip, to_model_space, uniform_dequantize
+from ..training.ema import EMA
+from ..training.guidance import drop_labels
+from ..training.speed import grad_scaler, to_memory_format, training_network
+from ..files.output_files import write_text_atomic
+from ..training.training_step import training_step
 from .config import build_denoiser, build_loss, build_model, build_sde, is_image_data, select_device
 from .modes import draw_samples, load_dataset_from_config, sampling_denoiser_and_labels, save_sample_pictures
 from .progress import Progress, announce, say
@@ -184,7 +185,7 @@ def _write_run_files(run: _Run, workdir: Path, unreadable: list) -> None:
                                             checkpoints.set_aside(preemption))
     write_text_atomic(workdir / "config.json", config.to_json(indent=2))
     if config.data.dataset == "folder" and config.data.get("labels_from") == "subfolders":
-        from ..image_folder import class_names  # class i is the i-th name: what sampling.labels means
+        from ..data.image_folder import class_names  # class i is the i-th name: what sampling.labels means
         write_text_atomic(workdir / "classes.json", json.dumps(class_names(config.data.root), indent=2))
 
 

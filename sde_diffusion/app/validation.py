@@ -10,11 +10,11 @@ import torch
 
 from ..models import model_names
 from ..models.registry import IMAGE_NETWORKS
-from ..performance import PRECISIONS
+from ..training.speed import PRECISIONS
 from ..sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
-from ..datasets import FASHION_MNIST_SYSTEM_ROOT, dataset_facts
-from ..losses import LOSSES, loss_options
-from ..sdes import SDES
+from ..data.datasets import FASHION_MNIST_SYSTEM_ROOT, dataset_facts
+from ..training.losses import LOSSES, loss_options
+from ..processes.sdes import SDES
 from .metrics import describe_fid_reference
 from .config import (EDM_PICKLE_MODEL, SCORE_SDE_MODELS, ConfigError, build_sde, is_image_data, require,
                      sampler_spec, select_device)
@@ -28,7 +28,7 @@ def _known(name, known, field: str) -> None:
 def validate_config(config, mode: Optional[str] = None) -> None:
     """Raise ConfigError naming the first field whose value cannot work (for `mode`, when
     given: one of main.py's modes; inpaint and colorize also read the `controllable` fields)."""
-    from ..datasets import DATASETS
+    from ..data.datasets import DATASETS
 
     _known(config.training.sde, SDES, "training.sde")
     if config.model.name == EDM_PICKLE_MODEL:
@@ -203,7 +203,7 @@ def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:
 
 def _validate_classes(config) -> None:
     """model.num_classes against the data set, and the class-conditional sampling fields."""
-    from ..guidance import parse_labels
+    from ..training.guidance import parse_labels
 
     num_classes = config.model.get("num_classes", 0)
     require(isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 0,
@@ -305,7 +305,7 @@ def _needs_data(config, mode: Optional[str]) -> bool:
 
 def _folder_classes(config) -> Optional[int]:
     """The classes of an image folder read with labels (its class subfolders), else None."""
-    from ..image_folder import class_names
+    from ..data.image_folder import class_names
 
     data = config.data
     if data.get("labels_from", "") != "subfolders" or not data.root or not Path(data.root).expanduser().is_dir():
@@ -315,7 +315,7 @@ def _folder_classes(config) -> Optional[int]:
 
 def _npz_classes(config) -> Optional[int]:
     """The classes of an .npz data set's `labels` (largest label + 1), else None."""
-    from ..image_files import check_npz_images, npz_header, read_npz_labels
+    from ..files.image_files import check_npz_images, npz_header, read_npz_labels
 
     path = Path(config.data.root).expanduser() if config.data.root else None
     if path is None or not path.is_file():
@@ -329,7 +329,7 @@ def _npz_classes(config) -> Optional[int]:
 
 def _validate_data_files(config, mode: Optional[str]) -> None:
     data = config.data
-    from ..image_folder import LABEL_SOURCES
+    from ..data.image_folder import LABEL_SOURCES
 
     labels_from = data.get("labels_from", "")
     require(labels_from in LABEL_SOURCES, "data.labels_from", "must be '' or 'subfolders'", labels_from)
@@ -338,7 +338,7 @@ def _validate_data_files(config, mode: Optional[str]) -> None:
         exists = Path(data.root).expanduser().is_dir() if data.dataset == "folder" else Path(data.root).expanduser().is_file()
         require(bool(data.root) and exists, "data.root", f"must name the {kind} to read", data.root)
         if data.dataset == "npz":  # its header, before the workdir is touched: size, layout
-            from ..image_files import check_npz_images
+            from ..files.image_files import check_npz_images
             check_npz_images(Path(data.root).expanduser(), "data.root")
         return
     if not dataset_facts(data.dataset).download or data.root or not _needs_data(config, mode):

@@ -40,8 +40,8 @@ from torch import nn
 
 from ..utils import append_dims
 from .blocks import ResnetBlock, ResnetWithAttention, ResolutionLevel, level_resolutions
-from .layers import (AttentionBlock, NoiseLevelMLP, activation, add_class_embedding,
-                     class_embedding_or_none, conv3x3, group_norm, sinusoidal_embedding)
+from .layers import (AttentionBlock, NoiseLevelMLP, activation, add_class_embedding, class_embedding_or_none,
+                     conv3x3, group_norm, sinusoidal_embedding)
 from .registry import register_model
 from .resampling import Downsample, Upsample
 

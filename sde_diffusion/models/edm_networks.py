@@ -3,7 +3,7 @@
 (ADM, Dhariwal & Nichol 2021), with the parts they are made of.
 
 Attribute and parameter names follow EDM's `training/networks.py`, so that the weights of its
-network pickles load by name (`edm_pickle`); the code is written from the architecture the two
+network pickles load by name (`published.edm`); the code is written from the architecture the two
 papers and EDM's file describe. A network maps (x, noise labels [B], class labels [B, label_dim]
 one-hot or None) to an output of x's shape; the preconditioning (`edm_precond`) turns it into a
 denoiser D(x; sigma).

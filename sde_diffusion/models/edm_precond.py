@@ -14,8 +14,8 @@ from typing import Optional
 import torch
 from torch import nn
 
-from ..denoiser import Denoiser
-from ..sdes import SDE
+from ..processes.denoiser import Denoiser
+from ..processes.sdes import SDE
 from ..utils import append_dims
 from .edm_networks import NETWORKS
 from .edm_unets import one_hot_or_none

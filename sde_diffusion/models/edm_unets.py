@@ -3,7 +3,7 @@ and `dhariwal_unet` (ADM), trainable from a config like any network here.
 
 They are EDM's own modules (`edm_networks`), subclassed only for this package's calling
 convention, so their weights keep EDM's names: a network trained here and one read from an
-EDM pickle (`edm_pickle`, under `edm_precond`'s `model.`) have the same state dict layout.
+EDM pickle (`published.edm`, under `edm_precond`'s `model.`) have the same state dict layout.
 The convention: `forward(x, labels, class_labels=None)` with `labels` the noise labels of the
 preconditioning row (for `model.parameterization = "edm"`, EDM's c_noise = ln(sigma) / 4) and
 `class_labels` indices [B], where index `num_classes` (or None) is "no label", EDM's zero vector.

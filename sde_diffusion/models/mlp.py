@@ -12,8 +12,7 @@ import torch
 from torch import nn
 
 from ..utils import append_dims
-from .layers import (GaussianFourierProjection, add_class_embedding, class_embedding_or_none,
-                     sinusoidal_embedding)
+from .layers import GaussianFourierProjection, add_class_embedding, class_embedding_or_none, sinusoidal_embedding
 from .registry import register_model
 
 

@@ -48,11 +48,9 @@ import torch
 from torch import nn
 
 from ..utils import append_dims
-from .blocks import (BigGANResnetBlock, Combine, ResnetBlock, ResnetWithAttention, ResolutionLevel,
-                     level_resolutions)
-from .layers import (AttentionBlock, GaussianFourierProjection, NoiseLevelMLP, activation,
-                     add_class_embedding, class_embedding_or_none, conv3x3, group_norm, residual_sum,
-                     sinusoidal_embedding)
+from .blocks import BigGANResnetBlock, Combine, ResnetBlock, ResnetWithAttention, ResolutionLevel, level_resolutions
+from .layers import (AttentionBlock, GaussianFourierProjection, NoiseLevelMLP, activation, add_class_embedding,
+                     class_embedding_or_none, conv3x3, group_norm, residual_sum, sinusoidal_embedding)
 from .registry import register_model
 from .resampling import Downsample, Upsample
 

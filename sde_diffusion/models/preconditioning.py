@@ -29,8 +29,8 @@ from typing import Callable, NamedTuple, Optional, Tuple
 import torch
 from torch import nn
 
-from ..denoiser import Denoiser
-from ..sdes import SDE
+from ..processes.denoiser import Denoiser
+from ..processes.sdes import SDE
 from ..utils import append_dims
 from .parameterization import PARAMETERIZATIONS, path_coefs
 
@@ -91,7 +91,7 @@ def denoiser_from_model(model: nn.Module, sde: SDE, *, continuous: bool = True,
     `model(x, labels, class_labels)`; without, as `model(x, labels)` (for a conditional network:
     the "no label" prediction). `conditioning(t) -> (labels, std)` replaces the SDE's noise
     labels and the noise row's std (the reference code's discrete DDPM convention,
-    `compat.reference_chain_conditioning`)."""
+    `published.score_sde.reference_chain_conditioning`)."""
     parameterization = parameterization or sde.default_parameterization
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {parameterization!r}")

@@ -3,7 +3,7 @@
 A network is an `nn.Module` with `forward(x, labels)` where `labels` is the per-sample noise
 conditioning chosen by `models.preconditioning` (time labels for VP/sub-VP, sigma for VE). A
 class-conditional network (attribute `num_classes` > 0) also takes `class_labels` [B] as a third
-argument, where the index `num_classes` means "no label" (`sde_diffusion.guidance`). A registered
+argument, where the index `num_classes` means "no label" (`sde_diffusion.training.guidance`). A registered
 class is built from a config by its constructor's signature (`constructor_arguments`): each
 parameter is read from the config's `model` section (or, for the data's shape, from `data`), and
 one the config does not set keeps the constructor's default, so a network's defaults live in one

@@ -36,8 +36,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..denoiser import Denoiser
-from ..sdes import SDE, ReverseSDE
+from ..processes.denoiser import Denoiser
+from ..processes.sdes import SDE, ReverseSDE
 from ..utils import append_dims, randn
 from .ode import MAX_NFE, SolveWatch
 from .registry import register_sampler

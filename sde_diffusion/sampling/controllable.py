@@ -32,8 +32,8 @@ from typing import Optional, Tuple
 
 import torch
 
-from ..denoiser import Denoiser, as_denoiser
-from ..sdes import SDE
+from ..processes.denoiser import Denoiser, as_denoiser
+from ..processes.sdes import SDE
 from ..utils import Seed, append_dims, make_generator, randn
 from .spec import Model, SamplerSpec, require_step_hook, sample, start
 from .registry import StepHook

@@ -17,8 +17,8 @@ from typing import List, NamedTuple, Optional
 
 import torch
 
-from ..denoiser import Denoiser
-from ..sdes import SDE
+from ..processes.denoiser import Denoiser
+from ..processes.sdes import SDE
 from ..utils import randn
 from .registry import StepHook, register_sampler, run_hook
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..image_files import read_array
+from ..files.image_files import read_array
 
 
 def _hole(size: int, rows: slice, cols: slice) -> torch.Tensor:

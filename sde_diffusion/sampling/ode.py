@@ -1,7 +1,7 @@
 """The probability-flow ODE dx/dt = f(t) x - g(t)^2 score(x, t) / 2 (Song et al. 2021, eq. 13),
 solved by an adaptive Runge-Kutta method from scipy's `solve_ivp` or from torchdiffeq. It maps
 data to latents (`encode`) and back (`decode`) deterministically, and is the basis of the
-likelihood in `sde_diffusion.likelihood`.
+likelihood in `sde_diffusion.evaluation.likelihood`.
 
 scipy works on one float64 vector on the host, so every evaluation copies the batch there and
 back; torchdiffeq steps in torch on the tensors' own device and dtype, which is what a GPU
@@ -24,8 +24,8 @@ import torch
 import torchdiffeq
 from scipy.integrate import solve_ivp
 
-from ..denoiser import CountedDenoiser, Denoiser, as_denoiser
-from ..sdes import SDE
+from ..processes.denoiser import CountedDenoiser, Denoiser, as_denoiser
+from ..processes.sdes import SDE
 from .spec import Model
 from .registry import register_sampler
 

@@ -19,8 +19,8 @@ from typing import Callable, NamedTuple, Optional
 
 import torch
 
-from ..denoiser import Denoiser
-from ..sdes import SDE
+from ..processes.denoiser import Denoiser
+from ..processes.sdes import SDE
 from ..utils import Registry, randn
 from .registry import StepHook, register_sampler, run_hook
 

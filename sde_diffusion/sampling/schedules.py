@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ..sdes import SDE
+from ..processes.sdes import SDE
 from ..utils import Registry
 
 SCHEDULES: Registry = Registry("schedule")

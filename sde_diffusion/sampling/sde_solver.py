@@ -12,8 +12,8 @@ from typing import Optional
 import torch
 import torchsde
 
-from ..denoiser import Denoiser
-from ..sdes import SDE
+from ..processes.denoiser import Denoiser
+from ..processes.sdes import SDE
 from .registry import StepHook, register_sampler, run_hook
 
 

@@ -42,8 +42,8 @@ from typing import List, Optional, Tuple
 
 import torch
 
-from ..denoiser import Denoiser
-from ..sdes import SDE
+from ..processes.denoiser import Denoiser
+from ..processes.sdes import SDE
 from ..utils import batch_sum, randn
 from .pc import CORRECTORS, plan_predictor
 

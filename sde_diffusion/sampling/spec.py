@@ -19,8 +19,8 @@ from typing import Optional, Sequence, Tuple, Union
 
 import torch
 
-from ..denoiser import CountedDenoiser, Denoiser, as_denoiser
-from ..sdes import SDE, ScoreFn
+from ..processes.denoiser import CountedDenoiser, Denoiser, as_denoiser
+from ..processes.sdes import SDE, ScoreFn
 from ..utils import Seed, make_generator
 from .registry import HOOK_ARGUMENT, SAMPLER_TRAITS, SAMPLERS, SamplerTraits, StepHook, takes_step_hook
 from .schedules import SCHEDULES, get_timesteps

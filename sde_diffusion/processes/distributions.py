@@ -1,6 +1,6 @@
 """Gaussian mixtures with exact perturbed scores: sampler studies with the model error removed.
 
-Under any SDE of `sde_diffusion.sdes` the transition kernel is N(m(t) x_0, s(t)^2 I), so the
+Under any SDE of `sde_diffusion.processes.sdes` the transition kernel is N(m(t) x_0, s(t)^2 I), so the
 perturbed marginal of a mixture of N(mu_k, diag(v_k)) is again a mixture, of
 N(m(t) mu_k, diag(m(t)^2 v_k + s(t)^2)), with the same weights. Its score is exact.
 

@@ -29,7 +29,7 @@ from typing import Callable, Iterable, Optional, Tuple
 
 import numpy as np
 
-from .output_files import TEMPORARY_SUFFIX, disk_error, open_locked_temporary
+from ..files.output_files import TEMPORARY_SUFFIX, disk_error, open_locked_temporary
 
 CHUNK_BYTES = 1 << 20
 SAMPLED_CHUNKS = 8

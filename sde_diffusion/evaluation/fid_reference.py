@@ -19,8 +19,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from .evaluate import FeatureExtractor, ReferenceStatistics, image_features, to_uint8_hwc
-from .output_files import atomic_write
+from .sample_quality import FeatureExtractor, ReferenceStatistics, image_features, to_uint8_hwc
+from ..files.output_files import atomic_write
 
 CHUNK = 1000           # images featurized at a time
 KID_FEATURES = 5000    # reference features kept for KID (its subsets hold 1000)

@@ -25,8 +25,8 @@ from typing import Any, List, Optional, Tuple
 import torch
 import torch.distributed as dist
 
-from .datasets import derive_seed
-from .utils import block_rows
+from ..data.datasets import derive_seed
+from ..utils import block_rows
 
 # Rank 0 alone draws snapshot samples and writes checkpoints while the others wait at their next
 # collective, which can take longer than the default 10 minutes of NCCL on a large model.

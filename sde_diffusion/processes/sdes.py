@@ -19,7 +19,7 @@ from typing import Callable, Optional, Tuple
 
 import torch
 
-from .utils import Registry, append_dims, batch_sum
+from ..utils import Registry, append_dims, batch_sum
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 

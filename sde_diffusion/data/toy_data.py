@@ -7,8 +7,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .distributions import GaussianMixture
-from .utils import Registry
+from ..processes.distributions import GaussianMixture
+from ..utils import Registry
 
 TOY_DATA: Registry[Callable[[int, Optional[torch.Generator]], torch.Tensor]] = Registry("toy dataset")
 

@@ -20,9 +20,9 @@ from typing import Optional, Tuple, Union
 
 import torch
 
-from .denoiser import Denoiser, as_denoiser
-from .sdes import SDE, VESDE, VPSDE, ScoreFn
-from .utils import Registry, append_dims, batch_sum, block_rows, randn
+from ..processes.denoiser import Denoiser, as_denoiser
+from ..processes.sdes import SDE, VESDE, VPSDE, ScoreFn
+from ..utils import Registry, append_dims, batch_sum, block_rows, randn
 
 Model = Union[Denoiser, ScoreFn]  # a Denoiser, or a score function score_fn(x, t)
 
@@ -222,7 +222,7 @@ def flow_matching_loss(model: Model, sde: SDE, x: torch.Tensor, *, reduce_mean: 
     path's velocity u = alpha' x_0 + sigma' z as target of the velocity the score implies
     (`models.parameterization`); for rectified flow u = z - x_0. `time_sampling` "logit_normal"
     puts the training at mid-path instead of uniformly (`_times_and_noise`)."""
-    from .models.parameterization import path_coefs
+    from ..models.parameterization import path_coefs
 
     t, z = _times_and_noise(sde, x, eps, generator, shard, time_sampling)
     c = path_coefs(sde, t, t)  # [B] each

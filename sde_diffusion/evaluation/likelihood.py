@@ -17,10 +17,10 @@ from typing import Optional, Tuple
 
 import torch
 
-from .sampling.ode import MAX_NFE, probability_flow_drift, solve_ivp_torch
-from .denoiser import CountedDenoiser, as_denoiser
-from .sdes import SDE, ScoreFn
-from .utils import Seed, batch_sum, make_generator, randn
+from ..sampling.ode import MAX_NFE, probability_flow_drift, solve_ivp_torch
+from ..processes.denoiser import CountedDenoiser, as_denoiser
+from ..processes.sdes import SDE, ScoreFn
+from ..utils import Seed, batch_sum, make_generator, randn
 
 
 def _divergence_exact(drift: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

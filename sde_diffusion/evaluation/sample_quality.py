@@ -26,7 +26,7 @@ from cleanfid.downloads_helper import inception_url as INCEPTION_URL
 from cleanfid.inception_torchscript import InceptionV3W
 from cleanfid.resize import build_resizer
 
-from .utils import Seed, make_generator
+from ..utils import Seed, make_generator
 
 # clean-fid's loader joins this fixed name to a folder (`InceptionV3W.__init__`).
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
@@ -126,7 +126,7 @@ def energy_distance(a: torch.Tensor, b: torch.Tensor, *, chunk_size: int = 4096)
 
 def inception_cache_file() -> str:
     """Where clean-fid's Inception weights are kept once fetched: the package's cache folder."""
-    from .output_files import cache_folder
+    from ..files.output_files import cache_folder
 
     return os.fspath(cache_folder() / "inception" / INCEPTION_FILENAME)
 
@@ -138,7 +138,7 @@ def fetch_inception(file: str) -> str:
     import http.client
     import urllib.request
 
-    from .output_files import atomic_write
+    from ..files.output_files import atomic_write
 
     def write(temporary):
         with open(temporary, "wb") as out:
@@ -331,7 +331,7 @@ def quality_metric(kind: str, test: torch.Tensor, device, *, seed: int = 0, imag
     of `eval` and `study`. kind "points" (2-D sets): sliced Wasserstein distance (plus
     `mixture.sample_errors` when the exact mixture is known); "digits": FD/KD in digit-classifier
     features (and FID/KID when `inception_path` is given); "classifier": FD/KD in the features
-    of `judge` (`digits_judge.cached_judge` of the data set's training split: MNIST,
+    of `judge` (`judges.cached_judge` of the data set's training split: MNIST,
     Fashion-MNIST), with the floor `fd_classifier_floor` of real `floor` images (a training
     subset as large as `test`) when given; "images": FID/KID with clean-fid's Inception against
     `test`, or against `fid_reference(extractor)` when given (a whole split's cached statistics:
@@ -359,7 +359,7 @@ def quality_metric(kind: str, test: torch.Tensor, device, *, seed: int = 0, imag
         raise ValueError(f"unknown metric kind {kind!r}: points, digits or images")
     judge = extractor = reference = None
     if kind == "digits":
-        from .digits_judge import DigitsJudge
+        from .judges import DigitsJudge
         judge = DigitsJudge(image_size)  # fitted once, however many calls follow
     if inception_path or kind == "images":
         extractor = load_inception(inception_path, device, download=download_inception)
@@ -377,9 +377,9 @@ def quality_metric(kind: str, test: torch.Tensor, device, *, seed: int = 0, imag
 
 def digits_scores(samples: torch.Tensor, test: torch.Tensor, image_size: int, judge=None) -> dict:
     """Frechet and kernel distances between samples and test digits in the feature space of
-    the digits classifier (`digits_judge`), the digit analogue of FID and KID. Pass `judge` to
+    the digits classifier (`judges`), the digit analogue of FID and KID. Pass `judge` to
     reuse a fitted classifier across calls."""
-    from .digits_judge import DigitsJudge
+    from .judges import DigitsJudge
 
     judge = judge or DigitsJudge(image_size)
     scores = fid_kid(judge.features(samples), judge.features(test), kid_subset_size=min(1000, len(test)))

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import CheckpointError, numpy_safe_globals, refusal_reason
-from .models.edm_precond import PRECONDITIONINGS
+from ..files.checkpoints import CheckpointError, numpy_safe_globals, refusal_reason
+from ..models.edm_precond import PRECONDITIONINGS
 
 # SHA-256 of NVlabs/edm's training/networks.py as the records of its pickles store it (the
 # version the shared fixtures were written with; this package's classes follow it).

@@ -197,7 +197,7 @@ def cached_image_folder(root, split: str, size: int, channels: int, labels_from:
     passes its check, else read and cached (module docstring). Building it needs no more memory
     than one image at a time; temporary files of earlier builds that were cut short are removed."""
     from .image_cache import CacheCheckError, open_cache, remove_stale_temporaries, write_cache
-    from .output_files import cache_folder
+    from ..files.output_files import cache_folder
 
     folder = cache_folder() / "image_folders"
     for path in remove_stale_temporaries(folder):

@@ -16,9 +16,9 @@ from typing import Callable, List, Optional
 import torch
 from torch import nn
 
-from .denoiser import Denoiser
-from .models.preconditioning import denoiser_from_model
-from .sdes import SDE, ScoreFn
+from ..processes.denoiser import Denoiser
+from ..models.preconditioning import denoiser_from_model
+from ..processes.sdes import SDE, ScoreFn
 
 
 def guided_score(cond_score: torch.Tensor, uncond_score: torch.Tensor,

@@ -6,7 +6,7 @@ from typing import Optional
 
 import torch
 
-from .utils import append_dims
+from ..utils import append_dims
 
 
 def to_model_space(x: torch.Tensor, centered: bool) -> torch.Tensor:

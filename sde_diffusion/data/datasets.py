@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .dataset_files import locate_files
 from .dataset_formats import read_cifar_batch, read_idx
 from .toy_data import TOY_DATA, toy_mixture
-from .utils import Registry
+from ..utils import Registry
 
 SPLITS = ("train", "test")
 
@@ -296,7 +296,7 @@ def load_npz(split: str, *, root=None, image_size: Optional[int] = None, **ignor
     optional `labels` (class indices) of the .npz file `root`; image i is in the test split when
     a digest of i says so (`image_folder.TEST_FRACTION`). `.fingerprint` is a digest of the split's
     images and labels as read."""
-    from .image_files import read_npz_images
+    from ..files.image_files import read_npz_images
     from .image_folder import index_in_split
 
     if root is None:

@@ -31,14 +31,14 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .checkpoints import CheckpointError, safe_load
-from .models import get_model
-from .models.blocks import BigGANResnetBlock, Combine, ResnetBlock, ResnetWithAttention, ResolutionLevel
-from .models.ddpm import DDPM
-from .models.layers import NIN, AttentionBlock, GaussianFourierProjection, NoiseLevelMLP
-from .models.ncsnpp import NCSNpp
-from .models.resampling import Downsample, FIRConv2d, Upsample
-from .utils import append_dims
+from ..files.checkpoints import CheckpointError, safe_load
+from ..models import get_model
+from ..models.blocks import BigGANResnetBlock, Combine, ResnetBlock, ResnetWithAttention, ResolutionLevel
+from ..models.ddpm import DDPM
+from ..models.layers import NIN, AttentionBlock, GaussianFourierProjection, NoiseLevelMLP
+from ..models.ncsnpp import NCSNpp
+from ..models.resampling import Downsample, FIRConv2d, Upsample
+from ..utils import append_dims
 
 PREFIX = "module."                 # DataParallel's prefix on every reference key
 NOISE_TABLE_KEY = "module.sigmas"  # the reference network's noise-level table (a buffer)

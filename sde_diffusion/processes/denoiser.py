@@ -20,7 +20,7 @@ from typing import Callable, Optional, Union
 import torch
 
 from .sdes import SDE, ScoreFn
-from .utils import append_dims
+from ..utils import append_dims
 
 # f(x, t, class_labels=None) -> tensor like x; t a [B] tensor in x's dtype.
 Prediction = Callable[..., torch.Tensor]

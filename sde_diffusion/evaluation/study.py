@@ -27,10 +27,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Union
 import torch
 from tqdm import tqdm
 
-from .output_files import write_text_atomic
-from .sampling import SamplerSpec, parse_spec, sample
-from .sampling.spec import Model
-from .sdes import SDE
+from ..files.output_files import write_text_atomic
+from ..sampling import SamplerSpec, parse_spec, sample
+from ..sampling.spec import Model
+from ..processes.sdes import SDE
 
 Metric = Callable[[torch.Tensor], Dict[str, float]]
 
@@ -118,7 +118,7 @@ def _columns(rows: Sequence[dict]) -> List[str]:
 def plot_study(rows: Sequence[dict], path, metric_keys: Union[str, Sequence[str]], title: str = "") -> None:
     """Panels against NFE, log-log, two to a row: each metric in `metric_keys` (its absolute
     value) and the wall seconds; one line per sampler spec, the legend below."""
-    from .plotting import save_figure  # first: it sets the Agg backend (files only)
+    from ..files.plotting import save_figure  # first: it sets the Agg backend (files only)
 
     import matplotlib.pyplot as plt
 

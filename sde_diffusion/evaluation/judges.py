@@ -20,7 +20,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from .datasets import load_digits
+from ..data.datasets import load_digits
 
 
 class ImageJudge:
@@ -79,7 +79,7 @@ def cached_judge(images: torch.Tensor, labels: torch.Tensor, hidden: int = 128, 
                  max_iter: int = 30) -> ImageJudge:
     """The judge of a labelled training split (30 epochs of Adam by default: Fashion-MNIST's at
     32x32 reads its test split at 89%), fitted once and then read from the cache folder."""
-    from .output_files import atomic_write, cache_folder
+    from ..files.output_files import atomic_write, cache_folder
 
     digest = hashlib.blake2b(digest_size=16)
     digest.update(f"{tuple(images.shape)} {hidden} {seed} {max_iter}".encode())

@@ -1,0 +1,1 @@
+"""Files the package writes and reads: atomic outputs, image arrays, checkpoints, pictures."""
