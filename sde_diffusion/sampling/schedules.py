@@ -79,7 +79,10 @@ def get_timesteps(sde: SDE, steps: int, eps: float = 1e-3, schedule: str = "unif
                   device=None, **options) -> torch.Tensor:
     """`steps` times from T down to eps on the named schedule (options: e.g. rho for karras)."""
     _check(sde, steps, eps)
-    times = SCHEDULES.get_or_raise(schedule)(sde, int(steps), eps, device=device, **options)
+    function = SCHEDULES.get_or_raise(schedule)
+    times = function(sde, int(steps), eps, device=device, **options)
+    if getattr(function, "own_ends", False):  # given times (diffusers' timesteps), not a grid from T to eps
+        return times
     # Pin the ends exactly: the round trip through log-SNR is accurate only to ~1e-15.
     times[0] = sde.T
     if steps > 1:
