@@ -15,6 +15,7 @@ diffusers scheduler: docs/diffusers.md; their timesteps: `published.diffusers_sc
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import NamedTuple, Optional
 
@@ -175,3 +176,38 @@ def _unet(config: dict, weights: Path) -> UNet2D:
                              f"{len(extra)} extra, {len(wrong)} of another shape)")
     unet.load_state_dict(state)
     return UNet2D(unet)
+
+
+# -- out: a pipeline folder diffusers reads ------------------------------------------------------
+def save_pipeline(network: nn.Module, sde, folder, parameterization: str = "noise") -> Path:
+    """Write `network` under `sde` as a DDPMPipeline folder (safetensors weights) that
+    `diffusers.DDPMPipeline.from_pretrained(folder)` loads and samples; returns the folder.
+
+    The network must be a diffusers UNet2DModel (a `UNet2D`, as `load_pipeline` gives, trained
+    further here or not) and the process a `DiscreteVP`, whose betas become the scheduler's;
+    `parameterization` (noise, data or v) its prediction_type. Other networks of this package
+    are refused in one line: none has UNet2DModel's weight layout (the score_sde `ddpm` U-Net is
+    the same architecture, DDPM's, but no mapping of its weights is written and checked yet).
+    The folder must not exist; it appears whole or not at all."""
+    if not isinstance(network, UNet2D):
+        raise DiffusersError(f"a {type(network).__name__} network cannot be written as a diffusers pipeline: only "
+                             "diffusers' UNet2DModel (read with load_pipeline) has a layout diffusers loads")
+    if not isinstance(sde, DiscreteVP):
+        raise DiffusersError(f"a diffusers pipeline runs a discrete beta chain (discrete_vp), not {type(sde).__name__}")
+    if parameterization not in PREDICTION_TYPE_OF:
+        raise DiffusersError(f"parameterization {parameterization!r} has no diffusers prediction_type "
+                             f"(one of {', '.join(PREDICTION_TYPE_OF)})")
+    target = Path(folder)
+    if target.exists():
+        raise DiffusersError(f"{target} exists; choose a new folder (a pipeline is written whole)")
+    diffusers = _diffusers()
+    chain = (dict(trained_betas=sde.trained_betas) if sde.trained_betas is not None else
+             dict(beta_schedule=sde.beta_schedule, beta_start=sde.beta_start, beta_end=sde.beta_end))
+    scheduler = diffusers.DDPMScheduler(num_train_timesteps=sde.table_size, steps_offset=sde.steps_offset,
+                                        prediction_type=PREDICTION_TYPE_OF[parameterization], **chain)
+    partial = target.with_name(f".{target.name}.partial")
+    if partial.exists():  # left by an interrupted write
+        shutil.rmtree(partial)
+    diffusers.DDPMPipeline(unet=network.unet, scheduler=scheduler).save_pretrained(partial, safe_serialization=True)
+    partial.rename(target)
+    return target
