@@ -4,7 +4,7 @@
 grid's end `eps` is a time. A time means another noise level sigma/alpha on each process: at
 t = 5e-4 (`dpm_solver++`'s declared end) VP's is 0.0072, EDM's 0.0005 (its t is sigma, and
 0.0005 lies below its sigma_min 0.002) and the linear path's 0.0005. So on the Gaussian paths the
-declared end is carried to the same noise level (`SDE.default_sampling_end`); this benchmark
+declared end is a noise level (`end_noise_level`, carried by `SDE.time_of_noise_level`); this benchmark
 measures that choice. The 32-D mixture of `benchmarks/samplers.py` (4 components, stds
 0.05-0.3, means 3 randn apart) is sampled with its exact score under `vpsde`, `edm`,
 `rectified_flow` and `cosine_vp`, every row from the same latent (seed 0), scored by

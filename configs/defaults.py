@@ -58,7 +58,8 @@ def get_base_config():
     sampling.schedule = unset(str)        # uniform, quadratic, logsnr, karras
     sampling.rho = unset(float)           # karras schedule's exponent
     sampling.power = unset(float)         # logsnr schedule's warp: lambda ~ u^power, < 1 steps finer at high SNR
-    sampling.eps = unset(float)           # the grid's last time
+    sampling.eps = unset(float)           # the grid's last time, a time of the process; or:
+    sampling.end_noise_level = unset(float)  # the noise level sigma/alpha there (unset: the sampler's own)
     # Sampler options: a sampler reads the fields that name its own options and ignores the
     # others by design, so a config can set up pc (its predictor, ...) and still run with
     # --config.sampling.method=ddim.

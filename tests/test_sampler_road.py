@@ -16,7 +16,7 @@ from sde_diffusion.app.validation import validate_config
 from sde_diffusion.training.ema import EMA
 from sde_diffusion.sampling import SAMPLER_TRAITS, SAMPLERS, SCHEDULES, controllable, sample
 from sde_diffusion.sampling.spec import SamplerSpec
-from sde_diffusion.processes.sdes import VPSDE, get_sde
+from sde_diffusion.processes.sdes import VESDE, VPSDE, get_sde
 from sde_diffusion.app.train import train
 
 VARIANTS = {  # config.sampling fields -> what the sampler must receive differently from "base"
@@ -135,7 +135,7 @@ def test_the_config_reaches_the_sampler_in_inpaint_and_colorize(image_workdirs, 
 def test_every_sampler_declares_a_default_grid_that_exists():
     for name in SAMPLERS:
         traits = SAMPLER_TRAITS[name]
-        assert traits.schedule in SCHEDULES and 0 < traits.eps < 1, name
+        assert traits.schedule in SCHEDULES and 0 < traits.end_noise_level < 0.1, name
 
 
 def test_a_sampler_named_with_a_step_count_gets_its_best_known_grid():
@@ -154,21 +154,32 @@ def test_a_sampler_named_with_a_step_count_gets_its_best_known_grid():
 
 
 @pytest.mark.parametrize("name", ["edm", "rectified_flow", "cosine_vp", "vpsde", "subvpsde", "vesde"])
-def test_a_default_grid_ends_at_vps_noise_level_on_a_gaussian_path_and_at_its_time_elsewhere(name):
-    """The declared ends were measured on VP in time; EDM's time is its noise level, so a time
-    carried over would end dpm_solver++ at sigma = 5e-4, below EDM's sigma_min = 0.002."""
-    sde, vp = get_sde(name), VPSDE()
+def test_a_default_grid_ends_at_the_declared_noise_level_on_every_process(name):
+    """A sampler declares its end as a noise level sigma/alpha, so the grid ends at the same
+    resolution of the data whatever the process's clock: VP's t = 1e-3 (0.0105) for heun and
+    ddim, 0.00725 for dpm_solver++; EDM's time is its noise level itself."""
+    sde = get_sde(name)
     for method in ("dpm_solver++", "heun", "ddim"):
-        declared = SAMPLER_TRAITS[method].eps
-        end = float(SamplerSpec(method, steps=10).grid(sde)[-1])
-        if name in ("vpsde", "subvpsde", "vesde"):
-            assert end == declared
-        else:
-            at = lambda process, t: float(process.log_snr(torch.tensor(t, dtype=torch.float64)))  # noqa: E731
-            assert at(sde, end) == pytest.approx(at(vp, declared), abs=1e-9), method
+        declared = SAMPLER_TRAITS[method].end_noise_level
+        end = SamplerSpec(method, steps=10).grid(sde)[-1]
+        lowest = float(sde.noise_level(0.0))  # VE's sigma_min = 0.01 lies above dpm_solver++'s 0.00725
+        assert float(sde.noise_level(end)) == pytest.approx(max(declared, lowest), rel=1e-9), method
+    assert SAMPLER_TRAITS["heun"].end_noise_level == pytest.approx(
+        float(VPSDE().noise_level(1e-3)), rel=2e-3)  # the end Song et al. 2021 sample VP to
     edm_end = float(SamplerSpec("dpm_solver++", steps=10).grid(get_sde("edm"))[-1])
-    assert edm_end == pytest.approx(0.00724, rel=1e-2) and edm_end > 0.002
-    assert "eps=0.00724" in SamplerSpec("dpm_solver++", steps=10).summary(get_sde("edm"))
+    assert edm_end == pytest.approx(0.00725, rel=1e-9) and edm_end > 0.002
+    assert "eps=0.00725" in SamplerSpec("dpm_solver++", steps=10).summary(get_sde("edm"))
+
+
+def test_an_end_noise_level_below_what_the_process_reaches_ends_at_its_smallest():
+    """VE never goes below sigma_min: an end level under it ends the grid at t = 0, where the
+    noise level is sigma_min itself (EDM's VE networks end at their sigma_min 0.002 that way)."""
+    ve = VESDE(sigma_min=0.002, sigma_max=80.0)
+    grid = SamplerSpec("heun", steps=18, end_noise_level=0.002).grid(ve)
+    assert float(grid[-1]) == 0.0 and float(ve.noise_level(grid[-1])) == pytest.approx(0.002, rel=1e-12)
+    assert float(ve.noise_level(grid[0])) == pytest.approx(80.0, rel=1e-12)
+    with pytest.raises(ValueError, match="eps .* or by end_noise_level"):
+        SamplerSpec("heun", eps=1e-3, end_noise_level=0.002).resolved()
 
 
 @pytest.mark.parametrize("spec, tag", [

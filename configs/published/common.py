@@ -27,6 +27,7 @@ def published_config(sde: str, continuous: bool):
     sampling.corrector = corrector
     sampling.snr = 0.16
     sampling.steps = 1000
+    sampling.eps = 1e-5 if sde == "vesde" else 1e-3  # the reference's sampling_eps (run_lib.py), a time
     config.data.centered = centered
     model = config.model
     model.sigma_min = 0.01

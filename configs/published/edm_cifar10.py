@@ -17,4 +17,5 @@ def get_config():
     config.data.centered = True    # EDM's images are in [-1, 1]
     config.sampling.method = "heun"
     config.sampling.steps = 18
+    config.sampling.end_noise_level = 0.002  # EDM's sigma_min, on whichever process the network runs
     return config

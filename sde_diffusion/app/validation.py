@@ -68,11 +68,16 @@ def validate_config(config, mode: Optional[str] = None) -> None:
         sde = build_sde(config)
     except (KeyError, ValueError):
         sde = None  # the SDE's own check below names what is wrong with it
-    # eps is a time of the process the model runs on (EDM's t is sigma, up to T = 80); t = 0 is
-    # the data itself, where the marginal std is 0 and the score infinite
+    # eps is a time of the process the model runs on (EDM's t is sigma, up to T = 80); where the
+    # noise level is 0 (VP's t = 0) the grid would end on the data itself, with an infinite score;
+    # VE's t = 0 is its sigma_min > 0, a valid end
     horizon = sde.T if sde is not None else 1.0
-    require(0 < spec.end(sde) < horizon, "sampling.eps",
-            f"must lie in (0, {horizon:g}), the times of the {config.training.sde} process", spec.end(sde))
+    end = spec.end(sde) if sde is not None else spec.eps
+    if end is not None:
+        zero_allowed = sde is not None and float(sde.noise_level(0.0)) > 0
+        require((0 <= end if zero_allowed else 0 < end) and end < horizon, "sampling.eps",
+                f"must lie in {'[' if zero_allowed else '('}0, {horizon:g}), the times of the "
+                f"{config.training.sde} process", end)
     if spec.method == "sde_solver" and not spec.options.get("adaptive", False):
         require(config.sampling.steps >= 2, "sampling.steps", "sde_solver needs at least 2 grid points",
                  config.sampling.steps)

@@ -16,7 +16,7 @@ import math
 
 import torch
 
-from .sdes import SDE, VPSDE, register_sde
+from .sdes import SDE, register_sde
 
 
 class GaussianPathSDE(SDE):
@@ -28,13 +28,6 @@ class GaussianPathSDE(SDE):
     @property
     def prior_std(self) -> float:
         return float(self.marginal_coefs(torch.tensor(self.T, dtype=torch.float64))[1])
-
-    def default_sampling_end(self, declared: float) -> float:
-        """The time at which this path's noise level sigma/alpha is VP's at the declared time:
-        samplers' default ends were measured on VP, and a time means another noise level here
-        (EDM's t is sigma itself). docs/processes.md has the comparison."""
-        log_snr = VPSDE().log_snr(torch.tensor(float(declared), dtype=torch.float64))
-        return float(self.time_of_log_snr(log_snr))
 
     def _time_at(self, fraction: torch.Tensor) -> torch.Tensor:
         """The chain's time at `fraction` in [0, 1] of the way from t_min to T (uniform here)."""

@@ -101,9 +101,16 @@ class SDE(abc.ABC):
     def time_of_log_snr(self, log_snr: torch.Tensor) -> torch.Tensor:
         """The inverse of `log_snr`: the time t with lambda(t) = log_snr."""
 
-    def default_sampling_end(self, declared: float) -> float:
-        """Where a sampler's default grid ends: the time it declares (measured on VP; kept here)."""
-        return declared
+    def noise_level(self, t) -> torch.Tensor:
+        """sigma(t) / alpha(t) = exp(-lambda(t) / 2): the std of the noise on the data's scale."""
+        t = t if isinstance(t, torch.Tensor) else torch.tensor(float(t), dtype=torch.float64)
+        return torch.exp(-0.5 * self.log_snr(t))
+
+    def time_of_noise_level(self, level: float) -> float:
+        """The time whose noise level sigma/alpha is `level`; 0 where the process never goes as
+        low (VE's noise level never falls below sigma_min)."""
+        log_snr = torch.tensor(-2.0 * math.log(level), dtype=torch.float64)
+        return max(0.0, float(self.time_of_log_snr(log_snr)))
 
     @property
     @abc.abstractmethod

@@ -24,7 +24,7 @@ def sampler_table() -> str:
         traits = SAMPLER_TRAITS[name]
         adaptive = traits.adaptive({})
         steps = "adaptive" if adaptive else f"NFE {spec.score_calls(10)} for 10 steps"
-        grid = f"ends only, eps={spec.end():g}" if adaptive else spec.grid_summary()
+        grid = f"ends only, {spec.end_text()}" if adaptive else spec.grid_summary()
         lines.append(f"| `{name}` | {options} | `{grid}` | {steps} | {_first_sentence(function)} |")
     return "\n".join(lines)
 

@@ -27,7 +27,7 @@ from scipy.integrate import solve_ivp
 from ..processes.denoiser import CountedDenoiser, Denoiser, as_denoiser
 from ..processes.sdes import SDE
 from .spec import Model
-from .registry import register_sampler
+from .registry import SAMPLER_TRAITS, register_sampler
 
 
 MAX_NFE = 20_000  # the default cap: about 100 times a solve at the default tolerances
@@ -169,16 +169,23 @@ def solve_probability_flow(model: Model, sde: SDE, x: torch.Tensor, t_start: flo
     return x_end, counted.calls
 
 
-def encode(model: Model, sde: SDE, x: torch.Tensor, eps: float = 1e-3,
-           **solver_options) -> Tuple[torch.Tensor, int]:
-    """Data x (at time eps) to its latent z at time T; returns (z, nfe)."""
-    return solve_probability_flow(model, sde, x, eps, sde.T, **solver_options)
+def _ode_end(sde: SDE) -> float:
+    """Where the `ode` sampler's default grid ends on `sde`: encode and decode meet it there."""
+    return sde.time_of_noise_level(SAMPLER_TRAITS["ode"].end_noise_level)
 
 
-def decode(model: Model, sde: SDE, z: torch.Tensor, eps: float = 1e-3,
+def encode(model: Model, sde: SDE, x: torch.Tensor, eps: Optional[float] = None,
            **solver_options) -> Tuple[torch.Tensor, int]:
-    """A latent z at time T to data at time eps; returns (x, nfe)."""
-    return solve_probability_flow(model, sde, z, sde.T, eps, **solver_options)
+    """Data x (at time eps; unset: the `ode` sampler's default end) to its latent z at time T;
+    returns (z, nfe)."""
+    return solve_probability_flow(model, sde, x, _ode_end(sde) if eps is None else eps, sde.T, **solver_options)
+
+
+def decode(model: Model, sde: SDE, z: torch.Tensor, eps: Optional[float] = None,
+           **solver_options) -> Tuple[torch.Tensor, int]:
+    """A latent z at time T to data at time eps (unset: the `ode` sampler's default end);
+    returns (x, nfe)."""
+    return solve_probability_flow(model, sde, z, sde.T, _ode_end(sde) if eps is None else eps, **solver_options)
 
 
 @register_sampler("ode", adaptive=lambda options: True, deterministic=lambda options: True)

@@ -43,7 +43,10 @@ def _one_per_step(steps: int, options: Mapping) -> int:
 class SamplerTraits:
     """What a sampler declares where it is registered.
 
-    schedule, schedule_options, eps: the time grid it runs on when the caller names none;
+    schedule, schedule_options: the time grid it runs on when the caller names none;
+    end_noise_level: where that grid ends, as a noise level sigma/alpha (the same resolution of
+    the data on every process; a time would mean another noise level on each). 0.0105 is VP's
+    at t = 1e-3, the end Song et al. 2021 sample VP models to;
     adaptive(options): it picks its own times (only the grid's ends matter) and so runs once,
     whatever the step budget; deterministic(options): it maps a latent to one sample;
     score_calls(steps, options): the score evaluations a grid of `steps` times costs;
@@ -51,7 +54,7 @@ class SamplerTraits:
     conditions it (inpainting, colorization): its best known setting there."""
     schedule: str = "uniform"
     schedule_options: Mapping[str, float] = field(default_factory=dict)
-    eps: float = 1e-3
+    end_noise_level: float = 0.0105
     adaptive: Callable[[Mapping], bool] = _never
     deterministic: Callable[[Mapping], bool] = _never
     score_calls: Callable[[int, Mapping], int] = _one_per_step

@@ -32,10 +32,11 @@ def _fraction(steps: int, device) -> torch.Tensor:
 
 
 def _log_snr_ends(sde: SDE, eps: float, device):
-    if eps <= 0:
-        raise ValueError("schedules in log-SNR need eps > 0: the noise level at t = 0 is 0 (log-SNR infinite)")
-    ends = torch.tensor([sde.T, eps], dtype=torch.float64, device=device)
-    return sde.log_snr(ends)
+    ends = sde.log_snr(torch.tensor([sde.T, eps], dtype=torch.float64, device=device))
+    if not torch.isfinite(ends).all():
+        raise ValueError(f"schedules in log-SNR need a positive noise level at eps; {type(sde).__name__}'s "
+                         f"is 0 at t = {eps:g} (log-SNR infinite)")
+    return ends
 
 
 @register_schedule("uniform")

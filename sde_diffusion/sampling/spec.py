@@ -26,7 +26,7 @@ from .registry import HOOK_ARGUMENT, SAMPLER_TRAITS, SAMPLERS, SamplerTraits, St
 from .schedules import SCHEDULES, get_timesteps
 
 Model = Union[Denoiser, ScoreFn]  # what sampling takes: a Denoiser, or a score function score_fn(x, t)
-GRID_FIELDS = ("steps", "schedule", "eps")  # spec keys that set the grid, not a sampler option
+GRID_FIELDS = ("steps", "schedule", "eps", "end_noise_level")  # spec keys that set the grid, not a sampler option
 
 
 def _keyword_options(function) -> list:
@@ -48,12 +48,14 @@ def sampler_option_names(method: str) -> list:
 @dataclass
 class SamplerSpec:
     """A sampler call: `method` with `options`, on the grid (`steps`, `schedule`,
-    `schedule_options`, `eps`); None = the sampler's default (steps: the SDE's N)."""
+    `schedule_options`, and its end: `eps`, a time of the process, or `end_noise_level`, the
+    noise level sigma/alpha there); None = the sampler's default (steps: the SDE's N)."""
     method: str
     steps: Optional[int] = None
     schedule: Optional[str] = None
     schedule_options: dict = field(default_factory=dict)
     eps: Optional[float] = None
+    end_noise_level: Optional[float] = None
     options: dict = field(default_factory=dict)
     text: str = ""  # as the user wrote it, for tables
 
@@ -71,9 +73,13 @@ class SamplerSpec:
         sampler (or `option_names`, for a caller that runs the sampler its own way) or the
         schedule does not take. A named schedule comes with its own option defaults (karras:
         rho = 7, logsnr: power = 1), not with the sampler's default ones. An unset eps becomes
-        the sampler's default end on `sde` (`SDE.default_sampling_end`); without `sde` it
-        stays unset until the grid is built."""
+        the time of the sampler's declared end noise level on `sde`; without `sde` it stays
+        unset until the grid is built."""
         traits = self.traits
+        if self.eps is not None and self.end_noise_level is not None:
+            raise ValueError("set the grid's end by eps (a time) or by end_noise_level (sigma/alpha), not both")
+        if self.end_noise_level is not None and not self.end_noise_level > 0:
+            raise ValueError(f"end_noise_level must be positive, got {self.end_noise_level}")
         schedule = self.schedule or traits.schedule
         defaults = dict(traits.schedule_options) if self.schedule is None else {}
         schedule_options = {**defaults, **self.schedule_options}
@@ -88,15 +94,24 @@ class SamplerSpec:
                 raise ValueError(f"sampler {self.method!r} has no option {name!r} (it takes {', '.join(known)})")
         return dataclasses.replace(self, schedule=schedule, schedule_options=schedule_options,
                                    eps=self.end(sde) if self.eps is not None or sde is not None else None,
+                                   end_noise_level=self.end_noise_level if sde is None else None,
                                    options={name: self.options[name] for name in known if name in self.options})
 
-    def end(self, sde: Optional[SDE] = None) -> float:
-        """The grid's last time: eps as set, or the sampler's declared default carried to `sde`
-        (as declared, a time on VP's axis, without one)."""
+    def end(self, sde: Optional[SDE] = None) -> Optional[float]:
+        """The grid's last time: eps as set (a time of the process), or where `sde` reaches the
+        end noise level (as set, or the sampler's declared one); None for neither."""
         if self.eps is not None:
             return float(self.eps)
-        declared = self.traits.eps
-        return sde.default_sampling_end(declared) if sde is not None else declared
+        return sde.time_of_noise_level(self.noise_level_at_end()) if sde is not None else None
+
+    def noise_level_at_end(self) -> float:
+        """The end noise level as set, else the sampler's declared one (of a spec without eps)."""
+        return self.end_noise_level if self.end_noise_level is not None else self.traits.end_noise_level
+
+    def end_text(self, sde: Optional[SDE] = None) -> str:
+        """'eps=0.001' on `sde` or as set; without either, the declared end noise level."""
+        end = self.end(sde)
+        return f"eps={end:g}" if end is not None else f"sigma/alpha={self.noise_level_at_end():g}"
 
     @property
     def adaptive(self) -> bool:
@@ -124,16 +139,17 @@ class SamplerSpec:
         return "".join([self.schedule, *(f" {name}={value:g}" for name, value in self.schedule_options.items())])
 
     def grid_summary(self, sde: Optional[SDE] = None) -> str:
-        """'logsnr power=0.5, eps=0.001' (resolved on `sde`; without one, eps as declared)."""
+        """'logsnr power=0.5, eps=0.001' (resolved on `sde`; without one and without eps, the
+        declared end noise level: 'uniform, sigma/alpha=0.0105')."""
         spec = self.resolved(sde=sde)
-        return f"{spec._schedule_text()}, eps={spec.end(sde):g}"
+        return f"{spec._schedule_text()}, {spec.end_text(sde)}"
 
     def summary(self, sde: Optional[SDE] = None) -> str:
         """'pc predictor=euler_maruyama, 100 steps on the uniform grid to eps=0.001' (resolved)."""
         spec = self.resolved(sde=sde)
         options = "".join(f" {name}={value}" for name, value in spec.options.items())
         steps = f"{spec.steps} steps" if spec.steps is not None else "the SDE's N steps"
-        return f"{spec.method}{options}, {steps} on the {spec._schedule_text()} grid to eps={spec.end(sde):g}"
+        return f"{spec.method}{options}, {steps} on the {spec._schedule_text()} grid to {spec.end_text(sde)}"
 
     def file_tag(self, sde: Optional[SDE] = None) -> str:
         """'dpm_solver++_order3_unipc_20steps': the method, the options the call sets, its grid
@@ -175,7 +191,7 @@ def _parse_value(text: str):
 
 def parse_spec(text: str) -> SamplerSpec:
     """'dpm_solver++ order=3 schedule=logsnr power=0.5 eps=1e-4' -> SamplerSpec; the keys
-    steps, schedule and eps set the grid, the schedule's options (rho, power) go with it, every
+    steps, schedule, eps and end_noise_level set the grid, the schedule's options (rho, power) go with it, every
     other key is a sampler option. ValueError when malformed or when an option does not apply."""
     words = text.split()
     if not words:
@@ -212,6 +228,7 @@ def with_settings(spec: SamplerSpec, values: dict) -> SamplerSpec:
 
 def sample(model: Model, sde: SDE, shape: Sequence[int], method: Union[str, SamplerSpec] = "pc",
            steps: Optional[int] = None, generator: Seed = None, *, eps: Optional[float] = None,
+           end_noise_level: Optional[float] = None,
            schedule: Optional[str] = None, schedule_options: Optional[dict] = None,
            z: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32,
            device: Union[str, torch.device, None] = None, step_hook: Optional[StepHook] = None,
@@ -221,20 +238,21 @@ def sample(model: Model, sde: SDE, shape: Sequence[int], method: Union[str, Samp
     method: a sampler's name (then steps, eps, schedule, schedule_options and options describe
     the call) or a whole `SamplerSpec` (then those must be left unset). Unset grid arguments take
     the sampler's declared defaults, its best known setting. steps: grid size (default sde.N);
-    eps: the last time of the grid (the reverse process stops at t = eps > 0, where the score is
-    still finite); schedule: the grid's spacing (`schedules.SCHEDULES`), with
+    eps: the last time of the grid (the reverse process stops at t = eps, where the score is
+    still finite), or end_noise_level: the noise level sigma/alpha there; schedule: the grid's spacing (`schedules.SCHEDULES`), with
     `schedule_options` (karras: rho; logsnr: power); z: start from this latent instead of a
     prior sample (decoding with `ode`); generator: an int seed or a torch.Generator that makes
     the run reproducible; step_hook: a `registry.StepHook` the sampler calls along its steps
     (conditioning, progress), ValueError for a sampler that takes none; options: the sampler's own.
     """
     if isinstance(method, SamplerSpec):
-        if steps is not None or eps is not None or schedule is not None or schedule_options or options:
+        if (steps is not None or eps is not None or end_noise_level is not None or schedule is not None
+                or schedule_options or options):
             raise ValueError("pass either a SamplerSpec or the call's settings, not both")
         spec = method
     else:
         spec = SamplerSpec(method=method, steps=steps, schedule=schedule, schedule_options=dict(schedule_options or {}),
-                           eps=eps, options=options)
+                           eps=eps, end_noise_level=end_noise_level, options=options)
     spec = spec.resolved(sde=sde)
     counted, x, timesteps, generator = start(model, sde, shape, spec, generator, z=z, dtype=dtype, device=device)
     x = SAMPLERS[spec.method](counted, sde, x, timesteps, generator, **spec.options, **hook_keyword(spec, step_hook))
