@@ -239,3 +239,31 @@ def test_weights_that_do_not_fit_the_config_are_named(tmp_path):
     with pytest.raises(DiffusersError) as error:
         load_pipeline(folder)
     assert "not a readable safetensors file" in _one_line(error)
+
+
+@requires_fixture
+@requires_diffusers
+def test_published_config_describes_the_fixture(fixture_run):
+    """configs/published/diffusers_ddpm.py, with the fixture's image size, is the fixture's process;
+    a field that differs is named."""
+    import importlib.util
+
+    from sde_diffusion.published.diffusers import check_config
+    from sde_diffusion.processes.sdes import get_sde
+
+    path = Path(__file__).resolve().parents[1] / "configs" / "published" / "diffusers_ddpm.py"
+    spec = importlib.util.spec_from_file_location("diffusers_ddpm", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    pipeline, _ = fixture_run
+    config.data.image_size = 16
+    check_config(pipeline, config)
+    built = get_sde(config.training.sde, N=config.model.num_scales, beta_schedule=config.model.beta_schedule,
+                    beta_start=config.model.beta_start, beta_end=config.model.beta_end)
+    assert torch.equal(built.alphas_cumprod, pipeline.sde.alphas_cumprod)
+    config.model.beta_end, config.data.image_size = 0.012, 32
+    with pytest.raises(DiffusersError) as error:
+        check_config(pipeline, config)
+    assert "model.beta_end=0.012, the folder's 0.02" in _one_line(error)
+    assert "data.num_channels/image_size=3/32, the folder's 3/16" in str(error.value)

@@ -211,3 +211,29 @@ def save_pipeline(network: nn.Module, sde, folder, parameterization: str = "nois
     diffusers.DDPMPipeline(unet=network.unet, scheduler=scheduler).save_pretrained(partial, safe_serialization=True)
     partial.rename(target)
     return target
+
+
+def check_config(pipeline: Pipeline, config) -> None:
+    """DiffusersError (one line) naming every field of a run's config (configs/published/
+    diffusers_ddpm.py) that does not describe the pipeline: its process, its prediction type
+    and its images."""
+    model, sde = config.model, pipeline.sde
+    problems = []
+    if config.training.sde != "discrete_vp":
+        problems.append(f"training.sde={config.training.sde!r}, a diffusers pipeline runs under 'discrete_vp'")
+    wanted = dict(num_scales=sde.table_size, parameterization=pipeline.parameterization)
+    if sde.trained_betas is None:
+        wanted.update(beta_schedule=sde.beta_schedule, beta_start=sde.beta_start, beta_end=sde.beta_end)
+    problems += [f"model.{name}={model.get(name)!r}, the folder's {value!r}" for name, value in wanted.items()
+                 if model.get(name) != value]
+    if sde.trained_betas is not None and list(model.get("trained_betas") or []) != sde.trained_betas:
+        problems.append("model.trained_betas must list the folder's trained_betas")
+    unet = pipeline.unet_config
+    shape = (config.data.num_channels, config.data.image_size)
+    if shape != (unet.get("in_channels"), unet.get("sample_size")):
+        problems.append(f"data.num_channels/image_size={shape[0]}/{shape[1]}, the folder's "
+                        f"{unet.get('in_channels')}/{unet.get('sample_size')}")
+    if bool(unet.get("num_class_embeds")) != bool(model.get("num_classes", 0)):
+        problems.append(f"model.num_classes={model.get('num_classes', 0)}, the folder's {unet.get('num_class_embeds') or 0}")
+    if problems:
+        raise DiffusersError(f"the pipeline does not fit this config: {'; '.join(problems)}")
