@@ -226,6 +226,8 @@ def check_config(pipeline: Pipeline, config) -> None:
         wanted.update(beta_schedule=sde.beta_schedule, beta_start=sde.beta_start, beta_end=sde.beta_end)
     problems += [f"model.{name}={model.get(name)!r}, the folder's {value!r}" for name, value in wanted.items()
                  if model.get(name) != value]
+    if model.get("steps_offset", 0) != sde.steps_offset:  # moves the leading grids
+        problems.append(f"model.steps_offset={model.get('steps_offset', 0)!r}, the folder's {sde.steps_offset!r}")
     if sde.trained_betas is not None and list(model.get("trained_betas") or []) != sde.trained_betas:
         problems.append("model.trained_betas must list the folder's trained_betas")
     unet = pipeline.unet_config
