@@ -148,10 +148,10 @@ def main(argv):
     from sde_diffusion.sampling.ode import SolverStopped
     from sde_diffusion.app.train import NonFiniteError, train
 
-    config = FLAGS.config
+    config, plan = FLAGS.config, None
     try:
         load_plugins(config)
-        validate_config(config, FLAGS.mode)
+        plan = validate_config(config, FLAGS.mode)  # the run's SDE, sampler call, data facts: built once
         check_sampler_options(config, _overridden_fields(sys.argv))
         checkpoints.check_workdir(FLAGS.workdir)
         _remove_stale_outputs(FLAGS.workdir)
@@ -161,11 +161,11 @@ def main(argv):
                "colorize": partial(run_controllable, mode="colorize")}[FLAGS.mode]
         if config.threads:
             torch.set_num_threads(config.threads)
-        distributed.setup(select_device(config).type)  # under torchrun; nothing otherwise
+        distributed.setup(plan.device.type)  # under torchrun; nothing otherwise
         try:
             # the trainer saves and stops on a signal itself; elsewhere a signal stops the run where it is
             with nullcontext() if FLAGS.mode == "train" else interrupted_by_signals():
-                report = run(config, FLAGS.workdir, config_file=_config_path(sys.argv))
+                report = run(config, FLAGS.workdir, config_file=_config_path(sys.argv), plan=plan)
             if report is not None and FLAGS.mode != "train":  # rank 0's report, one JSON line
                 print(to_json(report))
             # all ranks leave together: gloo aborts a process whose peer closes the group under it
@@ -188,7 +188,8 @@ def main(argv):
         if not isinstance(error, MemoryError) and not _out_of_memory(error):
             raise
         section, name = BATCH_FIELDS.get(FLAGS.mode, "sampling.batch_size").split(".")
-        sys.exit(f"error: out of memory in --mode {FLAGS.mode} on {select_device(config)} with "
+        device = plan.device if plan is not None else select_device(config)
+        sys.exit(f"error: out of memory in --mode {FLAGS.mode} on {device} with "
                  f"{section}.{name}={config[section][name]}: lower --config.{section}.{name}")
 
 

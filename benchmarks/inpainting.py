@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
 import os
 import platform
@@ -34,9 +35,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*`
 
 from configs.vp_digits import get_config  # noqa: E402
-from sde_diffusion.app.config import build_denoiser  # noqa: E402
 from sde_diffusion.app.metrics import data_judge, quality_metric_for  # noqa: E402
-from sde_diffusion.app.modes import load_dataset_from_config, load_trained, to_data_space  # noqa: E402
+from sde_diffusion.app.modes import load_trained  # noqa: E402
+from sde_diffusion.app.plan import make_plan  # noqa: E402
 from sde_diffusion.files.image_scaling import to_model_space  # noqa: E402
 from sde_diffusion.sampling import parse_spec  # noqa: E402
 from sde_diffusion.sampling.controllable import inpaint  # noqa: E402
@@ -57,13 +58,13 @@ def calls(nfes=NFES):
 def run(workdir: Path, out: Path, seeds, threads: int, reference_seeds=None) -> list:
     torch.set_num_threads(threads)
     config = get_config()
-    device = torch.device("cpu")
-    model, sde, step = load_trained(config, workdir, device)
-    denoiser = build_denoiser(model, sde, config)
-    test = load_dataset_from_config(config, "test")
+    plan = dataclasses.replace(make_plan(config), device=torch.device("cpu"))
+    model, sde, step = load_trained(config, workdir, plan.device, plan)
+    denoiser = plan.denoiser(model)
+    test = plan.dataset("test")
     originals, labels = test.data, test.labels
-    metric, key = quality_metric_for(config, originals, device)
-    judge = data_judge(config)
+    metric, key = quality_metric_for(plan, originals)
+    judge = data_judge(plan)
     observation = to_model_space(originals, config.data.centered)
     rows = []
     for mask_name in MASKS:
@@ -76,7 +77,7 @@ def run(workdir: Path, out: Path, seeds, threads: int, reference_seeds=None) -> 
                 start = time.perf_counter()
                 with torch.no_grad():
                     x, used = inpaint(denoiser, sde, observation, mask, generator=seed, spec=spec)
-                completed = to_data_space(x, config).clamp(0, 1)
+                completed = plan.to_data_space(x).clamp(0, 1)
                 row = {"mask": mask_name, "sampler": text, "nfe": used, "seed": seed,
                        "mse": float(((completed - originals)[hole] ** 2).mean()),
                        "fd": float(metric(completed)[key]),

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import datetime
 import importlib
 import json
@@ -44,9 +45,9 @@ import torch  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*`
 
-from sde_diffusion.app.config import build_denoiser, data_shape  # noqa: E402
-from sde_diffusion.app.modes import (data_judge, load_dataset_from_config, load_trained,  # noqa: E402
-                                     quality_metric_for, run_likelihood, to_data_space)
+from sde_diffusion.app.metrics import data_judge, quality_metric_for  # noqa: E402
+from sde_diffusion.app.modes import load_trained, run_likelihood  # noqa: E402
+from sde_diffusion.app.plan import make_plan  # noqa: E402
 from sde_diffusion.app.train import train  # noqa: E402
 from sde_diffusion.files.plotting import image_grid  # noqa: E402
 from sde_diffusion.sampling import sample  # noqa: E402
@@ -84,13 +85,13 @@ def confident_share(judge, images: torch.Tensor) -> float:
 
 def evaluate_row(name: str, config, workdir: Path, trained: tuple, num_samples: int, nfes, bpd_images: int) -> tuple:
     """(summary row, every study row, 64 samples of the best 20-NFE sampler in [0, 1])."""
-    device = torch.device("cpu")
+    plan = dataclasses.replace(make_plan(config), device=torch.device("cpu"))
     model, sde, step = trained  # load_trained's
-    denoiser = build_denoiser(model, sde, config)
-    test = load_dataset_from_config(config, "test").data
-    metric, key = quality_metric_for(config, test, device)
-    rows = run_study(denoiser, sde, (num_samples,) + data_shape(config), list(SAMPLERS), list(nfes),
-                     lambda x: metric(to_data_space(x, config)), seed=config.seed, reference_ode=False,
+    denoiser = plan.denoiser(model)
+    test = plan.dataset("test").data
+    metric, key = quality_metric_for(plan, test)
+    rows = run_study(denoiser, sde, (num_samples,) + plan.data.shape, list(SAMPLERS), list(nfes),
+                     lambda x: metric(plan.to_data_space(x)), seed=config.seed, reference_ode=False,
                      progress=False)
     for row in rows:
         row["process"] = name
@@ -102,10 +103,10 @@ def evaluate_row(name: str, config, workdir: Path, trained: tuple, num_samples: 
         summary[f"FD @{nfe}"] = f"{best[nfe][key]:.3f} ({best[nfe]['sampler']})"
     picture_nfe = 20 if 20 in best else nfes[-1]
     with torch.no_grad():
-        x, _ = sample(denoiser, sde, (64,) + data_shape(config), parse_spec(best[picture_nfe]["sampler"]),
+        x, _ = sample(denoiser, sde, (64,) + plan.data.shape, parse_spec(best[picture_nfe]["sampler"]),
                       generator=config.seed)
-    pictures = to_data_space(x, config).clamp(0, 1)
-    judge = data_judge(config)
+    pictures = plan.to_data_space(x).clamp(0, 1)
+    judge = data_judge(plan)
     summary["confident"] = f"{confident_share(judge, pictures):.2f} (test {confident_share(judge, test):.2f})"
     config.eval.bpd_num_images = bpd_images
     likelihood = run_likelihood(config, workdir)

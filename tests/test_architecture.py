@@ -130,6 +130,6 @@ def test_no_import_cycles():
 def test_the_rules_see_real_imports():
     """The walk finds what is there: the app imports the library, the library its parts."""
     graph = imports()
-    assert "sde_diffusion.app.config" in graph["sde_diffusion.app.modes"]
+    assert "sde_diffusion.app.plan" in graph["sde_diffusion.app.modes"]
     assert "sde_diffusion.sampling.spec" in graph["sde_diffusion.sampling.controllable"]
     assert "sde_diffusion.processes.sdes" in graph["sde_diffusion.sampling.spec"]

@@ -118,25 +118,25 @@ def test_inpaint_refuses_samplers_that_cannot_take_the_observation(tmp_path, arg
 ])
 def test_output_names_carry_the_call_the_inputs_and_the_seed_and_no_folders(mode, mask, expected):
     from configs.vp_digits import get_config
-    from sde_diffusion.app.config import build_sde
     from sde_diffusion.app.controllable_modes import _output_name
+    from sde_diffusion.app.plan import make_plan
 
     config = get_config()
     config.sampling.steps = 6
     config.controllable.mask = mask
     images, pixels = torch.zeros(3, 1, 4, 4), torch.ones(1, 1, 4, 4, dtype=torch.bool)
-    name = _output_name(mode, 7, config, build_sde(config), images, pixels)
+    name = _output_name(mode, 7, make_plan(config), images, pixels)
     assert name.startswith(expected) and name.endswith("_seed42") and "/" not in name
-    others = [_output_name(mode, 7, config, build_sde(config), images[:2], pixels),  # another count
-              _output_name(mode, 7, config, build_sde(config), images + 0.5, pixels)]  # other images
+    others = [_output_name(mode, 7, make_plan(config), images[:2], pixels),  # another count
+              _output_name(mode, 7, make_plan(config), images + 0.5, pixels)]  # other images
     config.seed = 1
-    others.append(_output_name(mode, 7, config, build_sde(config), images, pixels))  # another seed
+    others.append(_output_name(mode, 7, make_plan(config), images, pixels))  # another seed
     config.seed, config.sampling.method = 42, "ddim"
-    others.append(_output_name(mode, 7, config, build_sde(config), images, pixels))  # another sampler
+    others.append(_output_name(mode, 7, make_plan(config), images, pixels))  # another sampler
     config.sampling.method, config.sampling.batch_size = "pc", 2
-    others.append(_output_name(mode, 7, config, build_sde(config), images, pixels))  # 3 images in batches of 2
+    others.append(_output_name(mode, 7, make_plan(config), images, pixels))  # 3 images in batches of 2
     if mask.endswith(".png"):
-        others.append(_output_name(mode, 7, config, build_sde(config), images, ~pixels))  # another mask file
+        others.append(_output_name(mode, 7, make_plan(config), images, ~pixels))  # another mask file
     assert len({name, *others}) == len(others) + 1
 
 

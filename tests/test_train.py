@@ -1,5 +1,6 @@
 """End to end on a 2-D mixture whose density is known exactly: training improves samples by a
 clear margin, resuming is exact, and checkpoints round-trip."""
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ from sde_diffusion.app.config import build_denoiser, build_model, build_sde
 from sde_diffusion.data.toy_data import toy_mixture
 from sde_diffusion.evaluation.sample_quality import sliced_wasserstein
 from sde_diffusion.app.modes import draw_samples, load_trained
+from sde_diffusion.app.plan import make_plan
 from sde_diffusion.app.train import train
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -43,7 +45,8 @@ def toy_config(n_iters=600):
 
 def sample_quality(score_fn, sde, config):
     mixture = toy_mixture()
-    samples, _ = draw_samples(score_fn, sde, config, 2000, torch.Generator().manual_seed(1), torch.device("cpu"))
+    plan = dataclasses.replace(make_plan(config), sde=sde)
+    samples, _ = draw_samples(score_fn, plan, 2000, torch.Generator().manual_seed(1))
     truth = mixture.sample(2000, generator=torch.Generator().manual_seed(2))
     distance = sliced_wasserstein(samples.double(), truth.double(), generator=torch.Generator().manual_seed(3))
     return distance, mixture.sample_errors(samples.double())

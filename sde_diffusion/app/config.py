@@ -8,7 +8,7 @@ are the readers of config fields.
 from __future__ import annotations
 
 from functools import partial
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 
@@ -22,8 +22,6 @@ from ..sampling import SAMPLERS, SCHEDULES, SamplerSpec, sampler_option_names, s
 from ..sampling.spec import GRID_FIELDS
 from ..processes.sdes import SDES, SDE
 
-SCORE_SDE_MODELS = ("ddpm", "ncsnpp")  # the networks score_sde_pytorch checkpoints hold (their layouts)
-EDM_MODELS = ("song_unet", "dhariwal_unet")  # EDM's U-Nets, configured by EDM's field names
 # model.name of a network that only comes from an EDM pickle (eval.reference_checkpoint = *.pkl)
 EDM_PICKLE_MODEL = "edm"
 MAX_IMAGE_SIZE = 1024  # pixels per side; beyond it a run cannot fit in any GPU's memory at a useful batch
@@ -96,13 +94,14 @@ def build_loss(config, sde: SDE) -> Callable:
 RUN_FIELDS = ("method", "num_samples", "batch_size", "labels", "guidance_scale")
 
 
-def sampler_spec(config) -> SamplerSpec:
+def sampler_spec(config, sde: Optional[SDE] = None) -> SamplerSpec:
     """The configured sampler call, the one description that sample, eval, snapshots, inpaint
     and colorize run: `sampling.method` with the `sampling.*` fields that are set (None = the
     sampler's default). A field naming another sampler's option is left out: a config file sets
     up its own sampler and can still be run with another method (on the command line, such an
     option is an error: `check_sampler_options`); a schedule option that the resolved schedule
-    does not take is a ConfigError naming the field."""
+    does not take is a ConfigError naming the field. `sde`: the run's SDE, whose noise levels
+    place an unset eps (None: built here, or left out when the config's cannot be built)."""
     sampling = config.sampling
     method = sampling.method
     own = set(sampler_option_names(method)) if method in SAMPLERS else set()
@@ -115,10 +114,11 @@ def sampler_spec(config) -> SamplerSpec:
         require(name in schedule_option_names(schedule), f"sampling.{name}",
                  f"the {schedule} schedule (sampler {method}'s grid) does not take it; unset it or set "
                  f"sampling.schedule to one that does", spec.schedule_options[name])
-    try:
-        sde = build_sde(config)
-    except (KeyError, ValueError):  # validate_config names what is wrong with the SDE
-        sde = None
+    if sde is None:
+        try:
+            sde = build_sde(config)
+        except (KeyError, ValueError):  # validate_config names what is wrong with the SDE
+            pass
     try:
         return spec.resolved(sde=sde)
     except ValueError as error:
@@ -146,17 +146,20 @@ def check_sampler_options(config, given) -> None:
                               f"{', '.join(takers) or 'no sampler'})")
 
 
-def data_shape(config) -> tuple:
-    """Shape of one sample: (C, H, W) for images, (2,) for 2-D point sets."""
-    if is_image_data(config):
+def data_shape(config, images: Optional[bool] = None) -> tuple:
+    """Shape of one sample: (C, H, W) for images, (2,) for 2-D point sets (`images`: as in
+    `load_dataset_from_config`)."""
+    if is_image_data(config) if images is None else images:
         return (config.data.num_channels, config.data.image_size, config.data.image_size)
     return (config.data.dim,)
 
 
-def load_dataset_from_config(config, split: str):
+def load_dataset_from_config(config, split: str, images: Optional[bool] = None):
+    """The `split` of the configured data set; `images`: whether it is of images (the run's
+    `Plan.data.images`; None: looked up)."""
     data = config.data
-    dataset = load_dataset(data.dataset, split, root=data.root or None,
-                           image_size=data.image_size if is_image_data(config) else None,
+    images = is_image_data(config) if images is None else images
+    dataset = load_dataset(data.dataset, split, root=data.root or None, image_size=data.image_size if images else None,
                            download=data.download, num_points=data.num_points, seed=config.seed,
                            num_channels=data.num_channels, labels_from=data.get("labels_from", ""))
     if len(dataset) == 0:

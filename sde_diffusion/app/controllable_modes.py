@@ -22,16 +22,18 @@ from ..files.image_files import read_array, to_nchw
 from ..files.plotting import save_image_grid
 from ..sampling.controllable import colorize, conditioning_spec, inpaint
 from ..sampling.masks import make_mask
-from .config import build_denoiser, sampler_spec, select_device
-from .modes import load_dataset_from_config, load_trained, require_finite, save_npz, to_data_space
+from .modes import require_finite, save_npz
+from .plan import Plan, plan_for
 from .progress import Progress, announce, say
+from .trained import load_trained
 
 
-def read_images(config) -> torch.Tensor:
+def read_images(plan: Plan) -> torch.Tensor:
     """[N, C, H, W] in [0, 1] from `controllable.images` (first `controllable.num_images`)."""
+    config = plan.config
     source, count, size = config.controllable.images, config.controllable.num_images, config.data.image_size
     if not source:
-        images = load_dataset_from_config(config, "test").data
+        images = plan.dataset("test").data
     elif Path(source).is_dir():
         files = sorted(Path(source).glob("*.png"))[:count]
         if not files:
@@ -64,22 +66,23 @@ def _inpaint_options(config, spec) -> dict:
     return dict(spec=spec, conditioning=config.controllable.conditioning, particles=config.controllable.particles)
 
 
-def _conditioned_spec(config):
-    """The configured sampler call as the conditioning runs it (with the options the sampler
+def _conditioned_spec(plan: Plan):
+    """The run's sampler call as the conditioning runs it (with the options the sampler
     declares for conditioned runs, `controllable.conditioning_spec`)."""
-    return conditioning_spec(sampler_spec(config), None, {}, config.controllable.conditioning)
+    return conditioning_spec(plan.spec, None, {}, plan.config.controllable.conditioning)
 
 
 def _digest(tensor: torch.Tensor) -> str:
     return hashlib.sha256(tensor.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:8]
 
 
-def _output_name(mode: str, step, config, sde, images: torch.Tensor, mask=None, spec=None) -> str:
+def _output_name(mode: str, step, plan: Plan, images: torch.Tensor, mask=None, spec=None) -> str:
     """'inpaint_4000_half_right_smc16_pc_euler_maruyama_langevin_1000steps_6x3fa0c2d1_seed0': the
     mask (a mask file's name and a digest of its pixels), the conditioning, the sampler call, the
     count and a digest of the input images, the images per batch where there is more than one
     batch, and the seed, so that another call, input set, batching or seed on the same checkpoint
     keeps its files. `spec`: the run's `_conditioned_spec`, made here when not given."""
+    config = plan.config
     controllable = config.controllable
     mask_name = controllable.mask
     if mask_name.lower().endswith((".npz", ".png")):  # a mask file: its name, without folders
@@ -89,8 +92,8 @@ def _output_name(mode: str, step, config, sde, images: torch.Tensor, mask=None, 
     parts.append(f"smc{controllable.particles}" if smc else controllable.conditioning)
     per_batch = _images_per_batch(config)  # one random stream through the batches: their size matters
     batches = f"_batch{per_batch}" if per_batch < len(images) else ""
-    spec = spec if spec is not None else _conditioned_spec(config)
-    return "_".join(parts + [spec.file_tag(sde), f"{len(images)}x{_digest(images)}{batches}",
+    spec = spec if spec is not None else _conditioned_spec(plan)
+    return "_".join(parts + [spec.file_tag(plan.sde), f"{len(images)}x{_digest(images)}{batches}",
                              f"seed{config.seed}"])
 
 
@@ -102,11 +105,12 @@ def _images_per_batch(config) -> int:
     return config.sampling.batch_size
 
 
-def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
+def run_controllable(config, workdir, mode: str, config_file: str = "", plan: Plan = None) -> dict:
     """`mode` = "inpaint" or "colorize"; writes <mode>/<name>.npz (`_output_name`) (outputs, inputs,
     originals, mask in [0, 1]) and .png grids of the inputs, the outputs and all three."""
-    device = select_device(config)
-    images = read_images(config)
+    plan = plan_for(config, plan)
+    config, device, sde = plan.config, plan.device, plan.sde
+    images = read_images(plan)
     channels = config.data.num_channels
     if mode == "inpaint":
         images = _gray_if_equal_channels(images) if channels == 1 else images
@@ -116,10 +120,10 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
         inputs = torch.where(mask, images, torch.full_like(images, 0.5))  # missing pixels shown gray
     else:
         inputs = images.mean(1, keepdim=True)  # the channel mean: what `colorize` preserves
-    model, sde, step = load_trained(config, workdir, device)
-    denoiser = build_denoiser(model, sde, config)
+    model, _, step = load_trained(config, workdir, device, plan)
+    denoiser = plan.denoiser(model)
     generator = torch.Generator(device).manual_seed(config.seed)
-    spec = _conditioned_spec(config)  # made once: the run, its start line and its file names
+    spec = _conditioned_spec(plan)  # made once: the run, its start line and its file names
     options = _inpaint_options(config, spec)
     announce(mode, config_file, workdir, device, f"checkpoint step {step}, {len(images)} images, "
              f"{config.controllable.conditioning} with {spec.summary()}")
@@ -132,7 +136,7 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
                 x, nfe = inpaint(denoiser, sde, batch, mask.to(device), generator=generator, **options)
             else:
                 x, nfe = colorize(denoiser, sde, batch.mean(1, keepdim=True), generator=generator, **options)
-            outputs.append(to_data_space(x, config).cpu())
+            outputs.append(plan.to_data_space(x).cpu())
             progress.update(sum(len(output) for output in outputs))
     progress.close()
     outputs = require_finite(torch.cat(outputs), mode)
@@ -140,7 +144,7 @@ def run_controllable(config, workdir, mode: str, config_file: str = "") -> dict:
 
     folder = Path(workdir) / mode
     folder.mkdir(parents=True, exist_ok=True)
-    name = _output_name(mode, step, config, sde, images, mask if mode == "inpaint" else None, spec)
+    name = _output_name(mode, step, plan, images, mask if mode == "inpaint" else None, spec)
     arrays = {"outputs": outputs.numpy(), "inputs": inputs.numpy(), "originals": images.numpy()}
     if mode == "inpaint":
         arrays["mask"] = mask[0].numpy()

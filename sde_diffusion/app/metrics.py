@@ -1,6 +1,7 @@
 """The quality metric of `eval` and `study` for the config's data: sliced Wasserstein for 2-D
 sets, FD in a classifier's features for digits and MNIST-like sets, FID/KID with Inception for
-other images, against the reference `eval.fid_reference` names (`fid_reference`)."""
+other images, against the reference `eval.fid_reference` names (`fid_reference`); each reads
+the run's `Plan` (its data facts, device and data sets)."""
 from __future__ import annotations
 
 import os
@@ -10,38 +11,38 @@ from typing import Optional
 import torch
 
 from ..data.datasets import dataset_facts
-from .config import is_image_data, load_dataset_from_config
 
 
-def quality_metric_for(config, test: torch.Tensor, device, mixture=None, workdir=None):
-    """`evaluate.quality_metric` for the config's data (points, digits, MNIST-like or images);
-    image FID statistics of a whole split are cached in `workdir`/eval."""
+def quality_metric_for(plan, test: torch.Tensor, mixture=None, workdir=None):
+    """`evaluate.quality_metric` for the run's data (points, digits, MNIST-like or images), on
+    the run's device; image FID statistics of a whole split are cached in `workdir`/eval."""
     from ..evaluation.sample_quality import quality_metric
 
-    judge = floor = None
+    config, device, judge, floor = plan.config, plan.device, None, None
     if dataset_facts(config.data.dataset).judge == "digits":
         kind = "digits"
     elif _classifier_judged(config):
         from ..evaluation.judges import cached_judge
 
-        train = load_dataset_from_config(config, "train")  # read once: the judge's data and the floor's
+        train = plan.dataset("train")  # read once: the judge's data and the floor's
         kind, judge, floor = "classifier", cached_judge(train.data, train.labels), train.data[:len(test)]
     else:
-        kind = "images" if is_image_data(config) else "points"
+        kind = "images" if plan.data.images else "points"
     return quality_metric(kind, test, device, seed=config.seed, image_size=config.data.image_size,
                           inception_path=config.eval.inception_path or None, mixture=mixture, judge=judge,
                           floor=floor, download_inception=config.eval.get("download_inception", False),
-                          fid_reference=fid_reference_for(config, workdir, device) if kind == "images" else None)
+                          fid_reference=fid_reference_for(plan, workdir) if kind == "images" else None)
 
 
-def data_judge(config):
-    """The classifier judge of the config's data set (digits, MNIST, Fashion-MNIST), or None."""
+def data_judge(plan):
+    """The classifier judge of the run's data set (digits, MNIST, Fashion-MNIST), or None."""
     from ..evaluation.judges import DigitsJudge, cached_judge
 
+    config = plan.config
     if dataset_facts(config.data.dataset).judge == "digits":
         return DigitsJudge(config.data.image_size)
     if _classifier_judged(config):
-        train = load_dataset_from_config(config, "train")
+        train = plan.dataset("train")
         return cached_judge(train.data, train.labels)
     return None
 
@@ -51,7 +52,7 @@ def _classifier_judged(config) -> bool:
     return dataset_facts(config.data.dataset).judge == "classifier" and config.data.num_channels == 1
 
 
-def fid_reference_for(config, workdir, device):
+def fid_reference_for(plan, workdir):
     """What `eval.fid_reference` names, as a function of the loaded feature extractor: the
     training split's statistics (cached in `workdir`/eval, or the package's cache folder without
     a workdir), clean-fid's published ones ("cleanfid:NAME:SPLIT"), or None for the test split."""
@@ -59,6 +60,7 @@ def fid_reference_for(config, workdir, device):
     from ..evaluation.fid_reference import cleanfid_statistics, file_digest, split_statistics
     from ..files.output_files import cache_folder
 
+    config, device = plan.config, plan.device
     choice = describe_fid_reference(config.eval.get("fid_reference", "test"))
     if choice == ("test",):
         return None
@@ -70,7 +72,7 @@ def fid_reference_for(config, workdir, device):
         weights = config.eval.inception_path or inception_cache_file()
         if os.path.isdir(weights):
             weights = os.path.join(weights, INCEPTION_FILENAME)
-        train = load_dataset_from_config(config, "train")
+        train = plan.dataset("train")
         folder = Path(workdir) / "eval" if workdir is not None else cache_folder()
         return split_statistics(train.batch, len(train), extractor, file_digest(weights), folder,
                                 f"{config.data.dataset}_train_{config.data.image_size}", device=device)

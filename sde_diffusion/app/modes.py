@@ -1,4 +1,6 @@
 """What main.py's modes do with a trained workdir: draw samples, score likelihoods, evaluate.
+Each takes the run's `Plan` (main.py's, from `validate_config`; made from the config when a
+caller hands none) and builds nothing from the config again.
 
 Shared with the trainer: `sampling_denoiser_and_labels` (the denoiser to sample with: for a
 class-conditional model, guided towards `sampling.labels` with scale `sampling.guidance_scale`),
@@ -19,70 +21,61 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..files import checkpoints
 from ..training import distributed
-from ..files.image_scaling import from_model_space
-from ..training.ema import EMA
 from ..training.guidance import guided_for_labels, labels_for_samples, parse_labels
 from ..files.output_files import atomic_write, to_json, write_text_atomic, written_together
 from ..files.plotting import save_image_grid, save_scatter
 from ..sampling import sample
-from .config import (build_denoiser, build_model, build_sde, data_shape, is_image_data,
-                     load_dataset_from_config, sampler_spec, select_device)
 from .metrics import data_judge, fid_reference_text, quality_metric_for
+from .plan import Plan, plan_for
 from .progress import Progress, announce, say
-from .workdir_config import check_weights_config
+from .trained import load_trained
 
 
-def to_data_space(x: torch.Tensor, config) -> torch.Tensor:
-    """Samples in the model's space -> the data's ([0, 1] images; points unchanged)."""
-    return from_model_space(x, config.data.centered) if is_image_data(config) else x
-
-
-def sampling_denoiser_and_labels(model, sde, config, num_samples: int):
+def sampling_denoiser_and_labels(model, plan: Plan, num_samples: int):
     """(the network's Denoiser, None) for an unconditional network; for a class-conditional one
     (class labels -> guided Denoiser, labels [num_samples]) from `sampling.labels` and
     `sampling.guidance_scale`, the form `draw_samples` takes."""
-    if not config.model.get("num_classes", 0):
-        return build_denoiser(model, sde, config), None
-    labels = parse_labels(config.sampling.labels, config.model.num_classes)
-    denoiser_for = guided_for_labels(build_denoiser(model, sde, config), config.model.num_classes,
-                                     float(config.sampling.guidance_scale))
-    return denoiser_for, labels_for_samples(labels, num_samples)
+    num_classes, sampling = plan.data.num_classes, plan.config.sampling
+    if not num_classes:
+        return plan.denoiser(model), None
+    denoiser_for = guided_for_labels(plan.denoiser(model), num_classes, float(sampling.guidance_scale))
+    return denoiser_for, labels_for_samples(parse_labels(sampling.labels, num_classes), num_samples)
 
 
-def draw_samples(model, sde, config, num_samples: int, generator: torch.Generator,
-                 device: torch.device, class_labels=None, progress: Progress = None):
-    """`num_samples` samples in data space with the configured sampler; returns (x, nfe per batch).
-    With `class_labels` ([num_samples]), `model` maps a batch's labels to its Denoiser
-    (see `sampling_denoiser_and_labels`). `progress`, if given, is told the samples done per batch."""
-    batch_size, spec = config.sampling.batch_size, sampler_spec(config)
+def draw_samples(model, plan: Plan, num_samples: int, generator: torch.Generator, class_labels=None,
+                 progress: Progress = None):
+    """`num_samples` samples in data space with the run's sampler call on the plan's device;
+    returns (x, nfe per batch). With `class_labels` ([num_samples]), `model` maps a batch's labels
+    to its Denoiser (see `sampling_denoiser_and_labels`). `progress`, if given, is told the
+    samples done per batch."""
+    batch_size = plan.config.sampling.batch_size
     batches, nfe = [], 0
     for start in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - start)
         batch_model = model if class_labels is None else model(class_labels[start:start + count])
-        x, nfe = sample(batch_model, sde, (count,) + data_shape(config), spec, generator=generator, device=device)
-        batches.append(to_data_space(x, config).cpu())
+        x, nfe = sample(batch_model, plan.sde, (count,) + plan.data.shape, plan.spec, generator=generator,
+                        device=plan.device)
+        batches.append(plan.to_data_space(x).cpu())
         if progress is not None:
             progress.update(start + count, nfe=nfe)
     return torch.cat(batches), nfe
 
 
-def draw_shared_samples(model, sde, config, num_samples: int, device: torch.device, class_labels=None,
-                        seed=None):
+def draw_shared_samples(model, plan: Plan, num_samples: int, class_labels=None, seed=None):
     """`draw_samples` with the samples (and their `class_labels`) divided over the processes:
     (all samples in rank order, the largest NFE of a batch) on rank 0, (None, None) on the
     others. One process draws them all with the generator seeded by `seed` (`config.seed`)."""
-    first, count = distributed.share_of(num_samples)
-    generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed if seed is None else seed))
+    config, (first, count) = plan.config, distributed.share_of(num_samples)
+    generator = torch.Generator(plan.device).manual_seed(distributed.rank_seed(config.seed if seed is None else seed))
     own_labels = None if class_labels is None else class_labels[first:first + count]
     progress = Progress("sampling", count, unit="sample", seconds=config.training.progress_seconds,
                         enabled=distributed.is_main())
     with torch.no_grad():
         if count:
-            samples, nfe = draw_samples(model, sde, config, count, generator, device, own_labels, progress)
+            samples, nfe = draw_samples(model, plan, count, generator, own_labels, progress)
         else:  # more processes than samples
-            samples, nfe = torch.empty((0,) + data_shape(config)), 0
+            samples, nfe = torch.empty((0,) + plan.data.shape), 0
     progress.close()
     gathered = distributed.gather_to_main((samples, nfe))
     if gathered is None:
@@ -90,47 +83,14 @@ def draw_shared_samples(model, sde, config, num_samples: int, device: torch.devi
     return torch.cat([part for part, _ in gathered]), max(part_nfe for _, part_nfe in gathered)
 
 
-def save_sample_pictures(samples: torch.Tensor, path, config, data=None, title: str = "",
+def save_sample_pictures(samples: torch.Tensor, path, plan: Plan, data=None, title: str = "",
                          class_labels=None) -> None:
-    if is_image_data(config):
+    if plan.data.images:
         # Labels come in runs (`labels_for_samples`): as many columns as a run, one row per class.
         nrow = None if class_labels is None else int((class_labels == class_labels[0]).sum())
         save_image_grid(samples[:256], path, nrow=nrow)
     else:
         save_scatter(samples, path, data=data, title=title)
-
-
-def load_trained(config, workdir, device):
-    """(EMA network in eval mode, SDE, step) from the workdir's latest checkpoint (or the one
-    at `eval.checkpoint` when that is set), or from the score_sde_pytorch checkpoint named by
-    `eval.reference_checkpoint`, whose step is reported as "reference_<step>" so that its outputs
-    never overwrite those of the workdir's own run."""
-    if str(config.eval.get("reference_checkpoint", "")).endswith(".pkl"):
-        return _load_edm(config, config.eval.reference_checkpoint, device)
-    if config.eval.get("reference_checkpoint"):
-        from ..published.score_sde import read_reference_checkpoint, reference_model
-
-        path = config.eval.reference_checkpoint
-        checkpoint = read_reference_checkpoint(path)
-        model = reference_model(checkpoint, config, source=str(path)).to(device).requires_grad_(False)
-        return model, build_sde(config), f"reference_{int(checkpoint.get('step', 0))}"
-    if config.eval.checkpoint:
-        state = checkpoints.load_checkpoint(checkpoints.snapshot_path(workdir, config.eval.checkpoint), device)
-    else:
-        state = checkpoints.latest_checkpoint(workdir, device)
-    if state is None:
-        raise checkpoints.CheckpointError(f"no checkpoint in {workdir}; train first with --mode train")
-    check_weights_config(state, config, f"of step {state['step']} in {workdir}")
-    model = build_model(config).to(device)
-    ema = EMA(model, config.model.ema_rate)
-    try:
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-    except (RuntimeError, ValueError, KeyError) as error:
-        first_line = str(error).strip().splitlines()[0]
-        raise checkpoints.CheckpointError(
-            f"checkpoint in {workdir} does not fit this config's model: {first_line}") from error
-    return ema.averaged_model(model), build_sde(config), int(state["step"])
 
 
 def require_finite(values: torch.Tensor, what: str) -> torch.Tensor:
@@ -143,59 +103,33 @@ def require_finite(values: torch.Tensor, what: str) -> torch.Tensor:
     return values
 
 
-def _load_edm(config, path, device):
-    """(EDM denoiser, SDE, "reference_<file stem>") from an EDM network pickle, after checking that the
-    config's SDE is the one its preconditioning's noise levels describe."""
-    from ..published.edm import load_edm_network
-    from ..models.edm_precond import SDE_OF
-
-    network = load_edm_network(path, device, allow_unknown_source=config.eval.get("edm_allow_unknown_source", False))
-    kind, sde_name = type(network).__name__, SDE_OF[type(network).__name__]
-    problems = []
-    if config.training.sde != sde_name:
-        problems.append(f"training.sde={config.training.sde!r}, but a {kind} runs under {sde_name!r}")
-    if kind == "VPPrecond" and (config.model.beta_min, config.model.beta_max) != (
-            network.beta_min, network.beta_min + network.beta_d):
-        problems.append(f"model.beta_min/beta_max={config.model.beta_min}/{config.model.beta_max}, the network's "
-                        f"{network.beta_min}/{network.beta_min + network.beta_d}")
-    if config.model.get("num_classes", 0) != network.label_dim:
-        problems.append(f"model.num_classes={config.model.get('num_classes', 0)}, the network has {network.label_dim}")
-    shape = (config.data.num_channels, config.data.image_size)
-    if shape != (network.img_channels, network.img_resolution):
-        problems.append(f"data.num_channels/image_size={shape[0]}/{shape[1]}, the network's "
-                        f"{network.img_channels}/{network.img_resolution}")
-    if problems:
-        raise checkpoints.CheckpointError(f"{path} does not fit this config: {'; '.join(problems)}")
-    return network, build_sde(config), f"reference_{Path(path).stem}"
-
-
-def _sampling_run(what: str, config, workdir, device, num_samples: int, config_file: str, seeds=(None,)):
+def _sampling_run(what: str, plan: Plan, workdir, num_samples: int, config_file: str, seeds=(None,)):
     """The start `sample` and `eval` share: load the trained model, say what runs, draw
     `num_samples` (divided over the processes) for each of `seeds` (None: config.seed).
     Returns (step, class labels or None, [samples per seed], NFE, seconds); the samples are None
     on the processes other than rank 0."""
-    model, sde, step = load_trained(config, workdir, device)
+    model, _, step = load_trained(plan.config, workdir, plan.device, plan)
     if distributed.is_main():
-        announce(what, config_file, workdir, device,
-                 f"checkpoint step {step}, {num_samples} samples with {sampler_spec(config).summary()}"
+        announce(what, config_file, workdir, plan.device,
+                 f"checkpoint step {step}, {num_samples} samples with {plan.spec.summary()}"
                  + (f", seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""))
-    model, class_labels = sampling_denoiser_and_labels(model, sde, config, num_samples)
+    model, class_labels = sampling_denoiser_and_labels(model, plan, num_samples)
     start, drawn, nfe = time.perf_counter(), [], 0
     for seed in seeds:
-        samples, nfe = draw_shared_samples(model, sde, config, num_samples, device, class_labels, seed=seed)
+        samples, nfe = draw_shared_samples(model, plan, num_samples, class_labels, seed=seed)
         if samples is not None:
-            require_finite(samples, f"{what} with {config.sampling.method}")
+            require_finite(samples, f"{what} with {plan.spec.method}")
         drawn.append(samples)
     return step, class_labels, drawn, nfe, time.perf_counter() - start
 
 
-def _output_name(kind: str, step, config, class_labels, count: int, seeds) -> str:
+def _output_name(kind: str, step, plan: Plan, class_labels, count: int, seeds) -> str:
     """'samples_6000_dpm_solver++_order3_unipc_20steps_64x_seed42': the sampler call
     (`SamplerSpec.file_tag`), for a conditional model the guidance scale and a chosen label set,
     then the number of samples, `sampling.batch_size` where it is below that number ('_500x_batch100'),
     and the seeds, so that runs of other calls, sizes, batches or seeds on the same checkpoint keep
     their own files."""
-    name = f"{kind}_{step}_{sampler_spec(config).file_tag(build_sde(config))}"
+    config, name = plan.config, f"{kind}_{step}_{plan.spec.file_tag(plan.sde)}"
     if class_labels is not None:
         name += f"_w{config.sampling.guidance_scale:g}"
         labels = str(config.sampling.labels).strip()
@@ -211,22 +145,23 @@ def batch_tag(config, count: int) -> str:
     return f"_batch{config.sampling.batch_size}" if config.sampling.batch_size < count else ""
 
 
-def run_sample(config, workdir, config_file: str = "") -> dict:
-    device = select_device(config)
-    step, class_labels, (samples,), nfe, seconds = _sampling_run("sample", config, workdir, device,
-                                                                 config.sampling.num_samples, config_file)
+def run_sample(config, workdir, config_file: str = "", plan: Plan = None) -> dict:
+    plan = plan_for(config, plan)
+    config = plan.config
+    step, class_labels, (samples,), nfe, seconds = _sampling_run("sample", plan, workdir, config.sampling.num_samples,
+                                                                 config_file)
     if samples is None:
         return None
     folder = Path(workdir) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    name = _output_name("samples", step, config, class_labels, len(samples), (config.seed,))
+    name = _output_name("samples", step, plan, class_labels, len(samples), (config.seed,))
     arrays = {"samples": samples.numpy()}
     if class_labels is not None:
         arrays["labels"] = class_labels.numpy()
-    data = None if is_image_data(config) else load_dataset_from_config(config, "test").data
+    data = None if plan.data.images else plan.dataset("test").data
     with written_together():  # never a new .npz beside an old .png
         save_npz(folder / f"{name}.npz", **arrays)
-        save_sample_pictures(samples, folder / f"{name}.png", config, data=data,
+        save_sample_pictures(samples, folder / f"{name}.png", plan, data=data,
                              title=f"{config.sampling.method}, step {step}, NFE {nfe}", class_labels=class_labels)
     report = {"step": step, "num_samples": len(samples), "nfe": nfe, "seconds": round(seconds, 3),
               "npz": str(folder / f"{name}.npz"), "png": str(folder / f"{name}.png")}
@@ -252,18 +187,19 @@ def _write_report(workdir, name: str, report: dict) -> dict:
     return report
 
 
-def run_likelihood(config, workdir, config_file: str = "") -> dict:
+def run_likelihood(config, workdir, config_file: str = "", plan: Plan = None) -> dict:
     """Bits/dim of test images (nats per point for 2-D sets) through the probability-flow ODE."""
     from ..evaluation.likelihood import bits_per_dim, log_likelihood
 
-    device = select_device(config)
-    model, sde, step = load_trained(config, workdir, device)
-    model = build_denoiser(model, sde, config)
+    plan = plan_for(config, plan)
+    config, device, sde, images = plan.config, plan.device, plan.sde, plan.data.images
+    model, _, step = load_trained(config, workdir, device, plan)
+    model = plan.denoiser(model)
     evaluate = config.eval
     generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed))
     options = dict(trace=evaluate.bpd_trace, rtol=evaluate.bpd_rtol, atol=evaluate.bpd_atol, generator=generator,
                    max_nfe=evaluate.get("bpd_max_nfe", 20_000))
-    data = load_dataset_from_config(config, "test").data[:evaluate.bpd_num_images]
+    data = plan.dataset("test").data[:evaluate.bpd_num_images]
     first, count = distributed.share_of(len(data))
     data = data[first:first + count]
     if distributed.is_main():
@@ -275,7 +211,7 @@ def run_likelihood(config, workdir, config_file: str = "") -> dict:
     start = time.perf_counter()
     for batch in torch.split(data, evaluate.batch_size):
         batch = batch.to(device)
-        if is_image_data(config):
+        if images:
             value, nfe = bits_per_dim(model, sde, batch, centered=config.data.centered, **options)
         else:
             logp, _, nfe = log_likelihood(model, sde, batch, **options)
@@ -289,12 +225,12 @@ def run_likelihood(config, workdir, config_file: str = "") -> dict:
     if gathered is None:
         return None
     values = require_finite(torch.cat([part for part, _ in gathered]), "likelihood")
-    unit = "bits_per_dim" if is_image_data(config) else "nats_per_point"
+    unit = "bits_per_dim" if images else "nats_per_point"
     report = {"step": step, "metric": unit, "mean": values.mean().item(),
               "stderr": (values.std() / len(values) ** 0.5).item() if len(values) > 1 else float("nan"),
               "num": len(values), "trace": evaluate.bpd_trace, "rtol": evaluate.bpd_rtol, "atol": evaluate.bpd_atol,
               "nfe": sum(nfe for _, nfe in gathered)}
-    if is_image_data(config):
+    if images:
         report["dequantization"] = "uniform, one draw per image (an upper bound on the discrete NLL)"
     if len(gathered) > 1:
         report["nfe_per_process"] = [nfe for _, nfe in gathered]
@@ -309,7 +245,7 @@ def run_likelihood(config, workdir, config_file: str = "") -> dict:
 PAPER_FID_SAMPLES = 50_000  # what FID papers report; fewer makes an eval a labelled preview
 
 
-def run_eval(config, workdir, config_file: str = "") -> dict:
+def run_eval(config, workdir, config_file: str = "", plan: Plan = None) -> dict:
     """Sample quality against the test set by `evaluate.quality_metric`, for each seed of
     `eval.seeds` (default: `seed`), with the mean and standard deviation across seeds. A
     class-conditional model samples its `sampling.labels` with `sampling.guidance_scale`, and
@@ -317,17 +253,17 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
     the requested label. The report names the checkpoint (EMA weights), the sampler call and its
     NFE, the seeds and the number of samples; an image FID from fewer than 50k samples is a
     preview, so marked in the report and its file name."""
-    device = select_device(config)
-    test = load_dataset_from_config(config, "test").data
+    plan = plan_for(config, plan)
+    config, test = plan.config, plan.dataset("test").data
     if distributed.is_main():  # scores on rank 0 only, which gathers the samples
-        metric, _ = quality_metric_for(config, test, device, workdir=workdir)
+        metric, _ = quality_metric_for(plan, test, workdir=workdir)
     seeds = tuple(config.eval.get("seeds") or ()) or (config.seed,)
-    step, class_labels, drawn, nfe, seconds = _sampling_run("eval", config, workdir, device, config.eval.num_samples,
+    step, class_labels, drawn, nfe, seconds = _sampling_run("eval", plan, workdir, config.eval.num_samples,
                                                             config_file, seeds=seeds)
     if drawn[0] is None:
         return None
     start = time.perf_counter() - seconds
-    judge = data_judge(config) if class_labels is not None else None  # fitted or read once, for every seed
+    judge = data_judge(plan) if class_labels is not None else None  # fitted or read once, for every seed
     per_seed = []
     for seed, samples in zip(seeds, drawn):
         scores = metric(samples)
@@ -338,7 +274,7 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
         if judge is not None:
             scores["label_accuracy"] = judge.accuracy(samples, class_labels)
         per_seed.append(scores)
-    report = {"step": step, "weights": "ema", "num_samples": len(drawn[0]), "sampler": sampler_spec(config).summary(),
+    report = {"step": step, "weights": "ema", "num_samples": len(drawn[0]), "sampler": plan.spec.summary(),
               "nfe": nfe, "seeds": list(seeds), "reference": f"the {config.data.dataset} test split ({len(test)} items)"}
     for name in per_seed[0]:
         values = [scores[name] for scores in per_seed]
@@ -346,7 +282,7 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
         if len(values) > 1:
             report[f"{name}_std"] = float(np.std(values, ddof=1))
             report[f"{name}_per_seed"] = values
-    preview = is_image_data(config) and "fid" in per_seed[0] and len(drawn[0]) < PAPER_FID_SAMPLES
+    preview = plan.data.images and "fid" in per_seed[0] and len(drawn[0]) < PAPER_FID_SAMPLES
     if "fid" in per_seed[0] and config.data.dataset != "digits":
         report["fid_reference"] = fid_reference_text(config, workdir)
     if preview:
@@ -354,7 +290,7 @@ def run_eval(config, workdir, config_file: str = "") -> dict:
     if class_labels is not None:
         report["guidance_scale"] = float(config.sampling.guidance_scale)
     report["seconds"] = round(time.perf_counter() - start, 3)
-    name = _output_name("eval", step, config, class_labels, len(drawn[0]), seeds)
+    name = _output_name("eval", step, plan, class_labels, len(drawn[0]), seeds)
     return _write_report(workdir, f"{name}{'_preview' if preview else ''}.json", report)
 
 
@@ -366,7 +302,7 @@ def _study_name(step, config) -> str:
     return f"study_{step}_{study.num_samples}samples_{hashlib.sha256(repr(grid).encode()).hexdigest()[:8]}"
 
 
-def run_study_mode(config, workdir, config_file: str = "") -> dict:
+def run_study_mode(config, workdir, config_file: str = "", plan: Plan = None) -> dict:
     """`--mode study`: the grid `study.samplers` x `study.nfe` (`sde_diffusion.evaluation.study`) on the
     trained checkpoint, or on the exact score when `study.oracle` (the `gmm` toy data only),
     scored by `evaluate.quality_metric`. Writes study/<_study_name>.{csv,md,png}."""
@@ -375,23 +311,23 @@ def run_study_mode(config, workdir, config_file: str = "") -> dict:
 
     if distributed.world_size() > 1:
         raise ValueError("--mode study runs in one process: start it without torchrun")
-    study = config.study
-    device = select_device(config)
-    test = load_dataset_from_config(config, "test").data
+    plan = plan_for(config, plan)
+    config, device, sde = plan.config, plan.device, plan.sde
+    study, test = config.study, plan.dataset("test").data
     if study.oracle:
         if config.data.dataset != "gmm":
             raise ValueError("study.oracle needs data.dataset=gmm, whose exact score is known")
-        sde, step, mixture = build_sde(config), "oracle", toy_mixture()
+        step, mixture = "oracle", toy_mixture()
         model = mixture.score_fn(sde)
     else:
-        model, sde, step = load_trained(config, workdir, device)
-        model, mixture = build_denoiser(model, sde, config), None
-    data_metric, metric_key = quality_metric_for(config, test, device, mixture, workdir=workdir)
+        model, _, step = load_trained(config, workdir, device, plan)
+        model, mixture = plan.denoiser(model), None
+    data_metric, metric_key = quality_metric_for(plan, test, mixture, workdir=workdir)
     announce("study", config_file, workdir, device,
              f"{'the exact score' if study.oracle else f'checkpoint step {step}'}, "
              f"{len(study.samplers)} samplers x NFE {tuple(study.nfe)}, {study.num_samples} samples each")
-    rows = run_study(model, sde, (study.num_samples,) + data_shape(config), list(study.samplers),
-                     list(study.nfe), lambda x: data_metric(to_data_space(x, config)), seed=config.seed,
+    rows = run_study(model, sde, (study.num_samples,) + plan.data.shape, list(study.samplers),
+                     list(study.nfe), lambda x: data_metric(plan.to_data_space(x)), seed=config.seed,
                      reference_tol=study.reference_tol, device=device)
     title = f"{Path(workdir).name}: {config.training.sde}, step {step}, {study.num_samples} samples"
     paths = write_study(rows, Path(workdir) / "study", metric_key, title, name=_study_name(step, config))

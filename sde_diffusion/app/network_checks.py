@@ -1,12 +1,14 @@
 """Config checks of image data and of the image networks' shapes, before anything is written:
-sizes and channels the data can have, and the widths, levels and attention resolutions of the
-score_sde U-Nets (`ddpm`, `ncsnpp`: `nf`, `ch_mult`, `num_res_blocks`) and EDM's (`song_unet`,
-`dhariwal_unet`: `model_channels`, `channel_mult`, `num_blocks`), each under its own names."""
+sizes and channels the data can have, and the widths, levels and attention resolutions of a
+network of the score_sde family (`nf`, `ch_mult`, `num_res_blocks`) or of EDM's (`model_channels`,
+`channel_mult`, `num_blocks`), each under its own names: the family is what the network's
+registration declares (`register_model(..., family=)`)."""
 from __future__ import annotations
 
 import math
 
-from .config import EDM_MODELS, MAX_IMAGE_SIZE, SCORE_SDE_MODELS, require
+from ..models.registry import network_facts
+from .config import EDM_PICKLE_MODEL, MAX_IMAGE_SIZE, require
 
 
 def positive_int(config, field: str) -> None:
@@ -31,11 +33,12 @@ def check_image_config(config) -> None:
             config.data.image_size)
     require(config.data.num_channels in (1, 3), "data.num_channels", "must be 1 (gray) or 3 (RGB)",
             config.data.num_channels)
-    if config.model.name in SCORE_SDE_MODELS:
+    family = "" if config.model.name == EDM_PICKLE_MODEL else network_facts(config.model.name).family
+    if family == "score_sde":
         positive_int(config, "model.nf")
         positive_int(config, "model.num_res_blocks")
         _check_levels(config, "ch_mult", "")
-    elif config.model.name in EDM_MODELS:
+    elif family == "edm":
         for field in ("model_channels", "num_blocks"):
             if field in config.model:
                 positive_int(config, f"model.{field}")

@@ -43,8 +43,9 @@ from ..training.guidance import drop_labels
 from ..training.speed import grad_scaler, to_memory_format, training_network
 from ..files.output_files import write_text_atomic
 from ..training.training_step import training_step
-from .config import build_denoiser, build_loss, build_model, build_sde, is_image_data, select_device
-from .modes import draw_samples, load_dataset_from_config, sampling_denoiser_and_labels, save_sample_pictures
+from .config import build_loss
+from .modes import draw_samples, sampling_denoiser_and_labels, save_sample_pictures
+from .plan import Plan, plan_for
 from .progress import Progress, announce, say
 from .scalars import NoScalars, Scalars
 from .signals import StopRequest, StoppedBySignal
@@ -56,9 +57,10 @@ class NonFiniteError(ArithmeticError):
     """Training produced a non-finite loss or gradient and `training.nonfinite` says stop."""
 
 
-def _prepare_batch(x: torch.Tensor, config, generator: torch.Generator) -> torch.Tensor:
+def _prepare_batch(x: torch.Tensor, plan: Plan, generator: torch.Generator) -> torch.Tensor:
     """Augment and scale a batch of raw data into the model's space."""
-    if not is_image_data(config):
+    config = plan.config
+    if not plan.data.images:
         return x
     if config.data.random_flip:
         x = random_flip(x, generator)
@@ -81,30 +83,28 @@ def _restore_rng(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train(config, workdir, config_file: str = "") -> dict:
+def train(config, workdir, config_file: str = "", plan: Plan = None) -> dict:
     """Train (or resume) in `workdir`; returns {"step", "loss"} of the last step. Says what runs
     (naming `config_file`, when given), how it goes and how it ended (see `progress`).
 
     The process that writes (rank 0) holds the workdir's lock (`workdir_lock`) for the whole run
     and first removes what an interrupted checkpoint write left. SIGTERM and SIGINT end the
     current step, save the resume checkpoint and raise StoppedBySignal (`signals`); so does
-    SIGHUP."""
-    workdir = Path(workdir)
+    SIGHUP. `plan`: the run's (`validate_config`'s; made from `config` when not given)."""
+    workdir, plan = Path(workdir), plan_for(config, plan)
     if not distributed.is_main():
         with StopRequest() as stop:
-            return _train(config, workdir, config_file, stop)
+            return _train(plan, workdir, config_file, stop)
     with WorkdirLock(workdir), StopRequest() as stop:
         for path in checkpoints.remove_stale_temporaries(workdir):
             logging.getLogger(__name__).warning("removed %s, left by an interrupted checkpoint write", path)
-        return _train(config, workdir, config_file, stop)
+        return _train(plan, workdir, config_file, stop)
 
 
 @dataclass
 class _Run:
     """What a training run holds, and its checkpoints save (`state`)."""
-    config: Any
-    device: torch.device
-    sde: Any
+    plan: Plan
     model: torch.nn.Module
     ema: EMA
     optimizer: torch.optim.Optimizer
@@ -117,6 +117,14 @@ class _Run:
     step: int = 0
     skipped: int = 0
 
+    @property
+    def config(self):
+        return self.plan.config
+
+    @property
+    def device(self) -> torch.device:
+        return self.plan.device
+
     def state(self) -> dict:
         if not all(torch.isfinite(value).all() for value in self.model.state_dict().values()
                    if value.is_floating_point()):
@@ -128,20 +136,21 @@ class _Run:
                 "grad_scaler": self.scaler.state_dict(), **({"data": self.data} if self.data else {})}
 
 
-def _set_up(config, device) -> _Run:
-    """Data, process, network, EMA, optimizer, loss scaler, data order and generator, at step 0."""
+def _set_up(plan: Plan) -> _Run:
+    """Data, network, EMA, optimizer, loss scaler, data order and generator, at step 0."""
+    config, device = plan.config, plan.device
     torch.manual_seed(config.seed)
-    train_set = load_dataset_from_config(config, "train")
-    model = build_model(config).to(device)
+    train_set = plan.dataset("train")
+    model = plan.build_network().to(device)
     optim = config.optim
     optimizer_class = torch.optim.AdamW if optim.optimizer == "AdamW" else torch.optim.Adam
     optimizer = optimizer_class(model.parameters(), lr=optim.lr, betas=(optim.beta1, 0.999),
                                 eps=optim.eps, weight_decay=optim.weight_decay)
-    return _Run(config, device, build_sde(config), model, EMA(model, config.model.ema_rate), optimizer,
+    return _Run(plan, model, EMA(model, config.model.ema_rate), optimizer,
                 grad_scaler(config.training.precision, device),
                 BatchStream(len(train_set), config.training.batch_size, seed=config.seed),
-                torch.Generator(device).manual_seed(config.seed), train_set,
-                load_dataset_from_config(config, "test"), data_fingerprint(train_set))
+                torch.Generator(device).manual_seed(config.seed), train_set, plan.dataset("test"),
+                data_fingerprint(train_set))
 
 
 def _resume(run: _Run, workdir: Path) -> tuple:
@@ -196,12 +205,12 @@ def _objective(run: _Run) -> tuple:
     torchrun the loss sees this process's block of the global batch and keeps its block of the
     global batch's times and noise (`losses._own_rows`)."""
     config, training = run.config, run.config.training
-    loss_fn = build_loss(config, run.sde)
+    loss_fn = build_loss(config, run.plan.sde)
     network = training_network(run.model, run.device, precision=training.precision,
                                channels_last=training.channels_last, compile=training.compile)
-    network = build_denoiser(distributed.data_parallel(network, run.device), run.sde, config)
+    network = run.plan.denoiser(distributed.data_parallel(network, run.device))
     shard = (distributed.rank(), distributed.world_size()) if distributed.world_size() > 1 else None
-    evaluated = build_denoiser(run.model, run.sde, config)
+    evaluated = run.plan.denoiser(run.model)
 
     def train_loss(x, class_labels):
         return loss_fn(network, x, run.generator, class_labels, **({"shard": shard} if shard else {}))
@@ -213,7 +222,7 @@ def _batch(run: _Run, num_classes: int) -> tuple:
     probability training.cond_drop_prob), this process's rows of it under torchrun."""
     training = run.config.training
     indices = next(run.stream)
-    x = _prepare_batch(run.train_set.batch(indices).to(run.device), run.config, run.generator)
+    x = _prepare_batch(run.train_set.batch(indices).to(run.device), run.plan, run.generator)
     class_labels = None
     if num_classes:
         class_labels = drop_labels(run.train_set.labels[indices].to(run.device), training.cond_drop_prob,
@@ -263,8 +272,7 @@ def _save_due(run: _Run, workdir: Path, main: bool) -> None:
                 logging.getLogger(__name__).warning("moved the unreadable %s to %s", path, checkpoints.set_aside(path))
             checkpoints.save_checkpoint(path, state)
             if training.snapshot_sampling:
-                _snapshot_samples(run.ema.averaged_model(run.model), run.sde, run.config, workdir, step,
-                                  run.test_set, run.device)
+                _snapshot_samples(run.ema.averaged_model(run.model), run.plan, workdir, step, run.test_set)
         distributed.barrier()
 
 
@@ -300,7 +308,7 @@ class _Log:
             run.model.eval()
             with torch.no_grad():
                 self.eval_generator.manual_seed(run.config.seed + 1)  # the same noise each time: comparable
-                batch = _prepare_batch(self.eval_batch, run.config, self.eval_generator)
+                batch = _prepare_batch(self.eval_batch, run.plan, self.eval_generator)
                 value = self.eval_loss(batch, self.eval_generator, self.eval_labels)
             run.model.train()
             self.scalars.write(step, eval_loss=value.item())
@@ -313,11 +321,11 @@ class _Log:
         return self.seconds
 
 
-def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
-    device = select_device(config)
+def _train(plan: Plan, workdir: Path, config_file: str, stop: StopRequest) -> dict:
+    config, device = plan.config, plan.device
     distributed.check_batch_divides(config.training.batch_size)
     main, training = distributed.is_main(), config.training
-    run = _set_up(config, device)
+    run = _set_up(plan)
     resumed_path, unreadable = _resume(run, workdir)
     distributed.check_same_on_all(run.step, "the step to resume from")
     if main:
@@ -330,7 +338,7 @@ def _train(config, workdir: Path, config_file: str, stop: StopRequest) -> dict:
         return {"step": run.step, "loss": float("nan")}
     if main:
         _write_run_files(run, workdir, unreadable)
-    num_classes = config.model.get("num_classes", 0)
+    num_classes = plan.data.num_classes
     train_loss, eval_loss = _objective(run)
     log = _Log(run, workdir, main, eval_loss, num_classes)
     loss, skipped_in_a_row = torch.tensor(float("nan")), 0
@@ -378,12 +386,13 @@ def _wall_time(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
 
 
-def _snapshot_samples(averaged_model, sde, config, workdir: Path, step: int, test_set, device) -> None:
-    generator = torch.Generator(device).manual_seed(config.seed)
+def _snapshot_samples(averaged_model, plan: Plan, workdir: Path, step: int, test_set) -> None:
+    config = plan.config
+    generator = torch.Generator(plan.device).manual_seed(config.seed)
     count = config.training.num_snapshot_samples
-    model, class_labels = sampling_denoiser_and_labels(averaged_model, sde, config, count)
+    model, class_labels = sampling_denoiser_and_labels(averaged_model, plan, count)
     with torch.no_grad():
-        samples, nfe = draw_samples(model, sde, config, count, generator, device, class_labels)
-    data = None if is_image_data(config) else test_set.data
-    save_sample_pictures(samples, workdir / "snapshots" / f"samples_{step}.png", config, data=data,
+        samples, nfe = draw_samples(model, plan, count, generator, class_labels)
+    data = None if plan.data.images else test_set.data
+    save_sample_pictures(samples, workdir / "snapshots" / f"samples_{step}.png", plan, data=data,
                          title=f"step {step}, {config.sampling.method}, NFE {nfe}", class_labels=class_labels)

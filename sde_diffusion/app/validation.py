@@ -1,5 +1,6 @@
 """`validate_config`: every config field checked before anything touches the disk, so that a
-bad value stops the run with one line naming the field (ConfigError)."""
+bad value stops the run with one line naming the field (ConfigError); what passes becomes the
+run's `Plan`."""
 from __future__ import annotations
 
 import math
@@ -9,25 +10,26 @@ from typing import Optional
 import torch
 
 from ..models import model_names
-from ..models.registry import IMAGE_NETWORKS
+from ..models.registry import family_members, network_facts
 from ..training.speed import PRECISIONS
 from ..sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
 from ..data.datasets import FASHION_MNIST_SYSTEM_ROOT, dataset_facts
 from ..training.losses import LOSSES, loss_options
 from ..processes.sdes import SDES
 from .metrics import describe_fid_reference
-from .config import (EDM_PICKLE_MODEL, SCORE_SDE_MODELS, ConfigError, build_sde, is_image_data, require,
-                     sampler_spec, select_device)
+from .config import EDM_PICKLE_MODEL, ConfigError, build_sde, is_image_data, require, sampler_spec, select_device
 from .network_checks import check_image_config, positive_int as _positive_int, positive_number as _positive_number
+from .plan import Plan, make_plan
 
 
 def _known(name, known, field: str) -> None:
     require(name in known, field, f"unknown name (known: {', '.join(sorted(known))})", name)
 
 
-def validate_config(config, mode: Optional[str] = None) -> None:
+def validate_config(config, mode: Optional[str] = None) -> Plan:
     """Raise ConfigError naming the first field whose value cannot work (for `mode`, when
-    given: one of main.py's modes; inpaint and colorize also read the `controllable` fields)."""
+    given: one of main.py's modes; inpaint and colorize also read the `controllable` fields);
+    else return the run's Plan, whose SDE and sampler call are those checked here."""
     from ..data.datasets import DATASETS
 
     _known(config.training.sde, SDES, "training.sde")
@@ -63,11 +65,11 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     require(0 <= config.model.ema_rate < 1, "model.ema_rate", "must lie in [0, 1)", config.model.ema_rate)
     require(0 <= config.model.get("dropout", 0.0) < 1, "model.dropout", "must lie in [0, 1)",
              config.model.get("dropout"))
-    spec = sampler_spec(config)
     try:
-        sde = build_sde(config)
-    except (KeyError, ValueError):
-        sde = None  # the SDE's own check below names what is wrong with it
+        sde, sde_error = build_sde(config), None
+    except (KeyError, ValueError) as error:
+        sde, sde_error = None, error  # the SDE's own check below names what is wrong with it
+    spec = sampler_spec(config, sde)
     # eps is a time of the process the model runs on (EDM's t is sigma, up to T = 80); where the
     # noise level is 0 (VP's t = 0) the grid would end on the data itself, with an infinite score;
     # VE's t = 0 is its sigma_min > 0, a valid end
@@ -153,14 +155,14 @@ def validate_config(config, mode: Optional[str] = None) -> None:
     if spec.options.get("predictor") == "ancestral" and spec.method == "pc":
         require(sde_class.has_training_chain, "sampling.predictor",
                  f"ancestral sampling needs a training chain, which {config.training.sde} has not", "ancestral")
-    try:
-        build_sde(config)
-    except ValueError as error:
-        raise ConfigError(f"config.model: the {config.training.sde} SDE refuses its parameters: {error}") from None
+    if isinstance(sde_error, ValueError):
+        raise ConfigError(f"config.model: the {config.training.sde} SDE refuses its parameters: {sde_error}")
+    if sde_error is not None:
+        raise sde_error
     if config.eval.get("reference_checkpoint"):
         _validate_reference_checkpoint(config, mode)
     if mode in ("inpaint", "colorize"):
-        _validate_controllable(config, mode)
+        _validate_controllable(config, mode, spec)
     if is_image_data(config):
         check_image_config(config)
         _validate_data_files(config, mode)
@@ -168,11 +170,12 @@ def validate_config(config, mode: Optional[str] = None) -> None:
         _positive_int(config, "data.num_points")
         require(config.data.num_points >= 5, "data.num_points",
                  "must be at least 5 (the test split holds data.num_points // 5 points)", config.data.num_points)
-        require(config.model.name not in IMAGE_NETWORKS, "model.name",
+        require(config.model.name == EDM_PICKLE_MODEL or not network_facts(config.model.name).images, "model.name",
                  f"{config.model.name!r} is an image network; use 'mlp' for point data", config.model.name)
     if config.model.name == "mlp":
         for field in ("model.width", "model.num_blocks", "model.embed_dim"):
             _positive_int(config, field)
+    return make_plan(config, sde, spec)
 
 
 def _validate_device(device) -> None:
@@ -195,8 +198,8 @@ def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:
                 config.model.name)
         require(config.training.sde in ("vpsde", "vesde"), "training.sde",
                 "EDM's networks run under vpsde (VPPrecond) or vesde (the others)", config.training.sde)
-    require(path.endswith(".pkl") or config.model.name in SCORE_SDE_MODELS, field,
-             f"score_sde_pytorch checkpoints hold {' or '.join(SCORE_SDE_MODELS)} networks, not "
+    require(path.endswith(".pkl") or network_facts(config.model.name).family == "score_sde", field,
+             f"score_sde_pytorch checkpoints hold {' or '.join(family_members('score_sde'))} networks, not "
              f"model.name={config.model.name!r}", path)
     require(not config.eval.checkpoint, field,
              "set either it or eval.checkpoint (a step of the workdir's own run), not both", path)
@@ -263,7 +266,7 @@ def _validate_study(config) -> None:
             raise ConfigError(f"config.study.samplers: {error}") from None
 
 
-def _validate_controllable(config, mode: str) -> None:
+def _validate_controllable(config, mode: str, spec) -> None:
     from ..sampling.masks import MASKS, is_mask_name
     from ..sampling.controllable import CONDITIONINGS, conditioning_spec
 
@@ -281,7 +284,7 @@ def _validate_controllable(config, mode: str) -> None:
              f"must be one of {', '.join(CONDITIONINGS)}", conditioning)
     _positive_int(config, "controllable.particles")
     try:
-        conditioning_spec(sampler_spec(config), None, {}, conditioning)
+        conditioning_spec(spec, None, {}, conditioning)
     except ValueError as error:
         raise ConfigError(f"config.sampling.method: {error} (--mode {mode}, "
                           f"controllable.conditioning={conditioning})") from None

@@ -48,7 +48,7 @@ from .resampling import Downsample, Upsample
 DDPM_GROUPS = 32  # GroupNorm groups throughout the DDPM U-Net (Ho et al. 2020)
 
 
-@register_model("ddpm", images=True)
+@register_model("ddpm", images=True, family="score_sde")
 class DDPM(nn.Module):
     """DDPM U-Net. forward(x [B, C, H, W], labels [B], class_labels [B] or None) -> [B, C, H, W];
     labels are time labels (t * 999 for VP SDEs), embedded sinusoidally; with num_classes > 0 a

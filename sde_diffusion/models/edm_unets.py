@@ -32,7 +32,7 @@ def one_hot_or_none(class_labels: Optional[torch.Tensor], num_classes: int, like
     return one_hot
 
 
-@register_model("song_unet", images=True)
+@register_model("song_unet", images=True, family="edm")
 class SongUNetNetwork(SongUNet):
     """EDM's SongUNet (their DDPM++ at the defaults: `configs/edm_cifar10.py`)."""
 
@@ -59,7 +59,7 @@ class SongUNetNetwork(SongUNet):
         return super().forward(x, labels, one_hot_or_none(class_labels, self.num_classes, x))
 
 
-@register_model("dhariwal_unet", images=True)
+@register_model("dhariwal_unet", images=True, family="edm")
 class DhariwalUNetNetwork(DhariwalUNet):
     """EDM's DhariwalUNet (ADM; their ImageNet-64 network at the defaults)."""
 

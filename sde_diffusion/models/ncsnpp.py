@@ -74,7 +74,7 @@ def _check_choice(field: str, value: str) -> str:
     return value
 
 
-@register_model("ncsnpp", images=True)
+@register_model("ncsnpp", images=True, family="score_sde")
 class NCSNpp(nn.Module):
     """NCSN++ / DDPM++ U-Net. forward(x [B, C, H, W], labels [B], class_labels [B] or None) ->
     [B, C, H, W]; labels are sigma for 'fourier' embeddings (VE) and time labels t * 999 for

@@ -21,7 +21,9 @@ a name that is not registered in-process.
 from __future__ import annotations
 
 import inspect
+from dataclasses import dataclass
 from importlib import metadata
+from typing import Dict
 
 from torch import nn
 
@@ -32,15 +34,47 @@ ENTRY_POINT_GROUP = "sde_diffusion.models"
 MODELS: Registry = Registry("model")
 
 
-IMAGE_NETWORKS: set = set()  # names registered with images=True: networks of [B, C, H, W] images
+# The config vocabularies (and weight layouts) of the U-Net families: what a network registered
+# with `family=` reads from config.model, so that the application checks those fields.
+FAMILIES = {"score_sde": "score_sde_pytorch's (nf, ch_mult, num_res_blocks; its checkpoints' layout)",
+            "edm": "EDM's (model_channels, channel_mult, num_blocks; its pickles' layout)"}
 
 
-def register_model(name: str, *, images: bool = False):
-    """Class decorator: `@register_model("ddpm", images=True)` makes `model.name = "ddpm"` build
-    that class; `images` declares a network of images (else of points or any flat vectors)."""
-    if images:
-        IMAGE_NETWORKS.add(name)
-    return MODELS.register(name)
+@dataclass(frozen=True)
+class NetworkFacts:
+    """What a network declares where it is registered: whether it takes images ([B, C, H, W];
+    else points or any flat vectors), and the family whose config fields it reads (`FAMILIES`;
+    "" for a network of its own)."""
+    images: bool = False
+    family: str = ""
+
+
+NETWORK_FACTS: Dict[str, NetworkFacts] = {}
+
+
+def register_model(name: str, *, images: bool = False, family: str = ""):
+    """Class decorator: `@register_model("ddpm", images=True, family="score_sde")` makes
+    `model.name = "ddpm"` build that class; `images` and `family` are its `NetworkFacts`."""
+    if family and family not in FAMILIES:
+        raise ValueError(f"unknown network family {family!r}; known: {', '.join(FAMILIES)}")
+    declared = NetworkFacts(images=images, family=family)
+
+    def decorator(cls: type) -> type:
+        MODELS.register(name)(cls)
+        NETWORK_FACTS[name] = declared
+        return cls
+    return decorator
+
+
+def network_facts(name: str) -> NetworkFacts:
+    """The declared facts of network `name` (an unknown name: ValueError listing the known)."""
+    get_model_class(name)
+    return NETWORK_FACTS.get(name, NetworkFacts())
+
+
+def family_members(family: str) -> list:
+    """The names of the networks registered in-process with `family=family`, sorted."""
+    return sorted(name for name, facts in NETWORK_FACTS.items() if facts.family == family)
 
 
 def _load_entry_point(name: str) -> None:
