@@ -6,7 +6,7 @@ Attribute and parameter names follow EDM's `training/networks.py`, so that the w
 network pickles load by name (`published.edm`); the code is written from the architecture the two
 papers and EDM's file describe. A network maps (x, noise labels [B], class labels [B, label_dim]
 one-hot or None) to an output of x's shape; the preconditioning (`edm_precond`) turns it into a
-denoiser D(x; sigma).
+denoiser D(x; sigma). Fresh weights follow EDM's recipes (`edm_init`): a seeded build equals EDM's.
 """
 from __future__ import annotations
 
@@ -17,14 +17,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .edm_init import Init
+
 
 class Linear(nn.Module):
-    def __init__(self, in_features: int, out_features: int, bias: bool = True):
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, init: Init = Init()):
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
-        self.weight = nn.Parameter(torch.empty(out_features, in_features))
-        self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
-        nn.init.xavier_uniform_(self.weight)
+        weight, bias = init.parameters([out_features, in_features], in_features, out_features, bias)
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype))
@@ -42,16 +44,19 @@ class Conv2d(nn.Module):
     upsampling before, downsampling after a convolution padded to keep the size)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel: int, bias: bool = True, up: bool = False,
-                 down: bool = False, resample_filter: Sequence[float] = (1, 1), fused_resample: bool = False):
+                 down: bool = False, resample_filter: Sequence[float] = (1, 1), fused_resample: bool = False,
+                 init: Init = Init()):
         super().__init__()
         if up and down:
             raise ValueError("a convolution resamples up or down, not both")
         self.in_channels, self.out_channels = in_channels, out_channels
         self.up, self.down, self.fused_resample = up, down, fused_resample
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel, kernel)) if kernel else None
-        self.bias = nn.Parameter(torch.zeros(out_channels)) if kernel and bias else None
-        if self.weight is not None:
-            nn.init.xavier_uniform_(self.weight)
+        self.weight = self.bias = None
+        if kernel:  # fans count the kernel's taps: channels x kernel^2
+            weight, bias = init.parameters([out_channels, in_channels, kernel, kernel], in_channels * kernel ** 2,
+                                           out_channels * kernel ** 2, bias)
+            self.weight = nn.Parameter(weight)
+            self.bias = None if bias is None else nn.Parameter(bias)
         self.register_buffer("resample_filter", _resample_kernel(resample_filter) if up or down else None)
 
     def _resample(self, x: torch.Tensor, up: bool, padding: int) -> torch.Tensor:
@@ -103,29 +108,33 @@ def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tenso
 
 class UNetBlock(nn.Module):
     """A residual block with the embedding's scale and shift (or bias), optional 2x resampling
-    and optional self-attention, both branches scaled by `skip_scale`."""
+    and optional self-attention, both branches scaled by `skip_scale`. `init_zero` draws the last
+    layer of each branch (conv1, proj), `init_attn` the qkv projection (default: `init`)."""
 
     def __init__(self, in_channels: int, out_channels: int, emb_channels: int, up: bool = False,
                  down: bool = False, attention: bool = False, num_heads: Optional[int] = None,
                  channels_per_head: int = 64, dropout: float = 0.0, skip_scale: float = 1.0, eps: float = 1e-5,
-                 resample_filter: Sequence[float] = (1, 1), resample_proj: bool = False, adaptive_scale: bool = True):
+                 resample_filter: Sequence[float] = (1, 1), resample_proj: bool = False, adaptive_scale: bool = True,
+                 init: Init = Init(), init_zero: Init = Init(weight=0.0), init_attn: Optional[Init] = None):
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.num_heads = 0 if not attention else num_heads if num_heads is not None else out_channels // channels_per_head
         self.dropout, self.skip_scale, self.adaptive_scale = dropout, skip_scale, adaptive_scale
         self.norm0 = GroupNorm(in_channels, eps=eps)
-        self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down, resample_filter=resample_filter)
-        self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1))
+        self.conv0 = Conv2d(in_channels, out_channels, 3, up=up, down=down, resample_filter=resample_filter,
+                            init=init)
+        self.affine = Linear(emb_channels, out_channels * (2 if adaptive_scale else 1), init=init)
         self.norm1 = GroupNorm(out_channels, eps=eps)
-        self.conv1 = Conv2d(out_channels, out_channels, 3)
+        self.conv1 = Conv2d(out_channels, out_channels, 3, init=init_zero)
         self.skip = None
         if out_channels != in_channels or up or down:
             kernel = 1 if resample_proj or out_channels != in_channels else 0
-            self.skip = Conv2d(in_channels, out_channels, kernel, up=up, down=down, resample_filter=resample_filter)
+            self.skip = Conv2d(in_channels, out_channels, kernel, up=up, down=down, resample_filter=resample_filter,
+                               init=init)
         if self.num_heads:
             self.norm2 = GroupNorm(out_channels, eps=eps)
-            self.qkv = Conv2d(out_channels, out_channels * 3, 1)
-            self.proj = Conv2d(out_channels, out_channels, 1)
+            self.qkv = Conv2d(out_channels, out_channels * 3, 1, init=init if init_attn is None else init_attn)
+            self.proj = Conv2d(out_channels, out_channels, 1, init=init_zero)
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         shortcut = x
@@ -195,7 +204,8 @@ class SongUNet(nn.Module):
     """DDPM++ / NCSN++ as EDM lays them out: a U-Net of UNetBlocks (bias from the embedding,
     skip_scale sqrt(1/2), one attention head), `encoder_type` standard / skip / residual (the input
     pyramid), `decoder_type` standard / skip (the output pyramid), positional or Fourier noise
-    embedding."""
+    embedding. Weights start Xavier-uniform with zero biases; each branch's last layer (conv1, proj,
+    the output aux_conv) at 1e-5 of that, qkv at sqrt(0.2)."""
 
     def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
                  augment_dim: int = 0, model_channels: int = 128, channel_mult: Sequence[int] = (1, 2, 2, 2),
@@ -211,32 +221,35 @@ class SongUNet(nn.Module):
                 raise ValueError(f"SongUNet {name} must be one of {known}, got {value!r}")
         self.label_dropout = label_dropout
         emb_channels, noise_channels = model_channels * channel_mult_emb, model_channels * channel_mult_noise
+        init = Init("xavier_uniform")
+        init_zero = Init("xavier_uniform", weight=1e-5)
         block = dict(emb_channels=emb_channels, num_heads=1, dropout=dropout, skip_scale=math.sqrt(0.5), eps=1e-6,
-                     resample_filter=resample_filter, resample_proj=True, adaptive_scale=False)
+                     resample_filter=resample_filter, resample_proj=True, adaptive_scale=False, init=init,
+                     init_zero=init_zero, init_attn=Init("xavier_uniform", weight=math.sqrt(0.2)))
         self.map_noise = (PositionalEmbedding(noise_channels, endpoint=True) if embedding_type == "positional"
                           else FourierEmbedding(noise_channels))
-        self.map_label = Linear(label_dim, noise_channels) if label_dim else None
-        self.map_augment = Linear(augment_dim, noise_channels, bias=False) if augment_dim else None
-        self.map_layer0 = Linear(noise_channels, emb_channels)
-        self.map_layer1 = Linear(emb_channels, emb_channels)
+        self.map_label = Linear(label_dim, noise_channels, init=init) if label_dim else None
+        self.map_augment = Linear(augment_dim, noise_channels, bias=False, init=init) if augment_dim else None
+        self.map_layer0 = Linear(noise_channels, emb_channels, init=init)
+        self.map_layer1 = Linear(emb_channels, emb_channels, init=init)
 
         self.enc = nn.ModuleDict()
         channels, aux_channels = in_channels, in_channels
         for level, mult in enumerate(channel_mult):
             res = img_resolution >> level
             if level == 0:
-                self.enc[f"{res}x{res}_conv"] = Conv2d(channels, model_channels, 3)
+                self.enc[f"{res}x{res}_conv"] = Conv2d(channels, model_channels, 3, init=init)
                 channels = model_channels
             else:
                 self.enc[f"{res}x{res}_down"] = UNetBlock(channels, channels, down=True, **block)
                 if encoder_type == "skip":
                     self.enc[f"{res}x{res}_aux_down"] = Conv2d(aux_channels, aux_channels, 0, down=True,
                                                                resample_filter=resample_filter)
-                    self.enc[f"{res}x{res}_aux_skip"] = Conv2d(aux_channels, channels, 1)
+                    self.enc[f"{res}x{res}_aux_skip"] = Conv2d(aux_channels, channels, 1, init=init)
                 elif encoder_type == "residual":
                     self.enc[f"{res}x{res}_aux_residual"] = Conv2d(aux_channels, channels, 3, down=True,
                                                                    resample_filter=resample_filter,
-                                                                   fused_resample=True)
+                                                                   fused_resample=True, init=init)
                     aux_channels = channels
             for index in range(num_blocks):
                 self.enc[f"{res}x{res}_block{index}"] = UNetBlock(channels, model_channels * mult,
@@ -258,7 +271,7 @@ class SongUNet(nn.Module):
                     self.dec[f"{res}x{res}_aux_up"] = Conv2d(out_channels, out_channels, 0, up=True,
                                                              resample_filter=resample_filter)
                 self.dec[f"{res}x{res}_aux_norm"] = GroupNorm(channels, eps=1e-6)
-                self.dec[f"{res}x{res}_aux_conv"] = Conv2d(channels, out_channels, 3)
+                self.dec[f"{res}x{res}_aux_conv"] = Conv2d(channels, out_channels, 3, init=init_zero)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor,
                 class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -299,7 +312,9 @@ class SongUNet(nn.Module):
 class DhariwalUNet(nn.Module):
     """ADM (Dhariwal & Nichol 2021) as EDM lays it out: UNetBlocks with the embedding's scale and
     shift, attention heads of 64 channels at `attn_resolutions`, positional noise embedding, a
-    class embedding added after the mapping's second layer."""
+    class embedding added after the mapping's second layer. Weights and biases start uniform on
+    +-1 / sqrt(fan_in) (kaiming-uniform x sqrt(1/3)); each branch's last layer (conv1, proj, out_conv)
+    and map_augment at zero; map_label's entries standard normal."""
 
     def __init__(self, img_resolution: int, in_channels: int, out_channels: int, label_dim: int = 0,
                  augment_dim: int = 0, model_channels: int = 192, channel_mult: Sequence[int] = (1, 2, 3, 4),
@@ -308,19 +323,22 @@ class DhariwalUNet(nn.Module):
         super().__init__()
         self.label_dropout = label_dropout
         emb_channels = model_channels * channel_mult_emb
-        block = dict(emb_channels=emb_channels, channels_per_head=64, dropout=dropout)
+        init = Init("kaiming_uniform", weight=math.sqrt(1 / 3), bias=math.sqrt(1 / 3))
+        init_zero = Init("kaiming_uniform", weight=0.0, bias=0.0)
+        block = dict(emb_channels=emb_channels, channels_per_head=64, dropout=dropout, init=init, init_zero=init_zero)
         self.map_noise = PositionalEmbedding(model_channels)
-        self.map_augment = Linear(augment_dim, model_channels, bias=False) if augment_dim else None
-        self.map_layer0 = Linear(model_channels, emb_channels)
-        self.map_layer1 = Linear(emb_channels, emb_channels)
-        self.map_label = Linear(label_dim, emb_channels, bias=False) if label_dim else None
+        self.map_augment = Linear(augment_dim, model_channels, bias=False, init=init_zero) if augment_dim else None
+        self.map_layer0 = Linear(model_channels, emb_channels, init=init)
+        self.map_layer1 = Linear(emb_channels, emb_channels, init=init)
+        self.map_label = (Linear(label_dim, emb_channels, bias=False, init=Init(weight=math.sqrt(label_dim)))
+                          if label_dim else None)
 
         self.enc = nn.ModuleDict()
         channels = in_channels
         for level, mult in enumerate(channel_mult):
             res = img_resolution >> level
             if level == 0:
-                self.enc[f"{res}x{res}_conv"] = Conv2d(channels, model_channels * mult, 3)
+                self.enc[f"{res}x{res}_conv"] = Conv2d(channels, model_channels * mult, 3, init=init)
                 channels = model_channels * mult
             else:
                 self.enc[f"{res}x{res}_down"] = UNetBlock(channels, channels, down=True, **block)
@@ -339,7 +357,7 @@ class DhariwalUNet(nn.Module):
                                                                   attention=res in attn_resolutions, **block)
                 channels = model_channels * mult
         self.out_norm = GroupNorm(channels)
-        self.out_conv = Conv2d(channels, out_channels, 3)
+        self.out_conv = Conv2d(channels, out_channels, 3, init=init_zero)
 
     def forward(self, x: torch.Tensor, noise_labels: torch.Tensor,
                 class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
