@@ -9,3 +9,4 @@ __version__ = "0.1.0"
 from .processes import gaussian_paths  # noqa: E402,F401 - registers the edm, rectified_flow and cosine_vp SDEs
 from .processes import discrete_vp  # noqa: E402,F401 - registers the discrete_vp SDE (diffusers' chains)
 from .published import diffusers_schedules  # noqa: E402,F401 - registers diffusers' timestep grids
+from .training import consistency  # noqa: E402,F401 - registers the ect loss (consistency tuning)

@@ -21,7 +21,7 @@ import torch
 
 from ..utils import append_dims
 
-PARAMETERIZATIONS = ("score", "noise", "data", "v", "velocity", "edm")
+PARAMETERIZATIONS = ("score", "noise", "data", "v", "velocity", "edm", "consistency")
 
 
 class PathCoefs(NamedTuple):

@@ -16,10 +16,14 @@ this package predicts. One row per `parameterization`:
 | v        | alpha eps - sigma x_0 (Salimans & Ho)| alpha / (alpha^2+sigma^2)  | -sigma / (alpha^2+sigma^2) | 1    |
 | velocity | alpha' x_0 + sigma' eps (flow)       | sigma' / W                 | -sigma / W                 | 1    |
 | edm      | EDM's F, with n = sigma / alpha      | s_d^2 / (alpha (n^2+s_d^2))| n s_d / sqrt(n^2+s_d^2)    | 1 / (alpha sqrt(n^2+s_d^2)) |
+| consistency | F of f(x, n), f(x, n_min) = x     | s_d^2 / (alpha ((n-n_min)^2+s_d^2)) | (n-n_min) s_d / sqrt(n^2+s_d^2) | as edm |
 
 where W = alpha sigma' - sigma alpha' and s_d = EDM_SIGMA_DATA. The noise label c_noise is the
 process's own (`SDE.noise_labels`: t * 999 or the DDPM chain index on VP, sigma on VE) except for
-EDM's row, whose label is ln(n) / 4 (their eq. 7). alpha' = f alpha and sigma' = (g^2 + 2 f
+EDM's and the consistency row, whose label is ln(n) / 4 (their eq. 7). The consistency row is a
+consistency function (Song et al. 2023, eq. 5 with their c_skip, c_out): the same network F as
+EDM's row, so a model trained with EDM's row is tuned into one (`training.consistency`); at
+n = n_min = CONSISTENCY_SIGMA_MIN it returns x / alpha exactly, the boundary condition. alpha' = f alpha and sigma' = (g^2 + 2 f
 sigma^2) / (2 sigma) follow from the SDE's drift f and diffusion g.
 """
 from __future__ import annotations
@@ -35,6 +39,8 @@ from ..utils import append_dims
 from .parameterization import PARAMETERIZATIONS, path_coefs
 
 EDM_SIGMA_DATA = 0.5  # the data's std EDM's preconditioning assumes (images in [-1, 1])
+CONSISTENCY_SIGMA_MIN = 0.002  # where a consistency function is the identity (Song et al. 2023's epsilon)
+OWN_LABEL_ROWS = ("edm", "consistency")  # rows whose c_noise replaces the process's noise labels
 
 
 class Coefficients(NamedTuple):
@@ -77,6 +83,13 @@ def coefficients(parameterization: str, sde: SDE, t: torch.Tensor, like: torch.T
     if parameterization == "edm":
         c_skip, c_out, c_in, c_noise = edm_coefficients(sigma / alpha)
         return Coefficients(c_skip / alpha, c_out, c_in / alpha, c_noise.flatten())
+    if parameterization == "consistency":
+        level = sigma / alpha
+        _, _, c_in, c_noise = edm_coefficients(level)
+        above = level - CONSISTENCY_SIGMA_MIN
+        c_skip = EDM_SIGMA_DATA ** 2 / (above ** 2 + EDM_SIGMA_DATA ** 2)
+        c_out = above * EDM_SIGMA_DATA / (level ** 2 + EDM_SIGMA_DATA ** 2).sqrt()
+        return Coefficients(c_skip / alpha, c_out, c_in / alpha, c_noise.flatten())
     raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {parameterization!r}")
 
 
@@ -98,7 +111,7 @@ def denoiser_from_model(model: nn.Module, sde: SDE, *, continuous: bool = True,
 
     def denoise(x: torch.Tensor, t: torch.Tensor, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         labels = std = None
-        if parameterization != "edm":  # EDM's row sets its own label
+        if parameterization not in OWN_LABEL_ROWS:
             labels, std = ((sde.noise_labels(t, continuous=continuous), None) if conditioning is None
                            else conditioning(t))
         c = coefficients(parameterization, sde, t, x, std)

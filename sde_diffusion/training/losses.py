@@ -31,7 +31,7 @@ Model = Union[Denoiser, ScoreFn]  # a Denoiser, or a score function score_fn(x, 
 # name (`loss_options`), so a registered loss declares its settings by its signature.
 LOSSES: Registry = Registry("loss")
 register_loss = LOSSES.register
-CALL_ARGUMENTS = ("generator", "class_labels", "shard")  # given per step, not from the config
+CALL_ARGUMENTS = ("generator", "class_labels", "shard", "step")  # given per step, not from the config
 
 
 def loss_options(name: str) -> list:
