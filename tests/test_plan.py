@@ -58,7 +58,6 @@ MODES = {"sample": run_sample, "eval": run_eval, "likelihood": run_likelihood, "
 
 @pytest.mark.parametrize("mode", ["train", "sample", "eval", "likelihood", "study", "study_oracle"])
 def test_the_process_and_the_sampler_call_are_built_once_per_run(mode, toy_workdir, tmp_path):
-    """Before the Plan, one `--mode sample` run built the SDE 8 times and the sampler call 4."""
     config = toy_config(oracle=mode == "study_oracle")
     plans = []
     checked = calls(lambda: plans.append(validate_config(config, mode.split("_")[0])))

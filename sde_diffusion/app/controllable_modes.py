@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -105,7 +106,7 @@ def _images_per_batch(config) -> int:
     return config.sampling.batch_size
 
 
-def run_controllable(config, workdir, mode: str, config_file: str = "", plan: Plan = None) -> dict:
+def run_controllable(config, workdir, mode: str, config_file: str = "", plan: Optional[Plan] = None) -> dict:
     """`mode` = "inpaint" or "colorize"; writes <mode>/<name>.npz (`_output_name`) (outputs, inputs,
     originals, mask in [0, 1]) and .png grids of the inputs, the outputs and all three."""
     plan = plan_for(config, plan)

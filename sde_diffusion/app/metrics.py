@@ -10,7 +10,6 @@ from typing import Optional
 
 import torch
 
-from ..data.datasets import dataset_facts
 
 
 def quality_metric_for(plan, test: torch.Tensor, mixture=None, workdir=None):
@@ -19,9 +18,9 @@ def quality_metric_for(plan, test: torch.Tensor, mixture=None, workdir=None):
     from ..evaluation.sample_quality import quality_metric
 
     config, device, judge, floor = plan.config, plan.device, None, None
-    if dataset_facts(config.data.dataset).judge == "digits":
+    if plan.data.judge == "digits":
         kind = "digits"
-    elif _classifier_judged(config):
+    elif _classifier_judged(plan):
         from ..evaluation.judges import cached_judge
 
         train = plan.dataset("train")  # read once: the judge's data and the floor's
@@ -39,17 +38,17 @@ def data_judge(plan):
     from ..evaluation.judges import DigitsJudge, cached_judge
 
     config = plan.config
-    if dataset_facts(config.data.dataset).judge == "digits":
+    if plan.data.judge == "digits":
         return DigitsJudge(config.data.image_size)
-    if _classifier_judged(config):
+    if _classifier_judged(plan):
         train = plan.dataset("train")
         return cached_judge(train.data, train.labels)
     return None
 
 
-def _classifier_judged(config) -> bool:
+def _classifier_judged(plan) -> bool:
     """A small gray labelled set whose registration names a fitted classifier as its judge."""
-    return dataset_facts(config.data.dataset).judge == "classifier" and config.data.num_channels == 1
+    return plan.data.judge == "classifier" and plan.config.data.num_channels == 1
 
 
 def fid_reference_for(plan, workdir):

@@ -17,6 +17,7 @@ import hashlib
 import math
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import torch
@@ -145,7 +146,7 @@ def batch_tag(config, count: int) -> str:
     return f"_batch{config.sampling.batch_size}" if config.sampling.batch_size < count else ""
 
 
-def run_sample(config, workdir, config_file: str = "", plan: Plan = None) -> dict:
+def run_sample(config, workdir, config_file: str = "", plan: Optional[Plan] = None) -> dict:
     plan = plan_for(config, plan)
     config = plan.config
     step, class_labels, (samples,), nfe, seconds = _sampling_run("sample", plan, workdir, config.sampling.num_samples,
@@ -187,7 +188,7 @@ def _write_report(workdir, name: str, report: dict) -> dict:
     return report
 
 
-def run_likelihood(config, workdir, config_file: str = "", plan: Plan = None) -> dict:
+def run_likelihood(config, workdir, config_file: str = "", plan: Optional[Plan] = None) -> dict:
     """Bits/dim of test images (nats per point for 2-D sets) through the probability-flow ODE."""
     from ..evaluation.likelihood import bits_per_dim, log_likelihood
 
@@ -245,7 +246,7 @@ def run_likelihood(config, workdir, config_file: str = "", plan: Plan = None) ->
 PAPER_FID_SAMPLES = 50_000  # what FID papers report; fewer makes an eval a labelled preview
 
 
-def run_eval(config, workdir, config_file: str = "", plan: Plan = None) -> dict:
+def run_eval(config, workdir, config_file: str = "", plan: Optional[Plan] = None) -> dict:
     """Sample quality against the test set by `evaluate.quality_metric`, for each seed of
     `eval.seeds` (default: `seed`), with the mean and standard deviation across seeds. A
     class-conditional model samples its `sampling.labels` with `sampling.guidance_scale`, and
@@ -302,7 +303,7 @@ def _study_name(step, config) -> str:
     return f"study_{step}_{study.num_samples}samples_{hashlib.sha256(repr(grid).encode()).hexdigest()[:8]}"
 
 
-def run_study_mode(config, workdir, config_file: str = "", plan: Plan = None) -> dict:
+def run_study_mode(config, workdir, config_file: str = "", plan: Optional[Plan] = None) -> dict:
     """`--mode study`: the grid `study.samplers` x `study.nfe` (`sde_diffusion.evaluation.study`) on the
     trained checkpoint, or on the exact score when `study.oracle` (the `gmm` toy data only),
     scored by `evaluate.quality_metric`. Writes study/<_study_name>.{csv,md,png}."""

@@ -14,25 +14,28 @@ from typing import Any, Optional
 
 import torch
 
+from ..data.datasets import DATASETS, DatasetFacts, dataset_facts
 from ..files.image_scaling import from_model_space
 from ..models.registry import NetworkFacts, network_facts
 from ..processes.denoiser import Denoiser
 from ..processes.sdes import SDE
 from ..sampling import SamplerSpec
-from .config import (EDM_PICKLE_MODEL, build_denoiser, build_model, build_sde, data_shape, is_image_data,
-                     load_dataset_from_config, sampler_spec, select_device)
+from .config import (EDM_PICKLE_MODEL, build_denoiser, build_model, build_sde, data_shape, load_dataset_from_config,
+                     sampler_spec, select_device)
 
 
 @dataclass(frozen=True)
 class DataFacts:
     """The data as the modes see it: images ([C, H, W] in [0, 1], centered to [-1, 1] in the
     model's space when `centered`) or points ([dim]); `shape` is one sample's; `num_classes` the
-    classes a class-conditional model learns (0: unconditional)."""
+    classes a class-conditional model learns (0: unconditional); `judge` the data set's
+    registered judge (`DatasetFacts.judge`)."""
     name: str
     images: bool
     shape: tuple
     num_classes: int
     centered: bool
+    judge: str = ""
 
 
 @dataclass(frozen=True)
@@ -65,13 +68,14 @@ class Plan:
 def make_plan(config, sde: Optional[SDE] = None, spec: Optional[SamplerSpec] = None) -> Plan:
     """The Plan of `config`, with `sde` and `spec` where the caller has built them already."""
     sde = build_sde(config) if sde is None else sde
-    images = is_image_data(config)
-    data = DataFacts(name=config.data.dataset, images=images, shape=data_shape(config, images),
-                     num_classes=config.model.get("num_classes", 0), centered=config.data.centered)
-    name = config.model.name
+    name = config.data.dataset
+    facts = dataset_facts(name) if name in DATASETS else DatasetFacts()  # validate_config names an unknown one
+    data = DataFacts(name=name, images=facts.images, shape=data_shape(config, facts.images),
+                     num_classes=config.model.get("num_classes", 0), centered=config.data.centered, judge=facts.judge)
+    network = config.model.name
     return Plan(config=config, device=select_device(config), sde=sde,
                 spec=sampler_spec(config, sde) if spec is None else spec, data=data,
-                network=NetworkFacts(images=images) if name == EDM_PICKLE_MODEL else network_facts(name))
+                network=NetworkFacts(images=facts.images) if network == EDM_PICKLE_MODEL else network_facts(network))
 
 
 def plan_for(config, plan: Optional[Plan]) -> Plan:

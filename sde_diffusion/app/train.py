@@ -83,7 +83,7 @@ def _restore_rng(state: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def train(config, workdir, config_file: str = "", plan: Plan = None) -> dict:
+def train(config, workdir, config_file: str = "", plan: Optional[Plan] = None) -> dict:
     """Train (or resume) in `workdir`; returns {"step", "loss"} of the last step. Says what runs
     (naming `config_file`, when given), how it goes and how it ended (see `progress`).
 
