@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from test_evaluate import _StandInInception, no_network, random_images  # noqa: F401 (a fixture)
+from test_sample_quality import _StandInInception, no_network, random_images  # noqa: F401 (a fixture)
 
 from sde_diffusion.evaluation import fid_reference
 from sde_diffusion.app.config import ConfigError, build_model

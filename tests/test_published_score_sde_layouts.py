@@ -15,7 +15,7 @@ from sde_diffusion.models import get_model
 from sde_diffusion.models.blocks import BigGANResnetBlock, Combine, ResnetBlock
 from sde_diffusion.models.layers import AttentionBlock, GaussianFourierProjection
 from sde_diffusion.models.resampling import Downsample, Upsample
-from test_compat import PUBLISHED, published_config
+from test_published_score_sde import PUBLISHED, published_config
 
 
 def shrink(config, image_size=16):

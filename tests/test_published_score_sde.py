@@ -1,6 +1,6 @@
 """Loading score_sde_pytorch checkpoints (`sde_diffusion.published.score_sde`): the fixtures made by the
 reference code itself reproduce its outputs with the EMA weights, wrong configs and unsafe or
-broken files stop with clear errors (every family's layout: test_compat_layouts.py)."""
+broken files stop with clear errors (every family's layout: test_published_score_sde_layouts.py)."""
 import copy
 import importlib.util
 import json

@@ -11,7 +11,7 @@ import torch
 from sde_diffusion.app.config import ConfigError, build_denoiser, build_sde
 from sde_diffusion.app.validation import validate_config
 from sde_diffusion.published.score_sde import load_reference_checkpoint, read_reference_checkpoint
-from test_compat import FIXTURES, REDUCED, published_config, requires_fixtures
+from test_published_score_sde import FIXTURES, REDUCED, published_config, requires_fixtures
 
 AS_SAVED = {"ncsnpp_ve_skip_pyramids_as_saved": "ve_cifar10_ncsnpp_continuous",
             "ddpm_vp_discrete_as_saved": "vp_cifar10_ddpm"}
