@@ -57,7 +57,7 @@ class _NaiveReverse:
         return drift - g[:, None] ** 2 * self.score_fn(x, t), g
 
     def discretize(self, x, t):
-        f, G = self.sde.discretize(x, t)
+        f, G = self.sde.chain.discretize(x, t)
         return f - G[:, None] ** 2 * self.score_fn(x, t), G
 
 
@@ -90,7 +90,7 @@ class _NaiveAncestral:
 
     def update(self, x, t):
         index = (t * (self.sde.N - 1) / self.sde.T).round().long()
-        beta = self.sde.discrete_betas[index].to(x.dtype)
+        beta = self.sde.chain.betas[index].to(x.dtype)
         x_mean = (x + beta[:, None] * self.score_fn(x, t)) / torch.sqrt(1 - beta)[:, None]
         return x_mean + torch.sqrt(beta)[:, None] * torch.randn_like(x), x_mean
 
@@ -101,7 +101,7 @@ class _NaiveLangevin:
 
     def update(self, x, t):
         index = (t * (self.sde.N - 1) / self.sde.T).round().long()
-        alpha = self.sde.discrete_alphas[index].to(x.dtype)
+        alpha = self.sde.chain.alphas[index].to(x.dtype)
         score, noise = self.score_fn(x, t), torch.randn_like(x)
         ratio = self.snr * noise.norm(dim=-1).mean() / score.norm(dim=-1).mean()
         step_size = 2 * alpha * ratio ** 2

@@ -43,7 +43,7 @@ def test_ddpm_config_has_the_papers_hyper_parameters():
     config = load_config("ddpm_cifar10")
     sde = build_sde(config)
     assert sde.N == 1000
-    torch.testing.assert_close(sde.discrete_betas[[0, -1]], torch.tensor([1e-4, 0.02], dtype=torch.float64))
+    torch.testing.assert_close(sde.chain.betas[[0, -1]], torch.tensor([1e-4, 0.02], dtype=torch.float64))
     assert (config.optim.lr, config.optim.warmup, config.optim.grad_clip) == (2e-4, 5000, 1.0)
     assert (config.training.batch_size, config.model.dropout, config.model.ema_rate) == (128, 0.1, 0.9999)
     assert (config.model.nf, tuple(config.model.ch_mult), config.model.num_res_blocks) == (128, (1, 2, 2, 2), 2)
@@ -90,7 +90,7 @@ def test_sampler_spec_takes_the_fields_set_and_leaves_the_rest_to_the_sampler():
     config = load_config("vp_toy")
     spec = sampler_spec(config)
     assert (spec.method, spec.steps, spec.schedule) == ("pc", config.sampling.steps, "uniform")
-    assert spec.eps == pytest.approx(1e-3, rel=3e-3)  # VP's time of pc's declared end noise level 0.0105
+    assert spec.eps == pytest.approx(1e-3, rel=1e-9)  # pc's declared end noise level is VP's at t = 1e-3
     assert spec.options == {"predictor": "euler_maruyama", "corrector": "none"}
     config.sampling.method = "dpm_solver++"  # pc's predictor and corrector are not its options
     spec = sampler_spec(config)

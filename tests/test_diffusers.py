@@ -86,8 +86,8 @@ def test_discrete_vp_is_a_vp_process_through_its_table(settings):
     torch.testing.assert_close(alpha ** 2, sde.alphas_cumprod, rtol=1e-12, atol=0)
     torch.testing.assert_close(alpha ** 2 + sigma ** 2, torch.ones_like(alpha))
     torch.testing.assert_close(sde.noise_labels(t), index.double())
-    torch.testing.assert_close(sde.chain_time(index), t)
-    assert torch.equal(sde.step_index(t), index)
+    torch.testing.assert_close(sde.chain.time(index), t)
+    assert torch.equal(sde.chain.step_index(t), index)
     # f = d log alpha / dt and g^2 = d sigma^2 / dt - 2 f sigma^2 (Song et al. 2021, eq. 29),
     # by central differences inside the table's segments.
     mid = (torch.arange(1, 999, 37, dtype=torch.float64) + 0.4) / sde.table_size
@@ -103,7 +103,7 @@ def test_discrete_vp_is_a_vp_process_through_its_table(settings):
     grid = torch.linspace(0.0005, 1, 200, dtype=torch.float64)
     torch.testing.assert_close(sde.time_of_log_snr(sde.log_snr(grid)), grid)
     # DDPM's chain: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z keeps the variance 1
-    f_i, g_i = sde.chain_coefs(index)
+    f_i, g_i = sde.chain.coefs(index)
     torch.testing.assert_close((1 + f_i) ** 2 + g_i ** 2, torch.ones_like(f_i))
     torch.testing.assert_close(torch.cumprod((1 + f_i) ** 2, 0), sde.alphas_cumprod)
 
@@ -122,9 +122,9 @@ def test_respaced_chain_keeps_times_and_labels():
     short = sde.with_steps(10)
     index = torch.arange(10)
     table = torch.round(torch.linspace(0, 999, 10, dtype=torch.float64)).long()
-    torch.testing.assert_close(short.chain_time(index), sde.table_time(table))
-    torch.testing.assert_close(short.noise_labels(short.chain_time(index)), table.double())
-    f_i, g_i = short.chain_coefs(index)
+    torch.testing.assert_close(short.chain.time(index), sde.table_time(table))
+    torch.testing.assert_close(short.noise_labels(short.chain.time(index)), table.double())
+    f_i, g_i = short.chain.coefs(index)
     torch.testing.assert_close(torch.cumprod((1 + f_i) ** 2, 0), sde.alphas_cumprod[table])
     x, _ = sample(lambda x, t: -x, short, (3, 2), "pc", steps=10, predictor="ancestral", corrector="none",
                   generator=0)

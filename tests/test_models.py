@@ -57,14 +57,14 @@ def test_entry_point_plugin_is_found_by_name(monkeypatch):
 def test_discrete_vp_labels_are_the_chain_indices_at_chain_times():
     sde = VPSDE(N=1000)
     index = torch.arange(1000)
-    labels = sde.noise_labels(sde.chain_time(index), continuous=False)
+    labels = sde.noise_labels(sde.chain.time(index), continuous=False)
     torch.testing.assert_close(labels, index.double(), atol=1e-6, rtol=0)
 
 
 def test_ve_labels_are_the_noise_levels():
     sde = VESDE(sigma_min=0.01, sigma_max=50, N=100)
     index = torch.arange(100)
-    torch.testing.assert_close(sde.noise_labels(sde.chain_time(index)), sde.discrete_sigmas, rtol=1e-12, atol=0)
+    torch.testing.assert_close(sde.noise_labels(sde.chain.time(index)), sde.chain.sigmas, rtol=1e-12, atol=0)
 
 
 def test_ddpm_loss_feeds_the_network_integer_labels():

@@ -82,9 +82,9 @@ def test_discrete_ddpm_as_saved_reproduces_the_reference_at_chain_steps():
     with torch.no_grad():
         assert _relative(model(expected["x"], expected["labels_same"]), expected["raw_same"]) < 1e-5
         # Chain step i: the reference at t = i / 999, this package at the time whose noise level
-        # is step i's (`chain_time`): the same label i and the same std, so the same score.
+        # is step i's (`chain.time`): the same label i and the same std, so the same score.
         assert torch.equal(expected["labels_chain"], expected["chain_i"].float())
-        ours_at_step = score_fn(expected["x"], sde.chain_time(expected["chain_i"]).float())
+        ours_at_step = score_fn(expected["x"], sde.chain.time(expected["chain_i"]).float())
         assert _relative(ours_at_step, expected["score_chain"]) < 1e-4
         # Between them the conventions differ (the reference keeps step floor(t 999)'s std while
         # its label moves on); this package's label follows the SDE's noise level at t.

@@ -156,19 +156,19 @@ def test_a_sampler_named_with_a_step_count_gets_its_best_known_grid():
 @pytest.mark.parametrize("name", ["edm", "rectified_flow", "cosine_vp", "vpsde", "subvpsde", "vesde"])
 def test_a_default_grid_ends_at_the_declared_noise_level_on_every_process(name):
     """A sampler declares its end as a noise level sigma/alpha, so the grid ends at the same
-    resolution of the data whatever the process's clock: VP's t = 1e-3 (0.0105) for heun and
-    ddim, 0.00725 for dpm_solver++; EDM's time is its noise level itself."""
+    resolution of the data whatever the process's clock: VP's at t = 1e-3 (0.010486) for heun and
+    ddim, VP's at 5e-4 (0.0072449) for dpm_solver++; EDM's time is its noise level itself."""
     sde = get_sde(name)
     for method in ("dpm_solver++", "heun", "ddim"):
         declared = SAMPLER_TRAITS[method].end_noise_level
         end = SamplerSpec(method, steps=10).grid(sde)[-1]
-        lowest = float(sde.noise_level(0.0))  # VE's sigma_min = 0.01 lies above dpm_solver++'s 0.00725
+        lowest = float(sde.noise_level(0.0))  # VE's sigma_min = 0.01 lies above dpm_solver++'s 0.0072449
         assert float(sde.noise_level(end)) == pytest.approx(max(declared, lowest), rel=1e-9), method
     assert SAMPLER_TRAITS["heun"].end_noise_level == pytest.approx(
-        float(VPSDE().noise_level(1e-3)), rel=2e-3)  # the end Song et al. 2021 sample VP to
+        float(VPSDE().noise_level(1e-3)), rel=1e-15)  # the end Song et al. 2021 sample VP to
     edm_end = float(SamplerSpec("dpm_solver++", steps=10).grid(get_sde("edm"))[-1])
-    assert edm_end == pytest.approx(0.00725, rel=1e-9) and edm_end > 0.002
-    assert "eps=0.00725" in SamplerSpec("dpm_solver++", steps=10).summary(get_sde("edm"))
+    assert edm_end == pytest.approx(0.0072449208, rel=1e-9) and edm_end > 0.002
+    assert "eps=0.00724492" in SamplerSpec("dpm_solver++", steps=10).summary(get_sde("edm"))
 
 
 def test_an_end_noise_level_below_what_the_process_reaches_ends_at_its_smallest():

@@ -135,7 +135,7 @@ def test_ode_encode_decode_round_trip(sde):
 
 def test_unknown_names_list_the_known_ones():
     score = mixture_2d().score_fn(VP)
-    with pytest.raises(ValueError, match="unknown sampler 'heun2'; known: adaptive_sde, ddim, dpm_solver"):
+    with pytest.raises(ValueError, match="unknown sampler 'heun2'; known: adaptive_sde, consistency, ddim, dpm_solver"):
         sample(score, VP, (4, 2), method="heun2")
     with pytest.raises(ValueError, match="unknown predictor 'euler'; known: ancestral, euler_maruyama"):
         sample(score, VP, (4, 2), predictor="euler", steps=5)

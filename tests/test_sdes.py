@@ -37,14 +37,14 @@ def test_marginal_prob_matches_simulated_forward_sde(sde, t_end):
 def test_vp_chain_is_ddpm():
     sde = VPSDE(beta_min=0.1, beta_max=20.0, N=1000)
     ddpm_betas = torch.linspace(1e-4, 0.02, 1000, dtype=torch.float64)
-    assert torch.equal(sde.discrete_betas, ddpm_betas)
-    assert torch.allclose(sde.discrete_alpha_bar, torch.cumprod(1 - ddpm_betas, 0))
+    assert torch.equal(sde.chain.betas, ddpm_betas)
+    assert torch.allclose(sde.chain.alpha_bar, torch.cumprod(1 - ddpm_betas, 0))
     # discretize at t = i / 999 is DDPM's q(x_i | x_{i-1}) = N(sqrt(1 - beta_i) x, beta_i).
     index = torch.arange(1000)
     t = index.double() / 999
-    assert torch.equal(sde.step_index(t), index)
+    assert torch.equal(sde.chain.step_index(t), index)
     x = torch.randn(1000, 3, dtype=torch.float64)
-    f, G = sde.discretize(x, t)
+    f, G = sde.chain.discretize(x, t)
     assert torch.allclose(x + f, torch.sqrt(1 - ddpm_betas)[:, None] * x, atol=1e-12)
     assert torch.allclose(G, torch.sqrt(ddpm_betas))
 
@@ -53,10 +53,10 @@ def test_ve_chain_is_ncsn_geometric_sigmas():
     sde = VESDE(sigma_min=0.01, sigma_max=50.0, N=10)
     ratio = (50.0 / 0.01) ** (1 / 9)
     expected = 0.01 * ratio ** torch.arange(10, dtype=torch.float64)
-    assert torch.allclose(sde.discrete_sigmas, expected, rtol=1e-12)
-    chain_t = sde.chain_time(torch.arange(10))
+    assert torch.allclose(sde.chain.sigmas, expected, rtol=1e-12)
+    chain_t = sde.chain.time(torch.arange(10))
     assert torch.allclose(sde.marginal_coefs(chain_t)[1], expected, rtol=1e-12)
-    f, G = sde.discretize(torch.ones(10, 2, dtype=torch.float64), chain_t)
+    f, G = sde.chain.discretize(torch.ones(10, 2, dtype=torch.float64), chain_t)
     previous = torch.cat([torch.zeros(1, dtype=torch.float64), expected[:-1]])
     assert torch.equal(f, torch.zeros_like(f))
     assert torch.allclose(G, torch.sqrt(expected ** 2 - previous ** 2))
@@ -65,12 +65,12 @@ def test_ve_chain_is_ncsn_geometric_sigmas():
 def test_vp_ancestral_step_is_ddpm_update():
     sde = VPSDE()
     index = torch.tensor([0, 1, 500, 999])
-    beta = sde.discrete_betas[index]
-    alpha_bar = sde.discrete_alpha_bar[index]
+    beta = sde.chain.betas[index]
+    alpha_bar = sde.chain.alpha_bar[index]
     generator = torch.Generator().manual_seed(0)
     x, eps, z = (torch.randn(4, 5, generator=generator, dtype=torch.float64) for _ in range(3))
     score = -eps / torch.sqrt(1 - alpha_bar)[:, None]
-    a, b, c = sde.ancestral_coefs(index)
+    a, b, c = sde.chain.ancestral_coefs(index)
     ours = a[:, None] * x + b[:, None] * score + c[:, None] * z
     ddpm = (x - (beta / torch.sqrt(1 - alpha_bar))[:, None] * eps) / torch.sqrt(1 - beta)[:, None] \
         + torch.sqrt(beta)[:, None] * z
@@ -81,19 +81,19 @@ def test_vp_chain_time_matches_alpha_bar():
     for N in (10, 1000, 4000):
         sde = VPSDE(N=N)
         index = torch.arange(N)
-        mean_coef, _ = sde.marginal_coefs(sde.chain_time(index))
-        assert torch.allclose(mean_coef ** 2, sde.discrete_alpha_bar, rtol=1e-10)
+        mean_coef, _ = sde.marginal_coefs(sde.chain.time(index))
+        assert torch.allclose(mean_coef ** 2, sde.chain.alpha_bar, rtol=1e-10)
 
 
 @pytest.mark.parametrize("N", [1, 2, 10, 50])
 def test_short_vp_chains_are_respaced_ddpm(N):
     sde = VPSDE(N=N)
-    assert ((sde.discrete_betas > 0) & (sde.discrete_betas < 1)).all()
-    ddpm_alpha_bar = VPSDE(N=1000).discrete_alpha_bar
-    assert torch.allclose(sde.discrete_alpha_bar[-1], ddpm_alpha_bar[-1])
+    assert ((sde.chain.betas > 0) & (sde.chain.betas < 1)).all()
+    ddpm_alpha_bar = VPSDE(N=1000).chain.alpha_bar
+    assert torch.allclose(sde.chain.alpha_bar[-1], ddpm_alpha_bar[-1])
     kept = ddpm_alpha_bar[torch.round(torch.linspace(0, 999, N, dtype=torch.float64)).long()] if N > 1 \
         else ddpm_alpha_bar[-1:]
-    assert torch.allclose(sde.discrete_alpha_bar, kept, rtol=1e-12)
+    assert torch.allclose(sde.chain.alpha_bar, kept, rtol=1e-12)
 
 
 @pytest.mark.parametrize("sde", ALL_SDES, ids=lambda s: type(s).__name__)
@@ -103,7 +103,7 @@ def test_any_shape_and_dtype(sde, dtype):
     t = torch.tensor([0.1, 0.5, 1.0], dtype=dtype)
     drift, g = sde.sde(x, t)
     mean, std = sde.marginal_prob(x, t)
-    f, G = sde.discretize(x, t)
+    f, G = sde.chain.discretize(x, t)
     assert drift.shape == mean.shape == f.shape == x.shape
     assert g.shape == std.shape == G.shape == (3,)
     assert drift.dtype == mean.dtype == f.dtype == dtype
@@ -130,19 +130,19 @@ def test_reverse_sde_and_probability_flow(sde):
     flow_drift, flow_g = sde.reverse(score_fn, probability_flow=True).sde(x, t)
     assert torch.allclose(flow_drift, drift - 0.5 * g[:, None] ** 2 * score_fn(x, t))
     assert torch.equal(flow_g, torch.zeros_like(g))
-    f, G = sde.discretize(x, t)
+    f, G = sde.chain.discretize(x, t)
     rev_f, rev_G = sde.reverse(score_fn).discretize(x, t)
     assert torch.allclose(rev_f, f - G[:, None] ** 2 * score_fn(x, t))
 
 
 def test_registry_and_errors():
-    assert set(SDES) == {"vpsde", "subvpsde", "vesde", "edm", "rectified_flow", "cosine_vp"}
+    assert set(SDES) == {"vpsde", "subvpsde", "vesde", "edm", "rectified_flow", "cosine_vp", "discrete_vp"}
     assert get_sde("vesde", sigma_max=10.0).sigma_max == 10.0
-    with pytest.raises(ValueError, match="known: cosine_vp, edm, rectified_flow, subvpsde, vesde, vpsde"):
+    with pytest.raises(ValueError, match="known: cosine_vp, discrete_vp, edm, rectified_flow, subvpsde, vesde, vpsde"):
         get_sde("vp")
     with pytest.raises(ValueError, match="beta_min"):
         VPSDE(beta_min=-1.0)
     with pytest.raises(ValueError, match="N must be"):
         VESDE(N=0)
     with pytest.raises(ValueError, match="ancestral sampling is not defined for SubVPSDE"):
-        SubVPSDE().ancestral_coefs(torch.arange(3))
+        SubVPSDE().chain.ancestral_coefs(torch.arange(3))

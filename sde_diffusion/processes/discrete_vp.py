@@ -25,6 +25,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from .chains import Chain
 from .sdes import SDE, register_sde
 from ..utils import Registry
 
@@ -55,6 +56,52 @@ def cosine_betas(N: int, beta_start: float = 0.0, beta_end: float = 0.0) -> torc
     return torch.tensor(betas, dtype=torch.float32)
 
 
+class TableChain(Chain):
+    """DDPM's steps at the table's levels, or at N of them evenly spaced from the first to the
+    last (respacing, Nichol & Dhariwal 2021, sec. 4)."""
+
+    def __init__(self, sde, N: int):
+        super().__init__(sde, N)
+        size = sde.table_size
+        self.positions = (torch.arange(size) if self.N == size else torch.tensor([size - 1]) if self.N == 1 else
+                          torch.round(torch.linspace(0, size - 1, self.N, dtype=torch.float64)).long())
+
+    def time(self, index):
+        return self.sde.table_time(self.positions.to(index.device)[index])
+
+    def step_index(self, t):
+        # The chain step whose level is the first at or above t (1e-9 absorbs rounding of t).
+        times = self.sde.table_time(self.positions).to(t.device)
+        return torch.searchsorted(times, t.to(torch.float64) - 1e-9).clamp(0, self.N - 1)
+
+    def _alpha_bars(self, index):
+        """(alpha_bar at chain step i, at step i - 1; 1 before the first)."""
+        table = self.sde.alphas_cumprod.to(index.device)
+        positions = self.positions.to(index.device)
+        now = table[positions[index]]
+        before = torch.where(index > 0, table[positions[(index - 1).clamp(min=0)]], torch.ones_like(now))
+        return now, before
+
+    def coefs(self, index):
+        # DDPM's forward step between the chain's levels: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z.
+        now, before = self._alpha_bars(index)
+        beta = 1 - now / before
+        return torch.sqrt(1 - beta) - 1, torch.sqrt(beta)
+
+    def ancestral_coefs(self, index):
+        # DDPM's sampler (Ho et al. 2020, Algorithm 2): x_{i-1} = (x_i + beta_i score) / sqrt(alpha_i) + sqrt(beta_i) z.
+        now, before = self._alpha_bars(index)
+        beta = 1 - now / before
+        return 1 / torch.sqrt(1 - beta), beta / torch.sqrt(1 - beta), torch.sqrt(beta)
+
+    def langevin_alpha(self, index):
+        now, before = self._alpha_bars(index)
+        return now / before
+
+    def noise_labels(self, t):
+        return self.sde.noise_labels(t)
+
+
 @register_sde("discrete_vp")
 class DiscreteVP(SDE):
     """VP with the N-step chain of `beta_schedule` (BETA_SCHEDULES, from beta_start to beta_end)
@@ -63,6 +110,7 @@ class DiscreteVP(SDE):
     of its "leading" timesteps (`published.diffusers`), kept with the process it belongs to."""
 
     has_training_chain = True
+    chain_class = TableChain
 
     def __init__(self, N: int = 1000, beta_schedule: str = "linear", beta_start: float = 0.0001,
                  beta_end: float = 0.02, trained_betas: Optional[Sequence[float]] = None, steps_offset: int = 0):
@@ -84,7 +132,6 @@ class DiscreteVP(SDE):
         self.levels = torch.cat([torch.zeros(1, dtype=torch.float64),
                                  ((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()])
         self.table_size = self.N
-        self.chain = torch.arange(self.N)  # the table positions of the chain's steps (all of them until respaced)
 
     @property
     def prior_std(self) -> float:
@@ -135,39 +182,6 @@ class DiscreteVP(SDE):
         """The time of (possibly fractional) table index i: (i + 1) / N."""
         return (torch.as_tensor(index, dtype=torch.float64) + 1) / self.table_size
 
-    # -- the chain: DDPM's steps at the table's levels, or at a subset of them ---------------
-    def chain_time(self, index):
-        return self.table_time(self.chain.to(index.device)[index])
-
-    def step_index(self, t):
-        # The chain step whose level is the first at or above t (1e-9 absorbs rounding of t).
-        times = self.table_time(self.chain).to(t.device)
-        return torch.searchsorted(times, t.to(torch.float64) - 1e-9).clamp(0, self.N - 1)
-
-    def _chain_alpha_bars(self, index):
-        """(alpha_bar at chain step i, at step i - 1; 1 before the first)."""
-        table = self.alphas_cumprod.to(index.device)
-        positions = self.chain.to(index.device)
-        now = table[positions[index]]
-        before = torch.where(index > 0, table[positions[(index - 1).clamp(min=0)]], torch.ones_like(now))
-        return now, before
-
-    def chain_coefs(self, index):
-        # DDPM's forward step between the chain's levels: x_i = sqrt(1 - beta_i) x_{i-1} + sqrt(beta_i) z.
-        now, before = self._chain_alpha_bars(index)
-        beta = 1 - now / before
-        return torch.sqrt(1 - beta) - 1, torch.sqrt(beta)
-
-    def ancestral_coefs(self, index):
-        # DDPM's sampler (Ho et al. 2020, Algorithm 2), as VPSDE's: x_{i-1} = (x_i + beta_i score) / sqrt(alpha_i) + sqrt(beta_i) z.
-        now, before = self._chain_alpha_bars(index)
-        beta = 1 - now / before
-        return 1 / torch.sqrt(1 - beta), beta / torch.sqrt(1 - beta), torch.sqrt(beta)
-
-    def langevin_alpha(self, index):
-        now, before = self._chain_alpha_bars(index)
-        return now / before
-
     def with_steps(self, N: int) -> "DiscreteVP":
         """The same process (same table, times and labels) with a chain of N of the table's levels,
         evenly spaced from the first to the last (respacing, Nichol & Dhariwal 2021, sec. 4)."""
@@ -178,8 +192,6 @@ class DiscreteVP(SDE):
             raise ValueError(f"a chain of {N} steps cannot be laid on a table of {self.table_size}")
         respaced = copy.copy(self)
         respaced.N = N
-        respaced.chain = (torch.tensor([self.table_size - 1]) if N == 1 else
-                          torch.round(torch.linspace(0, self.table_size - 1, N, dtype=torch.float64)).long())
         return respaced
 
     def _init_kwargs(self):

@@ -16,7 +16,31 @@ import math
 
 import torch
 
+from .chains import Chain
 from .sdes import SDE, register_sde
+
+
+class PathChain(Chain):
+    """A Gaussian path's chain: levels at fractions (i + 1) / N of the path's spacing from t_min
+    to T (the first just above the data's end, the last at T, as DDPM's levels lie above the
+    data), each step the exact Gaussian transition from the level below."""
+
+    def time(self, index: torch.Tensor) -> torch.Tensor:
+        return self.sde._time_at((index.to(torch.float64) + 1) / self.N)
+
+    def step_index(self, t: torch.Tensor) -> torch.Tensor:
+        fraction = self.sde._fraction_at(t.to(torch.float64))
+        return (torch.ceil(fraction * self.N - 1e-4) - 1).long().clamp(0, self.N - 1)
+
+    def coefs(self, index: torch.Tensor):
+        # The step that made level i from level i - 1 (from t_min for i = 0): its alpha ratio
+        # and the variance it adds.
+        t_now, t_before = self.time(index), self.sde._time_at(index.to(torch.float64) / self.N)
+        a_now, s_now = self.sde.marginal_coefs(t_now)
+        a_before, s_before = self.sde.marginal_coefs(t_before)
+        ratio = a_now / a_before
+        variance = (s_now ** 2 - ratio ** 2 * s_before ** 2).clamp(min=0)
+        return (ratio - 1).float(), variance.sqrt().float()
 
 
 class GaussianPathSDE(SDE):
@@ -24,6 +48,7 @@ class GaussianPathSDE(SDE):
     `marginal_coefs`, `drift_coef`, `diffusion` and `time_of_log_snr` in closed form."""
 
     t_min: float = 0.0  # the chain's levels lie above this time, up to T
+    chain_class = PathChain
 
     @property
     def prior_std(self) -> float:
@@ -35,25 +60,6 @@ class GaussianPathSDE(SDE):
 
     def _fraction_at(self, t: torch.Tensor) -> torch.Tensor:
         return (t - self.t_min) / (self.T - self.t_min)
-
-    def chain_time(self, index: torch.Tensor) -> torch.Tensor:
-        """Level i of the chain, at fraction (i + 1) / N: the first just above t_min (the data's
-        end), the last at T, as DDPM's levels lie above the data."""
-        return self._time_at((index.to(torch.float64) + 1) / self.N)
-
-    def step_index(self, t: torch.Tensor) -> torch.Tensor:
-        fraction = self._fraction_at(t.to(torch.float64))
-        return (torch.ceil(fraction * self.N - 1e-4) - 1).long().clamp(0, self.N - 1)
-
-    def chain_coefs(self, index: torch.Tensor):
-        # The step that made level i from level i - 1 (from t_min for i = 0): the exact
-        # Gaussian transition, its alpha ratio and the variance it adds.
-        t_now, t_before = self.chain_time(index), self._time_at(index.to(torch.float64) / self.N)
-        a_now, s_now = self.marginal_coefs(t_now)
-        a_before, s_before = self.marginal_coefs(t_before)
-        ratio = a_now / a_before
-        variance = (s_now ** 2 - ratio ** 2 * s_before ** 2).clamp(min=0)
-        return (ratio - 1).float(), variance.sqrt().float()
 
 
 @register_sde("edm")

@@ -3,12 +3,12 @@
 Every SDE here has a drift linear in x, f(x, t) = f(t) x, and a Gaussian transition kernel
 p_t(x_t | x_0) = N(m(t) x_0, s(t)^2 I). The classes therefore expose those scalar
 coefficients as functions of a [B] time tensor (`drift_coef`, `diffusion`, `marginal_coefs`),
-and build the tensor-valued API of the reference code (`sde`, `marginal_prob`, `discretize`)
-on top, for inputs of any shape [B, ...]. Samplers precompute the coefficients on their time
-grid once and never call back into these classes inside the loop.
+and build the tensor-valued API of the reference code (`sde`, `marginal_prob`) on top, for
+inputs of any shape [B, ...]. Samplers precompute the coefficients on their time grid once and
+never call back into these classes inside the loop.
 
-Each SDE also carries a discrete Markov chain of `N` steps (DDPM for VP, SMLD/NCSN for VE)
-whose step i is the one `discretize` takes at times t with floor(t (N - 1) / T) == i.
+A process's discrete Markov chain of `N` steps (DDPM's for VP, SMLD/NCSN's for VE) is its own
+object, `sde.chain` (`chains`).
 """
 from __future__ import annotations
 
@@ -20,16 +20,12 @@ from typing import Callable, Optional, Tuple
 import torch
 
 from ..utils import Registry, append_dims, batch_sum
+from .chains import Chain, DDPMChain, EulerChain, SMLDChain
 
 ScoreFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 SDES: Registry = Registry("SDE")
 register_sde = SDES.register
-
-# DDPM (Ho et al. 2020) defines its chain with 1000 steps; shorter VP chains are respaced
-# from it (Nichol & Dhariwal 2021, sec. 4) so that no discrete beta can reach 1.
-DDPM_STEPS = 1000
-
 
 def get_sde(name: str, **kwargs) -> "SDE":
     """Build a registered SDE by name, e.g. get_sde("vpsde", beta_max=20.)."""
@@ -50,15 +46,17 @@ CONTINUOUS_LABEL_SCALE = 999.0
 
 
 class SDE(abc.ABC):
-    """A forward SDE on [0, T] with linear drift and a discrete chain of N steps."""
+    """A forward SDE on [0, T] with linear drift; N is the length of its chain (`chain`) and
+    the default number of sampling steps."""
 
     T: float = 1.0
     # What a network trained under this SDE outputs unless told otherwise: "noise", the noise z
     # of x_t = m(t) x_0 + s(t) z, or "score" (`models.preconditioning`).
     default_parameterization: str = "noise"
-    # Whether the discrete chain is a published training chain (DDPM's, SMLD's): discrete-time
-    # training and ancestral sampling need one.
+    # Whether the chain is a published training chain (DDPM's, SMLD's): discrete-time training
+    # and ancestral sampling need one. The chain's class (`chains`):
     has_training_chain: bool = False
+    chain_class: type = Chain
 
     @classmethod
     def from_config(cls, settings) -> "SDE":
@@ -68,10 +66,16 @@ class SDE(abc.ABC):
         return cls(N=settings["num_scales"], **{name: settings[name] for name in names if name in settings})
 
     def noise_labels(self, t: torch.Tensor, *, continuous: bool = True) -> torch.Tensor:
-        """A network's conditioning input for time t ([B]): t * 999 in continuous time."""
-        if not continuous:
-            raise ValueError(f"discrete time labels need a training chain; {type(self).__name__} has none")
-        return t * CONTINUOUS_LABEL_SCALE
+        """A network's conditioning input for time t ([B]): t * 999 in continuous time, the
+        chain's label in discrete time."""
+        return t * CONTINUOUS_LABEL_SCALE if continuous else self.chain.noise_labels(t)
+
+    @property
+    def chain(self) -> Chain:
+        """The discrete chain of this process's N steps (built once)."""
+        if getattr(self, "_chain", None) is None or self._chain.N != self.N:
+            self._chain = self.chain_class(self, self.N)
+        return self._chain
 
     def __init__(self, N: int):
         if int(N) < 1:
@@ -117,11 +121,6 @@ class SDE(abc.ABC):
     def prior_std(self) -> float:
         """Standard deviation of the prior N(0, prior_std^2 I) that p_T is close to."""
 
-    @abc.abstractmethod
-    def chain_coefs(self, index: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(f_i, G_i) of the discrete chain x_{i+1} = x_i + f_i x_i + G_i z at step `index`."""
-
-    # -- the reference code's tensor API ----------------------------------------------------
     def sde(self, x: torch.Tensor, t) -> Tuple[torch.Tensor, torch.Tensor]:
         """Drift f(x, t) ([B, ...]) and diffusion g(t) ([B])."""
         t = _as_time(t, x)
@@ -143,34 +142,8 @@ class SDE(abc.ABC):
         var = self.prior_std ** 2
         return -0.5 * dim * math.log(2 * math.pi * var) - batch_sum(z ** 2) / (2 * var)
 
-    def step_index(self, t: torch.Tensor) -> torch.Tensor:
-        """The chain step taken at time t: floor(t (N - 1) / T) as the reference code maps it,
-        with a small tolerance so that t = i T / (N - 1) computed in floating point maps to i."""
-        index = torch.floor(t * (max(self.N - 1, 1) / self.T) + 1e-4).long()
-        return index.clamp(0, self.N - 1)
-
-    def chain_time(self, index: torch.Tensor) -> torch.Tensor:
-        """The time whose perturbation kernel matches chain step `index`'s noise level: where
-        samplers that take chain steps evaluate the score. i T / (N - 1) unless overridden."""
-        return index.to(torch.float64) * (self.T / max(self.N - 1, 1))
-
-    def discretize(self, x: torch.Tensor, t) -> Tuple[torch.Tensor, torch.Tensor]:
-        """One step of the discrete chain at time t: x_{i+1} = x_i + f + G z; returns (f, G)."""
-        f_coef, G = self.chain_coefs(self.step_index(_as_time(t, x)))
-        f_coef, G = f_coef.to(x.dtype), G.to(x.dtype)
-        return append_dims(f_coef, x.ndim) * x, G
-
-    def ancestral_coefs(self, index: torch.Tensor):
-        """(a_i, b_i, c_i) of the ancestral step x_{i-1} = a_i x_i + b_i score + c_i z."""
-        raise ValueError(f"ancestral sampling is not defined for {type(self).__name__}; "
-                         "use the reverse_diffusion or euler_maruyama predictor")
-
-    def langevin_alpha(self, index: torch.Tensor) -> torch.Tensor:
-        """Scale of the Langevin corrector's step size at chain step `index` (1 by default)."""
-        return torch.ones(index.shape, dtype=torch.float64, device=index.device)
-
     def with_steps(self, N: int) -> "SDE":
-        """The same SDE with its discrete chain respaced to N steps."""
+        """The same process with its chain respaced to N steps."""
         if int(N) == self.N:
             return self
         return type(self)(**{**self._init_kwargs(), "N": int(N)})
@@ -206,40 +179,19 @@ class ReverseSDE:
 
     def discretize(self, x: torch.Tensor, t) -> Tuple[torch.Tensor, torch.Tensor]:
         t = _as_time(t, x)
-        f, G = self.forward.discretize(x, t)
+        f, G = self.forward.chain.discretize(x, t)
         f = f - append_dims(G ** 2, x.ndim) * self.score_fn(x, t) * self._score_weight
         return f, torch.zeros_like(G) if self.probability_flow else G
 
 
 class _LinearBetaSDE(SDE):
-    """Shared by VP and sub-VP: beta(t) = beta_min + t (beta_max - beta_min), and the DDPM chain."""
+    """Shared by VP and sub-VP: beta(t) = beta_min + t (beta_max - beta_min)."""
 
     def __init__(self, beta_min: float = 0.1, beta_max: float = 20.0, N: int = 1000):
         super().__init__(N)
         if not 0 < beta_min <= beta_max:
             raise ValueError(f"need 0 < beta_min <= beta_max, got {beta_min}, {beta_max}")
         self.beta_min, self.beta_max = float(beta_min), float(beta_max)
-        self.discrete_betas = self._chain_betas(self.N)
-        self.discrete_alphas = 1.0 - self.discrete_betas
-        self.discrete_alpha_bar = torch.cumprod(self.discrete_alphas, dim=0)
-
-    def _chain_betas(self, N: int) -> torch.Tensor:
-        """DDPM's linear betas beta(t_i) / N for N >= 1000 (exactly DDPM's at N = 1000); fewer
-        steps keep every N-th point of the 1000-step alpha_bar and recompute the betas from
-        the ratios, beta_i = 1 - alpha_bar_i / alpha_bar_{i-1}, which always lie in (0, 1)."""
-        fine_N = max(N, DDPM_STEPS)
-        betas = torch.linspace(self.beta_min / fine_N, self.beta_max / fine_N, fine_N,
-                               dtype=torch.float64)
-        if fine_N == N:
-            return betas
-        fine_alpha_bar = torch.cumprod(1.0 - betas, dim=0)
-        if N == 1:
-            keep = torch.tensor([fine_N - 1])
-        else:
-            keep = torch.round(torch.arange(N, dtype=torch.float64) * (fine_N - 1) / (N - 1)).long()
-        alpha_bar = fine_alpha_bar[keep]
-        previous = torch.cat([alpha_bar.new_ones(1), alpha_bar[:-1]])
-        return 1.0 - alpha_bar / previous
 
     def beta(self, t: torch.Tensor) -> torch.Tensor:
         return self.beta_min + t * (self.beta_max - self.beta_min)
@@ -250,9 +202,6 @@ class _LinearBetaSDE(SDE):
 
     def drift_coef(self, t):
         return -0.5 * self.beta(t)
-
-    def langevin_alpha(self, index):
-        return self.discrete_alphas.to(index.device)[index]
 
     def time_of_alpha_bar(self, alpha_bar: torch.Tensor) -> torch.Tensor:
         """Invert VP's exp(-int_0^t beta) = alpha_bar: the root of a quadratic in t."""
@@ -272,22 +221,10 @@ class VPSDE(_LinearBetaSDE):
 
     prior_std = 1.0
     has_training_chain = True
+    chain_class = DDPMChain
 
     def diffusion(self, t):
         return torch.sqrt(self.beta(t))
-
-    def noise_labels(self, t, *, continuous=True):
-        """Continuous: t * 999. Discrete: the (fractional) DDPM chain index whose alpha_bar equals
-        alpha_bar(t), interpolating log alpha_bar over the chain: exactly i on chain step i (the
-        label DDPM trains with), noise-level-consistent in between."""
-        if continuous:
-            return t * CONTINUOUS_LABEL_SCALE
-        neg_log_alpha_bar = -torch.log(self.discrete_alpha_bar).to(t.device)  # increasing in i
-        target = self.integrated_beta(t.to(torch.float64))                     # -log alpha_bar(t)
-        upper = torch.searchsorted(neg_log_alpha_bar, target).clamp(1, self.N - 1)
-        low_value, high_value = neg_log_alpha_bar[upper - 1], neg_log_alpha_bar[upper]
-        fraction = (target - low_value) / (high_value - low_value)
-        return (upper - 1 + fraction).clamp(0, self.N - 1)
 
     def marginal_coefs(self, t):
         # Song et al. 2021, eq. 29; expm1 keeps the std accurate for t near 0.
@@ -298,30 +235,13 @@ class VPSDE(_LinearBetaSDE):
         # alpha_bar / (1 - alpha_bar) = exp(lambda), so alpha_bar = sigmoid(lambda).
         return self.time_of_alpha_bar(torch.sigmoid(log_snr))
 
-    def chain_coefs(self, index):
-        # DDPM's forward step x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z.
-        beta = self.discrete_betas.to(index.device)[index]
-        return torch.sqrt(1.0 - beta) - 1.0, torch.sqrt(beta)
-
-    def chain_time(self, index):
-        # Step i turns x_{i+1} into x_i, so its score is the one at alpha_bar_i's noise level:
-        # about (i + 1) T / N, which a grid ending at eps = 1/N hits only for N = 1000.
-        return self.time_of_alpha_bar(self.discrete_alpha_bar.to(index.device)[index])
-
-    def ancestral_coefs(self, index):
-        # DDPM's sampler (Ho et al. 2020, Algorithm 2) with eps = -sqrt(1 - alpha_bar) score:
-        # x_{i-1} = (x_i + beta_i score) / sqrt(alpha_i) + sqrt(beta_i) z.
-        beta = self.discrete_betas.to(index.device)[index]
-        alpha = 1.0 - beta
-        return 1.0 / torch.sqrt(alpha), beta / torch.sqrt(alpha), torch.sqrt(beta)
-
-
 @register_sde("subvpsde")
 class SubVPSDE(_LinearBetaSDE):
     """Sub-VP SDE (Song et al. 2021, eq. 12): VP's drift, diffusion
     sqrt(beta(t) (1 - exp(-2 int_0^t beta))), whose marginal variances never exceed VP's."""
 
     prior_std = 1.0
+    chain_class = EulerChain
 
     def diffusion(self, t):
         return torch.sqrt(self.beta(t) * -torch.expm1(-2 * self.integrated_beta(t)))
@@ -338,13 +258,6 @@ class SubVPSDE(_LinearBetaSDE):
         mean_coef = 2 * r / (1 + torch.sqrt(1 + 4 * r * r))
         return self.time_of_alpha_bar(mean_coef ** 2)
 
-    def chain_coefs(self, index):
-        # No published chain: the Euler-Maruyama step of length T / N at the step's time.
-        t = index.to(torch.float64) * (self.T / max(self.N - 1, 1))
-        dt = self.T / self.N
-        return self.drift_coef(t) * dt, self.diffusion(t) * math.sqrt(dt)
-
-
 @register_sde("vesde")
 class VESDE(SDE):
     """Variance exploding SDE dx = sqrt(d sigma(t)^2 / dt) dw with the geometric
@@ -356,12 +269,11 @@ class VESDE(SDE):
         if not 0 < sigma_min < sigma_max:
             raise ValueError(f"need 0 < sigma_min < sigma_max, got {sigma_min}, {sigma_max}")
         self.sigma_min, self.sigma_max = float(sigma_min), float(sigma_max)
-        self.discrete_sigmas = torch.exp(torch.linspace(
-            math.log(self.sigma_min), math.log(self.sigma_max), self.N, dtype=torch.float64))
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
 
     default_parameterization = "score"
     has_training_chain = True
+    chain_class = SMLDChain
 
     @property
     def prior_std(self):
@@ -388,22 +300,6 @@ class VESDE(SDE):
     def time_of_log_snr(self, log_snr):
         # sigma = exp(-lambda / 2) = sigma_min (sigma_max / sigma_min)^t.
         return (-0.5 * log_snr - math.log(self.sigma_min)) / self._log_ratio
-
-    def _sigma_pairs(self, index):
-        sigmas = self.discrete_sigmas.to(index.device)
-        previous = torch.where(index > 0, sigmas[(index - 1).clamp(min=0)], torch.zeros_like(sigmas[index]))
-        return sigmas[index], previous
-
-    def chain_coefs(self, index):
-        sigma, previous = self._sigma_pairs(index)
-        return torch.zeros_like(sigma), torch.sqrt(sigma ** 2 - previous ** 2)
-
-    def ancestral_coefs(self, index):
-        # SMLD's ancestral step (Song et al. 2021, eq. 47): the posterior of x_{i-1} given x_i.
-        sigma, previous = self._sigma_pairs(index)
-        variance_step = sigma ** 2 - previous ** 2
-        return (torch.ones_like(sigma), variance_step,
-                torch.sqrt(previous ** 2 * variance_step / sigma ** 2))
 
     def _init_kwargs(self):
         return dict(sigma_min=self.sigma_min, sigma_max=self.sigma_max, N=self.N)

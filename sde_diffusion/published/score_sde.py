@@ -244,12 +244,12 @@ def reference_chain_conditioning(sde):
     stays, which is why this package's default conditioning (`VPSDE.noise_labels`) feeds the
     fractional step whose noise level is the SDE's at t instead. For reproducing the
     reference's samples exactly."""
-    if not getattr(sde, "has_training_chain", False) or not hasattr(sde, "discrete_alpha_bar"):
+    if not getattr(sde, "has_training_chain", False) or not hasattr(sde.chain, "alpha_bar"):
         raise ValueError(f"the reference's chain conditioning is for DDPM's VP chain, not {type(sde).__name__}")
 
     def conditioning(t: torch.Tensor):
         labels = t * (sde.N - 1)
-        alpha_bar = sde.discrete_alpha_bar.to(t.device)[labels.long().clamp(0, sde.N - 1)]
+        alpha_bar = sde.chain.alpha_bar.to(t.device)[labels.long().clamp(0, sde.N - 1)]
         return labels, torch.sqrt(1.0 - alpha_bar)
     return conditioning
 

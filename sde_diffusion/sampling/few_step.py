@@ -18,7 +18,7 @@ from typing import List, NamedTuple, Optional
 import torch
 
 from ..processes.denoiser import Denoiser
-from ..processes.sdes import SDE
+from ..processes.sdes import SDE, VPSDE
 from ..utils import randn
 from .registry import StepHook, register_sampler, run_hook
 
@@ -131,7 +131,7 @@ def heun_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch
 # -- DPM-Solver++ ----------------------------------------------------------------------------
 # The log-SNR grid warped towards high SNR: the best 2nd-order grid on the trained digits model,
 # preferred where the exact mixture favours another warp (README, "Samplers").
-@register_sampler("dpm_solver++", schedule="logsnr", schedule_options={"power": 0.65}, end_noise_level=0.00725,
+@register_sampler("dpm_solver++", schedule="logsnr", schedule_options={"power": 0.65}, end_noise_level=float(VPSDE().noise_level(5e-4)),
                   deterministic=lambda options: options.get("eta", 0.0) == 0,
                   conditioned_options={"eta": 1.0})  # conditioned: its SDE variant, as ddim's
 def dpm_solver_pp_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,

@@ -5,7 +5,7 @@ and the score, x_mean = a_k x + b_k score(x, s_k), x = x_mean + c_k z, with coef
 depend only on the grid, so a predictor is a function `(sde, t, t_next, index) -> AffineStep`
 of (a, b, c, s) over the whole grid, evaluated once before the loop. Continuous-time
 predictors evaluate the score on the grid (s_k = t_k); those that take the SDE's chain steps
-evaluate it at the chain's own times (s_k = sde.chain_time(i)), so their grid is the chain's.
+evaluate it at the chain's own times (s_k = sde.chain.time(i)), so their grid is the chain's.
 Register new ones with `@register_predictor("name")`; return None to take no predictor step.
 
 A corrector runs a few steps of score-based MCMC at a fixed time. It is a function
@@ -53,14 +53,14 @@ def euler_maruyama(sde: SDE, t, t_next, index) -> AffineStep:
 def reverse_diffusion(sde: SDE, t, t_next, index) -> AffineStep:
     """The reverse of the forward chain x_{i+1} = x_i + f_i x_i + G_i z (Song et al. 2021,
     eq. 46): x_i = x_{i+1} - f_i x_{i+1} + G_i^2 score + G_i z."""
-    f_coef, G = sde.chain_coefs(index)
-    return AffineStep(1 - f_coef, G ** 2, G, sde.chain_time(index))
+    f_coef, G = sde.chain.coefs(index)
+    return AffineStep(1 - f_coef, G ** 2, G, sde.chain.time(index))
 
 
 @register_predictor("ancestral")
 def ancestral(sde: SDE, t, t_next, index) -> AffineStep:
     """Ancestral sampling of the chain: DDPM's for VP, SMLD's for VE (Song et al. 2021, eq. 47)."""
-    return AffineStep(*sde.ancestral_coefs(index), sde.chain_time(index))
+    return AffineStep(*sde.chain.ancestral_coefs(index), sde.chain.time(index))
 
 
 @register_predictor("none")
@@ -94,7 +94,7 @@ def langevin(sde: SDE, t, index, snr: float, corrector_steps: int):
     2 alpha_i (snr ||z|| / ||score||)^2 keeps the signal-to-noise ratio at `snr`. The norms are
     averaged over the batch, as in the reference code: a per-sample ratio explodes wherever a
     sample's score nearly vanishes, which happens at the modes of low-dimensional data."""
-    alphas = sde.langevin_alpha(index).tolist()
+    alphas = sde.chain.langevin_alpha(index).tolist()
 
     def step_size(k, score, noise):
         ratio = snr * _batch_norm(noise).mean() / _batch_norm(score).mean().clamp_min(1e-30)
@@ -106,7 +106,7 @@ def langevin(sde: SDE, t, index, snr: float, corrector_steps: int):
 def annealed_langevin(sde: SDE, t, index, snr: float, corrector_steps: int):
     """Annealed Langevin dynamics (Song & Ermon 2019): step size 2 alpha_i (snr s(t))^2 set by
     the noise level s(t) rather than by the score's norm."""
-    alphas = sde.langevin_alpha(index)
+    alphas = sde.chain.langevin_alpha(index)
     step_sizes = (2 * alphas * (snr * sde.marginal_coefs(t)[1]) ** 2).tolist()
 
     def step_size(k, score, noise):
@@ -169,7 +169,7 @@ def pc_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.T
     of the reference code: it corrects the prior sample and leaves the final sample
     uncorrected. Chain-based predictors (reverse_diffusion, ancestral) take step
     len(timesteps) - 1 - k of the SDE's chain respaced to len(timesteps) steps, and their grid
-    is the chain's times (sde.chain_time) rather than `timesteps`, whose eps they ignore.
+    is the chain's times (sde.chain.time) rather than `timesteps`, whose eps they ignore.
     `denoise` returns the last noise-free mean instead of adding the last step's noise.
     `step_hook` (`registry.StepHook`) acts on the start and after the predictor and after every
     single corrector MCMC step, with t the time x is at (the next step's score time) and no

@@ -26,6 +26,7 @@ from typing import Callable, Dict, Mapping, Optional, Protocol
 
 import torch
 
+from ..processes.sdes import VPSDE
 from ..utils import Registry
 
 SAMPLERS: Registry = Registry("sampler")
@@ -39,14 +40,19 @@ def _one_per_step(steps: int, options: Mapping) -> int:
     return steps
 
 
+# The noise levels of VP (beta 0.1 to 20) at the times where the samplers' defaults were
+# measured: t = 1e-3 (Song et al. 2021's end) and 5e-4 (dpm_solver++'s, `few_step`).
+VP_END_NOISE_LEVEL = float(VPSDE().noise_level(1e-3))
+
+
 @dataclass(frozen=True)
 class SamplerTraits:
     """What a sampler declares where it is registered.
 
     schedule, schedule_options: the time grid it runs on when the caller names none;
     end_noise_level: where that grid ends, as a noise level sigma/alpha (the same resolution of
-    the data on every process; a time would mean another noise level on each). 0.0105 is VP's
-    at t = 1e-3, the end Song et al. 2021 sample VP models to;
+    the data on every process; a time would mean another noise level on each); by default VP's
+    at t = 1e-3 (0.010486), the end Song et al. 2021 sample VP models to;
     adaptive(options): it picks its own times (only the grid's ends matter) and so runs once,
     whatever the step budget; deterministic(options): it maps a latent to one sample;
     score_calls(steps, options): the score evaluations a grid of `steps` times costs;
@@ -54,7 +60,7 @@ class SamplerTraits:
     conditions it (inpainting, colorization): its best known setting there."""
     schedule: str = "uniform"
     schedule_options: Mapping[str, float] = field(default_factory=dict)
-    end_noise_level: float = 0.0105
+    end_noise_level: float = VP_END_NOISE_LEVEL
     adaptive: Callable[[Mapping], bool] = _never
     deterministic: Callable[[Mapping], bool] = _never
     score_calls: Callable[[int, Mapping], int] = _one_per_step

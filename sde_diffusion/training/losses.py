@@ -157,17 +157,17 @@ def ddpm_loss(model: Model, sde: VPSDE, x: torch.Tensor, *, reduce_mean: bool = 
               shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """DDPM's simple loss || eps - eps_pred ||^2 (Ho et al. 2020, eq. 14) on the VP chain:
     step i ~ U{0..N-1}, x_i = sqrt(alpha_bar_i) x + sqrt(1 - alpha_bar_i) z, scored at the time of
-    the same noise level, sde.chain_time(i), where chain samplers evaluate it; with eps_pred = -sqrt(1 - alpha_bar_i) score the residual is
+    the same noise level, sde.chain.time(i), where chain samplers evaluate it; with eps_pred = -sqrt(1 - alpha_bar_i) score the residual is
     sqrt(1 - alpha_bar_i) score + z."""
     if not isinstance(sde, VPSDE):
         raise ValueError(f"the DDPM loss needs a VP SDE's chain, got {type(sde).__name__}")
     rows = _global_rows(x, shard)
     index = _own_rows(torch.randint(0, sde.N, (rows,), generator=generator, device=x.device), shard)
-    alpha_bar = sde.discrete_alpha_bar.to(device=x.device, dtype=x.dtype)[index]
+    alpha_bar = sde.chain.alpha_bar.to(device=x.device, dtype=x.dtype)[index]
     std = torch.sqrt(1 - alpha_bar)
     z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
     x_t = append_dims(torch.sqrt(alpha_bar), x.ndim) * x + append_dims(std, x.ndim) * z
-    t = sde.chain_time(index).to(x.dtype)
+    t = sde.chain.time(index).to(x.dtype)
     residual = _score(model, sde, x_t, t, class_labels) * append_dims(std, x.ndim) + z
     return _reduce(residual ** 2, reduce_mean).mean()
 
@@ -178,15 +178,15 @@ def smld_loss(model: Model, sde: VESDE, x: torch.Tensor, *, reduce_mean: bool = 
               shard: Optional[Tuple[int, int]] = None) -> torch.Tensor:
     """SMLD/NCSN's loss (Song & Ermon 2019, eq. 6) on the VE chain's noise levels: level i ~
     U{0..N-1}, x_i = x + sigma_i z, weighted by sigma_i^2 so the term is || sigma_i score + z ||^2 / 2;
-    scored at the level's time sde.chain_time(i) = i T / (N - 1)."""
+    scored at the level's time sde.chain.time(i) = i T / (N - 1)."""
     if not isinstance(sde, VESDE):
         raise ValueError(f"the SMLD loss needs a VE SDE's noise levels, got {type(sde).__name__}")
     rows = _global_rows(x, shard)
     index = _own_rows(torch.randint(0, sde.N, (rows,), generator=generator, device=x.device), shard)
-    sigma = sde.discrete_sigmas.to(device=x.device, dtype=x.dtype)[index]
+    sigma = sde.chain.sigmas.to(device=x.device, dtype=x.dtype)[index]
     z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
     x_t = x + append_dims(sigma, x.ndim) * z
-    t = sde.chain_time(index).to(x.dtype)
+    t = sde.chain.time(index).to(x.dtype)
     residual = _score(model, sde, x_t, t, class_labels) * append_dims(sigma, x.ndim) + z
     return (0.5 * _reduce(residual ** 2, reduce_mean)).mean()
 
