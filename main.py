@@ -10,6 +10,11 @@ r"""Command line: train, sample, score and evaluate score-based models.
     python main.py --config configs/vp_digits.py --workdir runs/digits --mode inpaint \
         --config.controllable.mask=center_square
     torchrun --nproc_per_node=4 main.py --config configs/vp_cifar10.py --workdir runs/c10 --mode train
+    python main.py --workdir runs/toy --mode sample --config.sampling.method=ddim
+
+Without --config a run starts from the workdir's config.json (what its training run stored;
+configs/workdir.py): reading modes may override sampling.*, eval.*, study.*, controllable.*,
+seed, device, threads and data.root, and train resumes with the fields a resume may change.
 
 Bad input (flags, config files and values, missing data, an unusable workdir or checkpoint) ends
 with one line on stderr and a non-zero exit, before anything in the workdir is written.
@@ -19,6 +24,7 @@ import signal
 import sys
 from contextlib import nullcontext
 from functools import partial
+from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -28,7 +34,12 @@ config_flags.DEFINE_config_file("config", None, "Config file (ml_collections), e
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, samples and metrics.")
 flags.DEFINE_enum("mode", None, ["train", "sample", "likelihood", "eval", "study", "inpaint", "colorize"], "What to run.")
-flags.mark_flags_as_required(["config", "workdir", "mode"])
+flags.mark_flags_as_required(["workdir", "mode"])
+
+# The config file that reads a workdir's config.json (`--config=configs/workdir.py:WORKDIR`),
+# what a run without --config starts from; STARTED_FROM names that workdir once parse_flags used it.
+STORED_CONFIG_FILE = Path(__file__).resolve().parent / "configs" / "workdir.py"
+STARTED_FROM = {}
 
 
 def _last_line(error: BaseException) -> str:
@@ -77,9 +88,39 @@ def _one_line(error: BaseException) -> str:
     return " ".join(line.strip() for line in str(error).splitlines() if line.strip())
 
 
+def _flag_value(argv, name: str):
+    """The value of --name=value or --name value in argv (None when absent)."""
+    for index, arg in enumerate(argv[1:], 1):
+        if arg.startswith(f"--{name}="):
+            return arg.split("=", 1)[1]
+        if arg == f"--{name}" and index + 1 < len(argv):
+            return argv[index + 1]
+    return None
+
+
+def _with_stored_config(argv):
+    """argv with --config=configs/workdir.py:WORKDIR put first when it names no --config (the run
+    starts from the workdir's config.json); sys.argv likewise, which ml_collections reads its
+    overrides from. A workdir without config.json stops here in one line."""
+    if any(re.match(r"^-{1,2}config(=|$)", arg) for arg in argv[1:]):
+        return argv
+    workdir = _flag_value(argv, "workdir")
+    if workdir is None or _flag_value(argv, "mode") is None:
+        return argv  # absl names the missing flag
+    if not (Path(workdir).expanduser() / "config.json").is_file():
+        sys.exit(f"error: --config is required: {workdir} holds no config.json (what a training run "
+                 f"stores) to start from")
+    STARTED_FROM["workdir"] = workdir
+    argv = [argv[0], f"--config={STORED_CONFIG_FILE}:{workdir}", *argv[1:]]
+    sys.argv[:] = argv
+    return argv
+
+
 def parse_flags(argv):
     """absl's flag parsing with every failure as one line: a bad flag value, an unknown config
-    field, a config file that is missing or does not run."""
+    field, a config file that is missing or does not run. Without --config, the workdir's
+    config.json is the config file."""
+    argv = _with_stored_config(argv)
     try:
         remaining = FLAGS(argv)
     except flags.Error as error:  # wrong type, unknown flag or mode, missing required flag
@@ -121,6 +162,8 @@ def _overridden_fields(argv) -> set:
 
 
 def _config_path(argv) -> str:
+    if STARTED_FROM:
+        return str(Path(STARTED_FROM["workdir"]) / "config.json")
     for index, arg in enumerate(argv):
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]
@@ -145,11 +188,14 @@ def main(argv):
     from sde_diffusion.app.controllable_modes import run_controllable
     from sde_diffusion.app.modes import run_eval, run_likelihood, run_sample, run_study_mode
     from sde_diffusion.app.signals import StoppedBySignal, interrupted_by_signals
+    from sde_diffusion.app.workdir_config import check_stored_overrides
     from sde_diffusion.sampling.ode import SolverStopped
     from sde_diffusion.app.train import NonFiniteError, train
 
     config, plan = FLAGS.config, None
     try:
+        if STARTED_FROM:  # the workdir's config.json: the command line changes only what the weights allow
+            check_stored_overrides(_overridden_fields(sys.argv), FLAGS.mode, FLAGS.workdir)
         load_plugins(config)
         plan = validate_config(config, FLAGS.mode)  # the run's SDE, sampler call, data facts: built once
         check_sampler_options(config, _overridden_fields(sys.argv))

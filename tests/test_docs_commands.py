@@ -30,6 +30,7 @@ SMALL = ["--config.sampling.steps=4", "--config.sampling.num_samples=8", "--conf
          "--config.controllable.num_images=2", "--config.training.n_iters=4", "--config.training.snapshot_freq=4",
          "--config.training.batch_size=8", "--config.training.eval_freq=4", "--config.training.log_freq=2",
          "--config.training.snapshot_sampling=False"]
+READING = ("--config.sampling.", "--config.eval.", "--config.study.", "--config.controllable.")
 SHRUNK = ["--config.model.nf=32", "--config.model.ch_mult=(1,1)", "--config.model.num_res_blocks=1",
           "--config.model.attn_resolutions=(16,)"]  # the 32x32 networks, cut to seconds per step
 
@@ -88,8 +89,10 @@ def prepared(command: str, places: Path, runs: Path):
             word = f"{word}={rest.pop(0)}"
         flags.append(word)
     values = dict(flag.split("=", 1) for flag in flags if flag.startswith(("--config=", "--workdir=", "--mode=")))
-    config, workdir, mode = values["--config"], runs / values["--workdir"], values["--mode"]
-    extra, argv = list(SMALL), []
+    config, workdir, mode = values.get("--config", ""), runs / values["--workdir"], values["--mode"]
+    # without --config the workdir's stored config is the base, and only reading fields may change
+    extra = list(SMALL) if config else [flag for flag in SMALL if flag.startswith(READING)]
+    argv = []
     for flag in flags:
         if flag.startswith("--workdir="):
             flag = f"--workdir={workdir}"

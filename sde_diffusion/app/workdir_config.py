@@ -17,6 +17,12 @@ train split"); moving or touching the files is not.
 The modes that read a trained workdir (sample, likelihood, eval, study, inpaint, colorize)
 refuse a config whose WEIGHT_FIELDS differ from the checkpoint's: the wrong SDE or network
 would evaluate the weights under another meaning without any error.
+
+A run started without `--config` takes the workdir's `config.json` as its config
+(`config_from_workdir`, read through `configs/workdir.py`); its command line may then override
+only READING_MAY_CHANGE (a reading mode: how to sample and score, the seed, where and how fast)
+or MAY_CHANGE_ON_RESUME (`--mode train`, which resumes), and anything else is refused before
+the run starts (`check_stored_overrides`).
 """
 from __future__ import annotations
 
@@ -35,6 +41,9 @@ MAY_CHANGE_ON_RESUME = (
     "data.root", "data.download",
     "sampling", "eval", "study", "controllable",
 )
+# Fields a reading mode started from the workdir's config.json may override.
+READING_MAY_CHANGE = ("seed", "device", "threads", "data.root", "data.download",
+                      "sampling", "eval", "study", "controllable")
 # What the weights mean: the fields sampling and scoring modes must share with the checkpoint.
 WEIGHT_FIELDS = ("model", "training.sde", "training.continuous", "data.dataset", "data.image_size",
                  "data.num_channels", "data.centered")
@@ -143,3 +152,60 @@ def check_weights_config(checkpoint: dict, config, source) -> None:
     if changes:
         raise ConfigChangedError(f"checkpoint {source} was trained with another config ({_describe(changes)}); "
                                  f"run with the values it was trained with")
+
+
+def config_from_stored(stored: dict, base=None):
+    """A ConfigDict of a stored config (`config.json`, a nested dict): lists become tuples again,
+    and a None field takes its type from `base` (the default config, where unset fields are typed
+    placeholders) so that the command line can still set it."""
+    import ml_collections
+
+    def build(tree: dict, base_node):
+        node = ml_collections.ConfigDict()
+        for key, value in tree.items():
+            known = isinstance(base_node, ml_collections.ConfigDict) and key in base_node
+            if isinstance(value, dict):
+                node[key] = build(value, base_node[key] if known else None)
+            elif value is None and known and base_node.get_type(key) is not type(None):
+                node[key] = ml_collections.FieldReference(None, field_type=base_node.get_type(key))
+            else:
+                node[key] = tuple(value) if isinstance(value, list) else value
+        return node
+    return build(stored, base)
+
+
+def stored_config_path(workdir):
+    from pathlib import Path
+    return Path(workdir).expanduser() / "config.json"
+
+
+def config_from_workdir(workdir, base=None):
+    """The config `workdir`'s training run stored (its config.json) as a ConfigDict; ValueError
+    naming the file when it is missing or not a config."""
+    path = stored_config_path(workdir)
+    try:
+        stored = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"{path} does not exist: give --config, or a --workdir a training run wrote") from None
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{path} is not a readable config: {error}") from None
+    if not isinstance(stored, dict):
+        raise ValueError(f"{path} is not a config (a JSON object)")
+    return config_from_stored(stored, base)
+
+
+def check_stored_overrides(fields, mode: str, workdir) -> None:
+    """Refuse command-line overrides `fields` ({"a.b", ...}) of a run that started from the
+    workdir's config.json, where they would change what the weights mean (or, for train, what
+    the resumed run trains): one line naming each field, its stored value and what may change."""
+    allowed = MAY_CHANGE_ON_RESUME if mode == "train" else READING_MAY_CHANGE
+    refused = sorted(field for field in fields if not _matches(field, allowed))
+    if not refused:
+        return
+    leaves = _leaves(json.loads(config_from_workdir(workdir).to_json()))
+    named = ", ".join(f"--config.{field} (stored: {leaves[field]!r})" if field in leaves else f"--config.{field}"
+                      for field in refused)
+    may = ", ".join(name if "." in name or name in ("seed", "device", "threads") else name + ".*"
+                    for name in allowed)
+    raise ConfigChangedError(f"{named}: {stored_config_path(workdir)} is what the weights were trained with; "
+                             f"a {mode} run from it may change only {may}")
