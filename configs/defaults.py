@@ -66,7 +66,10 @@ def get_base_config():
     sampling.eta = unset(float)           # ddim, dpm_solver++: 0 deterministic, 1 stochastic
     sampling.order = unset(int)           # dpm_solver++: 1, 2 or 3
     sampling.unipc = unset(bool)          # dpm_solver++: UniPC's corrector (eta = 0)
-    sampling.churn = unset(float)         # heun: Karras et al.'s S_churn
+    sampling.churn = unset(float)         # heun: Karras et al.'s S_churn (EDM's generate.py --S_churn)
+    sampling.churn_min = unset(float)     # heun: S_min, the lowest noise level churned (--S_min)
+    sampling.churn_max = unset(float)     # heun: S_max, the highest (--S_max)
+    sampling.churn_noise = unset(float)   # heun: S_noise, the added noise's inflation (--S_noise)
     sampling.predictor = unset(str)       # pc: reverse_diffusion, euler_maruyama, ancestral, none
     sampling.corrector = unset(str)       # pc: langevin, ald, none
     sampling.snr = unset(float)           # pc's corrector
@@ -81,6 +84,7 @@ def get_base_config():
     sampling.batch_size = 64
     sampling.labels = ""                  # class-conditional models: "3", "0,1,2"; ""/"all" = every class
     sampling.guidance_scale = 0.0         # classifier-free guidance w (0: plain conditional)
+    sampling.seeds = ""                   # --mode sample: per-image seeds "0-63" as EDM's generate.py (app/image_seeds.py)
 
     config.eval = evaluate = ml_collections.ConfigDict()
     evaluate.checkpoint = 0               # 0 = the latest checkpoint

@@ -248,7 +248,8 @@ def test_main_samples_from_an_edm_pickle(tmp_path, name, config, flags, nfe):
 
 @requires_fixtures
 @pytest.mark.parametrize("name, config, flags, message", [
-    ("edm_vp_ddpmpp", "edm_cifar10", [], "training.sde='vesde', but a VPPrecond runs under 'vpsde'"),
+    ("edm_vp_ddpmpp", "edm_cifar10", ["--config.training.sde=vesde"],
+     "training.sde='vesde', but a VPPrecond runs under 'edm' or 'vpsde'"),
     ("edm_edm_adm_cond", "edm_cifar10", [], "model.num_classes=0, the network has 10"),
     ("edm_edm_ddpmpp", "edm_cifar10", ["--config.data.image_size=32"], "the network's 3/16"),
     ("edm_edm_ddpmpp", "vp_cifar10_ddpm", [], "model.name='edm'"),
@@ -276,6 +277,6 @@ def test_edm_twins_validate_for_sampling(config, classes):
     settings = module.get_config()
     settings.eval.reference_checkpoint = str(FIXTURES / "edm_edm_ddpmpp.pkl")
     validate_config(settings, "sample")
-    assert settings.model.num_classes == classes and settings.training.sde == "vesde"
+    assert settings.model.num_classes == classes and settings.training.sde == "edm"
     assert (settings.model.sigma_min, settings.model.sigma_max) == (0.002, 80.0)
     assert settings.sampling.method == "heun" and settings.data.centered

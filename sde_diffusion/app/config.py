@@ -91,7 +91,7 @@ def build_loss(config, sde: SDE) -> Callable:
 
 # sampling.* fields that describe the run (how many, in which batches, which classes), not the
 # sampler call.
-RUN_FIELDS = ("method", "num_samples", "batch_size", "labels", "guidance_scale")
+RUN_FIELDS = ("method", "num_samples", "batch_size", "labels", "guidance_scale", "seeds")
 
 
 def sampler_spec(config, sde: Optional[SDE] = None) -> SamplerSpec:

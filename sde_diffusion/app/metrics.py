@@ -19,12 +19,12 @@ def quality_metric_for(plan, test: torch.Tensor, mixture=None, workdir=None):
 
     config, device, judge, floor = plan.config, plan.device, None, None
     if plan.data.judge == "digits":
-        kind = "digits"
+        kind, floor = "digits", plan.dataset("train").data  # the floor: real images, as many as the samples
     elif _classifier_judged(plan):
         from ..evaluation.judges import cached_judge
 
         train = plan.dataset("train")  # read once: the judge's data and the floor's
-        kind, judge, floor = "classifier", cached_judge(train.data, train.labels), train.data[:len(test)]
+        kind, judge, floor = "classifier", cached_judge(train.data, train.labels), train.data
     else:
         kind = "images" if plan.data.images else "points"
     return quality_metric(kind, test, device, seed=config.seed, image_size=config.data.image_size,

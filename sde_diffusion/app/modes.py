@@ -30,7 +30,8 @@ from ..sampling import sample
 from .metrics import data_judge, fid_reference_text, quality_metric_for
 from .plan import Plan, plan_for
 from .progress import Progress, announce, say
-from .trained import load_trained
+from .image_seeds import parse_seeds, seeded_latents, seeds_tag
+from .trained import load_trained, load_trained_run  # noqa: F401 - load_trained: callers import it from here
 
 
 def sampling_denoiser_and_labels(model, plan: Plan, num_samples: int):
@@ -45,25 +46,28 @@ def sampling_denoiser_and_labels(model, plan: Plan, num_samples: int):
 
 
 def draw_samples(model, plan: Plan, num_samples: int, generator: torch.Generator, class_labels=None,
-                 progress: Progress = None):
+                 progress: Progress = None, latents=None, model_space: bool = False):
     """`num_samples` samples in data space with the run's sampler call on the plan's device;
     returns (x, nfe per batch). With `class_labels` ([num_samples]), `model` maps a batch's labels
     to its Denoiser (see `sampling_denoiser_and_labels`). `progress`, if given, is told the
-    samples done per batch."""
+    samples done per batch. `latents`: unit latents [num_samples, ...] to start from (per-image
+    seeds) instead of prior draws; `model_space`: the samples as the sampler returns them,
+    unclamped, not in data space."""
     batch_size = plan.config.sampling.batch_size
     batches, nfe = [], 0
     for start in range(0, num_samples, batch_size):
         count = min(batch_size, num_samples - start)
         batch_model = model if class_labels is None else model(class_labels[start:start + count])
         x, nfe = sample(batch_model, plan.sde, (count,) + plan.data.shape, plan.spec, generator=generator,
-                        device=plan.device)
-        batches.append(plan.to_data_space(x).cpu())
+                        device=plan.device, latents=None if latents is None else latents[start:start + count])
+        batches.append((x if model_space else plan.to_data_space(x)).cpu())
         if progress is not None:
             progress.update(start + count, nfe=nfe)
     return torch.cat(batches), nfe
 
 
-def draw_shared_samples(model, plan: Plan, num_samples: int, class_labels=None, seed=None):
+def draw_shared_samples(model, plan: Plan, num_samples: int, class_labels=None, seed=None, latents=None,
+                        model_space: bool = False):
     """`draw_samples` with the samples (and their `class_labels`) divided over the processes:
     (all samples in rank order, the largest NFE of a batch) on rank 0, (None, None) on the
     others. One process draws them all with the generator seeded by `seed` (`config.seed`)."""
@@ -74,7 +78,8 @@ def draw_shared_samples(model, plan: Plan, num_samples: int, class_labels=None, 
                         enabled=distributed.is_main())
     with torch.no_grad():
         if count:
-            samples, nfe = draw_samples(model, plan, count, generator, own_labels, progress)
+            own_latents = None if latents is None else latents[first:first + count]
+            samples, nfe = draw_samples(model, plan, count, generator, own_labels, progress, own_latents, model_space)
         else:  # more processes than samples
             samples, nfe = torch.empty((0,) + plan.data.shape), 0
     progress.close()
@@ -104,24 +109,33 @@ def require_finite(values: torch.Tensor, what: str) -> torch.Tensor:
     return values
 
 
-def _sampling_run(what: str, plan: Plan, workdir, num_samples: int, config_file: str, seeds=(None,)):
+def _sampling_run(what: str, plan: Plan, workdir, num_samples: int, config_file: str, seeds=(None,), image_seeds=(),
+                  model_space: bool = False):
     """The start `sample` and `eval` share: load the trained model, say what runs, draw
-    `num_samples` (divided over the processes) for each of `seeds` (None: config.seed).
-    Returns (step, class labels or None, [samples per seed], NFE, seconds); the samples are None
-    on the processes other than rank 0."""
-    model, _, step = load_trained(plan.config, workdir, plan.device, plan)
+    `num_samples` (divided over the processes) for each of `seeds` (None: config.seed), or one
+    image per seed of `image_seeds` (`image_seeds`: latents, and classes unless sampling.labels
+    names them, drawn from each image's seed). Returns (the plan as the network narrows it, step,
+    class labels or None, [samples per seed], NFE, seconds); the samples are None on the
+    processes other than rank 0."""
+    model, plan, step = load_trained_run(plan.config, workdir, plan.device, plan)
     if distributed.is_main():
         announce(what, config_file, workdir, plan.device,
                  f"checkpoint step {step}, {num_samples} samples with {plan.spec.summary()}"
                  + (f", seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""))
     model, class_labels = sampling_denoiser_and_labels(model, plan, num_samples)
+    latents = None
+    if image_seeds:
+        latents, seeded_labels = seeded_latents(image_seeds, plan.data.shape, plan.data.num_classes, plan.device)
+        if class_labels is not None and str(plan.config.sampling.labels).strip() in ("", "all"):
+            class_labels = seeded_labels
     start, drawn, nfe = time.perf_counter(), [], 0
     for seed in seeds:
-        samples, nfe = draw_shared_samples(model, plan, num_samples, class_labels, seed=seed)
+        samples, nfe = draw_shared_samples(model, plan, num_samples, class_labels, seed=seed, latents=latents,
+                                           model_space=model_space)
         if samples is not None:
             require_finite(samples, f"{what} with {plan.spec.method}")
         drawn.append(samples)
-    return step, class_labels, drawn, nfe, time.perf_counter() - start
+    return plan, step, class_labels, drawn, nfe, time.perf_counter() - start
 
 
 def _output_name(kind: str, step, plan: Plan, class_labels, count: int, seeds) -> str:
@@ -149,14 +163,22 @@ def batch_tag(config, count: int) -> str:
 def run_sample(config, workdir, config_file: str = "", plan: Optional[Plan] = None) -> dict:
     plan = plan_for(config, plan)
     config = plan.config
-    step, class_labels, (samples,), nfe, seconds = _sampling_run("sample", plan, workdir, config.sampling.num_samples,
-                                                                 config_file)
+    image_seeds = parse_seeds(config.sampling.seeds) if config.sampling.get("seeds") else []
+    plan, step, class_labels, (samples,), nfe, seconds = _sampling_run(
+        "sample", plan, workdir, len(image_seeds) or config.sampling.num_samples, config_file, image_seeds=image_seeds,
+        model_space=True)
     if samples is None:
         return None
+    model_space, samples = samples, plan.to_data_space(samples)
     folder = Path(workdir) / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    name = _output_name("samples", step, plan, class_labels, len(samples), (config.seed,))
+    seed_tag = config.seed  # per-image seeds name the images; the run's seed, a stochastic sampler's noise
+    if image_seeds:
+        seed_tag = f"s{seeds_tag(image_seeds)}" + ("" if plan.spec.deterministic else f"_seed{config.seed}")
+    name = _output_name("samples", step, plan, class_labels, len(samples), (seed_tag,))
     arrays = {"samples": samples.numpy()}
+    if image_seeds:  # as the sampler returned them, unclamped: what EDM's edm_sampler returns for these seeds
+        arrays["model_space"] = model_space.numpy()
     if class_labels is not None:
         arrays["labels"] = class_labels.numpy()
     data = None if plan.data.images else plan.dataset("test").data
@@ -194,8 +216,8 @@ def run_likelihood(config, workdir, config_file: str = "", plan: Optional[Plan] 
 
     plan = plan_for(config, plan)
     config, device, sde, images = plan.config, plan.device, plan.sde, plan.data.images
-    model, _, step = load_trained(config, workdir, device, plan)
-    model = plan.denoiser(model)
+    model, plan, step = load_trained_run(config, workdir, device, plan)
+    model, sde = plan.denoiser(model), plan.sde
     evaluate = config.eval
     generator = torch.Generator(device).manual_seed(distributed.rank_seed(config.seed))
     options = dict(trace=evaluate.bpd_trace, rtol=evaluate.bpd_rtol, atol=evaluate.bpd_atol, generator=generator,
@@ -259,8 +281,8 @@ def run_eval(config, workdir, config_file: str = "", plan: Optional[Plan] = None
     if distributed.is_main():  # scores on rank 0 only, which gathers the samples
         metric, _ = quality_metric_for(plan, test, workdir=workdir)
     seeds = tuple(config.eval.get("seeds") or ()) or (config.seed,)
-    step, class_labels, drawn, nfe, seconds = _sampling_run("eval", plan, workdir, config.eval.num_samples,
-                                                            config_file, seeds=seeds)
+    plan, step, class_labels, drawn, nfe, seconds = _sampling_run("eval", plan, workdir, config.eval.num_samples,
+                                                                  config_file, seeds=seeds)
     if drawn[0] is None:
         return None
     start = time.perf_counter() - seconds
@@ -321,8 +343,8 @@ def run_study_mode(config, workdir, config_file: str = "", plan: Optional[Plan] 
         step, mixture = "oracle", toy_mixture()
         model = mixture.score_fn(sde)
     else:
-        model, _, step = load_trained(config, workdir, device, plan)
-        model, mixture = plan.denoiser(model), None
+        model, plan, step = load_trained_run(config, workdir, device, plan)
+        model, mixture, sde = plan.denoiser(model), None, plan.sde
     data_metric, metric_key = quality_metric_for(plan, test, mixture, workdir=workdir)
     announce("study", config_file, workdir, device,
              f"{'the exact score' if study.oracle else f'checkpoint step {step}'}, "

@@ -1,15 +1,62 @@
 """A trained network to sample or score: the EMA weights of the workdir's latest checkpoint (or
 `eval.checkpoint`), a score_sde_pytorch checkpoint or an EDM network pickle
-(`eval.reference_checkpoint`), each checked against the run's config before it is used."""
+(`eval.reference_checkpoint`), each checked against the run's config before it is used.
+
+An EDM network comes with the noise levels it was trained on (`sigma_min`, `sigma_max`), and
+EDM's `generate.py` samples it only there: its grid runs from min(sigma_max of the run,
+the network's) to max(the run's end noise level, the network's sigma_min). `load_trained_run`
+returns the run's Plan narrowed to them in the same way (`honour_noise_range`)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
-from typing import Optional
+from typing import NamedTuple, Optional, Union
 
 from ..files import checkpoints
 from ..training.ema import EMA
 from .plan import Plan, plan_for
+from .progress import say
 from .workdir_config import check_weights_config
+
+
+class Trained(NamedTuple):
+    network: object          # EMA network in eval mode (or an EDM / diffusers network)
+    plan: Plan               # the run's, narrowed to the network's own noise levels
+    step: Union[int, str]    # the checkpoint's step, or "reference_<name>" for a published network
+
+
+def load_trained_run(config, workdir, device, plan: Optional[Plan] = None) -> Trained:
+    """`load_trained`'s network and step with the run's Plan, whose process and sampler call
+    honour an EDM network's noise range (module docstring). The modes sample with this plan."""
+    plan = plan_for(config, plan)
+    network, _, step = load_trained(config, workdir, device, plan)
+    if hasattr(network, "sigma_min") and hasattr(network, "sigma_max"):
+        plan = honour_noise_range(plan, float(network.sigma_min), float(network.sigma_max),
+                                  f"the {type(network).__name__} of {config.eval.reference_checkpoint}")
+    return Trained(network, plan, step)
+
+
+def honour_noise_range(plan: Plan, sigma_min: float, sigma_max: float, what: str) -> Plan:
+    """`plan` with its grid inside the noise levels [sigma_min, sigma_max] of a network, as
+    EDM's `edm_sampler` clamps its sigma_max and sigma_min: the process's top (its T) lowered to
+    sigma_max where it has a `sigma_max` (edm, vesde), the end raised to sigma_min. A process
+    whose top cannot move (vpsde's T = 1) and lies above sigma_max is refused in one line."""
+    sde, spec = plan.sde, plan.spec
+    top, end = float(sde.noise_level(sde.T)), float(sde.noise_level(spec.end(sde)))
+    if top > sigma_max * (1 + 1e-6):
+        settings = sde._init_kwargs()
+        if "sigma_max" not in settings:
+            raise checkpoints.CheckpointError(
+                f"{what} was trained on noise levels up to {sigma_max:g}, but {type(sde).__name__} starts at "
+                f"{top:g}: sample it under training.sde=edm (sigma(t) = t, as EDM's sampler does)")
+        sde = type(sde)(**{**settings, "sigma_max": sigma_max})
+    if end < sigma_min:
+        end = sigma_min
+    if sde is plan.sde and end == float(plan.sde.noise_level(spec.end(plan.sde))):
+        return plan
+    say("%s: sampled on its noise levels %g to %g, as EDM's sampler does", what, float(sde.noise_level(sde.T)), end)
+    spec = dataclasses.replace(spec, eps=sde.time_of_noise_level(end), end_noise_level=None)
+    return dataclasses.replace(plan, sde=sde, spec=spec)
 
 
 def load_trained(config, workdir, device, plan: Optional[Plan] = None):
@@ -17,7 +64,8 @@ def load_trained(config, workdir, device, plan: Optional[Plan] = None):
     the one at `eval.checkpoint` when that is set), or from the score_sde_pytorch checkpoint
     named by `eval.reference_checkpoint`, whose step is reported as "reference_<step>" so that
     its outputs never overwrite those of the workdir's own run. `plan`: the run's (made from
-    `config` when not given)."""
+    `config` when not given). The modes use `load_trained_run`, whose plan honours an EDM
+    network's noise range."""
     plan = plan_for(config, plan)
     path = config.eval.get("reference_checkpoint", "")
     if str(path).endswith(".pkl"):
@@ -49,16 +97,17 @@ def load_trained(config, workdir, device, plan: Optional[Plan] = None):
 
 def _load_edm(config, path, device):
     """The EDM network of a pickle, after checking that the config's SDE is the one its
-    preconditioning's noise levels describe."""
+    preconditioning's noise levels describe, or `edm` (sigma(t) = t, on which EDM's own
+    sampler runs every preconditioning)."""
     from ..published.edm import load_edm_network
     from ..models.edm_precond import SDE_OF
 
     network = load_edm_network(path, device, allow_unknown_source=config.eval.get("edm_allow_unknown_source", False))
     kind, sde_name = type(network).__name__, SDE_OF[type(network).__name__]
     problems = []
-    if config.training.sde != sde_name:
-        problems.append(f"training.sde={config.training.sde!r}, but a {kind} runs under {sde_name!r}")
-    if kind == "VPPrecond" and (config.model.beta_min, config.model.beta_max) != (
+    if config.training.sde not in (sde_name, "edm"):
+        problems.append(f"training.sde={config.training.sde!r}, but a {kind} runs under 'edm' or {sde_name!r}")
+    if kind == "VPPrecond" and config.training.sde == "vpsde" and (config.model.beta_min, config.model.beta_max) != (
             network.beta_min, network.beta_min + network.beta_d):
         problems.append(f"model.beta_min/beta_max={config.model.beta_min}/{config.model.beta_max}, the network's "
                         f"{network.beta_min}/{network.beta_min + network.beta_d}")

@@ -161,6 +161,8 @@ def validate_config(config, mode: Optional[str] = None) -> Plan:
         raise sde_error
     if config.eval.get("reference_checkpoint"):
         _validate_reference_checkpoint(config, mode)
+    if config.sampling.get("seeds"):
+        _validate_image_seeds(config, mode)
     if mode in ("inpaint", "colorize"):
         _validate_controllable(config, mode, spec)
     if is_image_data(config):
@@ -196,8 +198,9 @@ def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:
         require(config.model.name == EDM_PICKLE_MODEL, "model.name",
                 f"an EDM pickle ({path}) needs model.name='{EDM_PICKLE_MODEL}' (configs/published/edm_*.py)",
                 config.model.name)
-        require(config.training.sde in ("vpsde", "vesde"), "training.sde",
-                "EDM's networks run under vpsde (VPPrecond) or vesde (the others)", config.training.sde)
+        require(config.training.sde in ("edm", "vpsde", "vesde"), "training.sde",
+                "EDM's networks run under edm (as EDM samples them), vpsde (VPPrecond) or vesde (the others)",
+                config.training.sde)
     require(path.endswith(".pkl") or network_facts(config.model.name).family == "score_sde", field,
              f"score_sde_pytorch checkpoints hold {' or '.join(family_members('score_sde'))} networks, not "
              f"model.name={config.model.name!r}", path)
@@ -207,6 +210,17 @@ def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:
              "starts from a fresh network", path)
     require(not (mode == "study" and config.study.oracle), field,
              "study.oracle=True scores the exact score, not a checkpoint", path)
+
+
+def _validate_image_seeds(config, mode: Optional[str]) -> None:
+    from .image_seeds import parse_seeds
+
+    try:
+        parse_seeds(config.sampling.seeds)
+    except ValueError as error:
+        raise ConfigError(f"config.sampling.seeds: {error}") from None
+    require(mode in (None, "sample"), "sampling.seeds", "per-image seeds are read by --mode sample (eval draws "
+            "eval.num_samples for each of eval.seeds); unset it", config.sampling.seeds)
 
 
 def _validate_classes(config) -> None:

@@ -94,3 +94,52 @@ def cached_judge(images: torch.Tensor, labels: torch.Tensor, hidden: int = 128, 
     np.savez(buffer, w0=judge.weights[0], w1=judge.weights[1], b0=judge.biases[0], b1=judge.biases[1])
     atomic_write(path, lambda temporary: Path(temporary).write_bytes(buffer.getvalue()))
     return judge
+
+
+# How many sets of real training images the floor of a sample count is the mean of.
+FLOOR_DRAWS = 5
+
+
+def floor_indices(num_train: int, count: int, seed: int, draw: int) -> torch.Tensor:
+    """The training images draw `draw` of the floor for `count` samples scores: the first
+    min(count, num_train) of a permutation of the split drawn with seed `seed + draw`."""
+    generator = torch.Generator().manual_seed(int(seed) + draw)
+    return torch.randperm(num_train, generator=generator)[:min(count, num_train)]
+
+
+def frechet_distance(features: np.ndarray, reference: np.ndarray) -> float:
+    """FD between Gaussians fitted to two feature sets (clean-fid's, as `fid_kid` computes it)."""
+    from cleanfid import fid as cleanfid_fid
+
+    features, reference = np.asarray(features, dtype=np.float64), np.asarray(reference, dtype=np.float64)
+    return float(cleanfid_fid.frechet_distance(features.mean(axis=0), np.cov(features, rowvar=False),
+                                               reference.mean(axis=0), np.cov(reference, rowvar=False)))
+
+
+class RealDataFloor:
+    """What a perfect model would score at a sample count: the FD of as many real training images
+    (`train`, [N, 1, S, S] in [0, 1]) against the test features `reference`, in `judge`'s feature
+    space, over FLOOR_DRAWS draws (`floor_indices`, seeds `seed`, `seed + 1`, ...). FD is biased
+    upwards at small counts, so a model is judged against the floor of its own count, never the
+    floor of a whole split. Calling it with a count gives {"<key>_floor": mean,
+    "<key>_floor_spread": the draws' standard deviation, "<key>_floor_samples": the images per
+    draw}, computed once per count."""
+
+    def __init__(self, judge, train: torch.Tensor, reference: np.ndarray, key: str, seed: int = 0,
+                 draws: int = FLOOR_DRAWS):
+        self.judge, self.train, self.reference, self.key = judge, train, reference, key
+        self.seed, self.draws, self._known = seed, draws, {}
+
+    def __call__(self, count: int) -> dict:
+        if count not in self._known:
+            import logging
+
+            logging.getLogger(__name__).info("%s floor: %d draws of %d real training images against the test split",
+                                             self.key, self.draws, min(count, len(self.train)))
+            values = [frechet_distance(self.judge.features(self.train[floor_indices(len(self.train), count,
+                                                                                    self.seed, draw)]),
+                                       self.reference) for draw in range(self.draws)]
+            self._known[count] = {f"{self.key}_floor": float(np.mean(values)),
+                                  f"{self.key}_floor_spread": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+                                  f"{self.key}_floor_samples": min(count, len(self.train))}
+        return self._known[count]

@@ -332,20 +332,23 @@ def quality_metric(kind: str, test: torch.Tensor, device, *, seed: int = 0, imag
     `mixture.sample_errors` when the exact mixture is known); "digits": FD/KD in digit-classifier
     features (and FID/KID when `inception_path` is given); "classifier": FD/KD in the features
     of `judge` (`judges.cached_judge` of the data set's training split: MNIST,
-    Fashion-MNIST), with the floor `fd_classifier_floor` of real `floor` images (a training
-    subset as large as `test`) when given; "images": FID/KID with clean-fid's Inception against
+    Fashion-MNIST); with `floor` (the training split's images) "digits" and "classifier" add the
+    real-data floor at the scored sample count (`judges.RealDataFloor`: `fd_*_floor`, its
+    `_spread` and `_samples`); "images": FID/KID with clean-fid's Inception against
     `test`, or against `fid_reference(extractor)` when given (a whole split's cached statistics:
     `fid_reference`). The feature extractors are loaded here, so missing Inception weights stop a
     run before any sampling."""
+    from .judges import RealDataFloor
+
     if kind == "classifier":
         reference = judge.features(test)
         subset = min(1000, len(test))
-        floor_fd = fid_kid(judge.features(floor), reference, kid_subset_size=subset)["fid"] if floor is not None else None
+        real_floor = RealDataFloor(judge, floor, reference, "fd_classifier", seed) if floor is not None else None
 
         def classifier_metric(x):
             scores = fid_kid(judge.features(x.cpu()), reference, kid_subset_size=min(subset, len(x)))
             result = {"fd_classifier": scores["fid"], "kd_classifier": scores["kid"]}
-            return result if floor_fd is None else {**result, "fd_classifier_floor": floor_fd}
+            return result if real_floor is None else {**result, **real_floor(len(x))}
         return classifier_metric, "fd_classifier"
     if kind == "points":
         def metric(x):
@@ -357,10 +360,12 @@ def quality_metric(kind: str, test: torch.Tensor, device, *, seed: int = 0, imag
         return metric, "sliced_wasserstein"
     if kind not in ("digits", "images"):
         raise ValueError(f"unknown metric kind {kind!r}: points, digits or images")
-    judge = extractor = reference = None
+    judge = extractor = reference = real_floor = None
     if kind == "digits":
         from .judges import DigitsJudge
         judge = DigitsJudge(image_size)  # fitted once, however many calls follow
+        if floor is not None:
+            real_floor = RealDataFloor(judge, floor, judge.features(test), "fd_digits", seed)
     if inception_path or kind == "images":
         extractor = load_inception(inception_path, device, download=download_inception)
         reference = fid_reference(extractor) if fid_reference is not None and kind == "images" else to_uint8_hwc(test)
@@ -371,6 +376,8 @@ def quality_metric(kind: str, test: torch.Tensor, device, *, seed: int = 0, imag
             scores.update(fid_kid(to_uint8_hwc(x.cpu()), reference, feature_extractor=extractor, device=device))
         if judge is not None:
             scores.update(digits_scores(x.cpu(), test, image_size, judge))
+        if real_floor is not None:
+            scores.update(real_floor(len(x)))
         return scores
     return metric, "fd_digits" if kind == "digits" else "fid"
 

@@ -59,6 +59,13 @@ class VPPrecond(Preconditioned):
                  M=1000, epsilon_t=1e-5, model_type="SongUNet", **model_kwargs):
         super().__init__(img_resolution, img_channels, label_dim, use_fp16, model_type, **model_kwargs)
         self.beta_d, self.beta_min, self.M, self.epsilon_t = beta_d, beta_min, M, epsilon_t
+        # the noise levels it was trained on, as EDM computes them (float32), which its sampler honours
+        self.sigma_min, self.sigma_max = float(self.sigma(epsilon_t)), float(self.sigma(1))
+
+    def sigma(self, t) -> torch.Tensor:
+        """sigma(t) = sqrt(exp(beta_d t^2 / 2 + beta_min t) - 1)."""
+        t = torch.as_tensor(t)
+        return ((0.5 * self.beta_d * t ** 2 + self.beta_min * t).exp() - 1).sqrt()
 
     def time_of_sigma(self, sigma: torch.Tensor) -> torch.Tensor:
         # sigma(t)^2 = exp(beta_d t^2 / 2 + beta_min t) - 1, solved for t
@@ -107,6 +114,7 @@ class iDDPMPrecond(Preconditioned):  # noqa: N801 - EDM's class name, which its 
             ratio = self._alpha_bar(j - 1) / self._alpha_bar(j)
             u[j - 1] = math.sqrt((u[j].item() ** 2 + 1) / max(ratio, C_1) - 1)
         self.register_buffer("u", u)
+        self.sigma_min, self.sigma_max = float(u[M - 1]), float(u[0])
 
     def _alpha_bar(self, j: int) -> float:
         return math.sin(0.5 * math.pi * j / self.M / (self.C_2 + 1)) ** 2

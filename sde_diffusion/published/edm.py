@@ -200,3 +200,16 @@ def load_edm_network(path, device="cpu", allow_unknown_source: bool = False) -> 
     (a `models.edm_precond` module; `edm_denoiser` makes it this package's Denoiser)."""
     return edm_network(read_edm_pickle(path)["ema"], source=str(path),
                        allow_unknown_source=allow_unknown_source).to(device)
+
+
+def edm_sampling_process(network, sigma_min: float = 0.002, sigma_max: float = 80.0, N: int = 1000):
+    """EDM's process sigma(t) = t (`EDMSDE`) on the noise levels EDM's `generate.py` samples
+    `network` on: [max(sigma_min, network.sigma_min), min(sigma_max, network.sigma_max)] (a
+    VEPrecond's 0.02 to 80; EDMPrecond's and VPPrecond's 0.002 to 80). Its `edm_sampler` is then
+    `sample(edm_denoiser(network, sde), sde, shape, "heun", steps=18, end_noise_level=sde.sigma_min,
+    latents=latents)` with generate.py's unit `latents`."""
+    from ..processes.gaussian_paths import EDMSDE
+
+    low = max(float(sigma_min), float(getattr(network, "sigma_min", 0.0)))
+    high = min(float(sigma_max), float(getattr(network, "sigma_max", float("inf"))))
+    return EDMSDE(sigma_min=low, sigma_max=high, N=N)

@@ -91,7 +91,10 @@ def heun_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch
     probability-flow ODE becomes dy/dsigma~ = (y - x0(y)) / sigma~ (their eq. 3 with s = 1).
     churn (S_churn) adds noise to raise sigma~ by gamma = min(churn / steps, sqrt(2) - 1) at
     grid levels within [churn_min, churn_max] (S_tmin, S_tmax) before each step; churn_noise is
-    S_noise. The last step, to sigma~ = 0, is an Euler step (their Algorithm 2, line 9)."""
+    S_noise. The last step, to sigma~ = 0, is an Euler step (their Algorithm 2, line 9). One
+    difference to EDM's `edm_sampler`: a churned level is capped at the grid's top (EDM's may
+    exceed its sigma_max, where churn_max >= the top level; its published settings churn below
+    50)."""
     grid = _grid(sde, timesteps)
     n = len(grid.times)
     noise_levels = [s / a for a, s in zip(grid.alphas, grid.sigmas)]  # sigma~, ends with 0
@@ -108,10 +111,13 @@ def heun_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch
     for k in range(n):
         level, next_level = noise_levels[k], noise_levels[k + 1]
         gamma = gamma_max if churn_min <= level <= churn_max else 0.0
+        # with churn on, a draw at every step, used or not, as EDM's edm_sampler draws: the same
+        # generator gives its noise
+        noise = randn(y.shape, generator, y) if gamma_max > 0 else None
         if gamma > 0:  # churn: go up to level_hat by adding fresh noise
             level_hat = min(level * (1 + gamma), top_level)
             extra = math.sqrt(max(level_hat ** 2 - level ** 2, 0.0)) * churn_noise
-            y = y + extra * randn(y.shape, generator, y)
+            y = y + extra * noise
             level = level_hat
             x0 = denoise(y, level)
         else:

@@ -230,9 +230,9 @@ def sample(model: Model, sde: SDE, shape: Sequence[int], method: Union[str, Samp
            steps: Optional[int] = None, generator: Seed = None, *, eps: Optional[float] = None,
            end_noise_level: Optional[float] = None,
            schedule: Optional[str] = None, schedule_options: Optional[dict] = None,
-           z: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32,
-           device: Union[str, torch.device, None] = None, step_hook: Optional[StepHook] = None,
-           **options) -> Tuple[torch.Tensor, int]:
+           z: Optional[torch.Tensor] = None, latents: Optional[torch.Tensor] = None,
+           dtype: torch.dtype = torch.float32, device: Union[str, torch.device, None] = None,
+           step_hook: Optional[StepHook] = None, **options) -> Tuple[torch.Tensor, int]:
     """Draw samples of `shape` ([B, ...]) by `method` with `steps` steps; returns (x, nfe).
 
     method: a sampler's name (then steps, eps, schedule, schedule_options and options describe
@@ -240,8 +240,10 @@ def sample(model: Model, sde: SDE, shape: Sequence[int], method: Union[str, Samp
     the sampler's declared defaults, its best known setting. steps: grid size (default sde.N);
     eps: the last time of the grid (the reverse process stops at t = eps, where the score is
     still finite), or end_noise_level: the noise level sigma/alpha there; schedule: the grid's spacing (`schedules.SCHEDULES`), with
-    `schedule_options` (karras: rho; logsnr: power); z: start from this latent instead of a
-    prior sample (decoding with `ode`); generator: an int seed or a torch.Generator that makes
+    `schedule_options` (karras: rho; logsnr: power); z: start from this x at T instead of a
+    prior sample (decoding with `ode`); latents: start from these unit-variance latents, x at T
+    = latents * sde.prior_std (what the prior draw is made of; EDM's `latents * t_steps[0]`, so
+    EDM's `latents` go here as they are); generator: an int seed or a torch.Generator that makes
     the run reproducible; step_hook: a `registry.StepHook` the sampler calls along its steps
     (conditioning, progress), ValueError for a sampler that takes none; options: the sampler's own.
     """
@@ -254,7 +256,8 @@ def sample(model: Model, sde: SDE, shape: Sequence[int], method: Union[str, Samp
         spec = SamplerSpec(method=method, steps=steps, schedule=schedule, schedule_options=dict(schedule_options or {}),
                            eps=eps, end_noise_level=end_noise_level, options=options)
     spec = spec.resolved(sde=sde)
-    counted, x, timesteps, generator = start(model, sde, shape, spec, generator, z=z, dtype=dtype, device=device)
+    counted, x, timesteps, generator = start(model, sde, shape, spec, generator, z=z, latents=latents, dtype=dtype,
+                                             device=device)
     x = SAMPLERS[spec.method](counted, sde, x, timesteps, generator, **spec.options, **hook_keyword(spec, step_hook))
     return x, counted.calls
 
@@ -277,14 +280,20 @@ def require_step_hook(method: str) -> None:
 
 
 def start(model: Model, sde: SDE, shape: Sequence[int], spec: SamplerSpec, generator: Seed = None, *,
-          z: Optional[torch.Tensor] = None, dtype: torch.dtype = torch.float32,
-          device: Union[str, torch.device, None] = None):
+          z: Optional[torch.Tensor] = None, latents: Optional[torch.Tensor] = None,
+          dtype: torch.dtype = torch.float32, device: Union[str, torch.device, None] = None):
     """What every sampling run begins with: (the counted denoiser, x at T: a prior sample of
-    `shape` or the latent `z`, the grid of `spec`, the generator made from `generator`)."""
-    device = torch.device(device) if device is not None else (z.device if z is not None else torch.device("cpu"))
+    `shape`, the latent `z` or the unit `latents` times the prior's std, the grid of `spec`, the
+    generator made from `generator`)."""
+    if z is not None and latents is not None:
+        raise ValueError("pass x at T (z) or unit latents (latents), not both")
+    given = z if z is not None else latents
+    device = torch.device(device) if device is not None else (given.device if given is not None else torch.device("cpu"))
     generator = make_generator(generator, device)
-    if z is None:
+    if given is None:
         x = sde.prior_sampling(shape, generator=generator, dtype=dtype, device=device)
-    else:
+    elif z is not None:
         x = z.to(device=device, dtype=dtype)
+    else:
+        x = latents.to(device=device, dtype=dtype) * sde.prior_std
     return CountedDenoiser(as_denoiser(model, sde)), x, spec.grid(sde, device), generator
