@@ -24,6 +24,9 @@ from ..processes.sdes import SDES, SDE
 
 # model.name of a network that only comes from an EDM pickle (eval.reference_checkpoint = *.pkl)
 EDM_PICKLE_MODEL = "edm"
+# model.name of a network read from a diffusers pipeline folder (eval.reference_checkpoint = DIR)
+DIFFUSERS_MODEL = "diffusers"
+PUBLISHED_MODELS = (EDM_PICKLE_MODEL, DIFFUSERS_MODEL)  # networks that only come from a published file
 MAX_IMAGE_SIZE = 1024  # pixels per side; beyond it a run cannot fit in any GPU's memory at a useful batch
 
 

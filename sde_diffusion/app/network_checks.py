@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 
 from ..models.registry import network_facts
-from .config import EDM_PICKLE_MODEL, MAX_IMAGE_SIZE, require
+from .config import MAX_IMAGE_SIZE, PUBLISHED_MODELS, require
 
 
 def positive_int(config, field: str) -> None:
@@ -33,7 +33,7 @@ def check_image_config(config) -> None:
             config.data.image_size)
     require(config.data.num_channels in (1, 3), "data.num_channels", "must be 1 (gray) or 3 (RGB)",
             config.data.num_channels)
-    family = "" if config.model.name == EDM_PICKLE_MODEL else network_facts(config.model.name).family
+    family = "" if config.model.name in PUBLISHED_MODELS else network_facts(config.model.name).family
     if family == "score_sde":
         positive_int(config, "model.nf")
         positive_int(config, "model.num_res_blocks")

@@ -20,7 +20,7 @@ from ..models.registry import NetworkFacts, network_facts
 from ..processes.denoiser import Denoiser
 from ..processes.sdes import SDE
 from ..sampling import SamplerSpec
-from .config import (EDM_PICKLE_MODEL, build_denoiser, build_model, build_sde, data_shape, load_dataset_from_config,
+from .config import (PUBLISHED_MODELS, build_denoiser, build_model, build_sde, data_shape, load_dataset_from_config,
                      sampler_spec, select_device)
 
 
@@ -75,7 +75,7 @@ def make_plan(config, sde: Optional[SDE] = None, spec: Optional[SamplerSpec] = N
     network = config.model.name
     return Plan(config=config, device=select_device(config), sde=sde,
                 spec=sampler_spec(config, sde) if spec is None else spec, data=data,
-                network=NetworkFacts(images=facts.images) if network == EDM_PICKLE_MODEL else network_facts(network))
+                network=NetworkFacts(images=facts.images) if network in PUBLISHED_MODELS else network_facts(network))
 
 
 def plan_for(config, plan: Optional[Plan]) -> Plan:

@@ -70,6 +70,12 @@ def load_trained(config, workdir, device, plan: Optional[Plan] = None):
     path = config.eval.get("reference_checkpoint", "")
     if str(path).endswith(".pkl"):
         return _load_edm(config, path, device), plan.sde, f"reference_{Path(path).stem}"
+    if path and Path(path).is_dir():
+        from ..published.diffusers import check_config, load_pipeline
+
+        pipeline = load_pipeline(path, device)
+        check_config(pipeline, config)  # the run's process and row are the folder's
+        return pipeline.network, plan.sde, f"reference_{Path(path).resolve().name}"
     if path:
         from ..published.score_sde import read_reference_checkpoint, reference_model
 

@@ -17,7 +17,8 @@ from ..data.datasets import FASHION_MNIST_SYSTEM_ROOT, dataset_facts
 from ..training.losses import LOSSES, loss_options
 from ..processes.sdes import SDES
 from .metrics import describe_fid_reference
-from .config import EDM_PICKLE_MODEL, ConfigError, build_sde, is_image_data, require, sampler_spec, select_device
+from .config import (DIFFUSERS_MODEL, EDM_PICKLE_MODEL, PUBLISHED_MODELS, ConfigError, build_sde, is_image_data,
+                     require, sampler_spec, select_device)
 from .network_checks import check_image_config, positive_int as _positive_int, positive_number as _positive_number
 from .plan import Plan, make_plan
 
@@ -37,6 +38,10 @@ def validate_config(config, mode: Optional[str] = None) -> Plan:
         require(str(config.eval.reference_checkpoint).endswith(".pkl") and mode != "train", "model.name",
                 f"'{EDM_PICKLE_MODEL}' is a network read from an EDM pickle: set eval.reference_checkpoint to its "
                 f".pkl file (sample, likelihood, eval, study)", config.model.name)
+    elif config.model.name == DIFFUSERS_MODEL:
+        require(Path(str(config.eval.reference_checkpoint or "")).is_dir() and mode != "train", "model.name",
+                f"'{DIFFUSERS_MODEL}' is a network read from a diffusers pipeline folder: set "
+                f"eval.reference_checkpoint to that folder (sample, likelihood, eval, study)", config.model.name)
     else:
         _known(config.model.name, model_names(), "model.name")
     _known(config.sampling.method, SAMPLERS, "sampling.method")
@@ -172,7 +177,7 @@ def validate_config(config, mode: Optional[str] = None) -> Plan:
         _positive_int(config, "data.num_points")
         require(config.data.num_points >= 5, "data.num_points",
                  "must be at least 5 (the test split holds data.num_points // 5 points)", config.data.num_points)
-        require(config.model.name == EDM_PICKLE_MODEL or not network_facts(config.model.name).images, "model.name",
+        require(config.model.name in PUBLISHED_MODELS or not network_facts(config.model.name).images, "model.name",
                  f"{config.model.name!r} is an image network; use 'mlp' for point data", config.model.name)
     if config.model.name == "mlp":
         for field in ("model.width", "model.num_blocks", "model.embed_dim"):
@@ -193,7 +198,12 @@ def _validate_device(device) -> None:
 def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:
     path = config.eval.reference_checkpoint
     field = "eval.reference_checkpoint"
-    require(Path(path).is_file(), field, "no such file", path)
+    if Path(path).is_dir():  # a diffusers pipeline folder: the network and its betas come from it
+        require(config.model.name == DIFFUSERS_MODEL, "model.name", f"a folder ({path}) is read as a diffusers "
+                f"pipeline, which needs model.name='{DIFFUSERS_MODEL}' (configs/published/diffusers_ddpm.py)",
+                config.model.name)
+    else:
+        require(Path(path).is_file(), field, "no such file or folder", path)
     if path.endswith(".pkl"):  # EDM's network pickles: the network comes from the file
         require(config.model.name == EDM_PICKLE_MODEL, "model.name",
                 f"an EDM pickle ({path}) needs model.name='{EDM_PICKLE_MODEL}' (configs/published/edm_*.py)",
@@ -201,7 +211,7 @@ def _validate_reference_checkpoint(config, mode: Optional[str]) -> None:
         require(config.training.sde in ("edm", "vpsde", "vesde"), "training.sde",
                 "EDM's networks run under edm (as EDM samples them), vpsde (VPPrecond) or vesde (the others)",
                 config.training.sde)
-    require(path.endswith(".pkl") or network_facts(config.model.name).family == "score_sde", field,
+    require(path.endswith(".pkl") or Path(path).is_dir() or network_facts(config.model.name).family == "score_sde", field,
              f"score_sde_pytorch checkpoints hold {' or '.join(family_members('score_sde'))} networks, not "
              f"model.name={config.model.name!r}", path)
     require(not config.eval.checkpoint, field,
