@@ -28,8 +28,34 @@ from pathlib import Path
 
 from absl import app, flags
 from ml_collections import config_flags
+from ml_collections.config_flags.tuple_parser import TupleParser
 
 FLAGS = flags.FLAGS
+
+
+class CommaListParser(TupleParser):
+    """A tuple field on the command line as a comma-separated list: `--config.study.samplers="ddim,
+    heun schedule=karras"` is ("ddim", "heun schedule=karras"), `--config.study.nfe=10,20` is
+    (10, 20). The rule: commas separate the elements (a sampler spec separates its options by
+    spaces, so it never holds one), spaces around an element are dropped, and an element that is
+    a Python literal (a number, True, a quoted string) is that value, any other a string. A value
+    starting with ( or [ is read as a Python literal, as ml_collections reads it."""
+
+    def parse(self, argument):
+        if isinstance(argument, str) and not argument.strip().startswith(("(", "[")):
+            return tuple(self._element(part.strip()) for part in argument.split(",") if part.strip())
+        return super().parse(argument)
+
+    @staticmethod
+    def _element(text: str):
+        import ast
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+
+
+config_flags.register_flag_parser_for_type(tuple, CommaListParser())
 config_flags.DEFINE_config_file("config", None, "Config file (ml_collections), e.g. configs/vp_toy.py.",
                                 lock_config=True)
 flags.DEFINE_string("workdir", None, "Folder for checkpoints, samples and metrics.")

@@ -1,6 +1,6 @@
 """Reading modes from the workdir alone: `main.py --workdir W --mode sample` starts from the
 config.json W's training run stored; the command line changes only what the weights allow, and
-a refused flag leaves every byte of the workdir as it was."""
+a refused flag leaves every byte of the workdir as it was. List fields take comma-separated values."""
 import hashlib
 import json
 import subprocess
@@ -117,3 +117,17 @@ def test_train_without_config_resumes_from_the_stored_config(tmp_path):
     assert result.returncode == 1 and "--config.optim.warmup (stored: 200)" in result.stderr
     assert "a train run from it may change only threads, device, training.n_iters" in result.stderr
     assert checksums(workdir) == before
+
+
+def test_list_fields_take_comma_separated_values(workdir):
+    result = main_py(f"--workdir={workdir}", "--mode=study", "--config.study.num_samples=100",
+                     "--config.study.samplers=ddim, heun schedule=karras", "--config.study.nfe=4,6")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = last_json(result.stdout)
+    assert report["rows"] == 4
+    specs = [line.split("|")[1].strip() for line in Path(report["md"]).read_text().splitlines()[4:]]
+    assert specs == ["ddim", "ddim", "heun schedule=karras", "heun schedule=karras"]
+    result = main_py(f"--workdir={workdir}", "--mode=eval", "--config.eval.seeds=1, 2",
+                     "--config.sampling.method=ddim", "--config.sampling.steps=4")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert last_json(result.stdout)["seeds"] == [1, 2]
