@@ -49,6 +49,11 @@ def get_base_config():
     # device, precision/compile, lr, data.root, the sampling/eval/study/controllable sections);
     # True resumes despite other changes, with a warning per field (README, "What is safe").
     training.resume_despite_changes = False
+    # A new run's start from a teacher: a checkpoint file or workdir of this package whose EMA
+    # weights the run starts from (consistency tuning, reflow: docs/few_step.md); unread on resume.
+    training.init_from = ""
+    training.reflow_pairs = 50000         # training.loss=reflow: (noise, sample) pairs the teacher makes
+    training.reflow_sampler = "ode rtol=1e-5 atol=1e-5 denoise=True"  # ... with this deterministic sampler
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"                # any registered sampler

@@ -10,3 +10,4 @@ from .processes import gaussian_paths  # noqa: E402,F401 - registers the edm, re
 from .processes import discrete_vp  # noqa: E402,F401 - registers the discrete_vp SDE (diffusers' chains)
 from .published import diffusers_schedules  # noqa: E402,F401 - registers diffusers' timestep grids
 from .training import consistency  # noqa: E402,F401 - registers the ect loss (consistency tuning)
+from .training import reflow  # noqa: E402,F401 - registers the reflow loss (paired noise)

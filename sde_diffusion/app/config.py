@@ -76,20 +76,27 @@ def build_denoiser(model: torch.nn.Module, sde: SDE, config) -> Denoiser:
 
 
 def build_loss(config, sde: SDE) -> Callable:
-    """loss(score_fn, x, generator, class_labels=None, shard=None) -> scalar, the training
-    objective the config names (class_labels: those of a class-conditional model's batch;
-    `shard`: see losses)."""
+    """loss(score_fn, x, generator, class_labels=None, shard=None, step=0, noise=None) -> scalar,
+    the training objective the config names (class_labels: those of a class-conditional model's
+    batch; `shard`: see losses; `step`: the training step, passed to a loss that takes it, such
+    as ECT's; `noise`: the noise paired with each row of x, for a loss that takes it: reflow)."""
     training = config.training
     kind = training.get("loss", "") or "dsm"
+    per_step = ()
     if training.continuous:  # a registered loss, with the options its signature names from config.training
         loss = partial(losses.LOSSES.get_or_raise(kind),
                        **{name: training[name] for name in losses.loss_options(kind) if name in training})
+        per_step = tuple(name for name in ("step", "noise") if losses.loss_takes(kind, name))
     elif training.sde == "vpsde":
         loss = partial(losses.ddpm_loss, reduce_mean=training.reduce_mean)
     else:
         loss = partial(losses.smld_loss, reduce_mean=training.reduce_mean)
-    return lambda score_fn, x, generator, class_labels=None, shard=None: loss(
-        score_fn, sde, x, generator=generator, class_labels=class_labels, shard=shard)
+
+    def objective(score_fn, x, generator, class_labels=None, shard=None, step=0, noise=None):
+        given = {"step": step, "noise": noise}
+        return loss(score_fn, sde, x, generator=generator, class_labels=class_labels, shard=shard,
+                    **{name: given[name] for name in per_step})
+    return objective
 
 
 # sampling.* fields that describe the run (how many, in which batches, which classes), not the

@@ -1,6 +1,7 @@
 """The denoising score-matching trainer behind `main.py --mode train`, in named parts: set-up
-(`_set_up`) and resume (`_resume`), the step (`_batch`, `_step`), logging (`_Log`, `scalars`),
-checkpoints and snapshots (`_save_due`), signals (`_stop`), and `_train` putting them in order.
+(`_set_up`) and resume (`_resume`; a start from a teacher's weights or pairs: `teacher`), the
+step (`batches`, `_step`), logging (`_Log`, `scalars`), checkpoints and snapshots (`_save_due`),
+signals (`_stop`), and `_train` putting them in order.
 
 One loop: draw a batch, augment and scale it (for a class-conditional model, also its labels,
 each dropped to "no label" with probability `training.cond_drop_prob`), take an Adam step on the configured loss with
@@ -37,36 +38,24 @@ import torch
 from ..files import checkpoints
 from ..training import distributed
 from ..data.datasets import BatchStream
-from ..files.image_scaling import random_flip, to_model_space, uniform_dequantize
 from ..training.ema import EMA
-from ..training.guidance import drop_labels
-from ..training.speed import grad_scaler, to_memory_format, training_network
+from ..training.speed import grad_scaler, training_network
 from ..files.output_files import write_text_atomic
 from ..training.training_step import training_step
+from .batches import next_batch, prepare_batch
 from .config import build_loss
 from .modes import draw_samples, sampling_denoiser_and_labels, save_sample_pictures
 from .plan import Plan, plan_for
 from .progress import Progress, announce, say
 from .scalars import NoScalars, Scalars
 from .signals import StopRequest, StoppedBySignal
+from .teacher import from_teacher
 from .workdir_config import check_resume, data_fingerprint
 from .workdir_lock import WorkdirLock
 
 
 class NonFiniteError(ArithmeticError):
     """Training produced a non-finite loss or gradient and `training.nonfinite` says stop."""
-
-
-def _prepare_batch(x: torch.Tensor, plan: Plan, generator: torch.Generator) -> torch.Tensor:
-    """Augment and scale a batch of raw data into the model's space."""
-    config = plan.config
-    if not plan.data.images:
-        return x
-    if config.data.random_flip:
-        x = random_flip(x, generator)
-    if config.data.uniform_dequantization:
-        x = uniform_dequantize(x, generator)
-    return to_model_space(x, config.data.centered)
 
 
 def _rng_state(generator: torch.Generator) -> dict:
@@ -158,6 +147,7 @@ def _resume(run: _Run, workdir: Path) -> tuple:
     those that did not load)."""
     unreadable = []
     resumed, path = checkpoints.latest_checkpoint_and_path(workdir, run.device, unreadable=unreadable)
+    from_teacher(run, workdir, resuming=resumed is not None)  # init_from's weights, reflow's pairs
     if resumed is None:
         return None, unreadable
     missing = [key for key in ("optimizer", "data_stream", "rng") if key not in resumed]
@@ -212,35 +202,21 @@ def _objective(run: _Run) -> tuple:
     shard = (distributed.rank(), distributed.world_size()) if distributed.world_size() > 1 else None
     evaluated = run.plan.denoiser(run.model)
 
-    def train_loss(x, class_labels):
-        return loss_fn(network, x, run.generator, class_labels, **({"shard": shard} if shard else {}))
-    return train_loss, lambda x, generator, class_labels: loss_fn(evaluated, x, generator, class_labels)
-
-
-def _batch(run: _Run, num_classes: int) -> tuple:
-    """The next batch in the model's space and its labels (each dropped to "no label" with
-    probability training.cond_drop_prob), this process's rows of it under torchrun."""
-    training = run.config.training
-    indices = next(run.stream)
-    x = _prepare_batch(run.train_set.batch(indices).to(run.device), run.plan, run.generator)
-    class_labels = None
-    if num_classes:
-        class_labels = drop_labels(run.train_set.labels[indices].to(run.device), training.cond_drop_prob,
-                                   null_label=num_classes, generator=run.generator)
-    if distributed.world_size() > 1:
-        x = distributed.shard_rows(x)
-        class_labels = None if class_labels is None else distributed.shard_rows(class_labels)
-    return to_memory_format(x, training.channels_last), class_labels
+    def train_loss(x, class_labels, noise):  # the step: ECT's gap schedule; noise: reflow's pairs
+        return loss_fn(network, x, run.generator, class_labels, step=run.step, noise=noise,
+                       **({"shard": shard} if shard else {}))
+    return train_loss, lambda x, generator, class_labels: loss_fn(evaluated, x, generator, class_labels,
+                                                                  step=run.step)
 
 
 def _step(run: _Run, train_loss, num_classes: int, skipped_in_a_row: int) -> tuple:
     """One optimizer step with the warmed-up learning rate; (loss, skipped steps in a row).
     NonFiniteError when a non-finite step is to stop the run (`training.nonfinite`)."""
     training, optim = run.config.training, run.config.optim
-    x, class_labels = _batch(run, num_classes)
+    x, class_labels, noise = next_batch(run, num_classes)
     for group in run.optimizer.param_groups:
         group["lr"] = optim.lr * min((run.step + 1) / optim.warmup, 1.0) if optim.warmup else optim.lr
-    loss, _, applied = training_step(lambda: train_loss(x, class_labels), run.model, run.optimizer,
+    loss, _, applied = training_step(lambda: train_loss(x, class_labels, noise), run.model, run.optimizer,
                                      grad_clip=optim.grad_clip, ema=run.ema, scaler=run.scaler,
                                      average=distributed.mean_over_ranks)
     if applied:
@@ -308,7 +284,7 @@ class _Log:
             run.model.eval()
             with torch.no_grad():
                 self.eval_generator.manual_seed(run.config.seed + 1)  # the same noise each time: comparable
-                batch = _prepare_batch(self.eval_batch, run.plan, self.eval_generator)
+                batch = prepare_batch(self.eval_batch, run.plan, self.eval_generator)
                 value = self.eval_loss(batch, self.eval_generator, self.eval_labels)
             run.model.train()
             self.scalars.write(step, eval_loss=value.item())

@@ -21,6 +21,7 @@ from .config import (DIFFUSERS_MODEL, EDM_PICKLE_MODEL, PUBLISHED_MODELS, Config
                      require, sampler_spec, select_device)
 from .network_checks import check_image_config, positive_int as _positive_int, positive_number as _positive_number
 from .plan import Plan, make_plan
+from .teacher import check_config as check_teacher_config
 
 
 def _known(name, known, field: str) -> None:
@@ -168,6 +169,8 @@ def validate_config(config, mode: Optional[str] = None) -> Plan:
         _validate_reference_checkpoint(config, mode)
     if config.sampling.get("seeds"):
         _validate_image_seeds(config, mode)
+    if mode in (None, "train"):
+        check_teacher_config(config)  # training.init_from, reflow's fields
     if mode in ("inpaint", "colorize"):
         _validate_controllable(config, mode, spec)
     if is_image_data(config):

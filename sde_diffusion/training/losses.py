@@ -31,13 +31,19 @@ Model = Union[Denoiser, ScoreFn]  # a Denoiser, or a score function score_fn(x, 
 # name (`loss_options`), so a registered loss declares its settings by its signature.
 LOSSES: Registry = Registry("loss")
 register_loss = LOSSES.register
-CALL_ARGUMENTS = ("generator", "class_labels", "shard", "step")  # given per step, not from the config
+CALL_ARGUMENTS = ("generator", "class_labels", "shard", "step", "noise")  # given per step, not from the config
 
 
 def loss_options(name: str) -> list:
     """The keyword options of loss `name` (its keyword-only arguments but the per-step ones)."""
     parameters = inspect.signature(LOSSES.get_or_raise(name)).parameters.values()
     return [p.name for p in parameters if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name not in CALL_ARGUMENTS]
+
+
+def loss_takes(name: str, argument: str) -> bool:
+    """Whether loss `name` takes the per-step `argument`: "step" (the training step, for a loss
+    with a schedule over training: ECT) or "noise" (the noise paired with each sample: reflow)."""
+    return argument in inspect.signature(LOSSES.get_or_raise(name)).parameters
 
 
 def _score(model: Model, sde: SDE, x_t: torch.Tensor, t: torch.Tensor,
@@ -65,11 +71,10 @@ def _own_rows(values: torch.Tensor, shard: Optional[Tuple[int, int]]) -> torch.T
     return values if shard is None else block_rows(values, *shard)
 
 
-def _times_and_noise(sde: SDE, x: torch.Tensor, eps: float, generator: Optional[torch.Generator],
-                     shard: Optional[Tuple[int, int]], time_sampling: str = "uniform") -> Tuple[torch.Tensor, torch.Tensor]:
-    """t in (eps, T) and z ~ N(0, I) for this shard's rows, drawn in that order; t uniform, or
-    with "logit_normal" t = sigmoid(n), n ~ N(0, 1) (Esser et al. 2024, eq. 19, m = 0, s = 1) mapped
-    into the same interval."""
+def _times(sde: SDE, x: torch.Tensor, eps: float, generator: Optional[torch.Generator],
+           shard: Optional[Tuple[int, int]], time_sampling: str = "uniform") -> torch.Tensor:
+    """t in (eps, T) for this shard's rows: uniform, or with "logit_normal" t = sigmoid(n),
+    n ~ N(0, 1) (Esser et al. 2024, eq. 19, m = 0, s = 1) mapped into the same interval."""
     rows = _global_rows(x, shard)
     if time_sampling == "uniform":
         u = torch.rand(rows, generator=generator, dtype=x.dtype, device=x.device)
@@ -77,9 +82,14 @@ def _times_and_noise(sde: SDE, x: torch.Tensor, eps: float, generator: Optional[
         u = torch.sigmoid(torch.randn(rows, generator=generator, dtype=x.dtype, device=x.device))
     else:
         raise ValueError(f"time_sampling must be 'uniform' or 'logit_normal', got {time_sampling!r}")
-    t = _own_rows(u, shard)
-    z = _own_rows(randn((rows,) + x.shape[1:], generator, x), shard)
-    return t * (sde.T - eps) + eps, z
+    return _own_rows(u, shard) * (sde.T - eps) + eps
+
+
+def _times_and_noise(sde: SDE, x: torch.Tensor, eps: float, generator: Optional[torch.Generator],
+                     shard: Optional[Tuple[int, int]], time_sampling: str = "uniform") -> Tuple[torch.Tensor, torch.Tensor]:
+    """t in (eps, T) (`_times`) and z ~ N(0, I) for this shard's rows, drawn in that order."""
+    t = _times(sde, x, eps, generator, shard, time_sampling)
+    return t, _own_rows(randn((_global_rows(x, shard),) + x.shape[1:], generator, x), shard)
 
 
 def _min_snr_weight(sde: SDE, t: torch.Tensor, gamma: float, target: str) -> torch.Tensor:

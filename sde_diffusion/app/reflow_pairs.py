@@ -1,0 +1,115 @@
+"""Reflow's data set (Liu et al. 2023): `training.reflow_pairs` (noise, sample) pairs of the
+teacher's deterministic sampler `training.reflow_sampler` (the probability-flow ODE by default),
+stored in the workdir as `reflow_pairs/pairs_<k>.npz` files of CHUNK pairs each.
+
+The noise of file k is drawn from its own generator (the run's seed and k), so the files do not
+depend on which were written before; each is written whole or not at all (`atomic_write`), so a
+run stopped while generating keeps the finished files and the next start generates only the
+missing ones, the same pairs as an uninterrupted generation. Each file records what made it
+(sampler, teacher, seed); files of another teacher or sampler are refused, not mixed in. The
+pairs are in the model's space and carry a fingerprint, which the checkpoints store like that of
+the user's own data, so a resume on changed pairs is refused.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import io
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data.datasets import ArrayDataset, derive_seed
+from ..files import checkpoints
+from ..files.output_files import atomic_write
+from ..sampling import parse_spec, sample
+from ..training import distributed
+from .progress import say
+
+PAIRS_DIR = "reflow_pairs"
+CHUNK = 4096  # pairs per file: what a stopped generation loses at most
+
+
+class PairedData(ArrayDataset):
+    """The teacher's samples (`data`, what a batch draws) and the noise each came from (`noise`)."""
+
+    def __init__(self, samples: torch.Tensor, noise: torch.Tensor):
+        super().__init__(samples, torch.zeros(samples.shape[0], dtype=torch.int64))
+        self.noise = noise.to(torch.float32).contiguous()
+        digest = hashlib.blake2b(digest_size=16)
+        for array in (self.data, self.noise):
+            digest.update(array.numpy().tobytes())
+        self.fingerprint = digest.hexdigest()
+
+
+def _origin(config) -> str:
+    """What makes the pairs: the sampler, the teacher and the seed."""
+    training = config.training
+    teacher = str(Path(training.get("init_from", "")).expanduser().resolve()) if training.get("init_from") else ""
+    return f"{parse_spec(training.reflow_sampler).text} | teacher {teacher} | seed {config.seed}"
+
+
+def _chunks(count: int) -> list:
+    return [(k, min(CHUNK, count - k * CHUNK)) for k in range((count + CHUNK - 1) // CHUNK)]
+
+
+def _read(path: Path, rows: int, shape: tuple, origin: str):
+    """(noise, samples) of a pairs file, or None when there is none; CheckpointError for a file
+    of another origin or size."""
+    if not path.is_file():
+        return None
+    try:
+        with np.load(path) as stored:
+            noise, samples, made_by = stored["noise"], stored["samples"], str(stored["origin"])
+    except (OSError, ValueError, KeyError) as error:
+        raise checkpoints.CheckpointError(f"{path} is not a reflow pairs file ({error}); remove it") from error
+    if made_by != origin or noise.shape != (rows, *shape) or samples.shape != (rows, *shape):
+        raise checkpoints.CheckpointError(f"{path} holds other pairs ({made_by}, {noise.shape[0]} rows) than this "
+                                          f"run makes ({origin}, {rows} rows); use another workdir")
+    return torch.from_numpy(noise), torch.from_numpy(samples)
+
+
+def _write(path: Path, noise: torch.Tensor, samples: torch.Tensor, origin: str) -> None:
+    def write(temporary: str) -> None:
+        buffer = io.BytesIO()
+        np.savez(buffer, noise=noise.numpy(), samples=samples.numpy(), origin=np.array(origin))
+        Path(temporary).write_bytes(buffer.getvalue())
+    atomic_write(path, write)
+
+
+def _generate(teacher, plan, rows: int, k: int) -> tuple:
+    """The noise of file k and the teacher's samples from it."""
+    config = plan.config
+    noise = torch.randn((rows, *plan.data.shape), generator=torch.Generator().manual_seed(
+        derive_seed(config.seed, "reflow", k)))
+    batch = config.sampling.batch_size or rows
+    samples = []
+    with torch.no_grad():
+        for start in range(0, rows, batch):
+            z = noise[start:start + batch].to(plan.device)
+            x, _ = sample(teacher, plan.sde, z.shape, parse_spec(config.training.reflow_sampler), z=z)
+            samples.append(x.float().cpu())
+    return noise, torch.cat(samples)
+
+
+def ensure_pairs(run, workdir: Path, generate: bool) -> PairedData:
+    """The workdir's pairs for the trainer's `run` (`train._Run`), generating the missing files
+    from the run's current weights (the teacher's, `teacher.start_from_teacher`) when `generate`;
+    otherwise (a resume) they must all be there."""
+    plan, config = run.plan, run.config
+    folder, origin, shape = Path(workdir) / PAIRS_DIR, _origin(config), tuple(plan.data.shape)
+    chunks = _chunks(config.training.reflow_pairs)
+    missing = [(k, rows) for k, rows in chunks if not (folder / f"pairs_{k}.npz").is_file()]
+    if missing and not generate:
+        raise checkpoints.CheckpointError(f"{folder} lacks {len(missing)} of its {len(chunks)} reflow pairs files; "
+                                          f"the checkpoints of this workdir were trained on them")
+    if missing and distributed.is_main():
+        say("reflow: generating %d of %d (noise, sample) pairs with %s into %s", sum(rows for _, rows in missing),
+            config.training.reflow_pairs, config.training.reflow_sampler, folder)
+        teacher = plan.denoiser(copy.deepcopy(run.model).eval().requires_grad_(False))
+        for k, rows in missing:
+            _write(folder / f"pairs_{k}.npz", *_generate(teacher, plan, rows, k), origin)
+    distributed.barrier()
+    read = [_read(folder / f"pairs_{k}.npz", rows, shape, origin) for k, rows in chunks]
+    return PairedData(torch.cat([samples for _, samples in read]), torch.cat([noise for noise, _ in read]))
