@@ -116,6 +116,9 @@ def _published_file(name: str):
     if name.endswith(".pkl"):
         fixture = "edm_edm_adm_cond.pkl" if "-cond-" in name else "edm_edm_ddpmpp.pkl"
         return f"--config.eval.reference_checkpoint={SHARED / 'edm' / fixture}", ["--config.data.image_size=16"]
+    if not Path(name).suffix:  # a folder: a diffusers pipeline
+        return f"--config.eval.reference_checkpoint={SHARED / 'diffusers' / 'ddpm_eps_linear'}", [
+            "--config.data.image_size=16"]
     fixture = SHARED / "reference" / "ddpmpp_vp_cifar10_continuous"
     model = json.loads(fixture.with_suffix(".json").read_text())["model"]
     fields = ["--config.data.image_size=16"] + [
