@@ -127,6 +127,7 @@ def get_base_config():
     study.nfe = (10, 20, 50, 100)
     study.num_samples = 1000
     study.reference_tol = 1e-5            # the probability-flow ODE deterministic samplers are compared to
+    study.reference = True                # False: skip that ODE solve (often longer than the grid; no ode_* columns)
     study.oracle = False                  # the exact score instead of a checkpoint (data.dataset=gmm)
 
     # --mode inpaint / colorize (sde_diffusion.app.controllable_modes): the pc sampler of sampling.*.

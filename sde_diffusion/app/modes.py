@@ -322,6 +322,7 @@ def _study_name(step, config) -> str:
     NFE, samples, seed, reference tolerance) keeps the files of other grids on the same checkpoint."""
     study = config.study
     grid = [list(study.samplers), list(study.nfe), study.num_samples, config.seed, study.reference_tol]
+    grid += [] if study.get("reference", True) else ["no reference"]
     return f"study_{step}_{study.num_samples}samples_{hashlib.sha256(repr(grid).encode()).hexdigest()[:8]}"
 
 
@@ -351,7 +352,7 @@ def run_study_mode(config, workdir, config_file: str = "", plan: Optional[Plan] 
              f"{len(study.samplers)} samplers x NFE {tuple(study.nfe)}, {study.num_samples} samples each")
     rows = run_study(model, sde, (study.num_samples,) + plan.data.shape, list(study.samplers),
                      list(study.nfe), lambda x: data_metric(plan.to_data_space(x)), seed=config.seed,
-                     reference_tol=study.reference_tol, device=device)
+                     reference_ode=study.get("reference", True), reference_tol=study.reference_tol, device=device)
     title = f"{Path(workdir).name}: {config.training.sde}, step {step}, {study.num_samples} samples"
     paths = write_study(rows, Path(workdir) / "study", metric_key, title, name=_study_name(step, config))
     say("study: %d rows, written to %s", len(rows), Path(workdir) / "study")

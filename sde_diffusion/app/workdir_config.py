@@ -156,8 +156,9 @@ def check_weights_config(checkpoint: dict, config, source) -> None:
 
 def config_from_stored(stored: dict, base=None):
     """A ConfigDict of a stored config (`config.json`, a nested dict): lists become tuples again,
-    and a None field takes its type from `base` (the default config, where unset fields are typed
-    placeholders) so that the command line can still set it."""
+    a None field takes its type from `base` (the default config, where unset fields are typed
+    placeholders) so that the command line can still set it, and fields `base` has that the
+    stored config lacks (added since it was written) come from `base`."""
     import ml_collections
 
     def build(tree: dict, base_node):
@@ -170,6 +171,11 @@ def config_from_stored(stored: dict, base=None):
                 node[key] = ml_collections.FieldReference(None, field_type=base_node.get_type(key))
             else:
                 node[key] = tuple(value) if isinstance(value, list) else value
+        if isinstance(base_node, ml_collections.ConfigDict):
+            for key in base_node.keys():
+                if key not in tree:
+                    node[key] = build({}, base_node[key]) if isinstance(base_node[key], ml_collections.ConfigDict) \
+                        else base_node.get_ref(key)
         return node
     return build(stored, base)
 

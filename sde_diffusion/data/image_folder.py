@@ -210,6 +210,8 @@ def cached_image_folder(root, split: str, size: int, channels: int, labels_from:
     except CacheCheckError as error:
         log.warning("rebuilding the image cache %s: %s", printable(images_path), error)
     count, pairs = _readable_images(root, split, size, channels, labels_from)
+    log.info("caching the %s split of %s: %d files at %dx%d (once; later runs read the cache)", split,
+             printable(root), count, size, size)
     written = write_cache(images_path, count, (channels, size, size), pairs)
     log.info("cached the %s split of %s (%d images, %dx%d) in %s", split, printable(root), written, size, size,
              printable(images_path))

@@ -56,6 +56,11 @@ def split_statistics(batch: Callable[[torch.Tensor], torch.Tensor], count: int, 
             return ReferenceStatistics(saved["mean"], saved["cov"], saved["kid_features"], int(saved["count"]))
     if count < 2:
         raise ValueError(f"FID's reference {name} needs at least 2 images, it has {count}")
+    import logging
+    import time
+
+    log, began = logging.getLogger(__name__), time.perf_counter()
+    log.info("FID reference %s: Inception statistics of %d images (once: cached in %s)", name, count, cache_dir)
     kept = np.sort(np.random.default_rng(seed).choice(count, min(count, KID_FEATURES), replace=False))
     total = outer = None
     kid_features = []
@@ -74,6 +79,7 @@ def split_statistics(batch: Callable[[torch.Tensor], torch.Tensor], count: int, 
         with open(temporary, "wb") as file:
             np.savez(file, mean=mean, cov=cov, kid_features=statistics.kid_features, count=count)
     atomic_write(path, write)
+    log.info("FID reference %s: done in %.1f s, %s", name, time.perf_counter() - began, path)
     return statistics
 
 

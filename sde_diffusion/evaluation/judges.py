@@ -89,7 +89,14 @@ def cached_judge(images: torch.Tensor, labels: torch.Tensor, hidden: int = 128, 
     if path.is_file():
         with np.load(path) as stored:
             return ImageJudge([stored["w0"], stored["w1"]], [stored["b0"], stored["b1"]], images.shape[-1])
+    import logging
+    import time
+
+    log, start = logging.getLogger(__name__), time.perf_counter()
+    log.info("fitting the classifier judge on %d training images (%d epochs, once: kept in %s)", len(images),
+             max_iter, path.parent)
     judge = ImageJudge.fit(images, labels, hidden=hidden, seed=seed, max_iter=max_iter)
+    log.info("fitted the classifier judge in %.1f s", time.perf_counter() - start)
     buffer = io.BytesIO()
     np.savez(buffer, w0=judge.weights[0], w1=judge.weights[1], b0=judge.biases[0], b1=judge.biases[1])
     atomic_write(path, lambda temporary: Path(temporary).write_bytes(buffer.getvalue()))

@@ -19,7 +19,9 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Union
@@ -33,6 +35,7 @@ from ..sampling.spec import Model
 from ..processes.sdes import SDE
 
 Metric = Callable[[torch.Tensor], Dict[str, float]]
+log = logging.getLogger(__name__)
 
 
 def _distances(x: torch.Tensor, reference: torch.Tensor) -> Dict[str, float]:
@@ -47,30 +50,46 @@ def run_study(model: Model, sde: SDE, shape: Sequence[int], specs: Sequence[Unio
     `seed` with `model` (a Denoiser or a score function); one row per run with its true NFE, wall seconds, the metric and, for deterministic
     samplers, the distance to the probability-flow ODE solution from the same latent (RK45 at
     `reference_tol`, then the denoiser's x0 at the spec's own eps, so that only the discretization
-    error remains). A failing run gives a status, not a crash."""
+    error remains; `reference_ode=False` skips that solve, often the study's longest phase). A
+    failing run gives a status, not a crash. Each phase logs its start and end; `progress` is a
+    tqdm bar on a terminal and a log line per row otherwise (no carriage returns in a log file)."""
     parsed = [parse_spec(spec) if isinstance(spec, str) else spec for spec in specs]
     latent = sde.prior_sampling(tuple(shape), generator=torch.Generator().manual_seed(seed),
                                 dtype=dtype).to(device)
-    references = {}
-    if reference_ode:  # one solve per eps that a deterministic spec ends at
-        for eps in sorted({spec.end(sde) for spec in parsed if spec.deterministic}):
-            references[eps] = _reference(model, sde, latent, eps, reference_tol)
     grid = [(spec, None) if spec.adaptive else (spec, nfe) for spec in parsed
             for nfe in ([None] if spec.adaptive else sorted(nfes))]
-    rows = []
-    for spec, target in tqdm(grid, desc="study", disable=not progress):
+    references = {}
+    ends = sorted({spec.end(sde) for spec in parsed if spec.deterministic}) if reference_ode else []
+    if ends:  # one solve per eps that a deterministic spec ends at
+        log.info("study: the reference ODE first: %d adaptive RK45 solve(s) at rtol=atol=%g of %d samples, each "
+                 "often more score evaluations than the whole grid's %d (study.reference=False skips it)",
+                 len(ends), reference_tol, shape[0], sum(nfe for _, nfe in grid if nfe is not None))
+        start = time.perf_counter()
+        for eps in ends:
+            references[eps] = _reference(model, sde, latent, eps, reference_tol)
+        log.info("study: reference ODE done in %.1f s (%s)", time.perf_counter() - start,
+                 ", ".join(f"eps={eps:.4g}: {'NFE ' + str(nfe) if x is not None else 'failed'}"
+                           for eps, (x, nfe) in references.items()))
+    log.info("study: %d runs (%d specs x NFE %s)", len(grid), len(parsed), tuple(sorted(nfes)))
+    rows, bar = [], progress and sys.stderr.isatty()
+    for index, (spec, target) in enumerate(tqdm(grid, desc="study", disable=not bar), 1):
         rows.append(_run_one(model, sde, latent, spec, target, metric, seed,
-                             references.get(spec.end(sde))))
+                             references.get(spec.end(sde), (None, 0))[0]))
+        if progress and not bar:
+            row = rows[-1]
+            log.info("study: %d/%d %s at NFE %s: %s, %.2f s", index, len(grid), spec.text, row["nfe"], row["status"],
+                     row["seconds"])
     return rows
 
 
-def _reference(model, sde: SDE, latent: torch.Tensor, eps: float, tol: float) -> Optional[torch.Tensor]:
+def _reference(model, sde: SDE, latent: torch.Tensor, eps: float, tol: float):
+    """(the ODE's solution or None where it failed, its NFE)."""
     try:
         with torch.no_grad():
-            x, _ = sample(model, sde, latent.shape, "ode", z=latent, eps=eps, rtol=tol, atol=tol, denoise=True)
+            x, nfe = sample(model, sde, latent.shape, "ode", z=latent, eps=eps, rtol=tol, atol=tol, denoise=True)
     except Exception:  # noqa: BLE001 (no reference: the rows go without ODE distances)
-        return None
-    return x if torch.isfinite(x).all() else None
+        return None, 0
+    return (x if torch.isfinite(x).all() else None), nfe
 
 
 def _run_one(model, sde, latent, spec: SamplerSpec, target: Optional[int], metric: Metric, seed: int,
