@@ -256,8 +256,9 @@ def test_a_full_disk_while_caching_is_one_line_and_leaves_nothing(tmp_path):
     lines = (tmp_path / "stderr").read_text().strip().splitlines()
     status, *left = result.stdout.split()
     assert status == "exit=1" and not left, result.stdout  # nothing left in the cache folder
-    assert len(lines) == 1 and lines[0].startswith(f"error: no space left on device writing {cache}/image_folders/")
-    assert lines[0].endswith(".npy")
+    logged, errors = [line for line in lines if line[:1] == "I"], [line for line in lines if line[:1] != "I"]
+    assert len(errors) == 1 and errors[0].startswith(f"error: no space left on device writing {cache}/image_folders/")
+    assert errors[0].endswith(".npy") and all("caching the train split" in line for line in logged)  # its start line
 
 
 def test_sixteen_bit_pngs_symlinks_and_odd_names_through_main(tmp_path):
