@@ -13,7 +13,7 @@ from ..models import model_names
 from ..models.registry import family_members, network_facts
 from ..training.speed import PRECISIONS
 from ..sampling import CORRECTORS, PREDICTORS, SAMPLERS, SCHEDULES
-from ..data.datasets import FASHION_MNIST_SYSTEM_ROOT, dataset_facts
+from ..data.datasets import dataset_facts
 from ..training.losses import LOSSES, loss_options
 from ..processes.sdes import SDES
 from .metrics import describe_fid_reference
@@ -245,11 +245,10 @@ def _validate_classes(config) -> None:
              "model.num_classes", "must be an integer >= 0 (0: unconditional)", num_classes)
     dataset = config.data.dataset
     if num_classes:
-        declared = dataset_facts(dataset).num_classes
-        if dataset in ("folder", "npz"):  # the user's own data: the classes its files hold
-            expected = _folder_classes(config) if dataset == "folder" else _npz_classes(config)
-        else:
-            expected = declared or None
+        facts = dataset_facts(dataset)
+        declared = facts.num_classes
+        # the user's own data: the classes its files hold
+        expected = facts.read_classes(config.data) if facts.read_classes else (declared or None)
         unread_folder = declared is None and not config.data.root  # sampling a published network
         require(expected is not None or unread_folder, "model.num_classes",
                  f"data.dataset {dataset!r} has no class labels, so it must be 0", num_classes)
@@ -338,48 +337,25 @@ def _needs_data(config, mode: Optional[str]) -> bool:
     return mode is not None
 
 
-def _folder_classes(config) -> Optional[int]:
-    """The classes of an image folder read with labels (its class subfolders), else None."""
-    from ..data.image_folder import class_names
-
-    data = config.data
-    if data.get("labels_from", "") != "subfolders" or not data.root or not Path(data.root).expanduser().is_dir():
-        return None
-    return len(class_names(data.root)) or None
-
-
-def _npz_classes(config) -> Optional[int]:
-    """The classes of an .npz data set's `labels` (largest label + 1), else None."""
-    from ..files.image_files import check_npz_images, npz_header, read_npz_labels
-
-    path = Path(config.data.root).expanduser() if config.data.root else None
-    if path is None or not path.is_file():
-        return None
-    count = check_npz_images(path, "data.root")[0]
-    if npz_header(path, "labels", "labels") is None:
-        return None
-    labels = read_npz_labels(path, count)
-    return int(labels.max()) + 1 if labels.size else None
-
-
 def _validate_data_files(config, mode: Optional[str]) -> None:
     data = config.data
     from ..data.image_folder import LABEL_SOURCES
 
     labels_from = data.get("labels_from", "")
     require(labels_from in LABEL_SOURCES, "data.labels_from", "must be '' or 'subfolders'", labels_from)
-    if data.dataset in ("folder", "npz") and _needs_data(config, mode):
-        kind = "folder of images" if data.dataset == "folder" else ".npz file"
-        exists = Path(data.root).expanduser().is_dir() if data.dataset == "folder" else Path(data.root).expanduser().is_file()
-        require(bool(data.root) and exists, "data.root", f"must name the {kind} to read", data.root)
-        if data.dataset == "npz":  # its header, before the workdir is touched: size, layout
-            from ..files.image_files import check_npz_images
-            check_npz_images(Path(data.root).expanduser(), "data.root")
+    facts = dataset_facts(data.dataset)
+    if facts.user_root and _needs_data(config, mode):
+        folder = facts.user_root == "folder"
+        path = Path(data.root).expanduser()
+        require(bool(data.root) and (path.is_dir() if folder else path.is_file()), "data.root",
+                f"must name the {'folder of images' if folder else '.' + data.dataset + ' file'} to read", data.root)
+        if facts.check_root:  # its header, before the workdir is touched: size, layout
+            facts.check_root(path, "data.root")
         return
-    if not dataset_facts(data.dataset).download or data.root or not _needs_data(config, mode):
+    if not facts.download or data.root or not _needs_data(config, mode):
         return
-    if data.dataset == "fashion_mnist" and FASHION_MNIST_SYSTEM_ROOT.is_dir() and not data.download:
-        return  # the system package's files
+    if facts.system_root is not None and facts.system_root.is_dir() and not data.download:
+        return  # a system package's files
     if data.download:
         raise ConfigError(f"config.data.root: data.download=True needs a folder to fetch {data.dataset} into: "
                           f"add --config.data.root=DIR")

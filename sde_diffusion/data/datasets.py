@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from .dataset_files import locate_files
 from .dataset_formats import read_cifar_batch, read_idx
 from .toy_data import TOY_DATA, toy_mixture
+from .user_data import check_npz_root, folder_classes, npz_classes
 from ..utils import Registry
 
 SPLITS = ("train", "test")
@@ -95,11 +96,19 @@ class DatasetFacts:
     images ([N, C, H, W] in [0, 1]) or points ([N, dim]); its class count (0: no labels; None:
     read from the user's files); whether its files can be fetched into data.root (download); the
     judge that scores samples of it: "digits" (the bundled digits' classifier), "classifier" (one
-    fitted on its gray training split), or "" (FID/KID for images, sliced Wasserstein for points)."""
+    fitted on its gray training split), or "" (FID/KID for images, sliced Wasserstein for points).
+    For the user's own data: user_root, what data.root must name ("folder" or "file"),
+    check_root(path, field) to read its header before anything is written, read_classes(data)
+    the class count its files hold (None: none); system_root, a folder that holds its files
+    when data.root is unset."""
     images: bool = False
     num_classes: Optional[int] = 0
     download: bool = False
     judge: str = ""
+    user_root: str = ""
+    check_root: Optional[Callable] = None
+    read_classes: Optional[Callable] = None
+    system_root: Optional[Path] = None
 
 
 DATASET_FACTS: Dict[str, DatasetFacts] = {}
@@ -243,7 +252,8 @@ def load_mnist(split: str, *, root=None, image_size: Optional[int] = None, downl
     return _load_idx_images("mnist", split, root, image_size, download, "MNIST/raw", MNIST_URL)
 
 
-@register_dataset("fashion_mnist", images=True, num_classes=10, download=True, judge="classifier")
+@register_dataset("fashion_mnist", images=True, num_classes=10, download=True, judge="classifier",
+                  system_root=FASHION_MNIST_SYSTEM_ROOT)
 def load_fashion_mnist(split: str, *, root=None, image_size: Optional[int] = None, download: bool = False,
                        **ignored) -> ArrayDataset:
     """Fashion-MNIST (Xiao et al. 2017; same files as MNIST's, `_load_idx_images`), by default
@@ -274,7 +284,7 @@ def load_cifar10(split: str, *, root=None, image_size: Optional[int] = None, dow
 
 
 # -- the user's own images: a folder, or an .npz ----------------------------------------------
-@register_dataset("folder", images=True, num_classes=None)
+@register_dataset("folder", images=True, num_classes=None, user_root="folder", read_classes=folder_classes)
 def load_folder(split: str, *, root=None, image_size: Optional[int] = None, num_channels: int = 3,
                 labels_from: str = "", **ignored) -> ArrayDataset:
     """PNG / JPEG / WebP files under `root` (`image_folder`), resized and centre-cropped, read
@@ -290,7 +300,8 @@ digest of the cache's contents."""
     return dataset
 
 
-@register_dataset("npz", images=True, num_classes=None)
+@register_dataset("npz", images=True, num_classes=None, user_root="file", check_root=check_npz_root,
+                  read_classes=npz_classes)
 def load_npz(split: str, *, root=None, image_size: Optional[int] = None, **ignored) -> ArrayDataset:
     """Images (`x`: uint8 or floats in [0, 1], square, any layout `image_files.to_nchw` takes) and
     optional `labels` (class indices) of the .npz file `root`; image i is in the test split when
