@@ -81,3 +81,17 @@ def test_a_failing_run_is_a_status_not_a_crash():
         return torch.full_like(x, float("nan"))
     rows = run_study(broken, VPSDE(), (10, 2), ["ddim"], [5], lambda x: {}, progress=False, reference_ode=False)
     assert rows[0]["status"].startswith("FloatingPointError")
+
+
+def test_an_oracle_study_needs_a_data_set_that_declares_its_exact_distribution(tmp_path):
+    """study.oracle reads the data set's registered oracle (gmm's mixture); on another data set
+    it stops in one line naming those that have one, before anything is written."""
+    from conftest import tiny_toy_config
+    from sde_diffusion.app.modes import run_study_mode
+
+    config = tiny_toy_config()
+    config.data.dataset, config.study.oracle = "moons", True
+    with pytest.raises(ValueError, match=r"^study.oracle needs a data set whose exact score is known \(gmm\), "
+                                         r"not data.dataset=moons$"):
+        run_study_mode(config, tmp_path)
+    assert not any(tmp_path.iterdir())

@@ -306,7 +306,7 @@ def run_eval(config, workdir, config_file: str = "", plan: Optional[Plan] = None
             report[f"{name}_std"] = float(np.std(values, ddof=1))
             report[f"{name}_per_seed"] = values
     preview = plan.data.images and "fid" in per_seed[0] and len(drawn[0]) < PAPER_FID_SAMPLES
-    if "fid" in per_seed[0] and config.data.dataset != "digits":
+    if "fid" in per_seed[0] and plan.data.judge != "digits":
         report["fid_reference"] = fid_reference_text(config, workdir)
     if preview:
         report["preview"] = f"FID of {len(drawn[0])} samples, not the {PAPER_FID_SAMPLES} papers report"
@@ -328,10 +328,10 @@ def _study_name(step, config) -> str:
 
 def run_study_mode(config, workdir, config_file: str = "", plan: Optional[Plan] = None) -> dict:
     """`--mode study`: the grid `study.samplers` x `study.nfe` (`sde_diffusion.evaluation.study`) on the
-    trained checkpoint, or on the exact score when `study.oracle` (the `gmm` toy data only),
+    trained checkpoint, or on the exact score when `study.oracle` (data sets that declare an oracle: gmm),
     scored by `evaluate.quality_metric`. Writes study/<_study_name>.{csv,md,png}."""
     from ..evaluation.study import run_study, write_study
-    from ..data.toy_data import toy_mixture
+    from ..data.datasets import DATASETS, dataset_facts
 
     if distributed.world_size() > 1:
         raise ValueError("--mode study runs in one process: start it without torchrun")
@@ -339,9 +339,12 @@ def run_study_mode(config, workdir, config_file: str = "", plan: Optional[Plan] 
     config, device, sde = plan.config, plan.device, plan.sde
     study, test = config.study, plan.dataset("test").data
     if study.oracle:
-        if config.data.dataset != "gmm":
-            raise ValueError("study.oracle needs data.dataset=gmm, whose exact score is known")
-        step, mixture = "oracle", toy_mixture()
+        oracle = dataset_facts(config.data.dataset).oracle
+        if oracle is None:
+            known = ", ".join(name for name in DATASETS if dataset_facts(name).oracle)
+            raise ValueError(f"study.oracle needs a data set whose exact score is known ({known}), "
+                             f"not data.dataset={config.data.dataset}")
+        step, mixture = "oracle", oracle()
         model = mixture.score_fn(sde)
     else:
         model, plan, step = load_trained_run(config, workdir, device, plan)

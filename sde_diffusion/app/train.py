@@ -37,7 +37,7 @@ import torch
 
 from ..files import checkpoints
 from ..training import distributed
-from ..data.datasets import BatchStream
+from ..data.datasets import BatchStream, dataset_facts
 from ..training.ema import EMA
 from ..training.speed import grad_scaler, training_network
 from ..files.output_files import write_text_atomic
@@ -183,9 +183,10 @@ def _write_run_files(run: _Run, workdir: Path, unreadable: list) -> None:
         logging.getLogger(__name__).warning("moved the unreadable %s to %s", preemption,
                                             checkpoints.set_aside(preemption))
     write_text_atomic(workdir / "config.json", config.to_json(indent=2))
-    if config.data.dataset == "folder" and config.data.get("labels_from") == "subfolders":
-        from ..data.image_folder import class_names  # class i is the i-th name: what sampling.labels means
-        write_text_atomic(workdir / "classes.json", json.dumps(class_names(config.data.root), indent=2))
+    read_names = dataset_facts(config.data.dataset).class_names
+    names = read_names(config.data) if read_names else None
+    if names:  # class i is the i-th name: what sampling.labels means
+        write_text_atomic(workdir / "classes.json", json.dumps(names, indent=2))
 
 
 def _objective(run: _Run) -> tuple:

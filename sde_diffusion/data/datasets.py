@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from .dataset_files import locate_files
 from .dataset_formats import read_cifar_batch, read_idx
 from .toy_data import TOY_DATA, toy_mixture
-from .user_data import check_npz_root, folder_classes, npz_classes
+from .user_data import check_npz_root, folder_class_names, folder_classes, npz_classes
 from ..utils import Registry
 
 SPLITS = ("train", "test")
@@ -100,7 +100,8 @@ class DatasetFacts:
     For the user's own data: user_root, what data.root must name ("folder" or "file"),
     check_root(path, field) to read its header before anything is written, read_classes(data)
     the class count its files hold (None: none); system_root, a folder that holds its files
-    when data.root is unset."""
+    when data.root is unset; class_names(data) the names of its classes, where its files name them;
+    oracle() the exact distribution it is drawn from (a `GaussianMixture`), for oracle studies."""
     images: bool = False
     num_classes: Optional[int] = 0
     download: bool = False
@@ -109,6 +110,8 @@ class DatasetFacts:
     check_root: Optional[Callable] = None
     read_classes: Optional[Callable] = None
     system_root: Optional[Path] = None
+    class_names: Optional[Callable] = None
+    oracle: Optional[Callable] = None
 
 
 DATASET_FACTS: Dict[str, DatasetFacts] = {}
@@ -167,7 +170,7 @@ for _kind in list(TOY_DATA):
         register_dataset(_kind)(_toy_loader(_kind))
 
 
-@register_dataset("gmm", num_classes=8)
+@register_dataset("gmm", num_classes=8, oracle=toy_mixture)
 def load_gmm(split: str, *, num_points: int, seed: int, **ignored) -> ArrayDataset:
     """`toy_data.gmm`'s points (the same draws), labelled with the component each came from,
     so the toy set also serves class-conditional models (8 classes)."""
@@ -284,7 +287,8 @@ def load_cifar10(split: str, *, root=None, image_size: Optional[int] = None, dow
 
 
 # -- the user's own images: a folder, or an .npz ----------------------------------------------
-@register_dataset("folder", images=True, num_classes=None, user_root="folder", read_classes=folder_classes)
+@register_dataset("folder", images=True, num_classes=None, user_root="folder", read_classes=folder_classes,
+                  class_names=folder_class_names)
 def load_folder(split: str, *, root=None, image_size: Optional[int] = None, num_channels: int = 3,
                 labels_from: str = "", **ignored) -> ArrayDataset:
     """PNG / JPEG / WebP files under `root` (`image_folder`), resized and centre-cropped, read

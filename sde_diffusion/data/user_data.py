@@ -15,6 +15,13 @@ def folder_classes(data) -> Optional[int]:
     return len(class_names(data.root)) or None
 
 
+def folder_class_names(data) -> Optional[list]:
+    """An image folder's class names (its subfolders, in label order) when read with labels, else None."""
+    from .image_folder import class_names
+
+    return class_names(data.root) if data.get("labels_from", "") == "subfolders" else None
+
+
 def npz_classes(data) -> Optional[int]:
     """The classes of an .npz data set's `labels` (largest label + 1), else None."""
     from ..files.image_files import check_npz_images, npz_header, read_npz_labels
