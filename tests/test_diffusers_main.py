@@ -81,7 +81,8 @@ def test_main_py_likelihood_and_study_on_a_pipeline(tmp_path):
     assert report["num"] == 2 and np.isfinite(report["mean"]) and report["mean"] > 0
     report = report_of(main_py(tmp_path / "run", "study", *data, "--config.study.num_samples=4",
                                "--config.study.samplers=('ddim schedule=diffusers_ddim_leading',)",
-                               "--config.study.nfe=(4,)", f"--config.eval.inception_path={tmp_path / INCEPTION_FILENAME}"))
+                               "--config.study.nfe=(4,)", "--config.study.reference=False",
+                               f"--config.eval.inception_path={tmp_path / INCEPTION_FILENAME}"))
     assert report["step"] == "reference_ddpm_eps_linear" and report["rows"] >= 1
 
 
