@@ -30,7 +30,9 @@ def load_trained_run(config, workdir, device, plan: Optional[Plan] = None) -> Tr
     honour an EDM network's noise range (module docstring). The modes sample with this plan."""
     plan = plan_for(config, plan)
     network, _, step = load_trained(config, workdir, device, plan)
-    if hasattr(network, "sigma_min") and hasattr(network, "sigma_max"):
+    from ..models.edm_precond import SDE_OF
+
+    if type(network).__name__ in SDE_OF:  # EDM's preconditioned networks (not a user's with such fields)
         plan = honour_noise_range(plan, float(network.sigma_min), float(network.sigma_max),
                                   f"the {type(network).__name__} of {config.eval.reference_checkpoint}")
     return Trained(network, plan, step)
