@@ -242,6 +242,7 @@ def main(argv):
                 print(to_json(report))
             # all ranks leave together: gloo aborts a process whose peer closes the group under it
             distributed.barrier()
+            distributed.leave_after_success()
         finally:
             distributed.teardown()
     except StoppedBySignal as stopped:  # the trainer said so and saved its state
