@@ -158,9 +158,13 @@ def test_networks_take_class_labels(name):
     network_class = get_model_class(name)
     unconditional = network_class(**options)
     conditional = network_class(**options, num_classes=4)
-    assert not any("class_embedding" in key for key in unconditional.state_dict())
     extra = sum(p.numel() for p in conditional.parameters()) - sum(p.numel() for p in unconditional.parameters())
-    assert extra == conditional.class_embedding.table.weight.numel() == 5 * conditional.class_embedding.table.weight.shape[1]
+    if name == "ncsnpp":  # EDM's SongUNet: a linear map of the one-hot label ("no label": zeros) joins the noise
+        assert not any("map_label" in key for key in unconditional.state_dict())
+        assert extra == sum(p.numel() for p in conditional.map_label.parameters()) == (4 + 1) * 32  # [4, nf] weight, [nf] bias
+    else:  # a learned vector per label and one for "no label"
+        assert not any("class_embedding" in key for key in unconditional.state_dict())
+        assert extra == conditional.class_embedding.table.weight.numel() == 5 * conditional.class_embedding.table.weight.shape[1]
     with torch.no_grad():
         # Zero-initialised embeddings and (near-)zero last layers would hide the label at init.
         for parameter in conditional.parameters():

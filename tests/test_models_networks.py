@@ -10,8 +10,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from sde_diffusion.published.score_sde import load_reference_weights, reference_key_map
-from sde_diffusion.models import ddpm, ncsnpp, resampling
+from sde_diffusion.published.score_sde import load_reference_weights
+from sde_diffusion.published.score_sde_layout import from_reference
+from sde_diffusion.models import ddpm, ncsnpp
+from sde_diffusion.models.edm_networks import Conv2d
 from sde_diffusion.models.registry import get_model
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "reference"
@@ -36,8 +38,7 @@ def fixture_error(name, use_ema, device="cpu"):
     if use_ema:
         load_reference_weights(model, checkpoint)
     else:
-        model.load_state_dict({ours: checkpoint["model"][reference]
-                               for ours, reference in reference_key_map(model).items()})
+        model.load_state_dict(from_reference(model, checkpoint["model"]))
     model.to(device)
     with torch.no_grad():
         out = model(torch.from_numpy(expected["x"]).to(device),
@@ -90,21 +91,18 @@ def run_forward(config, batch=2):
     return model, model(x, labels)
 
 
-# Every progressive / progressive_input pair with FIR on and off (18 cases); the other
-# options rotate through the cases so each value meets several of the others.
+# Every pyramid pair DDPM++ / NCSN++ publish with FIR on and off (12 cases); the other options
+# rotate through the cases so each value meets several of the others.
 NCSNPP_GRID = [
     dict(progressive=progressive, progressive_input=progressive_input, fir=fir,
-         resblock_type=("biggan", "ddpm")[(i // 2) % 2],
          embedding_type=("fourier", "positional", "positional")[i % 3],
-         progressive_combine=("cat", "sum")[(i // 6) % 2],
          image_size=(8, 16, 32)[i % 3],
          ch_mult=([1, 2, 2], [1, 2], [2, 1, 2])[(i // 3) % 3],
          attn_resolutions=([8], [4, 16], [])[(i // 2) % 3],
          nf=(16, 8)[(i // 4) % 2])
     for i, (progressive, progressive_input, fir) in enumerate(itertools.product(
-        ("none", "output_skip", "residual"), ("none", "input_skip", "residual"), (False, True)))
-] + [dict(progressive="none", progressive_input="input_skip", fir=True, resblock_type="biggan",
-          embedding_type="fourier", progressive_combine="cat", image_size=16,
+        ("none", "output_skip"), ("none", "input_skip", "residual"), (False, True)))
+] + [dict(progressive="none", progressive_input="input_skip", fir=True, embedding_type="fourier", image_size=16,
           ch_mult=[1, 2, 2, 1], attn_resolutions=[2], nf=8)]
 
 
@@ -144,37 +142,44 @@ def test_image_size_must_halve_cleanly(name):
 def test_clear_errors_for_bad_options():
     with pytest.raises(ValueError, match="nf=16"):  # DDPM's 32-group GroupNorm
         get_model(small_config("ddpm", 16, nf=16))
-    with pytest.raises(ValueError, match="progressive_input"):
-        get_model(small_config("ncsnpp", 16, progressive_input="output_skip"))
-    with pytest.raises(ValueError, match="nonlinearity"):
-        get_model(small_config("ncsnpp", 16, nonlinearity="gelu"))
+    # score_sde options that no published DDPM++ / NCSN++ uses are refused by name
+    for field, value in [("progressive_input", "output_skip"), ("nonlinearity", "gelu"), ("progressive", "residual"),
+                         ("progressive_combine", "cat"), ("skip_rescale", False), ("conditional", False),
+                         ("init_scale", 1.0)]:
+        with pytest.raises(ValueError, match=f"model.{field} must be one of .* for ncsnpp .* got {value!r}"):
+            get_model(small_config("ncsnpp", 16, **{field: value}))
+    with pytest.raises(ValueError, match="model.name = 'ddpm'"):
+        get_model(small_config("ncsnpp", 16, resblock_type="ddpm"))
 
 
 def test_input_mapping_and_scale_by_sigma():
     torch.manual_seed(0)
-    centered = ncsnpp.NCSNpp(image_size=8, nf=8, ch_mult=(1, 2), num_res_blocks=1,
-                             attn_resolutions=(), init_scale=1.0, centered=True)
-    uncentered = ncsnpp.NCSNpp(image_size=8, nf=8, ch_mult=(1, 2), num_res_blocks=1,
-                               attn_resolutions=(), init_scale=1.0, centered=False,
-                               scale_by_sigma=True)
+    centered = ncsnpp.NCSNpp(image_size=8, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), centered=True)
+    uncentered = ncsnpp.NCSNpp(image_size=8, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(),
+                               centered=False, scale_by_sigma=True)
+    with torch.no_grad():  # weights away from EDM's near-zero last layers
+        for param in centered.parameters():
+            param.add_(0.1 * torch.randn_like(param))
     uncentered.load_state_dict(centered.state_dict())
     centered.eval(), uncentered.eval()  # no dropout
     x, labels = torch.rand(3, 3, 8, 8), torch.tensor([1.0, 2.0, 4.0])
     with torch.no_grad():
         expected = centered(2 * x - 1, labels) / labels.reshape(3, 1, 1, 1)
+        assert expected.abs().max() > 1e-2
         torch.testing.assert_close(uncentered(x, labels), expected)
 
 
-def test_output_depends_on_labels_only_when_conditional():
-    x = torch.rand(2, 3, 8, 8)
-    for conditional in (True, False):
-        torch.manual_seed(0)
-        model = ncsnpp.NCSNpp(image_size=8, nf=8, ch_mult=(1, 2), num_res_blocks=1,
-                              attn_resolutions=(4,), init_scale=1.0,
-                              conditional=conditional).eval()
-        with torch.no_grad():
-            change = (model(x, torch.full((2,), 10.0)) - model(x, torch.full((2,), 500.0)))
-        assert (change.abs().max() > 1e-4) == conditional
+@pytest.mark.parametrize("embedding_type", ["positional", "fourier"])
+def test_output_depends_on_the_noise_labels(embedding_type):
+    torch.manual_seed(0)
+    model = ncsnpp.NCSNpp(image_size=8, nf=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,),
+                          embedding_type=embedding_type).eval()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(0.1 * torch.randn_like(param))
+        x = torch.rand(2, 3, 8, 8)
+        change = model(x, torch.full((2,), 10.0)) - model(x, torch.full((2,), 500.0))
+    assert change.abs().max() > 1e-3
 
 
 # --------------------------------------------------------------------- parameters, gradients
@@ -203,17 +208,18 @@ def test_parameter_counts():
 def test_parameter_count_matches_reference(name):
     model, checkpoint, _ = load_family(name)
     assert count(model) == sum(p.numel() for p in checkpoint["ema"]["shadow_params"])
-    # FIR kernels are not saved; the Fourier frequencies are (the reference saves them too).
-    assert not any("fir_kernel" in key for key in model.state_dict())
+    # Beside the parameters: the Fourier frequencies (the reference saves them too) and, in
+    # EDM's layout, the fixed resampling filters.
+    buffers = {key.rsplit(".", 1)[1] for key in model.state_dict()} - {key.rsplit(".", 1)[1]
+                                                                      for key, _ in model.named_parameters()}
+    assert buffers <= {"freqs", "resample_filter"}
 
 
 @pytest.mark.parametrize("config", [
     small_config("ddpm", 8, nf=32),
-    small_config("ncsnpp", 8, nf=8, init_scale=1.0, embedding_type="fourier", fir=True,
+    small_config("ncsnpp", 8, nf=8, embedding_type="fourier", fir=True,
                  progressive="output_skip", progressive_input="residual", scale_by_sigma=True),
-    small_config("ncsnpp", 8, nf=8, init_scale=1.0, resblock_type="ddpm",
-                 progressive="residual", progressive_input="input_skip",
-                 progressive_combine="cat"),
+    small_config("ncsnpp", 8, nf=8, progressive="output_skip", progressive_input="input_skip"),
 ], ids=["ddpm", "ncsnpp-fir", "ddpmpp-pyramids"])
 def test_gradients_reach_every_parameter(config):
     model, out = run_forward(config)
@@ -228,9 +234,9 @@ def test_gradients_reach_every_parameter(config):
 
 
 def test_fir_resampling_preserves_constants():
-    kernel = resampling.fir_kernel_2d([1, 3, 3, 1])
     ones = torch.ones(1, 2, 8, 8)
-    up, down = resampling.fir_upsample_2d(ones, kernel), resampling.fir_downsample_2d(ones, kernel)
+    up = Conv2d(2, 2, 0, up=True, resample_filter=(1, 3, 3, 1))(ones)
+    down = Conv2d(2, 2, 0, down=True, resample_filter=(1, 3, 3, 1))(ones)
     assert up.shape[-1] == 16 and down.shape[-1] == 4
     # Away from the zero padding a constant image stays that constant.
     torch.testing.assert_close(up[..., 2:-2, 2:-2], torch.ones(1, 2, 12, 12))
@@ -238,14 +244,17 @@ def test_fir_resampling_preserves_constants():
 
 
 def test_fused_fir_convolutions_equal_unfused_in_the_interior():
-    # StyleGAN2's fused ops pad once instead of twice, so only borders may differ.
-    generator = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 8, 8, generator=generator, dtype=torch.float64)
-    weight = torch.randn(5, 4, 3, 3, generator=generator, dtype=torch.float64)
-    kernel = resampling.fir_kernel_2d([1, 3, 3, 1]).double()
-    up_fused = resampling.fir_upsample_conv_2d(x, weight, kernel)
-    up_unfused = F.conv2d(resampling.fir_upsample_2d(x, kernel), weight, padding=1)
-    torch.testing.assert_close(up_fused[..., 2:-2, 2:-2], up_unfused[..., 2:-2, 2:-2])
-    down_fused = resampling.fir_conv_downsample_2d(x, weight, kernel)
-    down_unfused = resampling.fir_downsample_2d(F.conv2d(x, weight, padding=1), kernel)
-    torch.testing.assert_close(down_fused[..., 1:-1, 1:-1], down_unfused[..., 1:-1, 1:-1])
+    # A fused convolution-and-resampling pads once instead of twice, so only borders may differ.
+    torch.manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
+    for up in (True, False):
+        fused = Conv2d(4, 5, 3, up=up, down=not up, resample_filter=(1, 3, 3, 1), fused_resample=True).double()
+        unfused = Conv2d(4, 5, 3, up=up, down=not up, resample_filter=(1, 3, 3, 1)).double()
+        plain = Conv2d(4, 5, 3).double()
+        resample = Conv2d(4, 4, 0, up=up, down=not up, resample_filter=(1, 3, 3, 1)).double()
+        for module in (unfused, plain):
+            module.load_state_dict(fused.state_dict(), strict=False)
+        if up:  # resampling then convolution in both: the same up to the borders
+            torch.testing.assert_close(fused(x)[..., 2:-2, 2:-2], unfused(x)[..., 2:-2, 2:-2])
+        else:   # fused: convolution then resampling
+            torch.testing.assert_close(fused(x)[..., 1:-1, 1:-1], resample(plain(x))[..., 1:-1, 1:-1])

@@ -16,7 +16,8 @@ from torch import nn
 
 from sde_diffusion.files.checkpoints import CheckpointError
 from sde_diffusion.published.score_sde import (ChainIndexConditioned, load_reference_checkpoint, read_reference_checkpoint,
-                                  reference_key_map, reference_noise_table)
+                                               reference_noise_table)
+from sde_diffusion.published.score_sde_layout import from_reference, to_reference
 from sde_diffusion.app.config import ConfigError
 from sde_diffusion.app.validation import validate_config
 from sde_diffusion.models import get_model
@@ -63,17 +64,21 @@ def run(model, name):
 def test_fixture_reproduced_with_the_ema_weights(name):
     model = load_reference_checkpoint(FIXTURES / f"{name}.pth", fixture_config(name))
     assert run(model, name) < 1e-5
-    # The loaded parameters are the shadow tensors themselves, not the raw weights.
-    shadow = torch.load(FIXTURES / f"{name}.pth", weights_only=True)["ema"]["shadow_params"]
-    assert len(shadow) == len(list(model.parameters()))
-    assert all(torch.equal(p, s) for p, s in zip(model.parameters(), shadow))
+    # The loaded parameters are the shadow tensors themselves, not the raw weights: written back
+    # in the reference's layout they are its shadow list, tensor for tensor and in its order.
+    checkpoint = torch.load(FIXTURES / f"{name}.pth", weights_only=True)
+    shadow = checkpoint["ema"]["shadow_params"]
+    ours = to_reference(model)
+    trainable = [key for key in checkpoint["model"] if key not in ("module.sigmas", "module.all_modules.0.W")]
+    assert len(shadow) == len(trainable) and len(shadow) > 100
+    assert all(torch.equal(ours[key], s) for key, s in zip(trainable, shadow))
 
 
 @requires_fixtures
 @pytest.mark.parametrize("name", list(TWINS))
 def test_our_names_are_the_reference_keys(name):
     checkpoint = torch.load(FIXTURES / f"{name}.pth", weights_only=True)
-    names = list(reference_key_map(get_model(fixture_config(name))).values())
+    names = list(to_reference(get_model(fixture_config(name))))
     assert names == [key for key in checkpoint["model"] if key != "module.sigmas"]
 
 
@@ -84,8 +89,7 @@ def test_raw_weights_miss_the_reference_output(name):
     # 1e-5 agreement above proves the EMA weights were taken.
     checkpoint = torch.load(FIXTURES / f"{name}.pth", weights_only=True)
     model = get_model(fixture_config(name)).eval()
-    model.load_state_dict({ours: checkpoint["model"][reference]
-                           for ours, reference in reference_key_map(model).items()})
+    model.load_state_dict(from_reference(model, checkpoint["model"]))
     assert run(model, name) > 1e-3
 
 
@@ -134,7 +138,7 @@ def test_other_width_names_the_first_offending_key():
     config.model.nf = 16
     message = _error(FIXTURES / "ncsnpp_ve_cifar10_continuous.pth", config)
     assert ("checkpoint key 'module.all_modules.0.W' has shape [32], the network built from the "
-            "config expects [16] (its 'fourier_projection.frequencies')") in message
+            "config expects [16] (its 'map_noise.freqs')") in message
 
 
 @requires_fixtures

@@ -2,13 +2,16 @@
 sizes and channels the data can have, and the widths, levels and attention resolutions of a
 network of the score_sde family (`nf`, `ch_mult`, `num_res_blocks`) or of EDM's (`model_channels`,
 `channel_mult`, `num_blocks`), each under its own names: the family is what the network's
-registration declares (`register_model(..., family=)`)."""
+registration declares (`register_model(..., family=)`). Last, whatever the network's own
+constructor refuses (`check_network_builds`), for any registered network."""
 from __future__ import annotations
 
 import math
 
-from ..models.registry import network_facts
-from .config import MAX_IMAGE_SIZE, PUBLISHED_MODELS, require
+import torch
+
+from ..models.registry import get_model, network_facts
+from .config import MAX_IMAGE_SIZE, PUBLISHED_MODELS, ConfigError, require
 
 
 def positive_int(config, field: str) -> None:
@@ -58,3 +61,21 @@ def _check_levels(config, mult_field: str, named: str) -> None:
     for resolution in model.get("attn_resolutions", ()):
         require(resolution in resolutions, "model.attn_resolutions",
                 f"each must be one of the network's resolutions {sorted(resolutions)}", tuple(model.attn_resolutions))
+
+
+def check_network_builds(config) -> None:
+    """Build the configured network on the meta device (no memory, no random draws), so that a
+    value its constructor refuses stops the run in one line before anything is written; a
+    constructor names the field by starting its message with it ("model.width must be ...").
+    The networks that come from a published file are built from it later."""
+    if config.model.name in PUBLISHED_MODELS:
+        return
+    try:
+        with torch.device("meta"):
+            get_model(config)
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        field, _, rest = message.partition(" ")
+        if field.startswith(("model.", "data.")):  # the network names the field: the line starts with it
+            raise ConfigError(f"config.{field}: {rest}") from None
+        raise ConfigError(f"config.model.name: {config.model.name!r} cannot be built from this config: {message}") from None

@@ -19,7 +19,7 @@ from ..processes.sdes import SDES
 from .metrics import describe_fid_reference
 from .config import (DIFFUSERS_MODEL, EDM_PICKLE_MODEL, PUBLISHED_MODELS, ConfigError, build_sde, is_image_data,
                      require, sampler_spec, select_device)
-from .network_checks import check_image_config, positive_int as _positive_int, positive_number as _positive_number
+from .network_checks import check_image_config, check_network_builds, positive_int as _positive_int, positive_number as _positive_number
 from .plan import Plan, make_plan
 from .teacher import check_config as check_teacher_config
 
@@ -182,9 +182,7 @@ def validate_config(config, mode: Optional[str] = None) -> Plan:
                  "must be at least 5 (the test split holds data.num_points // 5 points)", config.data.num_points)
         require(config.model.name in PUBLISHED_MODELS or not network_facts(config.model.name).images, "model.name",
                  f"{config.model.name!r} is an image network; use 'mlp' for point data", config.model.name)
-    if config.model.name == "mlp":
-        for field in ("model.width", "model.num_blocks", "model.embed_dim"):
-            _positive_int(config, field)
+    check_network_builds(config)
     return make_plan(config, sde, spec)
 
 
@@ -254,9 +252,6 @@ def _validate_classes(config) -> None:
                  f"data.dataset {dataset!r} has no class labels, so it must be 0", num_classes)
         require(unread_folder or num_classes == expected, "model.num_classes",
                  f"must equal the {expected} classes of data.dataset {dataset!r}", num_classes)
-        require(config.model.name != "ncsnpp" or config.model.get("conditional", True), "model.conditional",
-                 "must be True for a class-conditional ncsnpp (the class joins the noise embedding)",
-                 config.model.get("conditional"))
     drop_prob = config.training.get("cond_drop_prob", 0.1)
     require(isinstance(drop_prob, (int, float)) and 0 <= drop_prob < 1, "training.cond_drop_prob",
              "must lie in [0, 1)", drop_prob)

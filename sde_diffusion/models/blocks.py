@@ -1,9 +1,8 @@
-"""Residual blocks of the U-Nets and the containers that group them by resolution.
+"""The `ddpm` U-Net's residual block and the containers that group its modules by resolution.
 
-Each block creates its parameters in the reference's order (score_sde_pytorch `layers.py` /
-`layerspp.py`), so checkpoints map by position: input norm (GroupNorm_0), input conv (Conv_0),
-noise projection (Dense_0), output norm (GroupNorm_1), output conv (Conv_1), then the skip
-projection (NIN_0 in DDPM blocks, Conv_2 in BigGAN blocks).
+The block creates its parameters in the reference's order (score_sde_pytorch `layers.py`), so
+checkpoints map by position: input norm (GroupNorm_0), input conv (Conv_0), noise projection
+(Dense_0), output norm (GroupNorm_1), output conv (Conv_1), then the skip projection (NIN_0).
 """
 from __future__ import annotations
 
@@ -13,8 +12,7 @@ import torch
 from torch import nn
 
 from ..utils import append_dims
-from . import resampling
-from .layers import NIN, conv1x1, conv3x3, dense, group_norm, residual_sum
+from .layers import NIN, conv3x3, dense, group_norm, residual_sum
 
 
 def level_resolutions(image_size: int, ch_mult: Sequence[int]) -> list:
@@ -60,73 +58,6 @@ class ResnetBlock(nn.Module):
         if self.skip is not None:
             x = self.skip(x)
         return residual_sum(x, h, self.skip_rescale)
-
-
-class BigGANResnetBlock(nn.Module):
-    """BigGAN's residual block (Brock et al. 2019) as adapted by NCSN++ (Song et al. 2021,
-    appendix H): like `ResnetBlock`, but it can itself halve or double the resolution (both
-    branches are resampled, with FIR filters or naively) and its skip projection is a 1x1 conv."""
-
-    def __init__(self, act: nn.Module, in_ch: int, out_ch: Optional[int] = None,
-                 temb_dim: Optional[int] = None, up: bool = False, down: bool = False,
-                 dropout: float = 0.1, fir: bool = False,
-                 fir_kernel: Sequence[float] = (1, 3, 3, 1), skip_rescale: bool = True,
-                 init_scale: float = 0.0):
-        super().__init__()
-        if up and down:
-            raise ValueError("a block resamples up or down, not both")
-        out_ch = out_ch or in_ch
-        self.norm_in = group_norm(in_ch)
-        self.conv_in = conv3x3(in_ch, out_ch)
-        self.noise_projection = dense(temb_dim, out_ch) if temb_dim is not None else None
-        self.norm_out = group_norm(out_ch)
-        self.dropout = nn.Dropout(dropout)
-        self.conv_out = conv3x3(out_ch, out_ch, init_scale=init_scale)
-        self.skip = conv1x1(in_ch, out_ch) if (in_ch != out_ch or up or down) else None
-        self.act = act
-        self.up, self.down, self.fir = up, down, fir
-        self.skip_rescale = skip_rescale
-        if fir:
-            self.register_buffer("fir_kernel", resampling.fir_kernel_2d(fir_kernel),
-                                 persistent=False)
-
-    def _resample(self, x: torch.Tensor) -> torch.Tensor:
-        if self.up:
-            if self.fir:
-                return resampling.fir_upsample_2d(x, self.fir_kernel)
-            return resampling.nearest_upsample_2d(x)
-        if self.down:
-            if self.fir:
-                return resampling.fir_downsample_2d(x, self.fir_kernel)
-            return resampling.mean_downsample_2d(x)
-        return x
-
-    def forward(self, x: torch.Tensor, temb: Optional[torch.Tensor] = None) -> torch.Tensor:
-        h = self._resample(self.act(self.norm_in(x)))
-        x = self._resample(x)
-        h = self.conv_in(h)
-        if temb is not None:
-            h = h + append_dims(self.noise_projection(self.act(temb)), h.ndim)
-        h = self.conv_out(self.dropout(self.act(self.norm_out(h))))
-        if self.skip is not None:
-            x = self.skip(x)
-        return residual_sum(x, h, self.skip_rescale)
-
-
-class Combine(nn.Module):
-    """Merge the downsampled input image into the features (NCSN++ 'input_skip'): project it
-    with a 1x1 conv, then sum or concatenate along channels."""
-
-    def __init__(self, pyramid_ch: int, feature_ch: int, method: str = "cat"):
-        super().__init__()
-        if method not in ("cat", "sum"):
-            raise ValueError(f"progressive_combine must be 'cat' or 'sum'; got {method!r}")
-        self.projection = conv1x1(pyramid_ch, feature_ch)
-        self.method = method
-
-    def forward(self, pyramid: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        projected = self.projection(pyramid)
-        return torch.cat([projected, h], dim=1) if self.method == "cat" else projected + h
 
 
 class ResnetWithAttention(nn.Module):

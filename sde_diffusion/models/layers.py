@@ -1,5 +1,6 @@
-"""Building blocks shared by the DDPM and NCSN++ score networks: initialisation, convolutions,
-normalisation, noise-level embeddings and self-attention.
+"""Building blocks of the `ddpm` and `mlp` score networks: initialisation, convolutions,
+normalisation, noise-level embeddings (score_sde's, which `ncsnpp` computes too) and
+self-attention.
 
 Initialisation follows DDPM (Ho et al. 2020, their TF code): variance scaling with `fan_avg` and a
 uniform distribution, biases zero. A scale of 0 means 1e-10, as in the reference, so layers that
@@ -51,13 +52,6 @@ def variance_scaling_(weight: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
 def conv3x3(in_ch: int, out_ch: int, stride: int = 1, padding: int = 1,
             init_scale: float = 1.0) -> nn.Conv2d:
     conv = nn.Conv2d(in_ch, out_ch, kernel_size=3, stride=stride, padding=padding)
-    variance_scaling_(conv.weight, init_scale)
-    nn.init.zeros_(conv.bias)
-    return conv
-
-
-def conv1x1(in_ch: int, out_ch: int, init_scale: float = 1.0) -> nn.Conv2d:
-    conv = nn.Conv2d(in_ch, out_ch, kernel_size=1)
     variance_scaling_(conv.weight, init_scale)
     nn.init.zeros_(conv.bias)
     return conv

@@ -37,6 +37,9 @@ class MLP(nn.Module):
                  embedding_type: str = "positional", fourier_scale: float = 16.0,
                  scale_by_sigma: bool = False, num_classes: int = 0):
         super().__init__()
+        for name, value in (("width", width), ("num_blocks", num_blocks), ("embed_dim", embed_dim)):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"model.{name} must be a positive integer, got {value!r}")
         if embedding_type not in ("positional", "fourier"):
             raise ValueError(f"model.embedding_type must be 'positional' or 'fourier', got {embedding_type!r}")
         self.embedding_type, self.embed_dim, self.scale_by_sigma = embedding_type, embed_dim, scale_by_sigma

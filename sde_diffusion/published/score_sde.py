@@ -10,13 +10,13 @@ A reference checkpoint is a dict `{"model", "ema", "optimizer", "step"}`:
   parameter in the reference network's `parameters()` order. These are the weights the paper
   samples and evaluates with, and the ones loaded here.
 
-Our networks create the same layers in the same order under names that say what they are
-(`models/ddpm.py`, `models/ncsnpp.py`). `reference_key_map` gives each of our tensors the
-reference's key, so weights load by name; the EMA list pairs with the checkpoint's own parameter
-keys in the checkpoint's order. Every tensor on either side must find its partner with the same
-shape; the first that does not is named in the error. `module.sigmas` is not a weight: it is
-checked against `model.sigma_min / sigma_max / num_scales` where the network's output depends on
-it (VE models, and any with `scale_by_sigma`), and is otherwise unused, as in the reference.
+`score_sde_layout` says where each of our tensors sits in that list: `ddpm` creates the
+reference's layers in its order under names that say what they are, `ncsnpp` is EDM's SongUNet
+and pairs with the list by role. The EMA list pairs with the checkpoint's own trainable keys in
+the checkpoint's order. Every tensor on either side must find its partner with the same shape;
+the first that does not is named in the error. `module.sigmas` is not a weight: it is checked
+against `model.sigma_min / sigma_max / num_scales` where the network's output depends on it (VE
+models, and any with `scale_by_sigma`), and is otherwise unused, as in the reference.
 
 Conventions: the reference conditions continuous VE networks on sigma and VP networks on
 t * 999 (continuous) or the chain index (discrete), as `models.preconditioning` does. Its discrete VE
@@ -33,89 +33,13 @@ from torch import nn
 
 from ..files.checkpoints import CheckpointError, safe_load
 from ..models import get_model
-from ..models.blocks import BigGANResnetBlock, Combine, ResnetBlock, ResnetWithAttention, ResolutionLevel
-from ..models.ddpm import DDPM
-from ..models.layers import NIN, AttentionBlock, GaussianFourierProjection, NoiseLevelMLP
-from ..models.ncsnpp import NCSNpp
-from ..models.resampling import Downsample, FIRConv2d, Upsample
 from ..utils import append_dims
+from .score_sde_layout import PREFIX, from_reference, pieces, to_reference
 
-PREFIX = "module."                 # DataParallel's prefix on every reference key
-NOISE_TABLE_KEY = "module.sigmas"  # the reference network's noise-level table (a buffer)
-
-# Our child name -> the reference attribute name, per block (reference layers.py / layerspp.py).
-_RESNET_NAMES = {"norm_in": "GroupNorm_0", "conv_in": "Conv_0", "noise_projection": "Dense_0",
-                 "norm_out": "GroupNorm_1", "conv_out": "Conv_1"}
-_CHILD_NAMES = {
-    ResnetBlock: {**_RESNET_NAMES, "skip": "NIN_0"},
-    BigGANResnetBlock: {**_RESNET_NAMES, "skip": "Conv_2"},
-    AttentionBlock: {"norm": "GroupNorm_0", "query": "NIN_0", "key": "NIN_1", "value": "NIN_2",
-                     "output": "NIN_3"},
-    Combine: {"projection": "Conv_0"},
-}
-# Our tensor name -> the reference's, where they differ.
-_TENSOR_NAMES = {NIN: {"weight": "W", "bias": "b"}, GaussianFourierProjection: {"frequencies": "W"}}
-# Modules we group but the reference lists flat: we descend into them.
-_CONTAINERS = (nn.ModuleList, ResolutionLevel, ResnetWithAttention, NoiseLevelMLP)
-
-
-def _child_name(parent: nn.Module, name: str, child: nn.Module) -> str:
-    if isinstance(parent, (Upsample, Downsample)) and name == "conv":
-        # The reference's FIR resamplers hold a fused `Conv2d_0`, the plain ones a `Conv_0`.
-        return "Conv2d_0" if isinstance(child, FIRConv2d) else "Conv_0"
-    names = _CHILD_NAMES.get(type(parent), {})
-    if name not in names:
-        raise RuntimeError(f"no reference name for child {name!r} of {type(parent).__name__}")
-    return names[name]
-
-
-def reference_units(module: nn.Module, prefix: str = ""):
-    """(our module path, module) for each entry of the reference's `all_modules`, in order.
-    Parameter-free resamplers of the main path count (the reference lists them too); the shared
-    activation (`act`) does not, nor do the parameter-free resamplers of the input and output
-    pyramids (`input_skip`, `output_skip`): the reference keeps those outside the list
-    (`self.pyramid_downsample`, `self.pyramid_upsample` of its ncsnpp.py), while the ones with
-    a convolution (`residual` pyramids) are entries."""
-    for name, child in module.named_children():
-        if name == "act" or (name in ("pyramid_upsample", "pyramid_downsample")
-                             and not any(True for _ in child.parameters())):
-            continue
-        if isinstance(child, _CONTAINERS):
-            yield from reference_units(child, f"{prefix}{name}.")
-        else:
-            yield f"{prefix}{name}", child
-
-
-def _inner_key(unit: nn.Module, key: str) -> str:
-    """A key of `unit.state_dict()` in the reference's naming."""
-    *path, tensor = key.split(".")
-    module, names = unit, []
-    for name in path:
-        child = getattr(module, name)
-        names.append(_child_name(module, name, child))
-        module = child
-    names.append(_TENSOR_NAMES.get(type(module), {}).get(tensor, tensor))
-    return ".".join(names)
-
-
-def reference_key_map(model: nn.Module) -> dict:
-    """{our state-dict key: the reference checkpoint key of the same tensor}, in our order,
-    for a `ddpm` or `ncsnpp` network."""
-    if not isinstance(model, (DDPM, NCSNpp)):
-        raise ValueError(f"reference checkpoints exist for the ddpm and ncsnpp networks only, "
-                         f"not {type(model).__name__}")
-    mapping = {}
-    for index, (path, unit) in enumerate(reference_units(model)):
-        for key in unit.state_dict():
-            mapping[f"{path}.{key}"] = f"{PREFIX}all_modules.{index}.{_inner_key(unit, key)}"
-    unnamed = [key for key in model.state_dict() if key not in mapping]
-    if unnamed:
-        raise RuntimeError(f"no reference name for {unnamed[:3]}")
-    return {key: mapping[key] for key in model.state_dict()}
+NOISE_TABLE_KEY = PREFIX + "sigmas"  # the reference network's noise-level table (a buffer)
 
 
 # ------------------------------------------------------------------------------- reading
-
 
 def read_reference_checkpoint(path) -> dict:
     """The checkpoint at `path`, loaded with `weights_only=True` (tensors and containers, never
@@ -161,45 +85,43 @@ def _first(keys: list, count: int = 3) -> str:
 
 def load_reference_weights(model: nn.Module, checkpoint: dict, source: str = "checkpoint") -> nn.Module:
     """Copy a reference checkpoint's EMA weights (and its buffers, such as the Fourier
-    frequencies) into `model`, a `ddpm` or `ncsnpp` network; returns `model`. Raises
-    CheckpointError naming the first keys that do not pair up."""
-    ours_to_reference = reference_key_map(model)
-    reference_to_ours = {reference: ours for ours, reference in ours_to_reference.items()}
-    weights, ours = checkpoint["model"], model.state_dict()
-
+    frequencies) into `model`, a `ddpm` or `ncsnpp` network (`score_sde_layout`); returns `model`.
+    Raises CheckpointError naming the first keys that do not pair up."""
+    layout = pieces(model)
+    expected, weights = to_reference(model), checkpoint["model"]
     problems = []
-    for reference_key, tensor in weights.items():
-        our_key = reference_to_ours.get(reference_key)
-        if our_key is not None and ours[our_key].shape != tensor.shape:
-            problems.append(f"checkpoint key {reference_key!r} has shape {_shape(tensor)}, the network "
-                            f"built from the config expects {_shape(ours[our_key])} (its {our_key!r})")
+    for key, tensor in weights.items():
+        if key in expected and expected[key].shape != tensor.shape:
+            ours = next(piece.ours for piece in layout if key in piece.reference)
+            problems.append(f"checkpoint key {key!r} has shape {_shape(tensor)}, the network built from the "
+                            f"config expects {_shape(expected[key])} (its {ours!r})")
             break
-    missing = [key for key in reference_to_ours if key not in weights]
+    missing = [key for key in expected if key not in weights]
     if missing:
         problems.append(f"{len(missing)} key(s) the network needs are missing from the checkpoint: "
                         f"{_first(missing)}")
-    extra = [key for key in weights if key not in reference_to_ours and key != NOISE_TABLE_KEY]
+    extra = [key for key in weights if key not in expected and key != NOISE_TABLE_KEY]
     if extra:
         problems.append(f"{len(extra)} checkpoint key(s) the network does not have: {_first(extra)}")
     if problems:
         raise CheckpointError(f"{source} does not fit the network built from this config: "
                               + "; ".join(problems))
-    model.load_state_dict({key: weights[reference_key] for key, reference_key in ours_to_reference.items()})
-
-    # The shadow list follows the reference's parameters(), i.e. the order of its parameter keys.
+    # The shadow list follows the reference's parameters(), i.e. the order of its trainable keys
+    # (not the Fourier frequencies, which it keeps as a parameter without gradient).
     parameters = dict(model.named_parameters())
-    parameter_keys = [key for key in weights if reference_to_ours.get(key) in parameters]
+    trainable = {key for piece in layout if piece.ours in parameters for key in piece.reference}
+    parameter_keys = [key for key in weights if key in trainable]
     shadow = checkpoint["ema"]["shadow_params"]
     if len(shadow) != len(parameter_keys):
         raise CheckpointError(f"{source}: its EMA has {len(shadow)} shadow tensors, but its network has "
                               f"{len(parameter_keys)} parameters")
-    with torch.no_grad():
-        for position, (reference_key, average) in enumerate(zip(parameter_keys, shadow)):
-            parameter = parameters[reference_to_ours[reference_key]]
-            if parameter.shape != average.shape:
-                raise CheckpointError(f"{source}: EMA shadow tensor {position} has shape {_shape(average)}, "
-                                      f"but its parameter {reference_key!r} has {_shape(parameter)}")
-            parameter.copy_(average)
+    averaged = dict(weights)
+    for position, (key, average) in enumerate(zip(parameter_keys, shadow)):
+        if weights[key].shape != average.shape:
+            raise CheckpointError(f"{source}: EMA shadow tensor {position} has shape {_shape(average)}, "
+                                  f"but its parameter {key!r} has {_shape(weights[key])}")
+        averaged[key] = average
+    model.load_state_dict(from_reference(model, averaged))
     return model
 
 
