@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..data.datasets import load_digits
+from .frechet import frechet_distance as gaussian_frechet_distance
 
 
 class ImageJudge:
@@ -115,12 +116,10 @@ def floor_indices(num_train: int, count: int, seed: int, draw: int) -> torch.Ten
 
 
 def frechet_distance(features: np.ndarray, reference: np.ndarray) -> float:
-    """FD between Gaussians fitted to two feature sets (clean-fid's, as `fid_kid` computes it)."""
-    from cleanfid import fid as cleanfid_fid
-
+    """FD between Gaussians fitted to two feature sets (as `fid_kid` computes it)."""
     features, reference = np.asarray(features, dtype=np.float64), np.asarray(reference, dtype=np.float64)
-    return float(cleanfid_fid.frechet_distance(features.mean(axis=0), np.cov(features, rowvar=False),
-                                               reference.mean(axis=0), np.cov(reference, rowvar=False)))
+    return gaussian_frechet_distance(features.mean(axis=0), np.cov(features, rowvar=False),
+                                     reference.mean(axis=0), np.cov(reference, rowvar=False))
 
 
 class RealDataFloor:

@@ -8,8 +8,9 @@ Low-dimensional sets (torch tensors [N, D]):
 Images (uint8 numpy [N, H, W, C]) go through clean-fid (Parmar et al. 2022, "On Aliased Resizing
 and Surprising Subtleties in GAN Evaluation"), whose functions are reused rather than restated:
 its resizer (`cleanfid.resize.build_resizer`), its batched feature pass
-(`cleanfid.fid.get_batch_features`), its Inception wrapper (`InceptionV3W`), and its metrics
-(`cleanfid.fid.frechet_distance`, `cleanfid.fid.kernel_distance`). The Inception weights are read
+(`cleanfid.fid.get_batch_features`), its Inception wrapper (`InceptionV3W`) and its KID
+(`cleanfid.fid.kernel_distance`); its FID formula is computed by `frechet.frechet_distance`
+(the same number without a general matrix square root). The Inception weights are read
 from a local file only; nothing here downloads.
 """
 from __future__ import annotations
@@ -27,6 +28,7 @@ from cleanfid.inception_torchscript import InceptionV3W
 from cleanfid.resize import build_resizer
 
 from ..utils import Seed, make_generator
+from .frechet import frechet_distance
 
 # clean-fid's loader joins this fixed name to a folder (`InceptionV3W.__init__`).
 INCEPTION_FILENAME = "inception-2015-12-05.pt"
@@ -271,7 +273,7 @@ def fid_kid(samples: np.ndarray, reference: Union[np.ndarray, ReferenceStatistic
 
     The feature extractor is `feature_extractor` if given, else clean-fid's Inception from
     `inception_path` (`load_inception`), loaded only when some input is images.
-    FID: `cleanfid.fid.frechet_distance` between Gaussians fitted to the two feature sets,
+    FID: the Frechet distance (`frechet.frechet_distance`) between Gaussians fitted to the two feature sets,
       |mu_1 - mu_2|^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^(1/2))  (Heusel et al. 2017). Biased for small
       N, and needs N well above F for a full-rank covariance (N >= 10k for Inception's 2048).
     KID: `cleanfid.fid.kernel_distance`, the unbiased MMD^2 with the cubic polynomial kernel
@@ -303,7 +305,7 @@ def fid_kid(samples: np.ndarray, reference: Union[np.ndarray, ReferenceStatistic
     if min(len(sample_features), len(reference_features)) < 2:
         raise ValueError("FID and KID need at least 2 samples in each set")
     mu_s, cov_s = sample_features.mean(axis=0), np.cov(sample_features, rowvar=False)
-    fid = float(cleanfid_fid.frechet_distance(mu_s, cov_s, mu_r, cov_r))
+    fid = frechet_distance(mu_s, cov_s, mu_r, cov_r)
     with _numpy_seed(seed):
         kid = cleanfid_fid.kernel_distance(sample_features, reference_features,
                                            num_subsets=kid_subsets, max_subset_size=kid_subset_size)
