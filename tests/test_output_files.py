@@ -197,3 +197,18 @@ def test_a_signal_during_the_renames_waits_until_both_files_are_in_place(tmp_pat
     assert sorted(p.name for p in tmp_path.iterdir()) == ["s.npz", "s.png"]
     for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):  # interrupted_by_signals left them ignored
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_outputs_get_the_mode_a_plain_open_gives(tmp_path, umask):
+    """Written whole through a temporary file, yet with the permissions of open(path, "w") under
+    the user's umask (0644 by default), not the temporary's 0600."""
+    previous = os.umask(umask)
+    try:
+        write_text_atomic(tmp_path / "report.json", "{}")
+        with open(tmp_path / "plain.json", "w") as handle:
+            handle.write("{}")
+    finally:
+        os.umask(previous)
+    assert (tmp_path / "report.json").stat().st_mode & 0o777 == (tmp_path / "plain.json").stat().st_mode & 0o777 \
+        == 0o666 & ~umask

@@ -53,11 +53,19 @@ def open_locked_temporary(path, prefix: Optional[str] = None) -> Tuple[int, str]
     path = Path(path)
     for _ in range(10):
         handle, name = tempfile.mkstemp(dir=path.parent, prefix=prefix or f".{path.name}.", suffix=TEMPORARY_SUFFIX)
+        os.fchmod(handle, _new_file_mode())  # mkstemp's 0600 would become the output's mode
         fcntl.flock(handle, fcntl.LOCK_EX)
         if os.fstat(handle).st_nlink > 0:
             return handle, name
         os.close(handle)
     raise OSError(errno.EAGAIN, f"cannot create a temporary file beside {path}")
+
+
+def _new_file_mode() -> int:
+    """The mode `open(path, "w")` gives a new file: 0666 less the process's umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
 
 
 _together = threading.local()  # the renames `written_together` holds back, per thread
