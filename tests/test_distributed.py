@@ -143,6 +143,7 @@ def test_two_processes_resume_from_the_same_checkpoint_and_stay_with_one_process
     written = snapshot_path(two, STEPS).stat().st_mtime_ns
     result = torchrun(two, "train", f"--config.training.n_iters={STEPS + 10}")
     assert result.returncode == 0, _tails(result.stderr)
+    assert ": cpu x 2 processes (torchrun), 1 threads, " in result.stderr  # rank 0's start line says both
     config = toy_config()
     config.training.n_iters = STEPS + 10
     train(config, one)

@@ -171,6 +171,15 @@ def test_a_default_grid_ends_at_the_declared_noise_level_on_every_process(name):
     assert "eps=0.00724492" in SamplerSpec("dpm_solver++", steps=10).summary(get_sde("edm"))
 
 
+def test_the_start_line_of_an_adaptive_call_names_no_grid():
+    """An adaptive solver picks its own steps, so its summary says so instead of a step count
+    and a grid it never runs on; a fixed-step call names both."""
+    sde = get_sde("vpsde")
+    assert SamplerSpec("ode", steps=500, options={"rtol": 1e-3}).summary(sde) == \
+        "ode rtol=0.001, adaptive steps to eps=0.001"
+    assert SamplerSpec("ddim", steps=20).summary(sde) == "ddim, 20 steps on the quadratic grid to eps=0.001"
+
+
 def test_an_end_noise_level_below_what_the_process_reaches_ends_at_its_smallest():
     """VE never goes below sigma_min: an end level under it ends the grid at t = 0, where the
     noise level is sigma_min itself (EDM's VE networks end at their sigma_min 0.002 that way)."""
@@ -194,6 +203,10 @@ def test_an_end_noise_level_below_what_the_process_reaches_ends_at_its_smallest(
      "dpm_solver++_20steps"),
     (SamplerSpec("dpm_solver++", steps=20, schedule="karras", eps=1e-3), "dpm_solver++_karras_eps0.001_20steps"),
     (SamplerSpec("ode"), "ode"),  # adaptive: the step count is not what it ran
+    # numbers at the sampler's defaults are not named (snr 0.16 means nothing without a corrector)
+    (SamplerSpec("pc", steps=100, options={"predictor": "ancestral", "corrector": "none", "snr": 0.16,
+                                           "corrector_steps": 1}), "pc_ancestral_none_100steps"),
+    (SamplerSpec("dpm_solver++", steps=20, options={"order": 2, "unipc": False}), "dpm_solver++_20steps"),
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_file_tags_tell_sampler_calls_apart(spec, tag):
     assert spec.file_tag(VPSDE()) == tag

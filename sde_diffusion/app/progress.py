@@ -91,6 +91,10 @@ def say(message: str, *args) -> None:
 
 
 def announce(what: str, config_file: str, workdir, device, details: str) -> None:
-    """The line a run starts with: what runs, from which config, where, on what."""
-    say("%s %s in %s: %s, %d threads, %s", what, config_file or "(config)", workdir, device,
-        torch.get_num_threads(), details)
+    """The line a run starts with: what runs, from which config, where, on what (and, under
+    torchrun, on how many processes: the threads are each one's)."""
+    from ..training import distributed
+
+    processes = distributed.world_size()
+    say("%s %s in %s: %s%s, %d threads, %s", what, config_file or "(config)", workdir, device,
+        f" x {processes} processes (torchrun)" if processes > 1 else "", torch.get_num_threads(), details)

@@ -145,14 +145,18 @@ class SamplerSpec:
         return f"{spec._schedule_text()}, {spec.end_text(sde)}"
 
     def summary(self, sde: Optional[SDE] = None) -> str:
-        """'pc predictor=euler_maruyama, 100 steps on the uniform grid to eps=0.001' (resolved)."""
+        """'pc predictor=euler_maruyama, 100 steps on the uniform grid to eps=0.001' (resolved);
+        an adaptive call picks its own steps: 'ode rtol=0.001, adaptive steps to eps=0.001'."""
         spec = self.resolved(sde=sde)
         options = "".join(f" {name}={value}" for name, value in spec.options.items())
+        if spec.adaptive:
+            return f"{spec.method}{options}, adaptive steps to {spec.end_text(sde)}"
         steps = f"{spec.steps} steps" if spec.steps is not None else "the SDE's N steps"
         return f"{spec.method}{options}, {steps} on the {spec._schedule_text()} grid to {spec.end_text(sde)}"
 
     def file_tag(self, sde: Optional[SDE] = None) -> str:
-        """'dpm_solver++_order3_unipc_20steps': the method, the options the call sets, its grid
+        """'dpm_solver++_order3_unipc_20steps': the method, the options the call sets (the named
+        choices, and the numbers and switches that differ from the sampler's defaults), its grid
         (schedule and options, eps) where that differs from the sampler's default grid, and the
         step count (not for adaptive samplers): file names that keep different calls apart."""
         def tag(name, value):
@@ -161,7 +165,10 @@ class SamplerSpec:
             return f"{name}{value:g}" if isinstance(value, (int, float)) else str(value)
 
         spec, default = self.resolved(sde=sde), SamplerSpec(self.method).resolved(sde=sde)
-        parts = [spec.method] + [tag(name, value) for name, value in spec.options.items()]
+        defaults = {name: parameter.default
+                    for name, parameter in inspect.signature(SAMPLERS[spec.method]).parameters.items()}
+        parts = [spec.method] + [tag(name, value) for name, value in spec.options.items()
+                                 if isinstance(value, str) or not (name in defaults and value == defaults[name])]
         if (spec.schedule, spec.schedule_options) != (default.schedule, default.schedule_options):
             parts += [spec.schedule] + [tag(name, value) for name, value in spec.schedule_options.items()]
         if spec.end(sde) != default.end(sde):
