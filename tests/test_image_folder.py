@@ -2,6 +2,7 @@
 and mode a user has, read at one size with exact pixels where no resampling happens; splits,
 class subfolders, unreadable and empty folders; training and sampling on a folder end to end."""
 import json
+import os
 import logging
 import subprocess
 import sys
@@ -169,6 +170,13 @@ def test_train_and_sample_on_a_folder_end_to_end(tmp_path):
     # dequantized 8-bit data: a bound on -log2 P(k) / D, positive; an untrained network is far from 0
     assert report["metric"] == "bits_per_dim" and report["num"] == 3 and report["mean"] > 1
     assert report["dequantization"].startswith("uniform")
+    # offline: no Inception file anywhere, the labelled folder is judged by a classifier of its own
+    offline = {**os.environ, "SDE_DIFFUSION_CACHE": str(tmp_path / "empty_cache")}
+    evaluated = subprocess.run([sys.executable, "main.py", *small, "--mode=eval", "--config.eval.num_samples=6"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S, env=offline)
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    report = json.loads(evaluated.stdout.strip().splitlines()[-1])
+    assert report["fd_classifier"] > 0 and report["fd_classifier_floor_samples"] == 6 and "fid" not in report
     wrong = subprocess.run([sys.executable, "main.py", *small, "--mode=train", "--config.model.num_classes=3",
                             f"--workdir={tmp_path / 'other'}"], cwd=ROOT, capture_output=True, text=True,
                            timeout=HANG_TIMEOUT_S)
@@ -176,6 +184,23 @@ def test_train_and_sample_on_a_folder_end_to_end(tmp_path):
 
 
 # -- the cache: checked when opened, rebuilt when damaged -----------------------------------------
+def test_an_unlabelled_folder_without_inception_says_how_to_score_it_offline(tmp_path, monkeypatch):
+    from sde_diffusion.app.metrics import quality_metric_for
+    from sde_diffusion.app.plan import make_plan
+    from sde_diffusion.app.workdir_config import config_from_stored
+    from configs.vp_folder import get_config
+
+    write_images(tmp_path / "pictures", 12, (8, 8))
+    monkeypatch.setenv("SDE_DIFFUSION_CACHE", str(tmp_path / "empty_cache"))
+    config = get_config()
+    config.data.update(root=str(tmp_path / "pictures"), image_size=8)
+    plan = make_plan(config)
+    with pytest.raises(FileNotFoundError) as missing:
+        quality_metric_for(plan, plan.dataset("test").data)
+    assert "Inception weights are needed" in str(missing.value) and "data.labels_from=subfolders" in str(missing.value)
+    assert "\n" not in str(missing.value)
+
+
 def test_sixteen_bit_gray_is_scaled_not_clipped(tmp_path):
     values = np.array([[0, 257, 32768, 65535]] * 4, dtype=np.uint16)
     Image.fromarray(values).save(tmp_path / "deep.png")

@@ -1,6 +1,6 @@
 """The quality metric of `eval` and `study` for the config's data: sliced Wasserstein for 2-D
-sets, FD in a classifier's features for digits and MNIST-like sets, FID/KID with Inception for
-other images, against the reference `eval.fid_reference` names (`fid_reference`); each reads
+sets, FD in a classifier's features for digits, MNIST-like sets and the user's labelled images,
+FID/KID with Inception for other images, against the reference `eval.fid_reference` names (`fid_reference`); each reads
 the run's `Plan` (its data facts, device and data sets)."""
 from __future__ import annotations
 
@@ -27,10 +27,17 @@ def quality_metric_for(plan, test: torch.Tensor, mixture=None, workdir=None):
         kind, judge, floor = "classifier", cached_judge(train.data, train.labels), train.data
     else:
         kind = "images" if plan.data.images else "points"
-    return quality_metric(kind, test, device, seed=config.seed, image_size=config.data.image_size,
-                          inception_path=config.eval.inception_path or None, mixture=mixture, judge=judge,
-                          floor=floor, download_inception=config.eval.get("download_inception", False),
-                          fid_reference=fid_reference_for(plan, workdir) if kind == "images" else None)
+    try:
+        return quality_metric(kind, test, device, seed=config.seed, image_size=config.data.image_size,
+                              inception_path=config.eval.inception_path or None, mixture=mixture, judge=judge,
+                              floor=floor, download_inception=config.eval.get("download_inception", False),
+                              fid_reference=fid_reference_for(plan, workdir) if kind == "images" else None)
+    except FileNotFoundError as error:
+        if plan.data.judge != "classifier":
+            raise
+        raise FileNotFoundError(f"{error}; without it, your images are scored offline when their files hold classes "
+                                f"(class subfolders with data.labels_from=subfolders, or labels in the .npz), by a "
+                                f"classifier fitted on the training split") from None
 
 
 def data_judge(plan):
@@ -47,8 +54,15 @@ def data_judge(plan):
 
 
 def _classifier_judged(plan) -> bool:
-    """A small gray labelled set whose registration names a fitted classifier as its judge."""
-    return plan.data.judge == "classifier" and plan.config.data.num_channels == 1
+    """A labelled image set whose registration names a fitted classifier as its judge: MNIST,
+    Fashion-MNIST, and the user's own images where their files hold classes (a folder read with
+    data.labels_from=subfolders, an .npz with labels); without labels, FID with Inception."""
+    from ..data.datasets import dataset_facts
+
+    if plan.data.judge != "classifier":
+        return False
+    facts = dataset_facts(plan.data.name)
+    return bool(facts.num_classes) or (facts.read_classes is not None and facts.read_classes(plan.config.data) is not None)
 
 
 def fid_reference_for(plan, workdir):

@@ -96,7 +96,8 @@ class DatasetFacts:
     images ([N, C, H, W] in [0, 1]) or points ([N, dim]); its class count (0: no labels; None:
     read from the user's files); whether its files can be fetched into data.root (download); the
     judge that scores samples of it: "digits" (the bundled digits' classifier), "classifier" (one
-    fitted on its gray training split), or "" (FID/KID for images, sliced Wasserstein for points).
+    fitted on its training split, where the split has labels; FID/KID where it has none), or ""
+    (FID/KID for images, sliced Wasserstein for points).
     For the user's own data: user_root, what data.root must name ("folder" or "file"),
     check_root(path, field) to read its header before anything is written, read_classes(data)
     the class count its files hold (None: none); system_root, a folder that holds its files
@@ -288,7 +289,7 @@ def load_cifar10(split: str, *, root=None, image_size: Optional[int] = None, dow
 
 # -- the user's own images: a folder, or an .npz ----------------------------------------------
 @register_dataset("folder", images=True, num_classes=None, user_root="folder", read_classes=folder_classes,
-                  class_names=folder_class_names)
+                  class_names=folder_class_names, judge="classifier")
 def load_folder(split: str, *, root=None, image_size: Optional[int] = None, num_channels: int = 3,
                 labels_from: str = "", **ignored) -> ArrayDataset:
     """PNG / JPEG / WebP files under `root` (`image_folder`), resized and centre-cropped, read
@@ -305,7 +306,7 @@ digest of the cache's contents."""
 
 
 @register_dataset("npz", images=True, num_classes=None, user_root="file", check_root=check_npz_root,
-                  read_classes=npz_classes)
+                  read_classes=npz_classes, judge="classifier")
 def load_npz(split: str, *, root=None, image_size: Optional[int] = None, **ignored) -> ArrayDataset:
     """Images (`x`: uint8 or floats in [0, 1], square, any layout `image_files.to_nchw` takes) and
     optional `labels` (class indices) of the .npz file `root`; image i is in the test split when

@@ -25,8 +25,8 @@ from .frechet import frechet_distance as gaussian_frechet_distance
 
 
 class ImageJudge:
-    """Classifier of gray images in [0, 1], [N, 1, S, S], from the weights of a one-hidden-layer
-    tanh MLP (`fit` makes one)."""
+    """Classifier of images in [0, 1], [N, C, S, S], from the weights of a one-hidden-layer tanh
+    MLP on their pixels (`fit` makes one)."""
 
     def __init__(self, weights, biases, image_size: int):
         self.weights = [np.asarray(w, dtype=np.float64) for w in weights]
@@ -54,8 +54,11 @@ class ImageJudge:
 
     def _flat(self, images: torch.Tensor) -> np.ndarray:
         images = torch.as_tensor(images, dtype=torch.float64)
-        if images.shape[1:] != (1, self.image_size, self.image_size):
-            raise ValueError(f"expected images [N, 1, {self.image_size}, {self.image_size}], "
+        inputs = self.weights[0].shape[0] if self.weights else None  # C * S * S of the fitted classifier
+        if images.ndim != 4 or images.shape[2:] != (self.image_size, self.image_size) or \
+                (inputs is not None and images[0].numel() != inputs):
+            channels = "C" if inputs is None else inputs // self.image_size ** 2
+            raise ValueError(f"expected images [N, {channels}, {self.image_size}, {self.image_size}], "
                              f"got {tuple(images.shape)}")
         return images.clamp(0, 1).reshape(len(images), -1).numpy()
 
