@@ -43,6 +43,8 @@ CASES = [
      "config.sampling.order: sampler ddim has no option order", "missing"),
     ("pc option with heun", [TOY, "--config.sampling.method=heun", "--config.sampling.snr=0.2"],
      "config.sampling.snr: sampler heun has no option snr", "missing"),
+    ("an order dpm_solver++ has not", [TOY, "--config.sampling.method=dpm_solver++", "--config.sampling.order=5"],
+     "config.sampling.order: sampler 'dpm_solver++' takes order 1, 2 or 3, got 5", "missing"),
     ("unknown nonfinite policy", [TOY, "--config.training.nonfinite=ignore"], "config.training.nonfinite", "missing"),
     ("zero batch_size", [TOY, "--config.training.batch_size=0"], "config.training.batch_size", "missing"),
     ("negative n_iters", [TOY, "--config.training.n_iters=-5"], "config.training.n_iters", "missing"),

@@ -26,6 +26,7 @@ def test_parse_spec_splits_the_grid_from_sampler_options():
 @pytest.mark.parametrize("text, message", [("", "empty"), ("magic steps=3", "unknown sampler"),
                                            ("ddim eta", "key=value"), ("ddim =3", "key=value"),
                                            ("ddim order=3", "sampler 'ddim' has no option 'order'"),
+                                           ("dpm_solver++ order=4", "sampler 'dpm_solver\\+\\+' takes order 1, 2 or 3, got 4"),
                                            ("ddim schedule=karras power=0.5", "schedule 'karras' has no option 'power'"),
                                            ("pc rho=7", "schedule 'uniform' has no option 'rho'")])
 def test_parse_spec_errors(text, message):

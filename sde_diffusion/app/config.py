@@ -19,7 +19,7 @@ from ..processes.denoiser import Denoiser
 from ..models import denoiser_from_model, get_model
 from ..models.edm_precond import Preconditioned, edm_denoiser
 from ..sampling import SAMPLERS, SCHEDULES, SamplerSpec, sampler_option_names, schedule_option_names, with_settings
-from ..sampling.spec import GRID_FIELDS
+from ..sampling.spec import GRID_FIELDS, SamplerOptionError
 from ..processes.sdes import SDES, SDE
 
 # model.name of a network that only comes from an EDM pickle (eval.reference_checkpoint = *.pkl)
@@ -131,6 +131,8 @@ def sampler_spec(config, sde: Optional[SDE] = None) -> SamplerSpec:
             pass
     try:
         return spec.resolved(sde=sde)
+    except SamplerOptionError as error:
+        raise ConfigError(f"config.sampling.{error.option}: {error}") from None
     except ValueError as error:
         raise ConfigError(f"config.sampling: {error}") from None
 

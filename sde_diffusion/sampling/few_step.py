@@ -139,7 +139,8 @@ def heun_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch
 # preferred where the exact mixture favours another warp (README, "Samplers").
 @register_sampler("dpm_solver++", schedule="logsnr", schedule_options={"power": 0.65}, end_noise_level=float(VPSDE().noise_level(5e-4)),
                   deterministic=lambda options: options.get("eta", 0.0) == 0,
-                  conditioned_options={"eta": 1.0})  # conditioned: its SDE variant, as ddim's
+                  conditioned_options={"eta": 1.0},  # conditioned: its SDE variant, as ddim's
+                  option_choices={"order": (1, 2, 3)})
 def dpm_solver_pp_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                           generator: Optional[torch.Generator] = None, *, order: int = 2,
                           eta: float = 0.0, unipc: bool = False,

@@ -57,7 +57,9 @@ class SamplerTraits:
     whatever the step budget; deterministic(options): it maps a latent to one sample;
     score_calls(steps, options): the score evaluations a grid of `steps` times costs;
     conditioned_options: the options it runs with, unless the caller sets them, when a step hook
-    conditions it (inpainting, colorization): its best known setting there."""
+    conditions it (inpainting, colorization): its best known setting there;
+    option_choices: the values an option may take, where only some can work (dpm_solver++'s
+    order: 1, 2, 3), so that a call is refused when it is described, before anything runs."""
     schedule: str = "uniform"
     schedule_options: Mapping[str, float] = field(default_factory=dict)
     end_noise_level: float = VP_END_NOISE_LEVEL
@@ -65,6 +67,7 @@ class SamplerTraits:
     deterministic: Callable[[Mapping], bool] = _never
     score_calls: Callable[[int, Mapping], int] = _one_per_step
     conditioned_options: Mapping[str, float] = field(default_factory=dict)
+    option_choices: Mapping[str, tuple] = field(default_factory=dict)
 
 
 SAMPLER_TRAITS: Dict[str, SamplerTraits] = {}

@@ -40,6 +40,14 @@ def schedule_option_names(schedule: str) -> list:
     return [name for name in parameters if name not in ("sde", "steps", "eps", "device")]
 
 
+class SamplerOptionError(ValueError):
+    """An option a sampler does not take, or a value it cannot take; `option` names it."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
+
+
 def sampler_option_names(method: str) -> list:
     """The sampler's own options (its keyword-only arguments)."""
     return _keyword_options(SAMPLERS.get_or_raise(method))
@@ -89,9 +97,13 @@ class SamplerSpec:
                 raise ValueError(f"schedule {schedule!r} has no option {name!r}"
                                  f"{' (it takes ' + ', '.join(known) + ')' if known else ' (it takes none)'}")
         known = list(option_names) if option_names is not None else sampler_option_names(self.method)
-        for name in self.options:
+        for name, value in self.options.items():
             if name not in known:
-                raise ValueError(f"sampler {self.method!r} has no option {name!r} (it takes {', '.join(known)})")
+                raise SamplerOptionError(name, f"sampler {self.method!r} has no option {name!r} (it takes {', '.join(known)})")
+            choices = traits.option_choices.get(name)
+            if choices is not None and value not in choices:
+                allowed = ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}" if len(choices) > 1 else repr(choices[0])
+                raise SamplerOptionError(name, f"sampler {self.method!r} takes {name} {allowed}, got {value!r}")
         return dataclasses.replace(self, schedule=schedule, schedule_options=schedule_options,
                                    eps=self.end(sde) if self.eps is not None or sde is not None else None,
                                    end_noise_level=self.end_noise_level if sde is None else None,
