@@ -157,11 +157,16 @@ def test_train_and_sample_on_a_folder_end_to_end(tmp_path):
                              text=True, timeout=HANG_TIMEOUT_S)
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert json.loads((workdir / "classes.json").read_text()) == ["cats", "dogs"]
-    sampled = subprocess.run([sys.executable, "main.py", *small, "--mode=sample", "--config.sampling.labels=1"],
-                             cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    sampled = subprocess.run([sys.executable, "main.py", *small, "--mode=sample", "--config.sampling.labels=dogs"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)  # a class by its name
     assert sampled.returncode == 0, sampled.stderr[-2000:]
-    samples = np.load(json.loads(sampled.stdout.strip().splitlines()[-1])["npz"])["samples"]
-    assert samples.shape == (4, 3, 8, 8) and np.isfinite(samples).all()
+    written = np.load(json.loads(sampled.stdout.strip().splitlines()[-1])["npz"])
+    samples = written["samples"]
+    assert samples.shape == (4, 3, 8, 8) and np.isfinite(samples).all() and written["labels"].tolist() == [1] * 4
+    unknown = subprocess.run([sys.executable, "main.py", *small, "--mode=sample", "--config.sampling.labels=birds"],
+                             cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    assert unknown.returncode == 1 and unknown.stderr.strip().splitlines()[-1] == (
+        "error: config.sampling.labels: unknown class 'birds': the classes are cats, dogs (or their indices)")
     scored = subprocess.run([sys.executable, "main.py", *small, "--mode=likelihood", "--config.eval.bpd_num_images=3",
                              "--config.eval.bpd_rtol=1e-3", "--config.eval.bpd_atol=1e-3"],
                             cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
@@ -181,6 +186,13 @@ def test_train_and_sample_on_a_folder_end_to_end(tmp_path):
                             f"--workdir={tmp_path / 'other'}"], cwd=ROOT, capture_output=True, text=True,
                            timeout=HANG_TIMEOUT_S)
     assert wrong.returncode == 1 and "must equal the 2 classes" in wrong.stderr.strip().splitlines()[-1]
+    # the pictures moved away: the workdir alone samples by class name (its classes.json)
+    (tmp_path / "pictures").rename(tmp_path / "moved")
+    alone = subprocess.run([sys.executable, "main.py", f"--workdir={workdir}", "--mode=sample",
+                            "--config.sampling.labels=cats", "--config.sampling.num_samples=2"],
+                           cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    assert alone.returncode == 0, alone.stderr[-2000:]
+    assert np.load(json.loads(alone.stdout.strip().splitlines()[-1])["npz"])["labels"].tolist() == [0, 0]
 
 
 # -- the cache: checked when opened, rebuilt when damaged -----------------------------------------

@@ -14,6 +14,7 @@ rank 0 alone writes and returns the report (the others return None). study runs 
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import time
 from pathlib import Path
@@ -34,15 +35,28 @@ from .image_seeds import parse_seeds, seeded_latents, seeds_tag
 from .trained import load_trained, load_trained_run  # noqa: F401 - load_trained: callers import it from here
 
 
-def sampling_denoiser_and_labels(model, plan: Plan, num_samples: int):
+def sampling_denoiser_and_labels(model, plan: Plan, num_samples: int, workdir=None):
     """(the network's Denoiser, None) for an unconditional network; for a class-conditional one
-    (class labels -> guided Denoiser, labels [num_samples]) from `sampling.labels` and
-    `sampling.guidance_scale`, the form `draw_samples` takes."""
+    (class labels -> guided Denoiser, labels [num_samples]) from `sampling.labels` (indices, or
+    the class names of `class_names`) and `sampling.guidance_scale`, the form `draw_samples` takes."""
     num_classes, sampling = plan.data.num_classes, plan.config.sampling
     if not num_classes:
         return plan.denoiser(model), None
     denoiser_for = guided_for_labels(plan.denoiser(model), num_classes, float(sampling.guidance_scale))
-    return denoiser_for, labels_for_samples(parse_labels(sampling.labels, num_classes), num_samples)
+    labels = parse_labels(sampling.labels, num_classes, class_names(plan, workdir))
+    return denoiser_for, labels_for_samples(labels, num_samples)
+
+
+def class_names(plan: Plan, workdir=None):
+    """The names of the classes, class i first: the workdir's classes.json (what its training run
+    read), else the data's own (a folder's class subfolders); None where there are none."""
+    stored = Path(workdir) / "classes.json" if workdir is not None else None
+    if stored is not None and stored.is_file():
+        return json.loads(stored.read_text())
+    from ..data.datasets import dataset_facts
+
+    read_names = dataset_facts(plan.data.name).class_names
+    return read_names(plan.config.data) if read_names else None
 
 
 def draw_samples(model, plan: Plan, num_samples: int, generator: torch.Generator, class_labels=None,
@@ -122,7 +136,7 @@ def _sampling_run(what: str, plan: Plan, workdir, num_samples: int, config_file:
         announce(what, config_file, workdir, plan.device,
                  f"checkpoint step {step}, {num_samples} samples with {plan.spec.summary()}"
                  + (f", seeds {', '.join(map(str, seeds))}" if len(seeds) > 1 else ""))
-    model, class_labels = sampling_denoiser_and_labels(model, plan, num_samples)
+    model, class_labels = sampling_denoiser_and_labels(model, plan, num_samples, workdir)
     latents = None
     if image_seeds:
         latents, seeded_labels = seeded_latents(image_seeds, plan.data.shape, plan.data.num_classes, plan.device)

@@ -247,7 +247,8 @@ def _validate_classes(config) -> None:
         declared = facts.num_classes
         # the user's own data: the classes its files hold
         expected = facts.read_classes(config.data) if facts.read_classes else (declared or None)
-        unread_folder = declared is None and not config.data.root  # sampling a published network
+        # sampling a published network, or a workdir whose own data have moved (its weights say the classes)
+        unread_folder = declared is None and (not config.data.root or not Path(config.data.root).expanduser().exists())
         require(expected is not None or unread_folder, "model.num_classes",
                  f"data.dataset {dataset!r} has no class labels, so it must be 0", num_classes)
         require(unread_folder or num_classes == expected, "model.num_classes",
@@ -266,8 +267,14 @@ def _validate_classes(config) -> None:
         require(str(labels).strip() == "", "sampling.labels",
                  "needs a class-conditional model (model.num_classes > 0); must be empty", labels)
         return
+    read_names = dataset_facts(dataset).class_names
+    names = read_names(config.data) if read_names else None
+    named = any(not part.strip().lstrip("-").isdigit() for part in str(labels).split(",")) \
+        and str(labels).strip() not in ("", "all")
+    if named and not names and read_names is not None:
+        return  # a folder's names, read from the workdir's classes.json when the mode opens it
     try:
-        parse_labels(labels, num_classes)
+        parse_labels(labels, num_classes, names)
     except ValueError as error:
         raise ConfigError(f"config.sampling.labels: {error}") from None
 

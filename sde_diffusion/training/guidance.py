@@ -11,7 +11,7 @@ Also the pieces around it: dropping labels during training and reading `sampling
 """
 from __future__ import annotations
 
-from typing import Callable, List, Optional
+from typing import Callable, List, Optional, Sequence
 
 import torch
 from torch import nn
@@ -86,16 +86,24 @@ def drop_labels(class_labels: torch.Tensor, drop_prob: float, null_label: int,
     return torch.where(drop, torch.full_like(class_labels, null_label), class_labels)
 
 
-def parse_labels(text: str, num_classes: int) -> List[int]:
-    """`sampling.labels`: "3", "0,1,2", or "" / "all" for every class 0..num_classes-1.
-    Raises ValueError on anything else or on a label outside 0..num_classes-1."""
+def parse_labels(text: str, num_classes: int, names: Optional[Sequence[str]] = None) -> List[int]:
+    """`sampling.labels`: "3", "0,1,2", class names where the classes have them ("cats,dogs",
+    `names[i]` being class i), or "" / "all" for every class 0..num_classes-1. Raises ValueError
+    on anything else or on a label outside 0..num_classes-1."""
     text = str(text).strip()
     if text in ("", "all"):
         return list(range(num_classes))
-    try:
-        labels = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise ValueError(f"must be '', 'all' or comma-separated integers like '0,1,2', got {text!r}") from None
+    labels = []
+    for part in (part.strip() for part in text.split(",")):
+        if part.lstrip("-").isdigit():
+            labels.append(int(part))
+        elif names and part in names:
+            labels.append(list(names).index(part))
+        elif names:
+            raise ValueError(f"unknown class {part!r}: the classes are {', '.join(names)} (or their indices)")
+        else:
+            raise ValueError(f"must be '', 'all' or comma-separated class indices like '0,1,2' (names need the "
+                             f"classes' names: a folder read with data.labels_from=subfolders), got {text!r}")
     bad = [label for label in labels if not 0 <= label < num_classes]
     if bad:
         raise ValueError(f"labels {bad} outside 0..{num_classes - 1} (the model's classes)")
