@@ -3,6 +3,7 @@
 likelihood and study run on it. sample with per-image seeds is compared with diffusers' own DDIM
 loop (its DDIMScheduler from the folder's scheduler config) from the same latents."""
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def relative(ours, theirs) -> float:
 def test_main_py_samples_a_pipeline_as_diffusers_does(tmp_path):
     report = report_of(main_py(tmp_path / "run", "sample", "--config.sampling.seeds=0-3",
                                "--config.sampling.steps=10", "--config.sampling.batch_size=3"))
-    assert report["step"] == "reference_ddpm_eps_linear" and report["nfe"] == 10
+    assert re.fullmatch(r"reference_ddpm_eps_linear_[0-9a-f]{8}", report["step"]) and report["nfe"] == 10
     saved = torch.from_numpy(np.load(report["npz"])["model_space"])
     noise, _ = seeded_latents(range(4), (3, 16, 16))
     theirs = diffusers_ddim(noise, 10)
@@ -83,7 +84,7 @@ def test_main_py_likelihood_and_study_on_a_pipeline(tmp_path):
                                "--config.study.samplers=('ddim schedule=diffusers_ddim_leading',)",
                                "--config.study.nfe=(4,)", "--config.study.reference=False",
                                f"--config.eval.inception_path={tmp_path / INCEPTION_FILENAME}"))
-    assert report["step"] == "reference_ddpm_eps_linear" and report["rows"] >= 1
+    assert re.fullmatch(r"reference_ddpm_eps_linear_[0-9a-f]{8}", report["step"]) and report["rows"] >= 1
 
 
 def test_main_py_refuses_a_folder_that_does_not_fit(tmp_path):

@@ -3,6 +3,7 @@ code reproduce its denoiser outputs; files that carry anything but data are refu
 running it (marker files); the denoiser's score under this package's SDEs is Tweedie's, and the
 samplers run on it."""
 import json
+import re
 import os
 import pickle
 import tempfile
@@ -241,7 +242,7 @@ def test_main_samples_from_an_edm_pickle(tmp_path, name, config, flags, nfe):
                      f"--config.eval.reference_checkpoint={FIXTURES / f'{name}.pkl'}", *flags)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["step"] == f"reference_{name}" and report["nfe"] == nfe
+    assert re.fullmatch(f"reference_{name}_[0-9a-f]{{8}}", report["step"]) and report["nfe"] == nfe
     samples = np.load(report["npz"])["samples"]
     assert samples.shape == (4, 3, 16, 16) and np.isfinite(samples).all()
 

@@ -4,6 +4,7 @@ broken files stop with clear errors (every family's layout: test_published_score
 import copy
 import importlib.util
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -267,7 +268,8 @@ def test_main_samples_from_a_reference_checkpoint(tmp_path):
                      "--config.sampling.batch_size=4")
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["step"] == "reference_1234" and report["nfe"] == 5
+    assert re.fullmatch(r"reference_ddpmpp_vp_cifar10_continuous_1234_[0-9a-f]{8}", report["step"])
+    assert report["nfe"] == 5
     samples = np.load(report["npz"])["samples"]
     assert samples.shape == (4, 3, 16, 16) and np.isfinite(samples).all()
 
@@ -322,3 +324,19 @@ def test_a_plain_pickle_with_os_system_is_refused_in_one_line_without_torchs_adv
                        f"149 is not one of a tensor file), naming the Python global posix.system: loading it would "
                        f"run code from the file, so it is refused")
     assert not marker.exists()
+
+
+def test_two_published_files_of_one_name_and_step_never_share_outputs(tmp_path):
+    """Output names call a published network by its file's name, step and contents: a copy is the
+    same network (the same names), a file with one changed byte another."""
+    from sde_diffusion.app.trained import reference_tag
+
+    weights = {"model": {"module.w": torch.arange(6.0)}, "ema": {}, "step": 26}
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        torch.save(weights, tmp_path / folder / "checkpoint_26.pth")
+    weights["model"]["module.w"][3] = 0.5
+    (tmp_path / "c").mkdir()
+    torch.save(weights, tmp_path / "c" / "checkpoint_26.pth")
+    a, b, c = (reference_tag(tmp_path / folder / "checkpoint_26.pth", 26) for folder in "abc")
+    assert a == b and a != c and re.fullmatch(r"reference_checkpoint_26_26_[0-9a-f]{8}", a)

@@ -9,6 +9,7 @@ returns the run's Plan narrowed to them in the same way (`honour_noise_range`)."
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from pathlib import Path
 from typing import NamedTuple, Optional, Union
 
@@ -22,7 +23,7 @@ from .workdir_config import check_weights_config
 class Trained(NamedTuple):
     network: object          # EMA network in eval mode (or an EDM / diffusers network)
     plan: Plan               # the run's, narrowed to the network's own noise levels
-    step: Union[int, str]    # the checkpoint's step, or "reference_<name>" for a published network
+    step: Union[int, str]    # the checkpoint's step, or `reference_tag`'s for a published network
 
 
 def load_trained_run(config, workdir, device, plan: Optional[Plan] = None) -> Trained:
@@ -71,19 +72,19 @@ def load_trained(config, workdir, device, plan: Optional[Plan] = None):
     plan = plan_for(config, plan)
     path = config.eval.get("reference_checkpoint", "")
     if str(path).endswith(".pkl"):
-        return _load_edm(config, path, device), plan.sde, f"reference_{Path(path).stem}"
+        return _load_edm(config, path, device), plan.sde, reference_tag(path)
     if path and Path(path).is_dir():
         from ..published.diffusers import check_config, load_pipeline
 
         pipeline = load_pipeline(path, device)
         check_config(pipeline, config)  # the run's process and row are the folder's
-        return pipeline.network, plan.sde, f"reference_{Path(path).resolve().name}"
+        return pipeline.network, plan.sde, reference_tag(path)
     if path:
         from ..published.score_sde import read_reference_checkpoint, reference_model
 
         checkpoint = read_reference_checkpoint(path)
         model = reference_model(checkpoint, config, source=str(path)).to(device).requires_grad_(False)
-        return model, plan.sde, f"reference_{int(checkpoint.get('step', 0))}"
+        return model, plan.sde, reference_tag(path, int(checkpoint.get("step", 0)))
     if config.eval.checkpoint:
         state = checkpoints.load_checkpoint(checkpoints.snapshot_path(workdir, config.eval.checkpoint), device)
     else:
@@ -101,6 +102,21 @@ def load_trained(config, workdir, device, plan: Optional[Plan] = None):
         raise checkpoints.CheckpointError(
             f"checkpoint in {workdir} does not fit this config's model: {first_line}") from error
     return ema.averaged_model(model), plan.sde, int(state["step"])
+
+
+def reference_tag(path, step: Optional[int] = None) -> str:
+    """What output names call a published network: 'reference_<name>[_<step>]_<digest>', the
+    file's (or pipeline folder's) name, the step it records, and 8 hex digits of its contents, so
+    that two different files of one name or step never write the same outputs."""
+    from ..evaluation.fid_reference import file_digest
+
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.blake2b(digest_size=4)
+    for file in files:
+        digest.update(f"{file.relative_to(path) if path.is_dir() else ''} {file_digest(file)}\n".encode())
+    name = path.resolve().name if path.is_dir() else path.stem
+    return f"reference_{name}{'' if step is None else f'_{step}'}_{digest.hexdigest()}"
 
 
 def _load_edm(config, path, device):
