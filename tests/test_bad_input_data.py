@@ -68,6 +68,9 @@ CASES = [
      "huge.npz: array 'x' claims shape", "missing"),
     ("inpaint images of 16x3 strips", [DIGITS, "--mode=inpaint", "--config.controllable.images={tmp}/strips.npz"],
      "must be square", "missing"),
+    ("ddpm width GroupNorm cannot split, on a folder", [*FOLDER, "--config.model.nf=16", "--config.data.root={tmp}/pictures"],
+     "config.model.nf: times every model.ch_mult must be a multiple of 32 (ddpm's GroupNorm has 32 groups), "
+     "got nf=16, ch_mult=(1, 1)", "missing"),
     ("resume on a folder with images added", [*RESUME, "--config.data.root={tmp}/grown"],
      "data.root's train split: ", "trained"),
     ("resume on a folder with images removed", [*RESUME, "--config.data.root={tmp}/shrunk"],

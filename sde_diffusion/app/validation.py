@@ -175,6 +175,7 @@ def validate_config(config, mode: Optional[str] = None) -> Plan:
         _validate_controllable(config, mode, spec)
     if is_image_data(config):
         check_image_config(config)
+        check_network_builds(config)  # before the data's files are read (a folder's cache is written then)
         _validate_data_files(config, mode)
     else:
         _positive_int(config, "data.num_points")
@@ -182,7 +183,7 @@ def validate_config(config, mode: Optional[str] = None) -> Plan:
                  "must be at least 5 (the test split holds data.num_points // 5 points)", config.data.num_points)
         require(config.model.name in PUBLISHED_MODELS or not network_facts(config.model.name).images, "model.name",
                  f"{config.model.name!r} is an image network; use 'mlp' for point data", config.model.name)
-    check_network_builds(config)
+        check_network_builds(config)
     return make_plan(config, sde, spec)
 
 

@@ -68,8 +68,8 @@ class DDPM(nn.Module):
         resolutions = level_resolutions(image_size, ch_mult)
         widths = [nf] + [nf * mult for mult in ch_mult]
         if any(width % DDPM_GROUPS for width in widths):
-            raise ValueError(f"ddpm uses GroupNorm with {DDPM_GROUPS} groups: nf={nf} times every "
-                             f"ch_mult={tuple(ch_mult)} must be a multiple of {DDPM_GROUPS}")
+            raise ValueError(f"model.nf times every model.ch_mult must be a multiple of {DDPM_GROUPS} (ddpm's "
+                             f"GroupNorm has {DDPM_GROUPS} groups), got nf={nf}, ch_mult={tuple(ch_mult)}")
         self.nf = nf
         self.centered = centered
         self.scale_by_sigma = scale_by_sigma
