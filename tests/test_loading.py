@@ -86,6 +86,12 @@ def test_an_edm_pickle_samples_as_edms_sampler_does():
     theirs = torch.from_numpy(expected["heun18"])
     assert re.fullmatch(r"reference_edm_edm_ddpmpp_[0-9a-f]{8}", model.step) and nfe == 35
     assert float((x - theirs).abs().max() / theirs.abs().max()) < 1e-5
+    # EDM's own sigmas (its eq. 5, rho 7, 18 steps), given as the grid: the same samples
+    rho, low, high = 7.0, float(expected["sigma_min"]), float(expected["sigma_max"])
+    sigmas = (high ** (1 / rho) + np.arange(18) / 17 * (low ** (1 / rho) - high ** (1 / rho))) ** rho
+    with torch.no_grad():
+        own, nfe = sample(model.denoiser, model.sde, latents.shape, "heun", noise_levels=sigmas, latents=latents)
+    assert nfe == 35 and float((own - theirs).abs().max() / theirs.abs().max()) < 1e-5
 
 
 @requires_fixtures

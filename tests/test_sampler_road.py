@@ -210,3 +210,26 @@ def test_an_end_noise_level_below_what_the_process_reaches_ends_at_its_smallest(
 ], ids=lambda value: value if isinstance(value, str) else None)
 def test_file_tags_tell_sampler_calls_apart(spec, tag):
     assert spec.file_tag(VPSDE()) == tag
+
+
+def test_a_callers_own_grid_runs_as_given():
+    """sample(timesteps=...) runs the sampler on exactly those times (the spec's own grid given
+    back: the same samples), noise_levels=... on the times of those sigma/alpha, a grid that
+    starts below T from pure noise of the marginal's std there; a grid that does not decrease
+    within [0, T] is refused."""
+    from sde_diffusion.processes.sdes import VESDE
+
+    sde = VESDE(sigma_min=0.01, sigma_max=50.0)
+    score = lambda x, t: -x / (1 + sde.marginal_prob(x, t)[1][:, None] ** 2)  # the exact score of N(0, I) data
+    spec = SamplerSpec("heun", steps=12).resolved(sde=sde)
+    default, _ = sample(score, sde, (64, 2), spec, generator=3)
+    given, _ = sample(score, sde, (64, 2), "heun", timesteps=spec.grid(sde).tolist(), generator=3)
+    torch.testing.assert_close(given, default, rtol=0, atol=0)
+    levels = [5.0, 2.0, 0.5, 0.1]
+    starts = []
+    later, nfe = sample(score, sde, (20000, 2), "ddim", noise_levels=levels, generator=0,
+                        step_hook=lambda x, t, d: starts.append(x.std().item()) if not starts else None)
+    assert nfe == 4 and abs(starts[0] / 5.0 - 1) < 0.02  # one evaluation per grid point; std sigma_0 = 5
+    for bad, message in (([0.5, 0.7], "strictly decreasing"), ([60.0, 1.0], "must lie in"), ([1.0], "at least 2")):
+        with pytest.raises(ValueError, match=message):
+            sample(score, sde, (4, 2), "ddim", timesteps=bad)

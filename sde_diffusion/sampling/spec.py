@@ -251,8 +251,11 @@ def sample(model: Model, sde: SDE, shape: Sequence[int], method: Union[str, Samp
            schedule: Optional[str] = None, schedule_options: Optional[dict] = None,
            z: Optional[torch.Tensor] = None, latents: Optional[torch.Tensor] = None,
            dtype: torch.dtype = torch.float32, device: Union[str, torch.device, None] = None,
-           step_hook: Optional[StepHook] = None, **options) -> Tuple[torch.Tensor, int]:
-    """Draw samples of `shape` ([B, ...]) by `method` with `steps` steps; returns (x, nfe).
+           step_hook: Optional[StepHook] = None, timesteps: Optional[Sequence[float]] = None,
+           noise_levels: Optional[Sequence[float]] = None, **options) -> Tuple[torch.Tensor, int]:
+    """Draw samples of `shape` ([B, ...]) by `method` with `steps` steps; returns (x, nfe), x in
+    the model's space (images in [-1, 1] for a centered model: `files.image_scaling.from_model_space`
+    maps them to [0, 1]; no clamping).
 
     method: a sampler's name (then steps, eps, schedule, schedule_options and options describe
     the call) or a whole `SamplerSpec` (then those must be left unset). Unset grid arguments take
@@ -264,7 +267,10 @@ def sample(model: Model, sde: SDE, shape: Sequence[int], method: Union[str, Samp
     = latents * sde.prior_std (what the prior draw is made of; EDM's `latents * t_steps[0]`, so
     EDM's `latents` go here as they are); generator: an int seed or a torch.Generator that makes
     the run reproducible; step_hook: a `registry.StepHook` the sampler calls along its steps
-    (conditioning, progress), ValueError for a sampler that takes none; options: the sampler's own.
+    (conditioning, progress), ValueError for a sampler that takes none; timesteps or noise_levels:
+    your own grid instead of the spec's, decreasing times of `sde` (the first is where the prior
+    draw is taken) or noise levels sigma/alpha (EDM's sigmas: on `edm` the same numbers); options:
+    the sampler's own.
     """
     if isinstance(method, SamplerSpec):
         if (steps is not None or eps is not None or end_noise_level is not None or schedule is not None
@@ -275,10 +281,30 @@ def sample(model: Model, sde: SDE, shape: Sequence[int], method: Union[str, Samp
         spec = SamplerSpec(method=method, steps=steps, schedule=schedule, schedule_options=dict(schedule_options or {}),
                            eps=eps, end_noise_level=end_noise_level, options=options)
     spec = spec.resolved(sde=sde)
-    counted, x, timesteps, generator = start(model, sde, shape, spec, generator, z=z, latents=latents, dtype=dtype,
-                                             device=device)
-    x = SAMPLERS[spec.method](counted, sde, x, timesteps, generator, **spec.options, **hook_keyword(spec, step_hook))
+    counted, x, grid, generator = start(model, sde, shape, spec, generator, z=z, latents=latents, dtype=dtype,
+                                        device=device)
+    if timesteps is not None or noise_levels is not None:
+        grid = own_grid(sde, timesteps, noise_levels, grid.device)
+        if z is None and float(grid[0]) < sde.T * (1 - 1e-9):  # pure noise at a later start: the marginal's std there
+            start_std = float(sde.marginal_prob(torch.zeros(1, dtype=torch.float64), grid[:1].cpu())[1])
+            x = x * (start_std / sde.prior_std)
+    x = SAMPLERS[spec.method](counted, sde, x, grid, generator, **spec.options, **hook_keyword(spec, step_hook))
     return x, counted.calls
+
+
+def own_grid(sde: SDE, timesteps=None, noise_levels=None, device=None) -> torch.Tensor:
+    """A caller's grid as decreasing times of `sde` (float64 on `device`): `timesteps` as given or
+    `noise_levels` (sigma/alpha) mapped to their times; ValueError unless it decreases within [0, T]."""
+    if (timesteps is None) == (noise_levels is None):
+        raise ValueError("give the grid as timesteps or as noise_levels, not both")
+    if noise_levels is not None:
+        timesteps = [sde.time_of_noise_level(float(level)) for level in noise_levels]
+    grid = torch.as_tensor([float(t) for t in timesteps], dtype=torch.float64, device=device)
+    if grid.ndim != 1 or len(grid) < 2 or not bool((grid[1:] < grid[:-1]).all()):
+        raise ValueError(f"a grid needs at least 2 strictly decreasing times, got {grid.tolist()}")
+    if float(grid[-1]) < 0 or float(grid[0]) > sde.T * (1 + 1e-9):
+        raise ValueError(f"the grid's times must lie in [0, {sde.T:g}] (the process's), got {grid[0]:g} to {grid[-1]:g}")
+    return grid
 
 
 def hook_keyword(spec: SamplerSpec, step_hook: Optional[StepHook]) -> dict:
