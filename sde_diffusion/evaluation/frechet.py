@@ -10,8 +10,8 @@ by S_1^(1/2); by continuity when S_1 is singular), so
 
     Tr((S_1 S_2)^(1/2)) = sum_i sqrt(lambda_i(S_1^(1/2) S_2 S_1^(1/2))),
 
-two symmetric eigendecompositions in float64: the same number to rounding, 5x faster at
-Inception's 2048 features on one CPU thread (docs/benchmarks.md).
+two symmetric eigendecompositions in float64: the same number to rounding, in a fraction of the
+time (docs/benchmarks.md, "FID's matrix square root").
 """
 from __future__ import annotations
 

@@ -1,0 +1,122 @@
+"""Why a VP noise-prediction model speckles with the data-prediction solvers (issue 29), measured
+on a trained workdir (a configs/vp_fashion_mnist.py run by default):
+
+1. the network's noise-prediction error against the noise level on held-out test images,
+   E|eps_hat - eps|^2 per pixel, and what it becomes in the data prediction the solvers step
+   with, x_0 = (x - sigma eps_hat) / alpha: (sigma / alpha)^2 times it;
+2. samples of several samplers from the same latents: the fraction of pixels the sampler leaves
+   outside the data's range (before clamping), their high-frequency energy (the mean squared
+   discrete Laplacian) over the test images', and the FD in the data set's classifier features
+   (its judge), with the floor of as many real training images.
+
+    python benchmarks/vp_eps_speckles.py --workdir runs/fashion_vp [--step 8000] [--samples 256] [--test-images 1000]
+
+Prints two Markdown tables; `--out DIR` also writes them with a sample grid per sampler.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from sde_diffusion.app.loading import load_model  # noqa: E402
+from sde_diffusion.app.metrics import data_judge  # noqa: E402
+from sde_diffusion.evaluation.judges import frechet_distance  # noqa: E402
+from sde_diffusion.files.plotting import save_image_grid  # noqa: E402
+from sde_diffusion.sampling import parse_spec, sample  # noqa: E402
+
+SAMPLERS = ["dpm_solver++ steps=10", "dpm_solver++ steps=20", "dpm_solver++ order=3 unipc=True steps=20",
+            "ddim steps=20", "dpm_solver++ steps=50", "pc predictor=euler_maruyama corrector=none steps=50",
+            "pc predictor=euler_maruyama corrector=none steps=500", "ode rtol=1e-5 atol=1e-5"]
+NOISE_LEVELS = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
+
+
+def to_model_space(images: torch.Tensor, centered: bool) -> torch.Tensor:
+    return images * 2 - 1 if centered else images
+
+
+def laplacian_energy(images: torch.Tensor) -> float:
+    """Mean squared 5-point discrete Laplacian of images in [0, 1] ([N, C, H, W])."""
+    lap = (4 * images[..., 1:-1, 1:-1] - images[..., :-2, 1:-1] - images[..., 2:, 1:-1]
+           - images[..., 1:-1, :-2] - images[..., 1:-1, 2:])
+    return float(lap.square().mean())
+
+
+@torch.no_grad()
+def noise_error_by_level(model, test: torch.Tensor, seed: int = 0) -> list:
+    """[(sigma/alpha, t, E|eps_hat - eps|^2 per pixel, the x_0 error it makes)] over the test images."""
+    sde, generator = model.sde, torch.Generator().manual_seed(seed)
+    x0 = to_model_space(test, model.plan.data.centered)
+    rows = []
+    for level in NOISE_LEVELS:
+        t = sde.time_of_noise_level(level)
+        if not 0 < t <= sde.T:
+            continue
+        times = torch.full((len(x0),), t)
+        mean, std = sde.marginal_prob(x0, times)
+        eps = torch.randn(x0.shape, generator=generator)
+        error = float((model.denoiser.noise(mean + std[:, None, None, None] * eps, times) - eps).square().mean())
+        rows.append((level, t, error, error * level ** 2))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workdir", required=True)
+    parser.add_argument("--step", type=int, default=0)
+    parser.add_argument("--samples", type=int, default=256)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--test-images", type=int, default=1000, help="held-out images for the noise error")
+    parser.add_argument("--samplers", nargs="*", default=SAMPLERS)
+    parser.add_argument("--out", default="")
+    args = parser.parse_args()
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    model = load_model(args.workdir, step=args.step)
+    test = model.plan.dataset("test").data
+    train = model.plan.dataset("train").data
+    print(f"## {args.workdir}, step {model.step}: the network's noise error against the noise level "
+          f"({min(args.test_images, len(test))} test images)\n")
+    print("| sigma/alpha | t | E|eps_hat - eps|^2 per pixel | x_0 error, (sigma/alpha)^2 times it |\n|---|---|---|---|")
+    for level, t, error, x0_error in noise_error_by_level(model, test[:args.test_images], args.seed):
+        print(f"| {level:g} | {t:.4f} | {error:.3e} | {x0_error:.3e} |")
+
+    judge = data_judge(model.plan)
+    reference = judge.features(test) if judge is not None else None
+    count = min(args.samples, len(train))
+    floor_images = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:count]]
+    print(f"\n## {args.samples} samples per sampler from the same latents (seed {args.seed})\n")
+    print("| sampler | NFE | seconds | pixels outside [0, 1] | Laplacian energy / test images' | classifier FD |")
+    print("|---|---|---|---|---|---|")
+    test_energy = laplacian_energy(test)
+    floor_fd = frechet_distance(judge.features(floor_images), reference) if judge is not None else math.nan
+    print(f"| {count} real training images (the floor) | | | 0 | {laplacian_energy(floor_images) / test_energy:.2f} "
+          f"| {floor_fd:.3f} |")
+    latents = torch.randn((args.samples,) + model.shape, generator=torch.Generator().manual_seed(args.seed))
+    for text in args.samplers:
+        spec = parse_spec(text)
+        start = time.perf_counter()
+        with torch.no_grad():
+            x, nfe = sample(model.denoiser, model.sde, latents.shape, spec, latents=latents,
+                            generator=args.seed + 1)
+        seconds = time.perf_counter() - start
+        images = (x + 1) / 2 if model.plan.data.centered else x  # data space, not yet clamped
+        outside = float(((images < 0) | (images > 1)).float().mean())
+        clamped = images.clamp(0, 1)
+        fd = frechet_distance(judge.features(clamped), reference) if judge is not None else math.nan
+        print(f"| `{text}` | {nfe} | {seconds:.1f} | {outside:.4f} | {laplacian_energy(clamped) / test_energy:.2f} "
+              f"| {fd:.3f} |", flush=True)
+        if args.out:
+            Path(args.out).mkdir(parents=True, exist_ok=True)
+            save_image_grid(clamped[:64], Path(args.out) / f"speckles_{model.step}_{spec.file_tag(model.sde)}.png")
+
+
+if __name__ == "__main__":
+    main()
