@@ -59,10 +59,7 @@ def _classifier_judged(plan) -> bool:
     data.labels_from=subfolders, an .npz with labels); without labels, FID with Inception."""
     from ..data.datasets import dataset_facts
 
-    if plan.data.judge != "classifier":
-        return False
-    facts = dataset_facts(plan.data.name)
-    return bool(facts.num_classes) or (facts.read_classes is not None and facts.read_classes(plan.config.data) is not None)
+    return plan.data.judge == "classifier" and dataset_facts(plan.data.name).classes_in(plan.config.data) is not None
 
 
 def fid_reference_for(plan, workdir):

@@ -55,8 +55,7 @@ def class_names(plan: Plan, workdir=None):
         return json.loads(stored.read_text())
     from ..data.datasets import dataset_facts
 
-    read_names = dataset_facts(plan.data.name).class_names
-    return read_names(plan.config.data) if read_names else None
+    return dataset_facts(plan.data.name).names_in(plan.config.data)
 
 
 def draw_samples(model, plan: Plan, num_samples: int, generator: torch.Generator, class_labels=None,

@@ -183,8 +183,7 @@ def _write_run_files(run: _Run, workdir: Path, unreadable: list) -> None:
         logging.getLogger(__name__).warning("moved the unreadable %s to %s", preemption,
                                             checkpoints.set_aside(preemption))
     write_text_atomic(workdir / "config.json", config.to_json(indent=2))
-    read_names = dataset_facts(config.data.dataset).class_names
-    names = read_names(config.data) if read_names else None
+    names = dataset_facts(config.data.dataset).names_in(config.data)
     if names:  # class i is the i-th name: what sampling.labels means
         write_text_atomic(workdir / "classes.json", json.dumps(names, indent=2))
 

@@ -237,17 +237,16 @@ def _validate_image_seeds(config, mode: Optional[str]) -> None:
 
 def _validate_classes(config) -> None:
     """model.num_classes against the data set, and the class-conditional sampling fields."""
-    from ..training.guidance import parse_labels
+    from ..training.guidance import names_in_labels, parse_labels
 
     num_classes = config.model.get("num_classes", 0)
     require(isinstance(num_classes, int) and not isinstance(num_classes, bool) and num_classes >= 0,
              "model.num_classes", "must be an integer >= 0 (0: unconditional)", num_classes)
     dataset = config.data.dataset
+    facts = dataset_facts(dataset)
     if num_classes:
-        facts = dataset_facts(dataset)
         declared = facts.num_classes
-        # the user's own data: the classes its files hold
-        expected = facts.read_classes(config.data) if facts.read_classes else (declared or None)
+        expected = facts.classes_in(config.data)  # for the user's own data: the classes its files hold
         # sampling a published network, or a workdir whose own data have moved (its weights say the classes)
         unread_folder = declared is None and (not config.data.root or not Path(config.data.root).expanduser().exists())
         require(expected is not None or unread_folder, "model.num_classes",
@@ -268,11 +267,8 @@ def _validate_classes(config) -> None:
         require(str(labels).strip() == "", "sampling.labels",
                  "needs a class-conditional model (model.num_classes > 0); must be empty", labels)
         return
-    read_names = dataset_facts(dataset).class_names
-    names = read_names(config.data) if read_names else None
-    named = any(not part.strip().lstrip("-").isdigit() for part in str(labels).split(",")) \
-        and str(labels).strip() not in ("", "all")
-    if named and not names and read_names is not None:
+    names = facts.names_in(config.data)
+    if not names and facts.class_names is not None and names_in_labels(labels):
         return  # a folder's names, read from the workdir's classes.json when the mode opens it
     try:
         parse_labels(labels, num_classes, names)

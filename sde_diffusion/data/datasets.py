@@ -114,6 +114,15 @@ class DatasetFacts:
     class_names: Optional[Callable] = None
     oracle: Optional[Callable] = None
 
+    def classes_in(self, data) -> Optional[int]:
+        """The classes the configured data hold: read from the user's files where it declares
+        `read_classes`, else its declared count (None for none)."""
+        return self.read_classes(data) if self.read_classes else (self.num_classes or None)
+
+    def names_in(self, data) -> Optional[list]:
+        """The names of the configured data's classes, class i first, where its files name them."""
+        return self.class_names(data) if self.class_names else None
+
 
 DATASET_FACTS: Dict[str, DatasetFacts] = {}
 

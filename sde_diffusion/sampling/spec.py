@@ -281,13 +281,9 @@ def sample(model: Model, sde: SDE, shape: Sequence[int], method: Union[str, Samp
         spec = SamplerSpec(method=method, steps=steps, schedule=schedule, schedule_options=dict(schedule_options or {}),
                            eps=eps, end_noise_level=end_noise_level, options=options)
     spec = spec.resolved(sde=sde)
+    given = own_grid(sde, timesteps, noise_levels) if timesteps is not None or noise_levels is not None else None
     counted, x, grid, generator = start(model, sde, shape, spec, generator, z=z, latents=latents, dtype=dtype,
-                                        device=device)
-    if timesteps is not None or noise_levels is not None:
-        grid = own_grid(sde, timesteps, noise_levels, grid.device)
-        if z is None and float(grid[0]) < sde.T * (1 - 1e-9):  # pure noise at a later start: the marginal's std there
-            start_std = float(sde.marginal_prob(torch.zeros(1, dtype=torch.float64), grid[:1].cpu())[1])
-            x = x * (start_std / sde.prior_std)
+                                        device=device, grid=given)
     x = SAMPLERS[spec.method](counted, sde, x, grid, generator, **spec.options, **hook_keyword(spec, step_hook))
     return x, counted.calls
 
@@ -326,10 +322,12 @@ def require_step_hook(method: str) -> None:
 
 def start(model: Model, sde: SDE, shape: Sequence[int], spec: SamplerSpec, generator: Seed = None, *,
           z: Optional[torch.Tensor] = None, latents: Optional[torch.Tensor] = None,
-          dtype: torch.dtype = torch.float32, device: Union[str, torch.device, None] = None):
-    """What every sampling run begins with: (the counted denoiser, x at T: a prior sample of
-    `shape`, the latent `z` or the unit `latents` times the prior's std, the grid of `spec`, the
-    generator made from `generator`)."""
+          dtype: torch.dtype = torch.float32, device: Union[str, torch.device, None] = None,
+          grid: Optional[torch.Tensor] = None):
+    """What every sampling run begins with: (the counted denoiser, x at the grid's start: a prior
+    sample of `shape`, the latent `z` or the unit `latents` times the prior's std, the grid of
+    `spec` or the caller's `grid` (`own_grid`), the generator made from `generator`). A caller's
+    grid that starts below T starts from pure noise of the marginal's std there."""
     if z is not None and latents is not None:
         raise ValueError("pass x at T (z) or unit latents (latents), not both")
     given = z if z is not None else latents
@@ -341,4 +339,11 @@ def start(model: Model, sde: SDE, shape: Sequence[int], spec: SamplerSpec, gener
         x = z.to(device=device, dtype=dtype)
     else:
         x = latents.to(device=device, dtype=dtype) * sde.prior_std
-    return CountedDenoiser(as_denoiser(model, sde)), x, spec.grid(sde, device), generator
+    if grid is None:
+        grid = spec.grid(sde, device)
+    else:
+        grid = grid.to(device)
+        if z is None and float(grid[0]) < sde.T * (1 - 1e-9):
+            start_std = float(sde.marginal_prob(torch.zeros(1, dtype=torch.float64), grid[:1].cpu())[1])
+            x = x * (start_std / sde.prior_std)
+    return CountedDenoiser(as_denoiser(model, sde)), x, grid, generator

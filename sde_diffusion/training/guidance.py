@@ -94,8 +94,8 @@ def parse_labels(text: str, num_classes: int, names: Optional[Sequence[str]] = N
     if text in ("", "all"):
         return list(range(num_classes))
     labels = []
-    for part in (part.strip() for part in text.split(",")):
-        if part.lstrip("-").isdigit():
+    for part in _label_parts(text):
+        if _is_index(part):
             labels.append(int(part))
         elif names and part in names:
             labels.append(list(names).index(part))
@@ -108,6 +108,20 @@ def parse_labels(text: str, num_classes: int, names: Optional[Sequence[str]] = N
     if bad:
         raise ValueError(f"labels {bad} outside 0..{num_classes - 1} (the model's classes)")
     return labels
+
+
+def names_in_labels(text: str) -> list:
+    """The parts of `sampling.labels` that are class names rather than indices."""
+    text = str(text).strip()
+    return [] if text in ("", "all") else [part for part in _label_parts(text) if not _is_index(part)]
+
+
+def _label_parts(text: str) -> list:
+    return [part.strip() for part in str(text).split(",")]
+
+
+def _is_index(part: str) -> bool:
+    return part.lstrip("-").isdigit()
 
 
 def labels_for_samples(labels: List[int], num_samples: int) -> torch.Tensor:
