@@ -6,10 +6,14 @@ on a trained workdir (a configs/vp_fashion_mnist.py run by default):
    with, x_0 = (x - sigma eps_hat) / alpha: (sigma / alpha)^2 times it;
 2. samples of several samplers from the same latents: the fraction of pixels the sampler leaves
    more than 0.1 outside the data's range (before clamping), their high-frequency energy (the mean squared
-   discrete Laplacian) over the test images', and the FD in the data set's classifier features
-   (its judge), with the floor of as many real training images.
+   discrete Laplacian) over the test images', the samples that are speckled (an energy over 3x the
+   test images'; the real images' own ratios stay under 2.5), and the FD in the data set's
+   classifier features (its judge), with the floor of as many real training images;
+3. where along the path the speckles start (`--probe`): deterministic DDIM, 20 steps, with its data
+   prediction clamped to the data's range only at times t >= a cut, and a picture of the data
+   predictions along the path of the most speckled samples.
 
-    python benchmarks/vp_eps_speckles.py --workdir runs/fashion_vp [--step 8000] [--samples 256] [--test-images 1000]
+    python benchmarks/vp_eps_speckles.py --workdir runs/fashion_vp [--step 8000] [--samples 256] [--test-images 1000] [--probe]
 
 Prints two Markdown tables; `--out DIR` also writes them with a sample grid per sampler.
 """
@@ -31,6 +35,7 @@ from sde_diffusion.app.loading import load_model  # noqa: E402
 from sde_diffusion.app.metrics import data_judge  # noqa: E402
 from sde_diffusion.evaluation.judges import frechet_distance  # noqa: E402
 from sde_diffusion.files.plotting import save_image_grid  # noqa: E402
+from sde_diffusion.processes.denoiser import Denoiser  # noqa: E402
 from sde_diffusion.sampling import parse_spec, sample  # noqa: E402
 
 SAMPLERS = ["dpm_solver++ steps=10", "dpm_solver++ steps=20", "dpm_solver++ order=3 unipc=True steps=20",
@@ -38,17 +43,49 @@ SAMPLERS = ["dpm_solver++ steps=10", "dpm_solver++ steps=20", "dpm_solver++ orde
             "pc predictor=euler_maruyama corrector=none steps=500", "ode rtol=1e-5 atol=1e-5"]
 NOISE_LEVELS = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 OVERSHOOT = 0.1  # a pixel counts as out of range beyond [-0.1, 1.1]: samples of a good model overshoot a little
+SPECKLED = 3.0  # an image is speckled above this multiple of the test images' Laplacian energy
+PROBE_CUTS = [0.0, 0.3, 0.6, 0.85, 2.0]  # clamp the data prediction at t >= cut (2: never)
 
 
 def to_model_space(images: torch.Tensor, centered: bool) -> torch.Tensor:
     return images * 2 - 1 if centered else images
 
 
-def laplacian_energy(images: torch.Tensor) -> float:
-    """Mean squared 5-point discrete Laplacian of images in [0, 1] ([N, C, H, W])."""
+def image_energies(images: torch.Tensor) -> torch.Tensor:
+    """[N] mean squared 5-point discrete Laplacian of each image in [0, 1] ([N, C, H, W])."""
     lap = (4 * images[..., 1:-1, 1:-1] - images[..., :-2, 1:-1] - images[..., 2:, 1:-1]
            - images[..., 1:-1, :-2] - images[..., 1:-1, 2:])
-    return float(lap.square().mean())
+    return lap.square().flatten(1).mean(1)
+
+
+def laplacian_energy(images: torch.Tensor) -> float:
+    return float(image_energies(images).mean())
+
+
+@torch.no_grad()
+def probe(model, latents: torch.Tensor, test_energy: float, out: str) -> None:
+    """Deterministic DDIM-20 with D clamped to the data's range only at t >= cut, per cut; then
+    the data predictions along the path of the 8 most speckled unclamped samples (out/)."""
+    low = 0.0 if not model.plan.data.centered else -1.0
+    print("\n## Where the speckles start: DDIM, 20 steps, eta = 0, D clamped at t >= cut\n")
+    print(f"| cut | speckled of {len(latents)} | Laplacian energy / test images' |\n|---|---|---|")
+    for cut in PROBE_CUTS:
+        def clamped(x, t, *labels, cut=cut):
+            denoised = model.denoiser(x, t, *labels)
+            return denoised.clamp(low, 1.0) if float(t.flatten()[0]) >= cut else denoised
+        x, _ = sample(Denoiser(model.sde, clamped), model.sde, latents.shape, "ddim", steps=20, eta=0.0,
+                      latents=latents)
+        energies = image_energies(model.plan.to_data_space(x).clamp(0, 1)) / test_energy
+        print(f"| {'never' if cut > 1 else cut} | {int((energies > SPECKLED).sum())} | {float(energies.mean()):.2f} |")
+        if cut > 1:
+            worst = energies.argsort(descending=True)[:8]
+    path = []
+    sample(model.denoiser, model.sde, (8,) + model.shape, "ddim", steps=20, eta=0.0, latents=latents[worst],
+           step_hook=lambda x, t, denoised: path.append(denoised) if denoised is not None else None)
+    rows = torch.stack(path[::2], 1).flatten(0, 1)  # 8 samples x every other step, T first
+    if out:
+        save_image_grid(model.plan.to_data_space(rows).clamp(0, 1), Path(out) / f"speckles_{model.step}_path.png",
+                        nrow=len(path[::2]))
 
 
 @torch.no_grad()
@@ -78,6 +115,7 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=1000, help="held-out images for the noise error")
     parser.add_argument("--samplers", nargs="*", default=SAMPLERS)
     parser.add_argument("--out", default="")
+    parser.add_argument("--probe", action="store_true", help="where along the path the speckles start")
     args = parser.parse_args()
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
     model = load_model(args.workdir, step=args.step)
@@ -95,12 +133,13 @@ def main() -> None:
     floor_images = train[torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed))[:count]]
     print(f"\n## {args.samples} samples per sampler from the same latents (seed {args.seed})\n")
     print(f"| sampler | NFE | seconds | pixels outside [{-OVERSHOOT:g}, {1 + OVERSHOOT:g}] | Laplacian energy / test images' "
-          f"| classifier FD |")
-    print("|---|---|---|---|---|---|")
+          f"| speckled | classifier FD |")
+    print("|---|---|---|---|---|---|---|")
     test_energy = laplacian_energy(test)
     floor_fd = frechet_distance(judge.features(floor_images), reference) if judge is not None else math.nan
-    print(f"| {count} real training images (the floor) | | | 0 | {laplacian_energy(floor_images) / test_energy:.2f} "
-          f"| {floor_fd:.3f} |")
+    floor_energies = image_energies(floor_images) / test_energy
+    print(f"| {count} real training images (the floor) | | | 0 | {float(floor_energies.mean()):.2f} "
+          f"| {int((floor_energies > SPECKLED).sum())} | {floor_fd:.3f} |")
     latents = torch.randn((args.samples,) + model.shape, generator=torch.Generator().manual_seed(args.seed))
     for text in args.samplers:
         spec = parse_spec(text)
@@ -113,11 +152,14 @@ def main() -> None:
         outside = float(((images < -OVERSHOOT) | (images > 1 + OVERSHOOT)).float().mean())
         clamped = images.clamp(0, 1)
         fd = frechet_distance(judge.features(clamped), reference) if judge is not None else math.nan
-        print(f"| `{text}` | {nfe} | {seconds:.1f} | {outside:.4f} | {laplacian_energy(clamped) / test_energy:.2f} "
-              f"| {fd:.3f} |", flush=True)
+        energies = image_energies(clamped) / test_energy
+        print(f"| `{text}` | {nfe} | {seconds:.1f} | {outside:.4f} | {float(energies.mean()):.2f} "
+              f"| {int((energies > SPECKLED).sum())} | {fd:.3f} |", flush=True)
         if args.out:
             Path(args.out).mkdir(parents=True, exist_ok=True)
             save_image_grid(clamped[:64], Path(args.out) / f"speckles_{model.step}_{spec.file_tag(model.sde)}.png")
+    if args.probe:
+        probe(model, latents[:64], test_energy, args.out)
 
 
 if __name__ == "__main__":

@@ -51,23 +51,23 @@ def test_sample_mode_takes_fast_samplers_and_schedules(workdir):
                      "--config.sampling.steps=12", "--config.sampling.schedule=logsnr", "--config.sampling.order=3")
     assert result.returncode == 0, result.stderr[-2000:]
     report = last_json(result.stdout)
-    assert report["nfe"] == 12 and report["npz"].endswith("samples_200_dpm_solver++_order3_logsnr_12steps_500x_seed42.npz")
+    assert report["nfe"] == 12 and report["npz"].endswith("samples_200_dpm_solver++_order3_eta0.5_logsnr_12steps_500x_seed42.npz")
     first = np.load(report["npz"])["samples"]
     assert np.isfinite(first).all()
     # another step count on the same checkpoint writes its own files and leaves these alone
     result = main_py(f"--workdir={workdir}", "--mode=sample", *SMALL, "--config.sampling.method=dpm_solver++",
                      "--config.sampling.steps=6")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert last_json(result.stdout)["npz"].endswith("samples_200_dpm_solver++_6steps_500x_seed42.npz")
+    assert last_json(result.stdout)["npz"].endswith("samples_200_dpm_solver++_eta0.5_6steps_500x_seed42.npz")
     assert np.array_equal(np.load(report["npz"])["samples"], first)
     # so do another number of samples and another seed
-    for extra, name in ((["--config.sampling.num_samples=100"], "samples_200_dpm_solver++_6steps_100x_seed42.npz"),
-                        (["--config.seed=7"], "samples_200_dpm_solver++_6steps_500x_seed7.npz")):
+    for extra, name in ((["--config.sampling.num_samples=100"], "samples_200_dpm_solver++_eta0.5_6steps_100x_seed42.npz"),
+                        (["--config.seed=7"], "samples_200_dpm_solver++_eta0.5_6steps_500x_seed7.npz")):
         result = main_py(f"--workdir={workdir}", "--mode=sample", *SMALL, "--config.sampling.method=dpm_solver++",
                          "--config.sampling.steps=6", *extra)
         assert result.returncode == 0, result.stderr[-2000:]
         assert last_json(result.stdout)["npz"].endswith(name)
-    assert len(list((workdir / "samples").glob("samples_200_dpm_solver++_6steps_*.npz"))) == 3
+    assert len(list((workdir / "samples").glob("samples_200_dpm_solver++_eta0.5_6steps_*.npz"))) == 3
 
 
 def test_study_mode_on_the_checkpoint_writes_table_csv_and_plot(workdir):
@@ -146,7 +146,7 @@ def test_eval_over_seeds_reports_mean_and_spread(workdir):
     assert alone["sliced_wasserstein"] == pytest.approx(values[1], rel=1e-6)  # seed 2 alone: the same samples
     # each set of seeds keeps its own report
     written = {path.name: json.loads(path.read_text()) for path in (workdir / "eval").glob("eval_200_ddim_*.json")}
-    assert written == {"eval_200_ddim_20steps_500x_seed1-2-3.json": several, "eval_200_ddim_20steps_500x_seed2.json": alone}
+    assert written == {"eval_200_ddim_eta1_20steps_500x_seed1-2-3.json": several, "eval_200_ddim_eta1_20steps_500x_seed2.json": alone}
 
 
 @pytest.mark.parametrize("args, message", [

@@ -16,6 +16,7 @@ from sde_diffusion.app.validation import validate_config
 from sde_diffusion.training.ema import EMA
 from sde_diffusion.sampling import SAMPLER_TRAITS, SAMPLERS, SCHEDULES, controllable, sample
 from sde_diffusion.sampling.spec import SamplerSpec
+from sde_diffusion.processes.denoiser import Denoiser
 from sde_diffusion.processes.sdes import VESDE, VPSDE, get_sde
 from sde_diffusion.app.train import train
 
@@ -233,3 +234,42 @@ def test_a_callers_own_grid_runs_as_given():
     for bad, message in (([0.5, 0.7], "strictly decreasing"), ([60.0, 1.0], "must lie in"), ([1.0], "at least 2")):
         with pytest.raises(ValueError, match=message):
             sample(score, sde, (4, 2), "ddim", timesteps=bad)
+
+
+def _denoiser_of(family):
+    """An exact oracle's Denoiser dressed as a network of `family`."""
+    mixture, sde = mixture_32d(), VPSDE()
+    oracle = Denoiser.from_score(mixture.score_fn(sde), sde)
+    return Denoiser(sde, oracle, family=family), sde
+
+
+def test_a_noise_prediction_network_gets_its_familys_eta_unless_the_call_sets_one():
+    noise, sde = _denoiser_of("noise")
+    oracle = Denoiser(sde, noise, family=None)
+    shape = (64, 32)
+    for method in ("ddim", "dpm_solver++"):
+        family_eta = SAMPLER_TRAITS[method].family_options["noise"]["eta"]
+        assert family_eta > 0
+        family, _ = sample(noise, sde, shape, method, steps=8, generator=3)
+        spelled, _ = sample(noise, sde, shape, method, steps=8, generator=3, eta=family_eta)
+        plain, _ = sample(noise, sde, shape, method, steps=8, generator=3, eta=0.0)
+        as_oracle, _ = sample(oracle, sde, shape, method, steps=8, generator=3)
+        assert torch.equal(family, spelled)
+        assert torch.equal(plain, as_oracle)
+        assert float((family - plain).abs().mean()) > 0.05  # fresh noise: another sample
+    # UniPC's corrector is for eta = 0: the family's eta stays out of a call that sets it
+    assert SamplerSpec("dpm_solver++", options={"unipc": True}).for_family("noise").options == {"unipc": True}
+    assert SamplerSpec("ddim").for_family("edm").options == {}
+    assert SamplerSpec("ddim", options={"eta": 0.2}).for_family("noise").options == {"eta": 0.2}
+
+
+def test_the_config_road_shows_the_familys_eta_in_the_summary_and_file_names():
+    from sde_diffusion.app.config import sampler_spec
+    config = tiny_toy_config()
+    config.model.parameterization = "noise"
+    config.sampling.method = "dpm_solver++"
+    config.sampling.steps = 20
+    spec = sampler_spec(config)
+    assert spec.options["eta"] == 0.5 and "eta=0.5" in spec.summary() and "eta0.5" in spec.file_tag()
+    config.model.parameterization = "data"
+    assert "eta" not in sampler_spec(config).options

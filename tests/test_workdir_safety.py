@@ -126,7 +126,7 @@ def test_second_trainer_is_refused_and_the_first_is_unaffected(tmp_path, straigh
     lines = second.stderr.strip().splitlines()
     assert len(lines) == 1 and str(workdir) in lines[0] and f"pid {first.pid}" in lines[0], second.stderr
     assert reader.returncode == 0, reader.stderr[-2000:]
-    assert list((workdir / "samples").glob("samples_*_ddim_10steps_*.npz"))
+    assert list((workdir / "samples").glob("samples_*_ddim_eta1_10steps_*.npz"))
     assert_same_run(workdir, straight)
     assert leftovers(workdir) == []
 

@@ -8,6 +8,7 @@ are the readers of config fields.
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -72,7 +73,20 @@ def build_denoiser(model: torch.nn.Module, sde: SDE, config) -> Denoiser:
         from ..published.score_sde import reference_chain_conditioning
         conditioning = reference_chain_conditioning(sde)
     return denoiser_from_model(model, sde, continuous=config.training.continuous, conditioning=conditioning,
-                               parameterization=config.model.get("parameterization") or None)
+                               parameterization=config.model.get("parameterization") or None,
+                               family=network_family(config, sde))
+
+
+def network_family(config, sde: SDE) -> str:
+    """The run's model family (`Denoiser.family`, which `build_denoiser` gives its denoiser and
+    `sampler_spec` its sampler call): a published network's source (eval.reference_checkpoint:
+    "edm" for a .pkl, "diffusers" for a pipeline folder, "score_sde" otherwise), sampled as its
+    authors sample it; else what the network trained here predicts (model.parameterization or
+    the SDE's default row)."""
+    path = str(config.eval.get("reference_checkpoint", "") or "")
+    if path:
+        return "edm" if path.endswith(".pkl") else "diffusers" if Path(path).is_dir() else "score_sde"
+    return config.model.get("parameterization") or sde.default_parameterization
 
 
 def build_loss(config, sde: SDE) -> Callable:
@@ -111,7 +125,9 @@ def sampler_spec(config, sde: Optional[SDE] = None) -> SamplerSpec:
     up its own sampler and can still be run with another method (on the command line, such an
     option is an error: `check_sampler_options`); a schedule option that the resolved schedule
     does not take is a ConfigError naming the field. `sde`: the run's SDE, whose noise levels
-    place an unset eps (None: built here, or left out when the config's cannot be built)."""
+    place an unset eps (None: built here, or left out when the config's cannot be built). The
+    options the sampler declares for the network's family (`network_family`) are filled in
+    where the config sets none, so the run's summary and file names show them."""
     sampling = config.sampling
     method = sampling.method
     own = set(sampler_option_names(method)) if method in SAMPLERS else set()
@@ -130,11 +146,12 @@ def sampler_spec(config, sde: Optional[SDE] = None) -> SamplerSpec:
         except (KeyError, ValueError):  # validate_config names what is wrong with the SDE
             pass
     try:
-        return spec.resolved(sde=sde)
+        spec = spec.resolved(sde=sde)
     except SamplerOptionError as error:
         raise ConfigError(f"config.sampling.{error.option}: {error}") from None
     except ValueError as error:
         raise ConfigError(f"config.sampling: {error}") from None
+    return spec.for_family(network_family(config, sde)) if sde is not None else spec
 
 
 def check_sampler_options(config, given) -> None:

@@ -134,11 +134,12 @@ def edm_denoiser(network: nn.Module, sde: SDE, num_classes: int = 0) -> Denoiser
     """The Denoiser of an EDM network (a `Preconditioned`) under `sde` (module docstring): its D
     at the unscaled x / alpha and noise level sigma / alpha. Class labels are indices [B]; index
     `num_classes` (this package's "no label") and None give EDM's unconditional input, the zero
-    vector."""
+    vector. Its family is "edm" whichever of EDM's classes preconditions it: samplers run EDM's
+    networks as declared for that family, deterministic, as EDM samples them."""
 
     def denoise(x: torch.Tensor, t: torch.Tensor, class_labels: Optional[torch.Tensor] = None) -> torch.Tensor:
         alpha, std = (append_dims(c.to(x.dtype), x.ndim) for c in sde.marginal_coefs(t))
         one_hot = one_hot_or_none(class_labels, num_classes, x.float())
         return network(x / alpha, (std / alpha).flatten(), one_hot).to(x.dtype)
 
-    return Denoiser(sde, denoise)
+    return Denoiser(sde, denoise, family="edm")

@@ -95,7 +95,7 @@ def coefficients(parameterization: str, sde: SDE, t: torch.Tensor, like: torch.T
 
 def denoiser_from_model(model: nn.Module, sde: SDE, *, continuous: bool = True,
                         parameterization: Optional[str] = None,
-                        conditioning: Optional[Callable] = None) -> Denoiser:
+                        conditioning: Optional[Callable] = None, family: Optional[str] = None) -> Denoiser:
     """The Denoiser of `model(x, labels)` trained under `sde` (discrete labels refer to its
     chain, whatever chain a sampler later respaces to), by the table's row `parameterization`
     (default: the SDE's, `SDE.default_parameterization`).
@@ -104,7 +104,9 @@ def denoiser_from_model(model: nn.Module, sde: SDE, *, continuous: bool = True,
     `model(x, labels, class_labels)`; without, as `model(x, labels)` (for a conditional network:
     the "no label" prediction). `conditioning(t) -> (labels, std)` replaces the SDE's noise
     labels and the noise row's std (the reference code's discrete DDPM convention,
-    `published.score_sde.reference_chain_conditioning`)."""
+    `published.score_sde.reference_chain_conditioning`). `family`: the Denoiser's
+    (`Denoiser.family`), by default the row; a published network's source ("diffusers",
+    "score_sde"), so that samplers run it as its authors do."""
     parameterization = parameterization or sde.default_parameterization
     if parameterization not in PARAMETERIZATIONS:
         raise ValueError(f"parameterization must be one of {', '.join(PARAMETERIZATIONS)}, got {parameterization!r}")
@@ -120,4 +122,4 @@ def denoiser_from_model(model: nn.Module, sde: SDE, *, continuous: bool = True,
         output = model(inputs, labels) if class_labels is None else model(inputs, labels, class_labels)
         return c.c_skip * x + c.c_out * output
 
-    return Denoiser(sde, denoise)
+    return Denoiser(sde, denoise, family=family or parameterization)

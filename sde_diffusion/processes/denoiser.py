@@ -32,12 +32,19 @@ class Denoiser:
     Made from a native denoiser (`Denoiser(sde, denoise=...)`, what networks give) or a native
     score (`Denoiser.from_score`, what exact oracles give); the other quantity is derived by
     Tweedie's formula, so neither a network nor an oracle pays a round trip. t: a float, a 0-d
-    or a [B] tensor. class_labels [B] are passed on to the source only when given."""
+    or a [B] tensor. class_labels [B] are passed on to the source only when given.
 
-    def __init__(self, sde: SDE, denoise: Optional[Prediction] = None, *, score: Optional[Prediction] = None):
+    family: the model family samplers declare settings for (`sampling.registry.SamplerTraits.
+    family_options`): for a network trained here, what it predicts (its row of
+    `models.preconditioning`'s table: "noise", "v", ...); for a published network, where it comes
+    from ("edm", "diffusers", "score_sde"), which is sampled as its authors sample it; None for an
+    exact oracle."""
+
+    def __init__(self, sde: SDE, denoise: Optional[Prediction] = None, *, score: Optional[Prediction] = None,
+                 family: Optional[str] = None):
         if (denoise is None) == (score is None):
             raise ValueError("a Denoiser needs exactly one of denoise and score")
-        self.sde, self._denoise, self._score = sde, denoise, score
+        self.sde, self._denoise, self._score, self.family = sde, denoise, score, family
 
     @classmethod
     def from_score(cls, score_fn: ScoreFn, sde: SDE) -> "Denoiser":
@@ -79,8 +86,8 @@ class Denoiser:
         """The same kind of Denoiser with its native function replaced by wrap(native): counting,
         guidance and changes of variables act on whatever the source computes."""
         if self._denoise is not None:
-            return Denoiser(self.sde, wrap(self._denoise))
-        return Denoiser(self.sde, score=wrap(self._score))
+            return Denoiser(self.sde, wrap(self._denoise), family=self.family)
+        return Denoiser(self.sde, score=wrap(self._score), family=self.family)
 
 
 def time_batch(t, x: torch.Tensor) -> torch.Tensor:
@@ -106,4 +113,4 @@ class CountedDenoiser(Denoiser):
                 return function(*args)
             return counted
         inner = denoiser.map(counting)
-        super().__init__(inner.sde, inner._denoise, score=inner._score)
+        super().__init__(inner.sde, inner._denoise, score=inner._score, family=inner.family)

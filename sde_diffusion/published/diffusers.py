@@ -63,7 +63,8 @@ class Pipeline(NamedTuple):
 
     def denoiser(self) -> Denoiser:
         """D(x, t) of the network under its process: what every sampler here takes."""
-        return denoiser_from_model(self.network, self.sde, continuous=False, parameterization=self.parameterization)
+        return denoiser_from_model(self.network, self.sde, continuous=False, parameterization=self.parameterization,
+                                   family="diffusers")
 
 
 def _diffusers():

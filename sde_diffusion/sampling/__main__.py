@@ -1,5 +1,6 @@
 """`python -m sde_diffusion.sampling`: the registered samplers as a Markdown table, read from the
-registry (options with their defaults, the declared grid, adaptive or not), so that the table
+registry (options with their defaults and those declared for a model family, the declared grid,
+adaptive or not), so that the table
 in the README is regenerated, never edited by hand."""
 import inspect
 import re
@@ -20,8 +21,10 @@ def sampler_table() -> str:
         parameters = inspect.signature(function).parameters.values()
         options = ", ".join(f"`{p.name}={p.default!r}`" for p in parameters
                             if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != HOOK_ARGUMENT)
-        spec = SamplerSpec(name)
         traits = SAMPLER_TRAITS[name]
+        for family, declared in traits.family_options.items():
+            options += f"; on {family} " + ", ".join(f"`{k}={v!r}`" for k, v in declared.items())
+        spec = SamplerSpec(name)
         adaptive = traits.adaptive({})
         steps = "adaptive" if adaptive else f"NFE {spec.score_calls(10)} for 10 steps"
         grid = f"ends only, {spec.end_text()}" if adaptive else spec.grid_summary()

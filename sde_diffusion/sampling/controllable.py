@@ -94,10 +94,7 @@ def conditioning_spec(spec: Optional[SamplerSpec], steps: Optional[int], setting
                              f"not {spec.method!r}")
         return spec.resolved(_SMC_OPTIONS)
     require_step_hook(spec.method)
-    conditioned = dict(spec.traits.conditioned_options)
-    if spec.options.get("unipc"):  # UniPC's corrector is for the deterministic solver
-        conditioned.pop("eta", None)
-    return dataclasses.replace(spec, options={**conditioned, **spec.options}).resolved()
+    return spec.for_family(spec.family, conditioned=True).resolved()
 
 
 def inpaint(model: Model, sde: SDE, observation: torch.Tensor, mask: torch.Tensor,

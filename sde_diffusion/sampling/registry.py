@@ -58,6 +58,12 @@ class SamplerTraits:
     score_calls(steps, options): the score evaluations a grid of `steps` times costs;
     conditioned_options: the options it runs with, unless the caller sets them, when a step hook
     conditions it (inpainting, colorization): its best known setting there;
+    family_options: by model family (`Denoiser.family`: what a network trained here predicts,
+    "noise", "v", ...; a published network's source), the options it runs with on that family
+    unless the caller sets them: its best known setting there, where that differs from the
+    oracle's;
+    overridden_by: option -> the options whose being set keeps a declared value of it out
+    (dpm_solver++'s unipc corrector is for eta = 0, so a declared eta does not apply with it);
     option_choices: the values an option may take, where only some can work (dpm_solver++'s
     order: 1, 2, 3), so that a call is refused when it is described, before anything runs."""
     schedule: str = "uniform"
@@ -67,7 +73,17 @@ class SamplerTraits:
     deterministic: Callable[[Mapping], bool] = _never
     score_calls: Callable[[int, Mapping], int] = _one_per_step
     conditioned_options: Mapping[str, float] = field(default_factory=dict)
+    family_options: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    overridden_by: Mapping[str, tuple] = field(default_factory=dict)
     option_choices: Mapping[str, tuple] = field(default_factory=dict)
+
+    def with_declared(self, options: Mapping, family: Optional[str] = None, conditioned: bool = False) -> dict:
+        """`options` (what a call sets) with the declared ones it leaves unset: those for the
+        model family `family`, then, for a conditioned run, the conditioned ones."""
+        declared = {**self.family_options.get(family, {}), **(self.conditioned_options if conditioned else {})}
+        kept = {name: value for name, value in declared.items()
+                if not any(options.get(other) for other in self.overridden_by.get(name, ()))}
+        return {**kept, **options}
 
 
 SAMPLER_TRAITS: Dict[str, SamplerTraits] = {}

@@ -66,6 +66,9 @@ class SamplerSpec:
     end_noise_level: Optional[float] = None
     options: dict = field(default_factory=dict)
     text: str = ""  # as the user wrote it, for tables
+    family: Optional[str] = None  # the model family whose declared options `for_family` filled in
+    conditioned: bool = False  # and whether those for a conditioned run (they take precedence)
+    declared: tuple = ()  # the names of the options filled in (the others in `options` the call set)
 
     def __post_init__(self):
         if not self.text:
@@ -108,6 +111,23 @@ class SamplerSpec:
                                    eps=self.end(sde) if self.eps is not None or sde is not None else None,
                                    end_noise_level=self.end_noise_level if sde is None else None,
                                    options={name: self.options[name] for name in known if name in self.options})
+
+    def set_options(self) -> dict:
+        """The options the call itself sets (not filled in from declarations)."""
+        return {name: value for name, value in self.options.items() if name not in self.declared}
+
+    def for_family(self, family: Optional[str], conditioned: Optional[bool] = None) -> "SamplerSpec":
+        """This spec with the options its sampler declares for the model family `family`
+        (`Denoiser.family`; `SamplerTraits.family_options`) and for a run a step hook
+        conditions (`conditioned`; None: as before), where the call sets none: what a call that
+        names only a sampler and its steps runs with. Options filled in by an earlier call are
+        declared again, so the last family and conditioning decide."""
+        conditioned = self.conditioned if conditioned is None else conditioned
+        own = self.set_options()
+        merged = self.traits.with_declared(own, family, conditioned)
+        options = {name: merged[name] for name in sampler_option_names(self.method) if name in merged}  # its order
+        return dataclasses.replace(self, options=options, family=family, conditioned=conditioned,
+                                   declared=tuple(name for name in options if name not in own))
 
     def end(self, sde: Optional[SDE] = None) -> Optional[float]:
         """The grid's last time: eps as set (a time of the process), or where `sde` reaches the
@@ -281,6 +301,8 @@ def sample(model: Model, sde: SDE, shape: Sequence[int], method: Union[str, Samp
         spec = SamplerSpec(method=method, steps=steps, schedule=schedule, schedule_options=dict(schedule_options or {}),
                            eps=eps, end_noise_level=end_noise_level, options=options)
     spec = spec.resolved(sde=sde)
+    if spec.family is None:  # a call not yet made for a model family: the model's
+        spec = spec.for_family(getattr(model, "family", None))
     given = own_grid(sde, timesteps, noise_levels) if timesteps is not None or noise_levels is not None else None
     counted, x, grid, generator = start(model, sde, shape, spec, generator, z=z, latents=latents, dtype=dtype,
                                         device=device, grid=given)
