@@ -273,3 +273,13 @@ def test_the_config_road_shows_the_familys_eta_in_the_summary_and_file_names():
     assert spec.options["eta"] == 0.5 and "eta=0.5" in spec.summary() and "eta0.5" in spec.file_tag()
     config.model.parameterization = "data"
     assert "eta" not in sampler_spec(config).options
+
+
+def test_a_study_runs_and_names_the_familys_options_and_measures_no_ode_distance_for_them():
+    from sde_diffusion.evaluation.study import run_study
+    noise, sde = _denoiser_of("noise")
+    metric = lambda x: {"mean": float(x.mean())}  # noqa: E731
+    rows = run_study(noise, sde, (16, 32), ["ddim", "ddim eta=0"], [4], metric, reference_tol=1e-3, progress=False)
+    assert [row["sampler"] for row in rows] == ["ddim eta=1.0", "ddim eta=0"]
+    assert rows[0]["status"] == rows[1]["status"] == "ok"
+    assert "ode_rms" not in rows[0] and 0 < rows[1]["ode_rms"] < 100  # only the deterministic call has its ODE distance

@@ -53,7 +53,10 @@ def run_study(model: Model, sde: SDE, shape: Sequence[int], specs: Sequence[Unio
     error remains; `reference_ode=False` skips that solve, often the study's longest phase). A
     failing run gives a status, not a crash. Each phase logs its start and end; `progress` is a
     tqdm bar on a terminal and a log line per row otherwise (no carriage returns in a log file)."""
-    parsed = [parse_spec(spec) if isinstance(spec, str) else spec for spec in specs]
+    family = getattr(model, "family", None)  # the options declared for it run, and the rows name them
+    parsed = [(parse_spec(spec) if isinstance(spec, str) else spec).for_family(family) for spec in specs]
+    parsed = [dataclasses.replace(spec, text=spec.text + "".join(f" {name}={spec.options[name]}" for name in spec.declared))
+              for spec in parsed]
     latent = sde.prior_sampling(tuple(shape), generator=torch.Generator().manual_seed(seed),
                                 dtype=dtype).to(device)
     grid = [(spec, None) if spec.adaptive else (spec, nfe) for spec in parsed

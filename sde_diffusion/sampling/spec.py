@@ -279,7 +279,8 @@ def sample(model: Model, sde: SDE, shape: Sequence[int], method: Union[str, Samp
 
     method: a sampler's name (then steps, eps, schedule, schedule_options and options describe
     the call) or a whole `SamplerSpec` (then those must be left unset). Unset grid arguments take
-    the sampler's declared defaults, its best known setting. steps: grid size (default sde.N);
+    the sampler's declared defaults, its best known setting, and unset options those it declares
+    for the model's family (`Denoiser.family`; a spec already made for a family keeps its own). steps: grid size (default sde.N);
     eps: the last time of the grid (the reverse process stops at t = eps, where the score is
     still finite), or end_noise_level: the noise level sigma/alpha there; schedule: the grid's spacing (`schedules.SCHEDULES`), with
     `schedule_options` (karras: rho; logsnr: power); z: start from this x at T instead of a
