@@ -78,7 +78,8 @@ def test_study_mode_on_the_checkpoint_writes_table_csv_and_plot(workdir):
     report = last_json(result.stdout)
     assert report["rows"] == 4
     table = Path(report["md"]).read_text()
-    assert table.count("| dpm_solver++ order=2 schedule=logsnr |") == 2 and "sliced_wasserstein" in table
+    # the row names the eta this family runs dpm_solver++ with
+    assert table.count("| dpm_solver++ order=2 schedule=logsnr eta=0.5 |") == 2 and "sliced_wasserstein" in table
     assert Path(report["png"]).stat().st_size > 10_000 and Path(report["csv"]).is_file()
     kept = {path.name: path.read_bytes() for path in (workdir / "study").iterdir()}
     result = main_py(f"--workdir={workdir}", "--mode=study", *SMALL, "--config.study.num_samples=300",

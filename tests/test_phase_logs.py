@@ -42,7 +42,8 @@ def workdir(tmp_path_factory):
 
 
 def test_the_study_announces_its_reference_ode_with_its_cost_and_logs_each_row(workdir):
-    result = main_py(f"--workdir={workdir}", "--mode=study")
+    # the toy MLP predicts the noise, so ddim is stochastic unless eta=0 (no reference ODE then)
+    result = main_py(f"--workdir={workdir}", "--mode=study", "--config.study.samplers=('ddim eta=0',)")
     assert result.returncode == 0, result.stderr[-2000:]
     log = result.stderr
     assert "\r" not in log and "\r" not in result.stdout  # a file, not a terminal: no bars
@@ -51,15 +52,16 @@ def test_the_study_announces_its_reference_ode_with_its_cost_and_logs_each_row(w
     assert "the whole grid's 10" in start and "study.reference=False skips it" in start
     done = next(line for line in log.splitlines() if "study: reference ODE done in" in line)
     assert "NFE " in done
-    assert log.index("reference ODE first") < log.index("reference ODE done") < log.index("study: 1/2 ddim at NFE 4")
-    assert "study: 2/2 ddim at NFE 6: ok" in log
+    assert log.index("reference ODE first") < log.index("reference ODE done") < log.index("study: 1/2 ddim eta=0 at NFE 4")
+    assert "study: 2/2 ddim eta=0 at NFE 6: ok" in log
     rows = Path(json.loads(result.stdout.strip().splitlines()[-1])["csv"]).read_text()
     assert "ode_rms" in rows.splitlines()[0]
 
 
 def test_study_reference_false_skips_the_solve_and_names_its_own_files(workdir):
     with_reference = sorted((workdir / "study").glob("*.csv"))
-    result = main_py(f"--workdir={workdir}", "--mode=study", "--config.study.reference=False")
+    result = main_py(f"--workdir={workdir}", "--mode=study", "--config.study.reference=False",
+                     "--config.study.samplers=('ddim eta=0',)")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "reference ODE" not in result.stderr
     report = json.loads(result.stdout.strip().splitlines()[-1])

@@ -126,7 +126,7 @@ def test_list_fields_take_comma_separated_values(workdir):
     report = last_json(result.stdout)
     assert report["rows"] == 4
     specs = [line.split("|")[1].strip() for line in Path(report["md"]).read_text().splitlines()[4:]]
-    assert specs == ["ddim", "ddim", "heun schedule=karras", "heun schedule=karras"]
+    assert specs == ["ddim eta=1", "ddim eta=1", "heun schedule=karras", "heun schedule=karras"]  # ddim: the family's eta
     result = main_py(f"--workdir={workdir}", "--mode=eval", "--config.eval.seeds=1, 2",
                      "--config.sampling.method=ddim", "--config.sampling.steps=4")
     assert result.returncode == 0, result.stderr[-2000:]

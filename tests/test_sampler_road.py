@@ -280,6 +280,6 @@ def test_a_study_runs_and_names_the_familys_options_and_measures_no_ode_distance
     noise, sde = _denoiser_of("noise")
     metric = lambda x: {"mean": float(x.mean())}  # noqa: E731
     rows = run_study(noise, sde, (16, 32), ["ddim", "ddim eta=0"], [4], metric, reference_tol=1e-3, progress=False)
-    assert [row["sampler"] for row in rows] == ["ddim eta=1.0", "ddim eta=0"]
+    assert [row["sampler"] for row in rows] == ["ddim eta=1", "ddim eta=0"]
     assert rows[0]["status"] == rows[1]["status"] == "ok"
     assert "ode_rms" not in rows[0] and 0 < rows[1]["ode_rms"] < 100  # only the deterministic call has its ODE distance

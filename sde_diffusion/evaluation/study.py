@@ -55,7 +55,7 @@ def run_study(model: Model, sde: SDE, shape: Sequence[int], specs: Sequence[Unio
     tqdm bar on a terminal and a log line per row otherwise (no carriage returns in a log file)."""
     family = getattr(model, "family", None)  # the options declared for it run, and the rows name them
     parsed = [(parse_spec(spec) if isinstance(spec, str) else spec).for_family(family) for spec in specs]
-    parsed = [dataclasses.replace(spec, text=spec.text + "".join(f" {name}={spec.options[name]}" for name in spec.declared))
+    parsed = [dataclasses.replace(spec, text=spec.text + "".join(f" {name}={spec.options[name]:g}" for name in spec.declared))
               for spec in parsed]
     latent = sde.prior_sampling(tuple(shape), generator=torch.Generator().manual_seed(seed),
                                 dtype=dtype).to(device)
