@@ -7,7 +7,7 @@ on a trained workdir (a configs/vp_fashion_mnist.py run by default):
 2. samples of several samplers from the same latents: the fraction of pixels the sampler leaves
    more than 0.1 outside the data's range (before clamping), their high-frequency energy (the mean squared
    discrete Laplacian) over the test images', the samples that are speckled (an energy over 3x the
-   test images'; the real images' own ratios stay under 2.5), and the FD in the data set's
+   test images'; 2 of 256 Fashion-MNIST training images exceed it too), and the FD in the data set's
    classifier features (its judge), with the floor of as many real training images;
 3. where along the path the speckles start (`--probe`): deterministic DDIM, 20 steps, with its data
    prediction clamped to the data's range only at times t >= a cut, and a picture of the data
@@ -15,7 +15,8 @@ on a trained workdir (a configs/vp_fashion_mnist.py run by default):
 
     python benchmarks/vp_eps_speckles.py --workdir runs/fashion_vp [--step 8000] [--samples 256] [--test-images 1000] [--probe]
 
-Prints two Markdown tables; `--out DIR` also writes them with a sample grid per sampler.
+Prints Markdown tables (three with `--probe`); `--out DIR` also writes a sample grid per sampler
+(and the probe's path picture).
 """
 from __future__ import annotations
 
@@ -38,9 +39,12 @@ from sde_diffusion.files.plotting import save_image_grid  # noqa: E402
 from sde_diffusion.processes.denoiser import Denoiser  # noqa: E402
 from sde_diffusion.sampling import parse_spec, sample  # noqa: E402
 
-SAMPLERS = ["dpm_solver++ steps=10", "dpm_solver++ steps=20", "dpm_solver++ order=3 unipc=True steps=20",
-            "ddim steps=20", "dpm_solver++ steps=50", "pc predictor=euler_maruyama corrector=none steps=50",
-            "pc predictor=euler_maruyama corrector=none steps=500", "ode rtol=1e-5 atol=1e-5"]
+# The rows of docs/benchmarks.md's table ("Speckles of noise-prediction models"): each solver
+# deterministic (eta = 0) and as its SDE variants, at 10 and 20 NFE, then the many-step references.
+SAMPLERS = [f"{method} steps={steps} eta={eta}" for method in ("dpm_solver++", "ddim") for steps in (10, 20)
+            for eta in (0, 0.5, 1)] + [
+    "dpm_solver++ order=3 unipc=True steps=20", "heun steps=10", "pc predictor=euler_maruyama corrector=none steps=50",
+    "dpm_solver++ steps=100 eta=0.5", "pc predictor=euler_maruyama corrector=none steps=500"]
 NOISE_LEVELS = [0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0]
 OVERSHOOT = 0.1  # a pixel counts as out of range beyond [-0.1, 1.1]: samples of a good model overshoot a little
 SPECKLED = 3.0  # an image is speckled above this multiple of the test images' Laplacian energy
