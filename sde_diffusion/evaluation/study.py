@@ -54,9 +54,7 @@ def run_study(model: Model, sde: SDE, shape: Sequence[int], specs: Sequence[Unio
     failing run gives a status, not a crash. Each phase logs its start and end; `progress` is a
     tqdm bar on a terminal and a log line per row otherwise (no carriage returns in a log file)."""
     family = getattr(model, "family", None)  # the options declared for it run, and the rows name them
-    parsed = [(parse_spec(spec) if isinstance(spec, str) else spec).for_family(family) for spec in specs]
-    parsed = [dataclasses.replace(spec, text=spec.text + "".join(f" {name}={spec.options[name]:g}" for name in spec.declared))
-              for spec in parsed]
+    parsed = [_named((parse_spec(spec) if isinstance(spec, str) else spec).for_family(family)) for spec in specs]
     latent = sde.prior_sampling(tuple(shape), generator=torch.Generator().manual_seed(seed),
                                 dtype=dtype).to(device)
     grid = [(spec, None) if spec.adaptive else (spec, nfe) for spec in parsed
@@ -83,6 +81,12 @@ def run_study(model: Model, sde: SDE, shape: Sequence[int], specs: Sequence[Unio
             log.info("study: %d/%d %s at NFE %s: %s, %.2f s", index, len(grid), spec.text, row["nfe"], row["status"],
                      row["seconds"])
     return rows
+
+
+def _named(spec: SamplerSpec) -> SamplerSpec:
+    """`spec` whose text (its rows' name) adds the options filled in for the model's family."""
+    return dataclasses.replace(spec, text=spec.text + "".join(f" {name}={_format(spec.options[name])}"
+                                                              for name in spec.declared))
 
 
 def _reference(model, sde: SDE, latent: torch.Tensor, eps: float, tol: float):

@@ -25,7 +25,6 @@ D'(x') = M D(M^T x') (M is orthogonal, so the density is only rotated), and M^T 
 """
 from __future__ import annotations
 
-import dataclasses
 import inspect
 import math
 from typing import Optional, Tuple
