@@ -208,7 +208,7 @@ def main(argv):
 
     from sde_diffusion.training import distributed
     from sde_diffusion.files.output_files import to_json
-    from sde_diffusion.app.config import ConfigError, check_sampler_options, select_device
+    from sde_diffusion.app.config import ConfigError, check_class_fields, check_sampler_options, select_device
     from sde_diffusion.app.plugins import load_plugins
     from sde_diffusion.app.validation import validate_config
     from sde_diffusion.app.controllable_modes import run_controllable
@@ -222,6 +222,7 @@ def main(argv):
     try:
         if STARTED_FROM:  # the workdir's config.json: the command line changes only what the weights allow
             check_stored_overrides(_overridden_fields(sys.argv), FLAGS.mode, FLAGS.workdir)
+        check_class_fields(FLAGS.mode, _overridden_fields(sys.argv))
         load_plugins(config)
         plan = validate_config(config, FLAGS.mode)  # the run's SDE, sampler call, data facts: built once
         check_sampler_options(config, _overridden_fields(sys.argv))

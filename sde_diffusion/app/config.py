@@ -175,6 +175,21 @@ def check_sampler_options(config, given) -> None:
                               f"{', '.join(takers) or 'no sampler'})")
 
 
+# the modes that sample a class-conditional model towards sampling.labels with guidance_scale;
+# the others (likelihood, study, inpaint, colorize) use its "no label" prediction
+LABELLED_MODES = ("train", "sample", "eval")
+
+
+def check_class_fields(mode: Optional[str], given) -> None:
+    """ConfigError for sampling.labels or sampling.guidance_scale set on the command line
+    (`given`, as in `check_sampler_options`) for a mode that does not read them: a label that
+    is silently dropped would give unconditional results under a name that looks conditional."""
+    for field in ("sampling.labels", "sampling.guidance_scale"):
+        if field in given and mode not in (None,) + LABELLED_MODES:
+            raise ConfigError(f"config.{field}: --mode {mode} does not read it (it uses the model's "
+                              f"'no label' prediction; {', '.join(LABELLED_MODES[1:])} do); leave it out")
+
+
 def data_shape(config, images: Optional[bool] = None) -> tuple:
     """Shape of one sample: (C, H, W) for images, (2,) for 2-D point sets (`images`: as in
     `load_dataset_from_config`)."""
