@@ -1,5 +1,6 @@
 """Consistency models: the table's consistency row (boundary condition), the consistency sampler
-on the exact consistency function of Gaussian data, and ECT's loss and gap schedule."""
+on the exact consistency function of Gaussian data, ECT's loss and gap schedule, iCT's grid,
+pair draw and loss."""
 import math
 
 import pytest
@@ -10,7 +11,7 @@ from sde_diffusion.models.preconditioning import (CONSISTENCY_SIGMA_MIN, EDM_SIG
 from sde_diffusion.processes.denoiser import Denoiser
 from sde_diffusion.processes.sdes import VPSDE, get_sde
 from sde_diffusion.sampling import sample
-from sde_diffusion.training.consistency import ect_gap_level, ect_loss
+from sde_diffusion.training.consistency import ect_gap_level, ect_loss, ict_levels, ict_loss, ict_pair_probabilities
 
 
 class Network(torch.nn.Module):
@@ -139,3 +140,50 @@ def test_ect_later_compares_with_the_stopped_function_at_the_smaller_level():
     error = ((f(x + level[:, None] * z, level) - target) ** 2).mean(dim=1)
     torch.testing.assert_close(loss, (error / (level - gap)).mean(), rtol=1e-10, atol=0)
     assert math.isfinite(loss.item()) and EDM_SIGMA_DATA == 0.5
+
+
+def test_icts_grid_doubles_from_s0_to_s1_over_training():
+    """N(k) = min(s0 2^floor(k / K'), s1) + 1, K' = floor(K / (log2(s1 / s0) + 1)) (Song &
+    Dhariwal 2023, eq. 8): 11, 21, ..., 1281 levels, each Karras' rho-7 grid from 0.002 to 80."""
+    total = 8000  # K' = floor(8000 / 8) = 1000
+    sizes = [len(ict_levels(step, total, 0.002, 80.0)) for step in (0, 999, 1000, 2500, 6999, 7000, 7999)]
+    assert sizes == [11, 11, 21, 41, 641, 1281, 1281]
+    levels = ict_levels(0, total, 0.002, 80.0)
+    assert levels[0] == pytest.approx(0.002, rel=1e-12) and levels[-1] == pytest.approx(80.0, rel=1e-12)
+    roots = levels ** (1 / 7)
+    torch.testing.assert_close(torch.diff(roots), torch.full((10,), float(roots[1] - roots[0]), dtype=torch.float64))
+
+
+def test_icts_pairs_carry_the_log_normal_mass_between_their_levels():
+    levels = ict_levels(0, 1000, 0.002, 80.0)
+    probabilities = ict_pair_probabilities(levels, -1.1, 2.0)
+    normal = torch.distributions.Normal(torch.tensor(-1.1, dtype=torch.float64), torch.tensor(2.0, dtype=torch.float64))
+    mass = normal.cdf(torch.log(levels[1:])) - normal.cdf(torch.log(levels[:-1]))
+    torch.testing.assert_close(probabilities, mass / mass.sum(), rtol=1e-12, atol=0)
+    assert probabilities.sum() == pytest.approx(1.0, abs=1e-12)
+
+
+def test_ict_loss_is_the_pseudo_huber_distance_between_adjacent_levels():
+    """The pair (sigma_i, sigma_(i+1)) drawn by one uniform per row, then z: the mean of
+    (sqrt(||f(x + s_(i+1) z) - sg f(x + s_i z)||^2 + c^2) - c) / (s_(i+1) - s_i), c = 0.00054 sqrt(d)."""
+    sde = get_sde("edm")
+    network = Network()
+    f = denoiser_from_model(network, sde, parameterization="consistency")
+    x = torch.randn(256, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    loss = ict_loss(f, sde, x, step=500, n_iters=1000, generator=torch.Generator().manual_seed(4))
+    levels = ict_levels(500, 1000, CONSISTENCY_SIGMA_MIN, 80.0)
+    assert len(levels) == 161  # K' = floor(1000 / 8) = 125, so 500 // 125 = 4 doublings of 10
+    draws = torch.Generator().manual_seed(4)
+    u = torch.rand(256, generator=draws, dtype=torch.float64)
+    pair = torch.searchsorted(torch.cumsum(ict_pair_probabilities(levels, -1.1, 2.0), 0), u, right=True)
+    lower, upper = levels[pair], levels[pair + 1]
+    z = torch.randn(256, 3, generator=draws, dtype=torch.float64)
+    with torch.no_grad():
+        target = f(x + lower[:, None] * z, lower)
+    c = 0.00054 * math.sqrt(3)
+    distance = torch.sqrt(((f(x + upper[:, None] * z, upper) - target) ** 2).sum(dim=1) + c ** 2) - c
+    torch.testing.assert_close(loss, (distance / (upper - lower)).mean(), rtol=1e-10, atol=0)
+    loss.backward()
+    assert network.linear.weight.grad.abs().sum() > 0
+    # the draw favours the log-normal's bulk: most pairs lie between e^(-1.1 -+ 2)
+    assert 0.5 < ((lower > math.exp(-3.1)) & (upper < math.exp(0.9))).double().mean() < 0.9

@@ -108,3 +108,18 @@ def test_init_from_that_does_not_exist_is_refused_before_anything_is_written(tmp
     result = main_py("configs/ect_toy.py", tmp_path / "run", *TUNING, f"--config.training.init_from={tmp_path}/none")
     assert result.returncode == 1 and "config.training.init_from: no such checkpoint file or workdir" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+def test_ict_from_scratch_samples_in_two_steps_far_better_than_the_diffusion_model_does(runs, tmp_path):
+    """iCT (configs/ict_toy.py: 3000 steps, no teacher) against the EDM model of the same data
+    at 2 NFE. Measured (2026-12-03, CPU, seeds 42/1/2): 2 consistency steps SW 0.13 / 0.32 / 0.12,
+    the EDM teacher (2000 steps) 1.32 at 2 NFE and 0.030 at 20; ECT from scratch, same budget,
+    0.075. Asserted: 2 steps under a third of the diffusion model's 2-NFE value."""
+    teacher, _, _ = runs
+    workdir = tmp_path / "ict"
+    result = main_py("configs/ict_toy.py", workdir, *TOY, "--mode=train", "--config.training.log_freq=1000")
+    assert result.returncode == 0, result.stderr[-2000:]
+    teacher_2 = sliced_wasserstein("configs/edm_toy.py", teacher, "--config.sampling.method=dpm_solver++",
+                                   "--config.sampling.steps=2")
+    ict_2 = sliced_wasserstein("configs/ict_toy.py", workdir, "--config.sampling.steps=2")
+    assert 3 * ict_2 < teacher_2, (ict_2, teacher_2)
