@@ -209,6 +209,7 @@ def main(argv):
     from sde_diffusion.training import distributed
     from sde_diffusion.files.output_files import to_json
     from sde_diffusion.app.config import ConfigError, check_class_fields, check_sampler_options, select_device
+    from sde_diffusion.app import cpu_share
     from sde_diffusion.app.plugins import load_plugins
     from sde_diffusion.app.validation import validate_config
     from sde_diffusion.app.controllable_modes import run_controllable
@@ -234,6 +235,8 @@ def main(argv):
                "colorize": partial(run_controllable, mode="colorize")}[FLAGS.mode]
         if config.threads:
             torch.set_num_threads(config.threads)
+        else:
+            cpu_share.start()  # the usable cores, less those other processes keep busy
         distributed.setup(plan.device.type)  # under torchrun; nothing otherwise
         try:
             # the trainer saves and stops on a signal itself; elsewhere a signal stops the run where it is

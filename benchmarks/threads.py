@@ -2,10 +2,13 @@
 
     python benchmarks/threads.py [--steps 1500] [--busy 4]
 
-Runs `main.py --mode train` on configs/vp_toy.py for `--steps` steps with threads = 0 (torch's
-default: one per core) and 1, first alone and then beside `--busy` other CPU-bound processes
-(each a one-thread training run of the same config, the situation of a shared machine), and
-prints steps/s (wall time of the training loop, from the run's end line) as a Markdown table.
+Runs `main.py --mode train` on configs/vp_toy.py for `--steps` steps with threads = 0 (the
+default: the usable cores, less those other processes keep busy; `app/cpu_share.py`), 1 and the
+number of cores (torch's own default, fixed), first alone, then beside one two-thread matrix
+product loop (another program's parallel job), then beside `--busy` one-thread training runs of
+the same config (several runs side by side), and prints steps/s (wall time of the training
+loop, from the run's end line) and the ratio to the idle default as a Markdown table. Run it on
+an otherwise idle machine.
 """
 from __future__ import annotations
 
@@ -20,6 +23,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 TOY = ["--config=configs/vp_toy.py", "--mode=train", "--config.training.snapshot_sampling=False",
        "--config.training.eval_freq=100000"]
+MATMUL_LOOP = ("import torch; torch.set_num_threads(2); a = torch.randn(512, 512)\n"
+               "while True: a = torch.tanh(a @ a)")
 
 
 def train_command(workdir: Path, steps: int, threads: int) -> list:
@@ -39,23 +44,28 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--busy", type=int, default=4)
     args = parser.parse_args()
+    cores = len(os.sched_getaffinity(0))
+    loads = [("none", lambda tmp: []),
+             ("one two-thread matmul loop", lambda tmp: [[sys.executable, "-c", MATMUL_LOOP]]),
+             (f"{args.busy} one-thread training runs",
+              lambda tmp: [train_command(Path(tmp) / f"busy{i}", 10**7, 1) for i in range(args.busy)])]
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        for load in (0, args.busy):
-            others = [subprocess.Popen(train_command(Path(tmp) / f"busy{i}", 10**7, 1), cwd=ROOT,
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for i in range(load)]
+        for name, commands in loads:
+            others = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                      for command in commands(tmp)]
             try:
-                for threads in (0, 1):
-                    rate = steps_per_second(Path(tmp) / f"run_{load}_{threads}", args.steps, threads)
-                    rows.append((load, threads, rate))
+                for threads in (0, 1, cores):
+                    rows.append((name, threads, steps_per_second(Path(tmp) / f"run_{len(rows)}", args.steps, threads)))
             finally:
                 for process in others:
                     process.kill()
                     process.wait()
-    print(f"cores: {os.cpu_count()}, steps: {args.steps}")
-    print("| other jobs | config.threads | steps/s |\n|---|---|---|")
-    for load, threads, rate in rows:
-        print(f"| {load} | {threads or 'default (' + str(os.cpu_count()) + ')'} | {rate:.1f} |")
+    idle = rows[0][2]
+    print(f"cores: {cores}, steps: {args.steps}")
+    print("| other jobs | config.threads | steps/s | of idle default |\n|---|---|---|---|")
+    for name, threads, rate in rows:
+        print(f"| {name} | {threads or '0 (default)'} | {rate:.1f} | {rate / idle:.2f}x |")
 
 
 if __name__ == "__main__":

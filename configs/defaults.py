@@ -12,8 +12,8 @@ def get_base_config():
     config = ml_collections.ConfigDict()
     config.seed = 42
     config.device = "auto"  # "auto" = cuda when available, else cpu
-    # torch's intra-op CPU threads; 0 = torch's default (one per core). On a shared machine set it
-    # to your share of the cores: oversubscribed threads slow every job (docs/threads.md).
+    # torch's intra-op CPU threads; 0 = the usable cores less those other processes keep busy,
+    # reconsidered every 2 s (docs/threads.md); N = exactly N (bit-for-bit repeatable runs).
     config.threads = 0
     config.plugins = ()                   # modules that register components (sde_diffusion.app.plugins)
 

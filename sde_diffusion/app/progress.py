@@ -14,6 +14,8 @@ import torch
 from absl import logging
 from tqdm import tqdm
 
+from . import cpu_share
+
 
 def _duration(seconds: float) -> str:
     seconds = int(round(seconds))
@@ -50,11 +52,13 @@ class Progress:
     def tick(self, done: int) -> None:
         """Moves the bar only: for units between those `update` reports (a log line there would
         show stale values)."""
+        cpu_share.adapt()
         if self.enabled and self.bar is not None:
             self.bar.update(done - self.bar.n)
 
     def update(self, done: int, **fields) -> None:
         """`done` units finished; `fields` (e.g. loss) are shown from now on until updated."""
+        cpu_share.adapt()  # every unit of every long phase passes here
         if not self.enabled:
             return
         self.fields.update(fields)
