@@ -115,7 +115,7 @@ def validate_config(config, mode: Optional[str] = None) -> Plan:
     _validate_device(config.device)
     threads = config.get("threads", 0)
     require(isinstance(threads, int) and not isinstance(threads, bool) and threads >= 0, "threads",
-             "must be an integer >= 0 (0 = torch's default)", threads)
+             "must be an integer >= 0 (0 = the cores other processes leave free)", threads)
     seconds = config.training.get("progress_seconds", 30.0)
     require(isinstance(seconds, (int, float)) and not isinstance(seconds, bool) and seconds >= 0,
              "training.progress_seconds", "must be a number of seconds >= 0", seconds)
