@@ -1,0 +1,102 @@
+"""One and two steps: a consistency-tuned (or reflowed) student against its teacher's samplers.
+
+    python benchmarks/few_step.py --teacher runs/edm_digits --student runs/ect_digits \
+        [--samples 1000] [--seeds 0,1,2] [--out benchmarks/results/few_step_digits.md]
+
+Scores, through `main.py --mode eval` (so the numbers are what a user's eval reports: FD in the
+data set's classifier features against its test split, with the floor of as many real training
+images), the student's own sampler at 1, 2 and 4 steps and the teacher's training-free samplers
+at 1, 2, 4, 10 and 20 NFE (STEPPING: each named with a step count only, at its defaults), each
+over `--seeds`, and writes a Markdown table of mean +- std, the best teacher sampler per NFE
+marked. The reports stay in the workdirs' eval/ folders, so a second run only reads them.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+NFES = (1, 2, 4, 10, 20)
+STEPPING = ("dpm_solver++", "ddim", "dpm_solver++ order=3 unipc=True")
+
+
+def evaluate(workdir: str, sampler: str, steps: int, samples: int, seeds: str) -> dict:
+    method, *options = sampler.split()
+    flags = [f"--config.sampling.{name}={value}" for name, value in (option.split("=") for option in options)]
+    command = [sys.executable, "main.py", f"--workdir={workdir}", "--mode=eval", f"--config.sampling.method={method}",
+               f"--config.sampling.steps={steps}", f"--config.eval.num_samples={samples}",
+               f"--config.eval.seeds={seeds}", *flags]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)}\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def fd_key(report: dict) -> str:
+    """The report's metric: its FD (fd_digits, fd_classifier, ...; not the floor or spread), or
+    the sliced Wasserstein distance of 2-D sets."""
+    if "sliced_wasserstein" in report:
+        return "sliced_wasserstein"
+    return next(key for key in report if key.startswith("fd_") and "floor" not in key
+                and not key.endswith(("_std", "_per_seed")))
+
+
+def summary(report: dict) -> tuple:
+    key = fd_key(report)
+    return report[key], report.get(f"{key}_std", 0.0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--teacher", required=True)
+    parser.add_argument("--student", required=True)
+    parser.add_argument("--student-sampler", default="consistency")
+    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    rows, floor = [], None
+    for name, workdir, samplers, nfes in (("student", args.student, (args.student_sampler,), (1, 2, 4)),
+                                          ("teacher", args.teacher, STEPPING, NFES)):
+        for sampler in samplers:
+            cells = {}
+            for nfe in nfes:
+                report = evaluate(workdir, sampler, nfe, args.samples, args.seeds)
+                if report["nfe"] != nfe:
+                    continue  # a sampler that cannot spend exactly this many evaluations
+                cells[nfe] = summary(report)
+                floor = floor or (report.get(f"{fd_key(report)}_floor"), report.get(f"{fd_key(report)}_floor_spread"))
+            rows.append((name, sampler, report["step"], cells))
+    best = {nfe: min((cells[nfe][0] for name, _, _, cells in rows if name == "teacher" and nfe in cells),
+                     default=None) for nfe in NFES}
+    metric = "sliced Wasserstein distance" if floor[0] is None else "FD in the classifier's features"
+    lines = [f"## Few-step sampling: {args.student} against its teacher {args.teacher}", "",
+             f"{platform.machine()}, torch {torch.__version__}, {datetime.date.today()}; {metric} ({args.samples} samples "
+             f"against the test split, mean +- std over seeds {args.seeds}); floor, as many real training images: "
+             + (f"{floor[0]:.3f} +- {floor[1]:.3f}" if floor[0] is not None else "none reported") + "; the teacher's best per NFE in bold.", "",
+             "| model | sampler | step | " + " | ".join(f"NFE {nfe}" for nfe in NFES) + " |",
+             "|---|---|---|" + "---|" * len(NFES)]
+    for name, sampler, step, cells in rows:
+        shown = []
+        for nfe in NFES:
+            if nfe not in cells:
+                shown.append("")
+                continue
+            text = f"{cells[nfe][0]:.2f} +- {cells[nfe][1]:.2f}"
+            shown.append(f"**{text}**" if name == "teacher" and cells[nfe][0] == best[nfe] else text)
+        lines.append(f"| {name} | {sampler} | {step} | " + " | ".join(shown) + " |")
+    text = "\n".join(lines) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""Easy Consistency Tuning of the Fashion-MNIST EDM model (configs/edm_fashion_mnist.py, 8000
+steps), the recipe of configs/ect_digits.py: 3000 tuning steps, under half the teacher's time.
+
+    python main.py --config configs/edm_fashion_mnist.py --workdir runs/edm_fashion --mode train
+    python main.py --config configs/ect_fashion_mnist.py --workdir runs/ect_fashion --mode train \\
+        --config.training.init_from=runs/edm_fashion"""
+from configs.ect_digits import ect
+from configs.edm_fashion_mnist import get_config as edm_fashion_mnist
+
+
+def get_config():
+    return ect(edm_fashion_mnist(), 3000)
