@@ -62,11 +62,11 @@ def test_without_proc_stat_the_count_stays_at_the_usable_cores(fake_machine, mon
 def test_proc_stat_is_read_as_busy_seconds_of_the_given_cores(tmp_path, monkeypatch):
     stat = tmp_path / "stat"
     stat.write_text("cpu  900 0 100 5000 50 0 0 0 0 0\n"
-                    "cpu0 400 0 50 2500 25 0 0 0 0 0\n"
+                    "cpu0 400 0 50 2500 25 0 0 0 300 0\n"
                     "cpu1 500 0 50 2500 25 0 0 0 0 0\n")
     monkeypatch.setattr(cpu_share, "Path", lambda name: stat)
     monkeypatch.setattr(cpu_share.os, "sysconf", lambda name: 100)
-    assert cpu_share._busy_seconds([0]) == pytest.approx(4.5)  # (400 + 50) ticks, idle and iowait left out
+    assert cpu_share._busy_seconds([0]) == pytest.approx(4.5)  # (400 + 50) ticks: idle, iowait and guest (in user) left out
     assert cpu_share._busy_seconds([0, 1]) == pytest.approx(10.0)
 
 

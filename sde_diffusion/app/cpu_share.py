@@ -41,7 +41,8 @@ def _busy_seconds(cores: List[int]) -> Optional[float]:
     for line in lines:
         fields = line.split()
         if fields and fields[0] in wanted:
-            values = [int(value) for value in fields[1:]]
+            # user nice system idle iowait irq softirq steal (guest time is inside user already)
+            values = [int(value) for value in fields[1:9]]
             busy += sum(values) - values[3] - (values[4] if len(values) > 4 else 0)  # less idle and iowait
     return busy / ticks
 
