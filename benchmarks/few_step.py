@@ -8,7 +8,10 @@ data set's classifier features against its test split, with the floor of as many
 images), the student's own sampler at 1, 2 and 4 steps and the teacher's training-free samplers
 at 1, 2, 4, 10 and 20 NFE (STEPPING: each named with a step count only, at its defaults), each
 over `--seeds`, and writes a Markdown table of mean +- std, the best teacher sampler per NFE
-marked. The reports stay in the workdirs' eval/ folders, so a second run only reads them.
+marked (the eval reports also land in the workdirs' eval/ folders). `--only teacher` or
+`--only student` scores one side (the other's cells stay empty), e.g. while the student trains.
+`--picture FILE`: 64 samples (seed 0, the same latents) of the student at 1 and 2 steps beside
+the teacher's default sampler at 20 NFE, through `--mode sample`.
 """
 from __future__ import annotations
 
@@ -20,7 +23,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib
+import numpy
 import torch
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from sde_diffusion.files.plotting import image_grid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 NFES = (1, 2, 4, 10, 20)
@@ -53,6 +63,31 @@ def summary(report: dict) -> tuple:
     return report[key], report.get(f"{key}_std", 0.0)
 
 
+def sampled(workdir: str, method: str, steps: int) -> torch.Tensor:
+    """64 samples of `--mode sample` (seed 0), in [0, 1]."""
+    command = [sys.executable, "main.py", f"--workdir={workdir}", "--mode=sample", f"--config.sampling.steps={steps}",
+               "--config.sampling.num_samples=64", "--config.seed=0"]
+    command += [f"--config.sampling.method={method}"] if method else []
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise SystemExit(f"{' '.join(command)}\n{result.stderr[-2000:]}")
+    return torch.from_numpy(numpy.load(json.loads(result.stdout.strip().splitlines()[-1])["npz"])["samples"])
+
+
+def picture(args, path: Path) -> None:
+    panels = [(f"student, {args.student_sampler} 1 step", sampled(args.student, args.student_sampler, 1)),
+              (f"student, {args.student_sampler} 2 steps", sampled(args.student, args.student_sampler, 2)),
+              ("teacher, its default sampler, 20 NFE", sampled(args.teacher, "", 20))]
+    figure, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4))
+    for axis, (title, images) in zip(axes, panels):
+        grid = image_grid(images, nrow=8)
+        axis.imshow(grid[..., 0] if grid.shape[2] == 1 else grid, cmap="gray", vmin=0, vmax=1)
+        axis.set_title(title, fontsize=10)
+        axis.axis("off")
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--teacher", required=True)
@@ -60,11 +95,17 @@ def main() -> None:
     parser.add_argument("--student-sampler", default="consistency")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--only", choices=("teacher", "student"))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--picture", type=Path)
     args = parser.parse_args()
+    if args.picture:
+        picture(args, args.picture)
     rows, floor = [], None
     for name, workdir, samplers, nfes in (("student", args.student, (args.student_sampler,), (1, 2, 4)),
                                           ("teacher", args.teacher, STEPPING, NFES)):
+        if args.only not in (None, name):
+            continue
         for sampler in samplers:
             cells = {}
             for nfe in nfes:
