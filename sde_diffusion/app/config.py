@@ -187,7 +187,8 @@ def check_class_fields(mode: Optional[str], given) -> None:
     for field in ("sampling.labels", "sampling.guidance_scale"):
         if field in given and mode not in (None,) + LABELLED_MODES:
             raise ConfigError(f"config.{field}: --mode {mode} does not read it (it uses the model's "
-                              f"'no label' prediction; {', '.join(LABELLED_MODES[1:])} do); leave it out")
+                              f"'no label' prediction; only {' and '.join(LABELLED_MODES[1:])} sample by class); "
+                              "leave it out")
 
 
 def data_shape(config, images: Optional[bool] = None) -> tuple:
