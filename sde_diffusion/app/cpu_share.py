@@ -66,6 +66,9 @@ class _Share:
         if now < self.next_check:
             return
         reading = self._reading()
+        if reading[1] is None:  # /proc/stat unreadable now: keep the count, try again later
+            self.next_check = now + CHECK_SECONDS
+            return
         wall, busy, own = (after - before for after, before in zip(reading, self.last))
         self.last, self.next_check = reading, now + CHECK_SECONDS
         others = max(busy - own, 0.0) / max(wall, 1e-9)
