@@ -95,6 +95,7 @@ def runs(tmp_path_factory):
                      f"--config.training.snapshot_freq={REFLOW_STEPS}", f"--config.training.init_from={teacher}", *PAIRS)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "reflow: generating 8192 of 8192" in result.stderr
+    assert "reflow pairs: pair 8192/8192" in result.stderr and "reflow: 8192 pairs made in" in result.stderr
     return teacher, student
 
 

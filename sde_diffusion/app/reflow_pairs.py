@@ -25,7 +25,7 @@ from ..files import checkpoints
 from ..files.output_files import atomic_write
 from ..sampling import parse_spec, sample
 from ..training import distributed
-from .progress import say
+from .progress import Progress, say
 
 PAIRS_DIR = "reflow_pairs"
 CHUNK = 4096  # pairs per file: what a stopped generation loses at most
@@ -78,8 +78,8 @@ def _write(path: Path, noise: torch.Tensor, samples: torch.Tensor, origin: str) 
     atomic_write(path, write)
 
 
-def _generate(teacher, plan, rows: int, k: int) -> tuple:
-    """The noise of file k and the teacher's samples from it."""
+def _generate(teacher, plan, rows: int, k: int, made) -> tuple:
+    """The noise of file k and the teacher's samples from it; `made(n)` after each batch of n."""
     config = plan.config
     noise = torch.randn((rows, *plan.data.shape), generator=torch.Generator().manual_seed(
         derive_seed(config.seed, "reflow", k)))
@@ -90,6 +90,7 @@ def _generate(teacher, plan, rows: int, k: int) -> tuple:
             z = noise[start:start + batch].to(plan.device)
             x, _ = sample(teacher, plan.sde, z.shape, parse_spec(config.training.reflow_sampler), z=z)
             samples.append(x.float().cpu())
+            made(len(z))
     return noise, torch.cat(samples)
 
 
@@ -108,8 +109,16 @@ def ensure_pairs(run, workdir: Path, generate: bool) -> PairedData:
         say("reflow: generating %d of %d (noise, sample) pairs with %s into %s", sum(rows for _, rows in missing),
             config.training.reflow_pairs, config.training.reflow_sampler, folder)
         teacher = plan.denoiser(copy.deepcopy(run.model).eval().requires_grad_(False))
+        total = sum(rows for _, rows in missing)
+        progress, made = Progress("reflow pairs", total, unit="pair", seconds=config.training.progress_seconds), [0]
+
+        def count(rows: int) -> None:
+            made[0] += rows
+            progress.update(made[0])
+
         for k, rows in missing:
-            _write(folder / f"pairs_{k}.npz", *_generate(teacher, plan, rows, k), origin)
+            _write(folder / f"pairs_{k}.npz", *_generate(teacher, plan, rows, k, count), origin)
+        say("reflow: %d pairs made in %.1f s", total, progress.close())
     distributed.barrier()
     read = [_read(folder / f"pairs_{k}.npz", rows, shape, origin) for k, rows in chunks]
     return PairedData(torch.cat([samples for _, samples in read]), torch.cat([noise for noise, _ in read]))
