@@ -157,6 +157,7 @@ def test_train_and_sample_on_a_folder_end_to_end(tmp_path):
                              text=True, timeout=HANG_TIMEOUT_S)
     assert trained.returncode == 0, trained.stderr[-2000:]
     assert json.loads((workdir / "classes.json").read_text()) == ["cats", "dogs"]
+    assert "the model is unconditional" not in trained.stderr
     sampled = subprocess.run([sys.executable, "main.py", *small, "--mode=sample", "--config.sampling.labels=dogs"],
                              cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)  # a class by its name
     assert sampled.returncode == 0, sampled.stderr[-2000:]
@@ -339,3 +340,20 @@ def test_npz_data_sets_carry_a_fingerprint_of_their_contents(tmp_path):
     np.savez(tmp_path / "c.npz", x=images)
     a, b, c = (load_dataset("npz", "train", root=tmp_path / f"{n}.npz").fingerprint for n in "abc")
     assert a == b and a != c
+
+
+def test_a_labelled_folder_under_an_unconditional_model_says_so(tmp_path):
+    """labels_from=subfolders with model.num_classes=0: the classes serve eval's classifier, the
+    model is unconditional, and the run says so instead of leaving it to be guessed."""
+    for name in ("cats", "dogs"):
+        write_images(tmp_path / "pictures" / name, 12, (12, 10), seed=len(name))
+    argv = [sys.executable, "main.py", "--config=configs/vp_folder.py", f"--workdir={tmp_path / 'run'}", "--mode=train",
+            f"--config.data.root={tmp_path / 'pictures'}", "--config.data.image_size=8",
+            "--config.data.labels_from=subfolders", "--config.model.nf=32", "--config.model.ch_mult=(1,1)",
+            "--config.model.num_res_blocks=1", "--config.model.attn_resolutions=(4,)",
+            "--config.training.batch_size=8", "--config.training.n_iters=1", "--config.training.snapshot_sampling=False"]
+    trained = subprocess.run(argv, cwd=ROOT, capture_output=True, text=True, timeout=HANG_TIMEOUT_S)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert ("the folder's 2 classes are saved for eval's classifier; the model is unconditional "
+            "(model.num_classes=0; set it to 2 for a class-conditional one)") in trained.stderr
+    assert json.loads((tmp_path / "run" / "classes.json").read_text()) == ["cats", "dogs"]

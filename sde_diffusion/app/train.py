@@ -186,6 +186,9 @@ def _write_run_files(run: _Run, workdir: Path, unreadable: list) -> None:
     names = dataset_facts(config.data.dataset).names_in(config.data)
     if names:  # class i is the i-th name: what sampling.labels means
         write_text_atomic(workdir / "classes.json", json.dumps(names, indent=2))
+        if not config.model.get("num_classes", 0):  # a labelled folder, an unconditional model: say which
+            say("the folder's %d classes are saved for eval's classifier; the model is unconditional "
+                "(model.num_classes=0; set it to %d for a class-conditional one)", len(names), len(names))
 
 
 def _objective(run: _Run) -> tuple:
