@@ -110,11 +110,13 @@ def ensure_pairs(run, workdir: Path, generate: bool) -> PairedData:
             config.training.reflow_pairs, config.training.reflow_sampler, folder)
         teacher = plan.denoiser(copy.deepcopy(run.model).eval().requires_grad_(False))
         total = sum(rows for _, rows in missing)
-        progress, made = Progress("reflow pairs", total, unit="pair", seconds=config.training.progress_seconds), [0]
+        progress = Progress("reflow pairs", total, unit="pair", seconds=config.training.progress_seconds)
+        made = 0
 
         def count(rows: int) -> None:
-            made[0] += rows
-            progress.update(made[0])
+            nonlocal made
+            made += rows
+            progress.update(made)
 
         for k, rows in missing:
             _write(folder / f"pairs_{k}.npz", *_generate(teacher, plan, rows, k, count), origin)
