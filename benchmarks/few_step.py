@@ -1,7 +1,7 @@
 """One and two steps: a consistency-tuned (or reflowed) student against its teacher's samplers.
 
     python benchmarks/few_step.py --teacher runs/edm_digits --student runs/ect_digits \
-        [--samples 1000] [--seeds 0,1,2] [--out benchmarks/results/few_step_digits.md]
+        [--samples 1000] [--seeds 0,1,2] [--out benchmarks/results/few_step/digits.md]
 
 Scores, through `main.py --mode eval` (so the numbers are what a user's eval reports: FD in the
 data set's classifier features against its test split, with the floor of as many real training
@@ -37,16 +37,20 @@ NFES = (1, 2, 4, 10, 20)
 STEPPING = ("dpm_solver++", "ddim", "dpm_solver++ order=3 unipc=True")
 
 
-def evaluate(workdir: str, sampler: str, steps: int, samples: int, seeds: str) -> dict:
-    method, *options = sampler.split()
-    flags = [f"--config.sampling.{name}={value}" for name, value in (option.split("=") for option in options)]
-    command = [sys.executable, "main.py", f"--workdir={workdir}", "--mode=eval", f"--config.sampling.method={method}",
-               f"--config.sampling.steps={steps}", f"--config.eval.num_samples={samples}",
-               f"--config.eval.seeds={seeds}", *flags]
+def main_py(workdir: str, mode: str, *flags: str) -> dict:
+    """The report (the last stdout line) of main.py in `mode` on `workdir`; its stderr on failure."""
+    command = [sys.executable, "main.py", f"--workdir={workdir}", f"--mode={mode}", *flags]
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if result.returncode != 0:
         raise SystemExit(f"{' '.join(command)}\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def evaluate(workdir: str, sampler: str, steps: int, samples: int, seeds: str) -> dict:
+    method, *options = sampler.split()
+    flags = [f"--config.sampling.{name}={value}" for name, value in (option.split("=") for option in options)]
+    return main_py(workdir, "eval", f"--config.sampling.method={method}", f"--config.sampling.steps={steps}",
+                   f"--config.eval.num_samples={samples}", f"--config.eval.seeds={seeds}", *flags)
 
 
 def fd_key(report: dict) -> str:
@@ -65,13 +69,9 @@ def summary(report: dict) -> tuple:
 
 def sampled(workdir: str, method: str, steps: int) -> torch.Tensor:
     """64 samples of `--mode sample` (seed 0), in [0, 1]."""
-    command = [sys.executable, "main.py", f"--workdir={workdir}", "--mode=sample", f"--config.sampling.steps={steps}",
-               "--config.sampling.num_samples=64", "--config.seed=0"]
-    command += [f"--config.sampling.method={method}"] if method else []
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)}\n{result.stderr[-2000:]}")
-    return torch.from_numpy(numpy.load(json.loads(result.stdout.strip().splitlines()[-1])["npz"])["samples"])
+    flags = [f"--config.sampling.steps={steps}", "--config.sampling.num_samples=64", "--config.seed=0"]
+    report = main_py(workdir, "sample", *flags, *([f"--config.sampling.method={method}"] if method else []))
+    return torch.from_numpy(numpy.load(report["npz"])["samples"])
 
 
 def picture(args, path: Path) -> None:
@@ -113,7 +113,8 @@ def main() -> None:
                 if report["nfe"] != nfe:
                     continue  # a sampler that cannot spend exactly this many evaluations
                 cells[nfe] = summary(report)
-                floor = floor or (report.get(f"{fd_key(report)}_floor"), report.get(f"{fd_key(report)}_floor_spread"))
+                key = fd_key(report)
+                floor = floor or (report.get(f"{key}_floor"), report.get(f"{key}_floor_spread"))
             rows.append((name, sampler, report["step"], cells))
     best = {nfe: min((cells[nfe][0] for name, _, _, cells in rows if name == "teacher" and nfe in cells),
                      default=None) for nfe in NFES}

@@ -4,6 +4,7 @@ with iCT's loss (adjacent levels of a Karras grid that doubles from ict_s0 + 1 t
 levels over n_iters, pseudo-Huber distance) with no teacher; sampled with 1 or 2 consistency
 steps. ECT (configs/ect_toy.py) tunes a trained EDM model instead, the cheaper route."""
 from configs.edm_toy import get_config as edm_toy
+from configs.few_step import consistency_model
 
 
 def get_config():
@@ -17,9 +18,4 @@ def get_config():
     training.huber_c = 0.0                # 0: iCT's c = 0.00054 sqrt(data dimension)
     training.p_mean = 0.0                 # the pairs' log-normal over noise levels (iCT: -1.1 for
     training.p_std = 2.0                  # images of std 0.5; these points have std 1.8)
-    config.model.parameterization = "consistency"
-    sampling = config.sampling
-    sampling.method = "consistency"
-    sampling.steps = 2
-    sampling.eps = None                   # the consistency sampler's own grid: T, then noise level 0.8
-    return config
+    return consistency_model(config)

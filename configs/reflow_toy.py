@@ -10,23 +10,10 @@ on rectified flow is Euler). Set the teacher:
     python main.py --config configs/reflow_toy.py --workdir runs/reflow_toy --mode eval
 
 Data, network and process fields must stay those of the teacher (the run refuses otherwise)."""
+from configs.few_step import reflow
 from configs.fm_toy import get_config as fm_toy
 
 
 def get_config():
-    config = fm_toy()
-    training = config.training
-    training.loss = "reflow"
-    training.reflow_pairs = 20000
-    training.reflow_sampler = "ode rtol=1e-5 atol=1e-5 denoise=True"
-    training.n_iters = 4000
-    training.snapshot_freq = 4000
-    config.optim.lr = 5e-4
-    config.optim.warmup = 0               # the weights are trained already
-    sampling = config.sampling
-    sampling.method = "ddim"              # Euler on rectified flow's straight path
-    sampling.steps = 1
-    sampling.schedule = "uniform"
-    for name in ("order", "unipc"):       # fm_toy's dpm_solver++ options
-        sampling[name] = None
-    return config
+    return reflow(fm_toy(), pairs=20000, pair_sampler="ode rtol=1e-5 atol=1e-5 denoise=True", n_iters=4000,
+                  lr=5e-4, snapshot_freq=4000, steps=1)
