@@ -113,13 +113,13 @@ def test_likelihood_mode_reports_a_finite_nll(workdir):
     assert report["metric"] == "nats_per_point" and report["num"] == 200
     assert 2.0 < report["mean"] < 6.0, report
     assert report["trace"] == "exact"  # the toy configs' default: 2-D, as cheap as Hutchinson's
-    first = workdir / "eval" / "likelihood_200_exact_rtol1e-05_atol1e-05_200items.json"
+    first = workdir / "eval" / "likelihood_200_exact_rtol3e-05_atol3e-05_200items.json"
     assert json.loads(first.read_text()) == report
     kept = first.read_bytes()
     result = main_py(f"--workdir={workdir}", "--mode=likelihood", *SMALL, "--config.eval.bpd_trace=hutchinson")
     assert result.returncode == 0, result.stderr[-2000:]
     estimated = last_json(result.stdout)  # another call on the same checkpoint: its own file, the first kept
-    assert (workdir / "eval" / "likelihood_200_hutchinson_rtol1e-05_atol1e-05_200items.json").is_file()
+    assert (workdir / "eval" / "likelihood_200_hutchinson_rtol3e-05_atol3e-05_200items.json").is_file()
     assert first.read_bytes() == kept and estimated["trace"] == "hutchinson" and estimated["num"] == 200
     # the same 200 points; Hutchinson's estimate of the divergence is unbiased, so the means agree
     # well within the spread over points (measured: 0.0008 nats apart, stderr 0.055)
