@@ -257,16 +257,18 @@ def sampler_rows(device, batches, smoke: bool, repeats: int = 2) -> list:
     return rows
 
 
-def loss_curves(device, steps: int, options: dict, smoke: bool, window: int = 100) -> list:
-    """Mean loss per window of the first `steps` steps, fp32 against `options`, same batches."""
+def loss_curves(device, steps: int, options: dict, smoke: bool, window: int = 100, batch: int = 0) -> list:
+    """Mean loss per window of the first `steps` steps, fp32 against `options`, same batches
+    (of `batch` images; 0: 128, or 16 for --smoke)."""
     curves = {}
+    batch = batch or (16 if smoke else 128)
     for label, chosen in (("fp32", BASE), ("fastest", options)):
         with tf32_mode(chosen["tf32"]):
-            step, _ = make_step(ddpm_cifar10, chosen, device, 16 if smoke else 128, smoke)
+            step, _ = make_step(ddpm_cifar10, chosen, device, batch, smoke)
             data = torch.Generator(device).manual_seed(1)
             losses = []
             for _ in range(steps):
-                shape = (16 if smoke else 128, 3, 16 if smoke else 32, 16 if smoke else 32)
+                shape = (batch, 3, 16 if smoke else 32, 16 if smoke else 32)
                 losses.append(step(torch.rand(shape, generator=data, device=device) * 2 - 1).loss)
             curves[label] = [float(torch.stack(losses[i:i + window]).mean()) for i in range(0, steps, window)]
     return [{"steps": f"{i * window + 1}-{min((i + 1) * window, steps)}", "fp32": round(a, 4),

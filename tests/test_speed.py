@@ -6,6 +6,7 @@ from configs import vp_digits
 from sde_diffusion.files import checkpoints
 from sde_diffusion.app.config import ConfigError, build_model
 from sde_diffusion.app.validation import validate_config
+from sde_diffusion.training import speed
 from sde_diffusion.training.speed import AutocastNetwork, grad_scaler, to_memory_format, training_network
 from sde_diffusion.app.train import train
 
@@ -62,6 +63,27 @@ def test_channels_last_changes_layout_only():
     torch.testing.assert_close(output, reference, rtol=1e-4, atol=1e-5)
     point_batch = torch.randn(5, 2)
     assert to_memory_format(point_batch, True) is point_batch
+
+
+AMX_CPU = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 amx_bf16 amx_tile amx_int8\n"
+AVX512_BF16_CPU = "processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16\n"
+
+
+def test_amx_is_read_from_the_cpu_flags_and_oneDNNs_isa_limit():
+    assert speed.cpu_runs_bf16_on_amx(AMX_CPU, {}) is True
+    assert speed.cpu_runs_bf16_on_amx(AVX512_BF16_CPU, {}) is False
+    assert speed.cpu_runs_bf16_on_amx(AMX_CPU, {"ONEDNN_MAX_CPU_ISA": "AVX512_CORE_BF16"}) is False
+    assert speed.cpu_runs_bf16_on_amx(AMX_CPU, {"ONEDNN_MAX_CPU_ISA": "avx512_core_amx"}) is True
+
+
+@pytest.mark.parametrize("amx, warned", [(False, True), (True, False), (None, False)])
+def test_bf16_on_a_cpu_without_amx_says_fp32_is_faster(monkeypatch, caplog, amx, warned):
+    monkeypatch.setattr(speed, "cpu_runs_bf16_on_amx", lambda: amx)
+    model = build_model(small_image_config())
+    with caplog.at_level("WARNING", logger=speed.__name__):
+        training_network(model, torch.device("cpu"), precision="bf16")
+        training_network(model, torch.device("cpu"), precision="fp32")
+    assert sum("without AMX" in record.getMessage() for record in caplog.records) == int(warned)
 
 
 def test_grad_scaler_is_a_pass_through_unless_fp16():

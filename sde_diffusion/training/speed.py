@@ -16,12 +16,33 @@ the options on or off between resumes, and a checkpoint never carries `_orig_mod
 """
 from __future__ import annotations
 
+import logging
+import os
+from pathlib import Path
 from typing import Optional
 
 import torch
 from torch import nn
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+log = logging.getLogger(__name__)
+
+
+def cpu_runs_bf16_on_amx(cpuinfo: Optional[str] = None, environ=os.environ) -> Optional[bool]:
+    """Whether oneDNN can run bf16 convolutions on AMX tiles here: the CPU lists `amx_bf16` and
+    ONEDNN_MAX_CPU_ISA (if set) does not stop below AMX. None where /proc/cpuinfo is unreadable.
+    Without AMX, oneDNN's AVX-512 BF16 convolutions are slower than its fp32 ones (docs/benchmarks.md)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+    limit = environ.get("ONEDNN_MAX_CPU_ISA", environ.get("DNNL_MAX_CPU_ISA", "ALL")).upper()
+    return "amx_bf16" in flags and (limit == "ALL" or "AMX" in limit)
 
 
 class AutocastNetwork(nn.Module):
@@ -49,6 +70,9 @@ def training_network(model: nn.Module, device: torch.device, *, precision: str =
     sharing its parameters. channels_last converts `model`'s 4-D weights in place (a layout
     change only: values and state-dict keys are unchanged)."""
     dtype = check_precision(precision)
+    if precision == "bf16" and torch.device(device).type == "cpu" and cpu_runs_bf16_on_amx() is False:
+        log.warning("training.precision=bf16 on a CPU without AMX: its bf16 convolutions are slower than fp32 "
+                    "(0.73x on the DDPM U-Net, docs/benchmarks.md); fp32 is faster here")
     if channels_last:
         model.to(memory_format=torch.channels_last)
     network = torch.compile(model) if compile else model
