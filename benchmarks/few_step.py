@@ -9,7 +9,9 @@ images), the student's own sampler at 1, 2 and 4 steps and the teacher's trainin
 at 1, 2, 4, 10 and 20 NFE (STEPPING: each named with a step count only, at its defaults), each
 over `--seeds`, and writes a Markdown table of mean +- std, the best teacher sampler per NFE
 marked (the eval reports also land in the workdirs' eval/ folders). `--only teacher` or
-`--only student` scores one side (the other's cells stay empty), e.g. while the student trains.
+`--only student` scores one side (the other's cells stay empty), e.g. while the student trains;
+`--cache FILE` keeps each eval's report as it comes, so a rerun after an interruption goes on
+where it stopped.
 `--picture FILE`: 64 samples (seed 0, the same latents) of the student at 1 and 2 steps beside
 the teacher's default sampler at 20 NFE, through `--mode sample`. `--straightness N` (a reflowed
 flow student) measures only this: from N fresh noises, the RMS distance per pixel of one Euler step of the teacher
@@ -117,6 +119,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     parser.add_argument("--picture", type=Path)
     parser.add_argument("--straightness", type=int, default=0)
+    parser.add_argument("--cache", type=Path, help="eval reports so far (JSON): a rerun skips what it holds")
     args = parser.parse_args()
     if args.straightness:
         print(straightness(args.teacher, args.student, args.straightness))
@@ -124,6 +127,7 @@ def main() -> None:
     if args.picture:
         picture(args, args.picture)
     rows, floor = [], None
+    done = json.loads(args.cache.read_text()) if args.cache and args.cache.is_file() else {}
     for name, workdir, samplers, nfes in (("student", args.student, (args.student_sampler,), (1, 2, 4)),
                                           ("teacher", args.teacher, STEPPING, NFES)):
         if args.only not in (None, name):
@@ -131,12 +135,17 @@ def main() -> None:
         for sampler in samplers:
             cells = {}
             for nfe in nfes:
-                report = evaluate(workdir, sampler, nfe, args.samples, args.seeds)
+                key = f"{workdir}|{sampler}|{nfe}|{args.samples}|{args.seeds}"
+                if key not in done:
+                    done[key] = evaluate(workdir, sampler, nfe, args.samples, args.seeds)
+                    if args.cache:
+                        args.cache.write_text(json.dumps(done, indent=1))
+                report = done[key]
                 if report["nfe"] != nfe:
                     continue  # a sampler that cannot spend exactly this many evaluations
                 cells[nfe] = summary(report)
-                key = fd_key(report)
-                floor = floor or (report.get(f"{key}_floor"), report.get(f"{key}_floor_spread"))
+                metric_key = fd_key(report)
+                floor = floor or (report.get(f"{metric_key}_floor"), report.get(f"{metric_key}_floor_spread"))
             rows.append((name, sampler, report["step"], cells))
     best = {nfe: min((cells[nfe][0] for name, _, _, cells in rows if name == "teacher" and nfe in cells),
                      default=None) for nfe in NFES}
