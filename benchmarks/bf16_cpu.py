@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu import BASE, loss_curves, make_step, profile_rows, time_steps  # noqa: E402
 from configs import ddpm_cifar10  # noqa: E402
 from sde_diffusion.app.config import build_model, data_shape  # noqa: E402
+from sde_diffusion.evaluation.study import markdown_table  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -83,10 +84,11 @@ def layer_seconds(module: nn.Module, shape, dtype: torch.dtype, repeats: int = 3
 
 
 def layer_arguments(module: nn.Module) -> dict:
+    bias = module.bias is not None
     if isinstance(module, nn.Linear):
-        return dict(in_features=module.in_features, out_features=module.out_features)
+        return dict(in_features=module.in_features, out_features=module.out_features, bias=bias)
     return dict(in_channels=module.in_channels, out_channels=module.out_channels, kernel_size=module.kernel_size,
-                stride=module.stride, padding=module.padding)
+                stride=module.stride, padding=module.padding, dilation=module.dilation, groups=module.groups, bias=bias)
 
 
 def ceiling_rows(batch: int, threads: int) -> dict:
@@ -114,8 +116,7 @@ def main() -> None:
 
     ceilings = [ceiling_rows(batch, threads) for threads in args.threads for batch in args.batches]
     lines += ["### Ceiling: the network's convolutions and linear layers alone, forward + backward", "",
-              "| " + " | ".join(ceilings[0]) + " |", "|" + "---|" * len(ceilings[0])]
-    lines += ["| " + " | ".join(str(value) for value in row.values()) + " |" for row in ceilings]
+              markdown_table(ceilings)]
     print("\n".join(lines), flush=True)
 
     steps = []
@@ -131,8 +132,7 @@ def main() -> None:
             steps.append({"batch": batch, "threads": threads, "fp32 images/s": round(rates["fp32"], 2),
                           "bf16 images/s": round(rates["bf16"], 2), "bf16 / fp32": round(rates["bf16"] / rates["fp32"], 2)})
             print(steps[-1], flush=True)
-    lines += ["", "### The trainer's step", "", "| " + " | ".join(steps[0]) + " |", "|" + "---|" * len(steps[0])]
-    lines += ["| " + " | ".join(str(value) for value in row.values()) + " |" for row in steps]
+    lines += ["", "### The trainer's step", "", markdown_table(steps)]
 
     torch.set_num_threads(args.threads[-1])
     profiles = {precision: dict((row["category"], row["ms per step"]) for row in profile_rows(
@@ -140,13 +140,12 @@ def main() -> None:
         for precision in ("fp32", "bf16")}
     categories = sorted(set(profiles["fp32"]) | set(profiles["bf16"]), key=lambda c: -profiles["fp32"].get(c, 0))
     lines += ["", f"### CPU time per step by operator category, batch {args.batches[0]}, {args.threads[-1]} threads",
-              "", "| category | fp32 ms | bf16 ms |", "|---|---|---|"]
-    lines += [f"| {c} | {profiles['fp32'].get(c, 0)} | {profiles['bf16'].get(c, 0)} |" for c in categories]
+              "", markdown_table([{"category": c, "fp32 ms": profiles["fp32"].get(c, 0),
+                                   "bf16 ms": profiles["bf16"].get(c, 0)} for c in categories])]
     if args.loss_steps:
         curves = loss_curves(device, args.loss_steps, {**BASE, "precision": "bf16"}, False, batch=args.batches[0])
         lines += ["", f"### Mean loss per 100 steps from the same start and batches, batch {args.batches[0]}", "",
-                  "| steps | fp32 | bf16 |", "|---|---|---|"]
-        lines += [f"| {row['steps']} | {row['fp32']} | {row['fastest']} |" for row in curves]
+                  markdown_table([{"steps": row["steps"], "fp32": row["fp32"], "bf16": row["fastest"]} for row in curves])]
     text = "\n".join(lines) + "\n"
     print(text)
     Path(args.out).write_text(text)
