@@ -42,6 +42,7 @@ from gpu import BASE, loss_curves, make_step, profile_rows, time_steps  # noqa: 
 from configs import ddpm_cifar10  # noqa: E402
 from sde_diffusion.app.config import build_model, data_shape  # noqa: E402
 from sde_diffusion.evaluation.study import markdown_table  # noqa: E402
+from sde_diffusion.training.speed import cpu_runs_bf16_on_amx  # noqa: E402
 
 
 def cpu_name() -> str:
@@ -111,7 +112,8 @@ def main() -> None:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "bf16_cpu.md"))
     args = parser.parse_args()
     device = torch.device("cpu")
-    lines = [f"CPU {cpu_name()}, {os.cpu_count()} cores, torch "
+    amx = {True: "with AMX", False: "without AMX (or oneDNN kept below it)", None: "AMX unknown"}[cpu_runs_bf16_on_amx()]
+    lines = [f"CPU {cpu_name()} {amx}, {os.cpu_count()} cores, torch "
              f"{torch.__version__}, {datetime.date.today().isoformat()}; DDPM U-Net 32x32 (configs/ddpm_cifar10.py)", ""]
 
     ceilings = [ceiling_rows(batch, threads) for threads in args.threads for batch in args.batches]

@@ -80,6 +80,7 @@ def sampled(workdir: str, method: str, steps: int) -> torch.Tensor:
 
 
 def straightness(teacher_dir: str, student_dir: str, count: int) -> str:
+    """The `--straightness` line (module docstring): one Euler step against the teacher's ODE."""
     from sde_diffusion.app.loading import load_model
     from sde_diffusion.sampling import sample
 

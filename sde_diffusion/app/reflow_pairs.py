@@ -106,10 +106,10 @@ def ensure_pairs(run, workdir: Path, generate: bool) -> PairedData:
         raise checkpoints.CheckpointError(f"{folder} lacks {len(missing)} of its {len(chunks)} reflow pairs files; "
                                           f"the checkpoints of this workdir were trained on them")
     if missing and distributed.is_main():
-        say("reflow: generating %d of %d (noise, sample) pairs with %s into %s", sum(rows for _, rows in missing),
+        total = sum(rows for _, rows in missing)
+        say("reflow: generating %d of %d (noise, sample) pairs with %s into %s", total,
             config.training.reflow_pairs, config.training.reflow_sampler, folder)
         teacher = plan.denoiser(copy.deepcopy(run.model).eval().requires_grad_(False))
-        total = sum(rows for _, rows in missing)
         progress = Progress("reflow pairs", total, unit="pair", seconds=config.training.progress_seconds)
         made = 0
 
