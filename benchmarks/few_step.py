@@ -6,12 +6,14 @@
 Scores, through `main.py --mode eval` (so the numbers are what a user's eval reports: FD in the
 data set's classifier features against its test split, with the floor of as many real training
 images), the student's own sampler at 1, 2 and 4 steps and the teacher's training-free samplers
-at 1, 2, 4, 10 and 20 NFE (STEPPING: each named with a step count only, at its defaults), each
+at 1, 2, 4, 10 and 20 NFE (STEPPING, or `--teacher-samplers`: each named with a step count
+only, at its defaults), each
 over `--seeds`, and writes a Markdown table of mean +- std, the best teacher sampler per NFE
 marked (the eval reports also land in the workdirs' eval/ folders). `--only teacher` or
 `--only student` scores one side (the other's cells stay empty), e.g. while the student trains;
 `--cache FILE` keeps each eval's report as it comes, so a rerun after an interruption goes on
-where it stopped.
+where it stopped; `--student-checkpoints 1500,0` scores the student at a kept step and at its
+latest, one row each (quality against tuning time).
 `--picture FILE`: 64 samples (seed 0, the same latents) of the student at 1 and 2 steps beside
 the teacher's default sampler at 20 NFE, through `--mode sample`. `--straightness N` (a reflowed
 flow student) measures only this: from N fresh noises, the RMS distance per pixel of one Euler step of the teacher
@@ -51,9 +53,12 @@ def main_py(workdir: str, mode: str, *flags: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def evaluate(workdir: str, sampler: str, steps: int, samples: int, seeds: str) -> dict:
+def evaluate(workdir: str, sampler: str, steps: int, samples: int, seeds: str, checkpoint: int = 0) -> dict:
+    """main.py's eval report; `checkpoint` a kept step of the workdir's run (0: the latest)."""
     method, *options = sampler.split()
     flags = [f"--config.sampling.{name}={value}" for name, value in (option.split("=") for option in options)]
+    if checkpoint:
+        flags.append(f"--config.eval.checkpoint={checkpoint}")
     return main_py(workdir, "eval", f"--config.sampling.method={method}", f"--config.sampling.steps={steps}",
                    f"--config.eval.num_samples={samples}", f"--config.eval.seeds={seeds}", *flags)
 
@@ -114,8 +119,12 @@ def main() -> None:
     parser.add_argument("--teacher", required=True)
     parser.add_argument("--student", required=True)
     parser.add_argument("--student-sampler", default="consistency")
+    parser.add_argument("--student-checkpoints", default="0",
+                        help="steps of the student's run to score, one row each (0: the latest), e.g. 1500,0")
     parser.add_argument("--samples", type=int, default=1000)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--teacher-samplers", default=";".join(STEPPING),
+                        help="the teacher's rows, ';'-separated specs (default: %(default)s)")
     parser.add_argument("--only", choices=("teacher", "student"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--picture", type=Path)
@@ -129,16 +138,17 @@ def main() -> None:
         picture(args, args.picture)
     rows, floor = [], None
     done = json.loads(args.cache.read_text()) if args.cache and args.cache.is_file() else {}
-    for name, workdir, samplers, nfes in (("student", args.student, (args.student_sampler,), (1, 2, 4)),
-                                          ("teacher", args.teacher, STEPPING, NFES)):
+    student_rows = [(args.student_sampler, int(step)) for step in args.student_checkpoints.split(",")]
+    for name, workdir, samplers, nfes in (("student", args.student, student_rows, (1, 2, 4)),
+                                          ("teacher", args.teacher, [(s, 0) for s in args.teacher_samplers.split(";")], NFES)):
         if args.only not in (None, name):
             continue
-        for sampler in samplers:
+        for sampler, checkpoint in samplers:
             cells = {}
             for nfe in nfes:
-                key = f"{workdir}|{sampler}|{nfe}|{args.samples}|{args.seeds}"
+                key = f"{workdir}|{sampler}|{nfe}|{args.samples}|{args.seeds}" + (f"|{checkpoint}" if checkpoint else "")
                 if key not in done:
-                    done[key] = evaluate(workdir, sampler, nfe, args.samples, args.seeds)
+                    done[key] = evaluate(workdir, sampler, nfe, args.samples, args.seeds, checkpoint)
                     if args.cache:
                         args.cache.write_text(json.dumps(done, indent=1))
                 report = done[key]

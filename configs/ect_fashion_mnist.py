@@ -1,5 +1,6 @@
 """Easy Consistency Tuning of the Fashion-MNIST EDM model (configs/edm_fashion_mnist.py, 8000
-steps), the recipe of configs/ect_digits.py: 3000 tuning steps, under half the teacher's time.
+steps), the recipe of configs/ect_digits.py: 3000 tuning steps (quality and time against the
+teacher's: docs/few_step.md).
 
     python main.py --config configs/edm_fashion_mnist.py --workdir runs/edm_fashion --mode train
     python main.py --config configs/ect_fashion_mnist.py --workdir runs/ect_fashion --mode train \\
