@@ -43,6 +43,10 @@ PROCESSES = ("vpsde", "edm", "rectified_flow", "cosine_vp")
 DEFAULTS = ("ddim", "heun", "dpm_solver++", "dpm_solver++ order=3 unipc=true")
 END_NOISE = (5e-4, 2e-3, 7.2e-3, 2e-2)  # sigma/alpha at the grid's end; 7.2e-3 is VP's t = 5e-4
 POWERS = (1.0, 0.65, 0.5)
+# The outside reference: k-diffusion's DPM++ 2M on Karras' sigmas (rho 7, down to its usual sigma_min
+# 0.002), run as our 2M on that grid, which matches k-diffusion's sampler to float precision
+# (docs/benchmarks.md, "Few-step samplers").
+KARRAS_2M = "dpm_solver++ order=2 schedule=karras end_noise_level=0.002"
 
 
 def end_time(sde: SDE, noise: float) -> float:
@@ -86,7 +90,7 @@ def rerun(name: str, label: str, text: str, nfe: int) -> dict:
 def summary(rows, nfes) -> list:
     """Per process and budget, with TARGET_SAMPLES samples: dpm_solver++ named with a budget
     only (its end carried to the process's noise level), the same with VP's end time kept as
-    a time, and the best spec of the 10k-sample grid."""
+    a time, the best spec of the 10k-sample grid, and KARRAS_2M."""
     table = []
     for name in PROCESSES:
         for nfe in nfes:
@@ -94,14 +98,16 @@ def summary(rows, nfes) -> list:
             best = min(mine, key=lambda r: abs(r["std"]))
             cases = {"default": ("dpm_solver++", "dpm_solver++"),
                      "vp_time": ("dpm_solver++ eps=5e-4", "dpm_solver++ eps=5e-4"),
-                     "best": (best["sampler"], best["spec"])}
+                     "best": (best["sampler"], best["spec"]),
+                     "karras": ("DPM++ 2M, Karras sigmas", KARRAS_2M)}
             again = {key: rerun(name, *case, nfe) for key, case in cases.items()}
             cell = lambda r: " / ".join(f"{abs(r[key]):.4f}" for key in ERRORS)  # noqa: E731
             table.append({"process": name, "NFE": nfe,
                           "default (end noise)": f"{cell(again['default'])} ({again['default']['end_noise']:.2g})",
                           "VP's end time kept (end noise)":
                               f"{cell(again['vp_time'])} ({again['vp_time']['end_noise']:.2g})",
-                          "best spec of the grid": f"{cell(again['best'])} ({best['sampler']})"})
+                          "best spec of the grid": f"{cell(again['best'])} ({best['sampler']})",
+                          "k-diffusion's DPM++ 2M, Karras sigmas": cell(again["karras"])})
     return table
 
 

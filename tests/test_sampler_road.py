@@ -2,6 +2,7 @@
 training snapshots, inpaint with replacement or SMC, colorize), the config's schedule options
 (power, rho) change the grid the sampler receives and corrector_first reaches the pc sampler;
 and every sampler called with only its name and a step count gets its declared defaults."""
+import dataclasses
 import functools
 
 import numpy as np
@@ -283,3 +284,29 @@ def test_a_study_runs_and_names_the_familys_options_and_measures_no_ode_distance
     assert [row["sampler"] for row in rows] == ["ddim eta=1", "ddim eta=0"]
     assert rows[0]["status"] == rows[1]["status"] == "ok"
     assert "ode_rms" not in rows[0] and 0 < rows[1]["ode_rms"] < 100  # only the deterministic call has its ODE distance
+
+
+def test_a_family_runs_on_its_declared_grid_unless_the_call_names_one(monkeypatch):
+    traits = SAMPLER_TRAITS["dpm_solver++"]
+    monkeypatch.setitem(SAMPLER_TRAITS, "dpm_solver++",
+                        dataclasses.replace(traits, family_grids={"edm": ("karras", {"rho": 5.0})}))
+    (edm, sde), (velocity, _) = _denoiser_of("edm"), _denoiser_of("velocity")
+    shape, run = (64, 32), functools.partial(sample, sde=sde, method="dpm_solver++", steps=8, generator=3)
+    declared, spelled = run(edm, shape=shape)[0], run(edm, shape=shape, schedule="karras", schedule_options={"rho": 5.0})[0]
+    assert torch.equal(declared, spelled)
+    named = run(edm, shape=shape, schedule="logsnr", schedule_options=dict(traits.schedule_options))[0]
+    assert torch.equal(named, run(velocity, shape=shape)[0])  # a named grid is the call's; other families keep the default
+    assert float((declared - named).abs().mean()) > 1e-3
+    # a call that sets a schedule option keeps the sampler's schedule
+    spec = SamplerSpec("dpm_solver++", schedule_options={"power": 0.5}).resolved(sde=sde).for_family("edm")
+    assert (spec.schedule, spec.schedule_options) == ("logsnr", {"power": 0.5})
+    spec = SamplerSpec("dpm_solver++").resolved(sde=sde).for_family("edm")
+    assert (spec.schedule, spec.schedule_options) == ("karras", {"rho": 5.0})
+    assert "karras rho=5" in spec.summary(sde) and "karras" in spec.file_tag(sde)
+    back = spec.for_family(None)  # declared again for the family named last
+    assert (back.schedule, back.schedule_options) == (traits.schedule, dict(traits.schedule_options))
+    from sde_diffusion.evaluation.study import run_study
+    rows = run_study(edm, sde, (16, 32), ["dpm_solver++", "dpm_solver++ schedule=logsnr"], [4],
+                     lambda x: {"mean": float(x.mean())}, reference_ode=False, progress=False)
+    assert [row["sampler"] for row in rows] == ["dpm_solver++ schedule=karras rho=5", "dpm_solver++ schedule=logsnr"]
+    assert rows[0]["mean"] != rows[1]["mean"]

@@ -84,9 +84,14 @@ def run_study(model: Model, sde: SDE, shape: Sequence[int], specs: Sequence[Unio
 
 
 def _named(spec: SamplerSpec) -> SamplerSpec:
-    """`spec` whose text (its rows' name) adds the options filled in for the model's family."""
-    return dataclasses.replace(spec, text=spec.text + "".join(f" {name}={_format(spec.options[name])}"
-                                                              for name in spec.declared))
+    """`spec` whose text (its rows' name) adds the options and the grid filled in for the
+    model's family."""
+    text = spec.text + "".join(f" {name}={_format(spec.options[name])}" for name in spec.declared)
+    grid_declared = spec.grid_declared or (spec.schedule is None and not spec.schedule_options)
+    if grid_declared and spec.family in spec.traits.family_grids:
+        schedule, options = spec.traits.grid_for(spec.family)
+        text += f" schedule={schedule}" + "".join(f" {name}={_format(value)}" for name, value in options.items())
+    return dataclasses.replace(spec, text=text)
 
 
 def _reference(model, sde: SDE, latent: torch.Tensor, eps: float, tol: float):

@@ -1,5 +1,5 @@
 """`python -m sde_diffusion.sampling`: the registered samplers as a Markdown table, read from the
-registry (options with their defaults and those declared for a model family, the declared grid,
+registry (options with their defaults and those declared for a model family, the declared grids,
 adaptive or not), so that the table
 in the README is regenerated, never edited by hand."""
 import inspect
@@ -24,6 +24,8 @@ def sampler_table() -> str:
         traits = SAMPLER_TRAITS[name]
         for family, declared in traits.family_options.items():
             options += f"; on {family} " + ", ".join(f"`{k}={v!r}`" for k, v in declared.items())
+        for family, (schedule, schedule_options) in traits.family_grids.items():
+            options += f"; on {family} the `" + " ".join([schedule, *(f"{k}={v:g}" for k, v in schedule_options.items())]) + "` grid"
         spec = SamplerSpec(name)
         adaptive = traits.adaptive({})
         steps = "adaptive" if adaptive else f"NFE {spec.score_calls(10)} for 10 steps"

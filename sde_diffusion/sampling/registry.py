@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 import inspect
-from typing import Callable, Dict, Mapping, Optional, Protocol
+from typing import Callable, Dict, Mapping, Optional, Protocol, Tuple
 
 import torch
 
@@ -62,6 +62,9 @@ class SamplerTraits:
     "noise", "v", ...; a published network's source), the options it runs with on that family
     unless the caller sets them: its best known setting there, where that differs from the
     oracle's;
+    family_grids: by model family, the grid (schedule, its options) it runs on there unless the
+    call names a schedule or sets a schedule option: its best known grid on that family's
+    trained networks, where that differs from the oracle's;
     overridden_by: option -> the options whose being set keeps a declared value of it out
     (dpm_solver++'s unipc corrector is for eta = 0, so a declared eta does not apply with it);
     option_choices: the values an option may take, where only some can work (dpm_solver++'s
@@ -74,8 +77,15 @@ class SamplerTraits:
     score_calls: Callable[[int, Mapping], int] = _one_per_step
     conditioned_options: Mapping[str, float] = field(default_factory=dict)
     family_options: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    family_grids: Mapping[str, Tuple[str, Mapping[str, float]]] = field(default_factory=dict)
     overridden_by: Mapping[str, tuple] = field(default_factory=dict)
     option_choices: Mapping[str, tuple] = field(default_factory=dict)
+
+    def grid_for(self, family: Optional[str]) -> Tuple[str, dict]:
+        """(schedule, schedule options) declared for the model family `family` (`family_grids`),
+        else the sampler's own default grid."""
+        schedule, options = self.family_grids.get(family, (self.schedule, self.schedule_options))
+        return schedule, dict(options)
 
     def with_declared(self, options: Mapping, family: Optional[str] = None, conditioned: bool = False) -> dict:
         """`options` (what a call sets) with the declared ones it leaves unset: those for the

@@ -69,6 +69,7 @@ class SamplerSpec:
     family: Optional[str] = None  # the model family whose declared options `for_family` filled in
     conditioned: bool = False  # and whether those for a conditioned run (they take precedence)
     declared: tuple = ()  # the names of the options filled in (the others in `options` the call set)
+    grid_declared: bool = False  # the schedule was filled in (the family's or the sampler's), not set by the call
 
     def __post_init__(self):
         if not self.text:
@@ -83,7 +84,9 @@ class SamplerSpec:
         """This spec with the sampler's defaults filled in; ValueError for an option that the
         sampler (or `option_names`, for a caller that runs the sampler its own way) or the
         schedule does not take. A named schedule comes with its own option defaults (karras:
-        rho = 7, logsnr: power = 1), not with the sampler's default ones. An unset eps becomes
+        rho = 7, logsnr: power = 1), not with the sampler's default ones; a spec that names no
+        schedule and sets no schedule option runs on the grid declared for its `family`
+        (`SamplerTraits.grid_for`). An unset eps becomes
         the time of the sampler's declared end noise level on `sde`; without `sde` it stays
         unset until the grid is built."""
         traits = self.traits
@@ -91,9 +94,13 @@ class SamplerSpec:
             raise ValueError("set the grid's end by eps (a time) or by end_noise_level (sigma/alpha), not both")
         if self.end_noise_level is not None and not self.end_noise_level > 0:
             raise ValueError(f"end_noise_level must be positive, got {self.end_noise_level}")
-        schedule = self.schedule or traits.schedule
-        defaults = dict(traits.schedule_options) if self.schedule is None else {}
-        schedule_options = {**defaults, **self.schedule_options}
+        grid_declared = self.grid_declared or (self.schedule is None and not self.schedule_options)
+        if grid_declared:
+            schedule, schedule_options = traits.grid_for(self.family)
+        else:
+            schedule = self.schedule or traits.schedule
+            defaults = dict(traits.schedule_options) if self.schedule is None else {}
+            schedule_options = {**defaults, **self.schedule_options}
         known = schedule_option_names(schedule)
         for name in schedule_options:
             if name not in known:
@@ -108,7 +115,7 @@ class SamplerSpec:
                 allowed = ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}" if len(choices) > 1 else repr(choices[0])
                 raise SamplerOptionError(name, f"sampler {self.method!r} takes {name} {allowed}, got {value!r}")
         return dataclasses.replace(self, schedule=schedule, schedule_options=schedule_options,
-                                   eps=self.end(sde) if self.eps is not None or sde is not None else None,
+                                   grid_declared=grid_declared, eps=self.end(sde) if self.eps is not None or sde is not None else None,
                                    end_noise_level=self.end_noise_level if sde is None else None,
                                    options={name: self.options[name] for name in known if name in self.options})
 
@@ -117,17 +124,21 @@ class SamplerSpec:
         return {name: value for name, value in self.options.items() if name not in self.declared}
 
     def for_family(self, family: Optional[str], conditioned: Optional[bool] = None) -> "SamplerSpec":
-        """This spec with the options its sampler declares for the model family `family`
-        (`Denoiser.family`; `SamplerTraits.family_options`) and for a run a step hook
-        conditions (`conditioned`; None: as before), where the call sets none: what a call that
-        names only a sampler and its steps runs with. Options filled in by an earlier call are
-        declared again, so the last family and conditioning decide."""
+        """This spec with the options and the grid its sampler declares for the model family
+        `family` (`Denoiser.family`; `SamplerTraits.family_options`, `family_grids`) and for a
+        run a step hook conditions (`conditioned`; None: as before), where the call sets none:
+        what a call that names only a sampler and its steps runs with. Options and a grid filled
+        in by an earlier call are declared again, so the last family and conditioning decide."""
         conditioned = self.conditioned if conditioned is None else conditioned
         own = self.set_options()
         merged = self.traits.with_declared(own, family, conditioned)
         options = {name: merged[name] for name in sampler_option_names(self.method) if name in merged}  # its order
+        grid = {}
+        if self.grid_declared:  # resolved already: the grid of the family now named
+            schedule, schedule_options = self.traits.grid_for(family)
+            grid = {"schedule": schedule, "schedule_options": schedule_options}
         return dataclasses.replace(self, options=options, family=family, conditioned=conditioned,
-                                   declared=tuple(name for name in options if name not in own))
+                                   declared=tuple(name for name in options if name not in own), **grid)
 
     def end(self, sde: Optional[SDE] = None) -> Optional[float]:
         """The grid's last time: eps as set (a time of the process), or where `sde` reaches the
