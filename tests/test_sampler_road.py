@@ -289,7 +289,8 @@ def test_a_study_runs_and_names_the_familys_options_and_measures_no_ode_distance
 def test_a_family_runs_on_its_declared_grid_unless_the_call_names_one(monkeypatch):
     traits = SAMPLER_TRAITS["dpm_solver++"]
     monkeypatch.setitem(SAMPLER_TRAITS, "dpm_solver++",
-                        dataclasses.replace(traits, family_grids={"edm": ("karras", {"rho": 5.0})}))
+                        dataclasses.replace(traits, family_grids={"edm": ("karras", {"rho": 5.0})},
+                                            overridden_by={**traits.overridden_by, "schedule": ("unipc",)}))
     (edm, sde), (velocity, _) = _denoiser_of("edm"), _denoiser_of("velocity")
     shape, run = (64, 32), functools.partial(sample, sde=sde, method="dpm_solver++", steps=8, generator=3)
     declared, spelled = run(edm, shape=shape)[0], run(edm, shape=shape, schedule="karras", schedule_options={"rho": 5.0})[0]
@@ -305,6 +306,8 @@ def test_a_family_runs_on_its_declared_grid_unless_the_call_names_one(monkeypatc
     assert "karras rho=5" in spec.summary(sde) and "karras" in spec.file_tag(sde)
     back = spec.for_family(None)  # declared again for the family named last
     assert (back.schedule, back.schedule_options) == (traits.schedule, dict(traits.schedule_options))
+    corrected = SamplerSpec("dpm_solver++", options={"unipc": True}).resolved(sde=sde).for_family("edm")
+    assert corrected.schedule == traits.schedule  # an option named in overridden_by["schedule"] keeps it out
     from sde_diffusion.evaluation.study import run_study
     rows = run_study(edm, sde, (16, 32), ["dpm_solver++", "dpm_solver++ schedule=logsnr"], [4],
                      lambda x: {"mean": float(x.mean())}, reference_ode=False, progress=False)

@@ -88,8 +88,8 @@ def _named(spec: SamplerSpec) -> SamplerSpec:
     model's family."""
     text = spec.text + "".join(f" {name}={_format(spec.options[name])}" for name in spec.declared)
     grid_declared = spec.grid_declared or (spec.schedule is None and not spec.schedule_options)
-    if grid_declared and spec.family in spec.traits.family_grids:
-        schedule, options = spec.traits.grid_for(spec.family)
+    if grid_declared and spec.traits.grid_for(spec.family, spec.options) != spec.traits.grid_for(None):
+        schedule, options = spec.traits.grid_for(spec.family, spec.options)
         text += f" schedule={schedule}" + "".join(f" {name}={_format(value)}" for name, value in options.items())
     return dataclasses.replace(spec, text=text)
 

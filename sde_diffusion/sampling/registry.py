@@ -67,6 +67,7 @@ class SamplerTraits:
     trained networks, where that differs from the oracle's;
     overridden_by: option -> the options whose being set keeps a declared value of it out
     (dpm_solver++'s unipc corrector is for eta = 0, so a declared eta does not apply with it);
+    "schedule" -> those that keep a family's declared grid out;
     option_choices: the values an option may take, where only some can work (dpm_solver++'s
     order: 1, 2, 3), so that a call is refused when it is described, before anything runs."""
     schedule: str = "uniform"
@@ -81,11 +82,14 @@ class SamplerTraits:
     overridden_by: Mapping[str, tuple] = field(default_factory=dict)
     option_choices: Mapping[str, tuple] = field(default_factory=dict)
 
-    def grid_for(self, family: Optional[str]) -> Tuple[str, dict]:
-        """(schedule, schedule options) declared for the model family `family` (`family_grids`),
-        else the sampler's own default grid."""
-        schedule, options = self.family_grids.get(family, (self.schedule, self.schedule_options))
-        return schedule, dict(options)
+    def grid_for(self, family: Optional[str], options: Optional[Mapping] = None) -> Tuple[str, dict]:
+        """(schedule, schedule options) declared for the model family `family` (`family_grids`;
+        kept out where `options` sets one named in overridden_by["schedule"]), else the
+        sampler's own default grid."""
+        kept_out = any((options or {}).get(other) for other in self.overridden_by.get("schedule", ()))
+        declared = family in self.family_grids and not kept_out
+        schedule, grid_options = self.family_grids[family] if declared else (self.schedule, self.schedule_options)
+        return schedule, dict(grid_options)
 
     def with_declared(self, options: Mapping, family: Optional[str] = None, conditioned: bool = False) -> dict:
         """`options` (what a call sets) with the declared ones it leaves unset: those for the

@@ -96,7 +96,7 @@ class SamplerSpec:
             raise ValueError(f"end_noise_level must be positive, got {self.end_noise_level}")
         grid_declared = self.grid_declared or (self.schedule is None and not self.schedule_options)
         if grid_declared:
-            schedule, schedule_options = traits.grid_for(self.family)
+            schedule, schedule_options = traits.grid_for(self.family, self.options)
         else:
             schedule = self.schedule or traits.schedule
             defaults = dict(traits.schedule_options) if self.schedule is None else {}
@@ -135,7 +135,7 @@ class SamplerSpec:
         options = {name: merged[name] for name in sampler_option_names(self.method) if name in merged}  # its order
         grid = {}
         if self.grid_declared:  # resolved already: the grid of the family now named
-            schedule, schedule_options = self.traits.grid_for(family)
+            schedule, schedule_options = self.traits.grid_for(family, options)
             grid = {"schedule": schedule, "schedule_options": schedule_options}
         return dataclasses.replace(self, options=options, family=family, conditioned=conditioned,
                                    declared=tuple(name for name in options if name not in own), **grid)
