@@ -58,16 +58,16 @@ def test_sample_mode_takes_fast_samplers_and_schedules(workdir):
     result = main_py(f"--workdir={workdir}", "--mode=sample", *SMALL, "--config.sampling.method=dpm_solver++",
                      "--config.sampling.steps=6")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert last_json(result.stdout)["npz"].endswith("samples_200_dpm_solver++_eta0.5_6steps_500x_seed42.npz")
+    assert last_json(result.stdout)["npz"].endswith("samples_200_dpm_solver++_eta0.5_karras_6steps_500x_seed42.npz")
     assert np.array_equal(np.load(report["npz"])["samples"], first)
     # so do another number of samples and another seed
-    for extra, name in ((["--config.sampling.num_samples=100"], "samples_200_dpm_solver++_eta0.5_6steps_100x_seed42.npz"),
-                        (["--config.seed=7"], "samples_200_dpm_solver++_eta0.5_6steps_500x_seed7.npz")):
+    for extra, name in ((["--config.sampling.num_samples=100"], "samples_200_dpm_solver++_eta0.5_karras_6steps_100x_seed42.npz"),
+                        (["--config.seed=7"], "samples_200_dpm_solver++_eta0.5_karras_6steps_500x_seed7.npz")):
         result = main_py(f"--workdir={workdir}", "--mode=sample", *SMALL, "--config.sampling.method=dpm_solver++",
                          "--config.sampling.steps=6", *extra)
         assert result.returncode == 0, result.stderr[-2000:]
         assert last_json(result.stdout)["npz"].endswith(name)
-    assert len(list((workdir / "samples").glob("samples_200_dpm_solver++_eta0.5_6steps_*.npz"))) == 3
+    assert len(list((workdir / "samples").glob("samples_200_dpm_solver++_eta0.5_karras_6steps_*.npz"))) == 3
 
 
 def test_study_mode_on_the_checkpoint_writes_table_csv_and_plot(workdir):

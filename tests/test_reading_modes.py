@@ -55,7 +55,7 @@ def test_sample_from_the_workdir_alone_uses_its_stored_config(workdir, tmp_path)
     result = main_py(f"--workdir={workdir}", "--mode=sample", "--config.sampling.method=dpm_solver++",
                      "--config.sampling.steps=6", "--config.sampling.order=3", "--config.seed=7")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert last_json(result.stdout)["npz"].endswith("samples_40_dpm_solver++_order3_eta0.5_6steps_200x_seed7.npz")
+    assert last_json(result.stdout)["npz"].endswith("samples_40_dpm_solver++_order3_eta0.5_karras_6steps_200x_seed7.npz")
 
 
 @pytest.mark.parametrize("mode, key", [("eval", "sliced_wasserstein"), ("likelihood", "nats_per_point")])

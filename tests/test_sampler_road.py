@@ -140,6 +140,13 @@ def test_every_sampler_declares_a_default_grid_that_exists():
         assert traits.schedule in SCHEDULES and 0 < traits.end_noise_level < 1, name
 
 
+def test_the_readmes_sampler_table_is_the_registrys():
+    from pathlib import Path
+    from sde_diffusion.sampling.__main__ import sampler_table
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert sampler_table() in readme, "regenerate it: python -m sde_diffusion.sampling\n" + sampler_table()
+
+
 def test_a_sampler_named_with_a_step_count_gets_its_best_known_grid():
     """dpm_solver++ with only method and steps runs on its declared grid (log-SNR warped with
     power 0.65, eps 5e-4), not the uniform time grid it ran on before; an explicit schedule still
@@ -254,7 +261,9 @@ def test_a_noise_prediction_network_gets_its_familys_eta_unless_the_call_sets_on
         family, _ = sample(noise, sde, shape, method, steps=8, generator=3)
         spelled, _ = sample(noise, sde, shape, method, steps=8, generator=3, eta=family_eta)
         plain, _ = sample(noise, sde, shape, method, steps=8, generator=3, eta=0.0)
-        as_oracle, _ = sample(oracle, sde, shape, method, steps=8, generator=3)
+        schedule, schedule_options = SAMPLER_TRAITS[method].grid_for("noise")  # the family's grid, if it declares one
+        as_oracle, _ = sample(oracle, sde, shape, method, steps=8, generator=3, schedule=schedule,
+                              schedule_options=schedule_options)
         assert torch.equal(family, spelled)
         assert torch.equal(plain, as_oracle)
         assert float((family - plain).abs().mean()) > 0.05  # fresh noise: another sample
@@ -262,6 +271,21 @@ def test_a_noise_prediction_network_gets_its_familys_eta_unless_the_call_sets_on
     assert SamplerSpec("dpm_solver++", options={"unipc": True}).for_family("noise").options == {"unipc": True}
     assert SamplerSpec("ddim").for_family("edm").options == {}
     assert SamplerSpec("ddim", options={"eta": 0.2}).for_family("noise").options == {"eta": 0.2}
+
+
+def test_edm_and_noise_prediction_networks_step_dpm_solver_on_karras_grid_unless_unipc():
+    """The declarations measured on the trained Fashion-MNIST models (docs/benchmarks.md,
+    "Defaults by family"): dpm_solver++ 2M on Karras' grid there, UniPC on the log-SNR grid,
+    and every other family (and the exact oracle, which has none) on the log-SNR grid."""
+    sde = VPSDE()
+    for family, grid in (("edm", "karras"), ("noise", "karras"), ("velocity", "logsnr"), ("v", "logsnr"), (None, "logsnr")):
+        assert SamplerSpec("dpm_solver++").resolved(sde=sde).for_family(family).schedule == grid, family
+        corrected = SamplerSpec("dpm_solver++", options={"order": 3, "unipc": True}).resolved(sde=sde).for_family(family)
+        assert corrected.schedule == "logsnr", family
+    edm, _ = _denoiser_of("edm")
+    declared, nfe = sample(edm, sde, (64, 32), "dpm_solver++", steps=10, generator=0)
+    spelled, _ = sample(edm, sde, (64, 32), "dpm_solver++", steps=10, generator=0, schedule="karras")
+    assert nfe == 10 and torch.equal(declared, spelled)
 
 
 def test_the_config_road_shows_the_familys_eta_in_the_summary_and_file_names():

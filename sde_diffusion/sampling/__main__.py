@@ -24,8 +24,12 @@ def sampler_table() -> str:
         traits = SAMPLER_TRAITS[name]
         for family, declared in traits.family_options.items():
             options += f"; on {family} " + ", ".join(f"`{k}={v!r}`" for k, v in declared.items())
+        grids = {}  # grid text -> the families declaring it
         for family, (schedule, schedule_options) in traits.family_grids.items():
-            options += f"; on {family} the `" + " ".join([schedule, *(f"{k}={v:g}" for k, v in schedule_options.items())]) + "` grid"
+            grids.setdefault(" ".join([schedule, *(f"{k}={v:g}" for k, v in schedule_options.items())]), []).append(family)
+        unless = "".join(f" unless `{name}`" for name in traits.overridden_by.get("schedule", ()))
+        for grid, families in grids.items():
+            options += f"; on {', '.join(families)} the `{grid}` grid{unless}"
         spec = SamplerSpec(name)
         adaptive = traits.adaptive({})
         steps = "adaptive" if adaptive else f"NFE {spec.score_calls(10)} for 10 steps"
