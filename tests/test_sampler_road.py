@@ -276,12 +276,15 @@ def test_a_noise_prediction_network_gets_its_familys_eta_unless_the_call_sets_on
 def test_edm_and_noise_prediction_networks_step_dpm_solver_on_karras_grid_unless_unipc():
     """The declarations measured on the trained Fashion-MNIST models (docs/benchmarks.md,
     "Defaults by family"): dpm_solver++ 2M on Karras' grid there, UniPC on the log-SNR grid,
-    and every other family (and the exact oracle, which has none) on the log-SNR grid."""
+    and every other family (and the exact oracle, which has none) on the log-SNR grid; ddim on
+    Karras' grid for EDM networks only."""
     sde = VPSDE()
     for family, grid in (("edm", "karras"), ("noise", "karras"), ("velocity", "logsnr"), ("v", "logsnr"), (None, "logsnr")):
         assert SamplerSpec("dpm_solver++").resolved(sde=sde).for_family(family).schedule == grid, family
         corrected = SamplerSpec("dpm_solver++", options={"order": 3, "unipc": True}).resolved(sde=sde).for_family(family)
         assert corrected.schedule == "logsnr", family
+    for family, grid in (("edm", "karras"), ("noise", "quadratic"), (None, "quadratic")):
+        assert SamplerSpec("ddim").resolved(sde=sde).for_family(family).schedule == grid, family
     edm, _ = _denoiser_of("edm")
     declared, nfe = sample(edm, sde, (64, 32), "dpm_solver++", steps=10, generator=0)
     spelled, _ = sample(edm, sde, (64, 32), "dpm_solver++", steps=10, generator=0, schedule="karras")

@@ -48,9 +48,11 @@ def _grid(sde: SDE, timesteps: torch.Tensor) -> _Grid:
 # -- DDIM ------------------------------------------------------------------------------------
 # Defaults chosen on the trained digits model, where it and the exact mixture disagree (README,
 # "Samplers"): DDIM's own quadratic grid; conditioned by a step hook (inpainting), eta = 1, whose
-# fresh noise lets the replacement's mismatch wash out (docs/controllable.md).
+# fresh noise lets the replacement's mismatch wash out (docs/controllable.md). Networks with EDM's
+# preconditioning step better on Karras' grid (docs/benchmarks.md, "Defaults by family").
 @register_sampler("ddim", schedule="quadratic", deterministic=lambda options: options.get("eta", 0.0) == 0,
-                  conditioned_options={"eta": 1.0}, family_options={"noise": {"eta": 1.0}})
+                  conditioned_options={"eta": 1.0}, family_options={"noise": {"eta": 1.0}},
+                  family_grids={"edm": ("karras", {})})
 def ddim_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                  generator: Optional[torch.Generator] = None, *, eta: float = 0.0,
                  step_hook: Optional[StepHook] = None) -> torch.Tensor:
