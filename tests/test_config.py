@@ -99,9 +99,9 @@ def test_sampler_spec_takes_the_fields_set_and_leaves_the_rest_to_the_sampler():
     assert spec.eps == pytest.approx(1e-3, rel=1e-9)  # pc's declared end noise level is VP's at t = 1e-3
     assert spec.options == {"predictor": "euler_maruyama", "corrector": "none"}
     config.sampling.method = "dpm_solver++"  # pc's predictor and corrector are not its options
-    spec = sampler_spec(config)  # vp_toy's MLP predicts the noise: that family's eta, declared by the sampler
+    spec = sampler_spec(config)  # vp_toy's MLP predicts the noise: that family's eta and grid, declared by the sampler
     assert spec.options == {"eta": 0.5} and spec.declared == ("eta",)
-    assert (spec.schedule, spec.schedule_options) == ("logsnr", {"power": 0.65})
+    assert (spec.schedule, spec.schedule_options, spec.grid_declared) == ("karras", {}, True)
     config.sampling.power, config.sampling.order = 0.8, 3
     spec = sampler_spec(config)
     assert spec.options == {"order": 3, "eta": 0.5} and (spec.schedule, spec.schedule_options) == ("logsnr", {"power": 0.8})
