@@ -195,7 +195,7 @@ def test_colorize_mode_runs_on_an_untrained_rgb_model(tmp_path):
                      "--config.sampling.method=dpm_solver++", *rgb)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert report["nfe"] == 6 and "_dpm_solver++_eta1_6steps_" in report["npz"]  # conditioned: eta = 1
+    assert report["nfe"] == 6 and "_dpm_solver++_eta1_karras_6steps_" in report["npz"]  # conditioned: eta = 1; the noise family's grid
     assert np.load(report["npz"])["outputs"].shape == (5, 3, 16, 16)
 
 
