@@ -87,9 +87,8 @@ def _named(spec: SamplerSpec) -> SamplerSpec:
     """`spec` whose text (its rows' name) adds the options and the grid filled in for the
     model's family."""
     text = spec.text + "".join(f" {name}={_format(spec.options[name])}" for name in spec.declared)
-    grid_declared = spec.grid_declared or (spec.schedule is None and not spec.schedule_options)
-    if grid_declared and spec.traits.grid_for(spec.family, spec.options) != spec.traits.grid_for(None):
-        schedule, options = spec.traits.grid_for(spec.family, spec.options)
+    if spec.family_grid() is not None:
+        schedule, options = spec.family_grid()
         text += f" schedule={schedule}" + "".join(f" {name}={_format(value)}" for name, value in options.items())
     return dataclasses.replace(spec, text=text)
 

@@ -94,7 +94,7 @@ class SamplerSpec:
             raise ValueError("set the grid's end by eps (a time) or by end_noise_level (sigma/alpha), not both")
         if self.end_noise_level is not None and not self.end_noise_level > 0:
             raise ValueError(f"end_noise_level must be positive, got {self.end_noise_level}")
-        grid_declared = self.grid_declared or (self.schedule is None and not self.schedule_options)
+        grid_declared = self.names_no_grid()
         if grid_declared:
             schedule, schedule_options = traits.grid_for(self.family, self.options)
         else:
@@ -114,10 +114,21 @@ class SamplerSpec:
             if choices is not None and value not in choices:
                 allowed = ", ".join(map(repr, choices[:-1])) + f" or {choices[-1]!r}" if len(choices) > 1 else repr(choices[0])
                 raise SamplerOptionError(name, f"sampler {self.method!r} takes {name} {allowed}, got {value!r}")
-        return dataclasses.replace(self, schedule=schedule, schedule_options=schedule_options,
-                                   grid_declared=grid_declared, eps=self.end(sde) if self.eps is not None or sde is not None else None,
+        return dataclasses.replace(self, schedule=schedule, schedule_options=schedule_options, grid_declared=grid_declared,
+                                   eps=self.end(sde) if self.eps is not None or sde is not None else None,
                                    end_noise_level=self.end_noise_level if sde is None else None,
                                    options={name: self.options[name] for name in known if name in self.options})
+
+    def names_no_grid(self) -> bool:
+        """Whether the grid is left to the declarations: no schedule or schedule option set by
+        the call (or filled in from them before)."""
+        return self.grid_declared or (self.schedule is None and not self.schedule_options)
+
+    def family_grid(self) -> Optional[Tuple[str, dict]]:
+        """(schedule, options) of the grid declared for this spec's family where the call names
+        none and it differs from the sampler's own grid; None otherwise."""
+        grid = self.traits.grid_for(self.family, self.options)
+        return grid if self.names_no_grid() and grid != self.traits.grid_for(None) else None
 
     def set_options(self) -> dict:
         """The options the call itself sets (not filled in from declarations)."""
