@@ -31,7 +31,7 @@ from tqdm import tqdm
 
 from ..files.output_files import write_text_atomic
 from ..sampling import SamplerSpec, parse_spec, sample
-from ..sampling.spec import Model
+from ..sampling.spec import Model, grid_text
 from ..processes.sdes import SDE
 
 Metric = Callable[[torch.Tensor], Dict[str, float]]
@@ -87,9 +87,9 @@ def _named(spec: SamplerSpec) -> SamplerSpec:
     """`spec` whose text (its rows' name) adds the options and the grid filled in for the
     model's family."""
     text = spec.text + "".join(f" {name}={_format(spec.options[name])}" for name in spec.declared)
-    if spec.family_grid() is not None:
-        schedule, options = spec.family_grid()
-        text += f" schedule={schedule}" + "".join(f" {name}={_format(value)}" for name, value in options.items())
+    grid = spec.family_grid()
+    if grid is not None:
+        text += f" schedule={grid_text(*grid)}"
     return dataclasses.replace(spec, text=text)
 
 

@@ -7,6 +7,7 @@ import re
 
 from . import SAMPLER_TRAITS, SAMPLERS, SamplerSpec
 from .registry import HOOK_ARGUMENT
+from .spec import grid_text
 
 
 def _first_sentence(function) -> str:
@@ -26,7 +27,7 @@ def sampler_table() -> str:
             options += f"; on {family} " + ", ".join(f"`{k}={v!r}`" for k, v in declared.items())
         grids = {}  # grid text -> the families declaring it
         for family, (schedule, schedule_options) in traits.family_grids.items():
-            grids.setdefault(" ".join([schedule, *(f"{k}={v:g}" for k, v in schedule_options.items())]), []).append(family)
+            grids.setdefault(grid_text(schedule, schedule_options), []).append(family)
         unless = "".join(f" unless `{name}`" for name in traits.overridden_by.get("schedule", ()))
         for grid, families in grids.items():
             options += f"; on {', '.join(families)} the `{grid}` grid{unless}"

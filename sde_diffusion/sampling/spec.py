@@ -40,6 +40,11 @@ def schedule_option_names(schedule: str) -> list:
     return [name for name in parameters if name not in ("sde", "steps", "eps", "device")]
 
 
+def grid_text(schedule: str, schedule_options: dict) -> str:
+    """'logsnr power=0.5': a grid as tables, file summaries and the registry's table name it."""
+    return "".join([schedule, *(f" {name}={value:g}" for name, value in schedule_options.items())])
+
+
 class SamplerOptionError(ValueError):
     """An option a sampler does not take, or a value it cannot take; `option` names it."""
 
@@ -190,7 +195,7 @@ class SamplerSpec:
 
     def _schedule_text(self) -> str:
         """'logsnr power=0.5' (of a resolved spec)."""
-        return "".join([self.schedule, *(f" {name}={value:g}" for name, value in self.schedule_options.items())])
+        return grid_text(self.schedule, self.schedule_options)
 
     def grid_summary(self, sde: Optional[SDE] = None) -> str:
         """'logsnr power=0.5, eps=0.001' (resolved on `sde`; without one and without eps, the
