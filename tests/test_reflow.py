@@ -3,17 +3,21 @@ teacher's ODE outputs, resumable file by file), and through main.py a toy flow-m
 reflowed into a 1-step Euler sampler whose error against the teacher's ODE solution from the
 same noise is a fraction of the teacher's own 1-step error."""
 import json
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import HANG_TIMEOUT_S
 from sde_diffusion.app import reflow_pairs
 from sde_diffusion.app.plan import make_plan
+from sde_diffusion.app.signals import StoppedBySignal
 from sde_diffusion.app.trained import load_trained
 from sde_diffusion.files import checkpoints
 from sde_diffusion.models import denoiser_from_model
@@ -81,6 +85,79 @@ def test_pairs_files_are_the_teachers_ode_outputs_and_a_lost_file_comes_back_the
     config.training.reflow_sampler = "ode rtol=1e-3 atol=1e-3 denoise=True"
     with pytest.raises(checkpoints.CheckpointError, match="holds other pairs"):
         reflow_pairs.ensure_pairs(run, tmp_path, generate=True)
+
+
+class StopAfter:
+    """A `signals.StopRequest` whose signal arrives after `batches` calls of the generation's check."""
+
+    def __init__(self, batches: int):
+        self.batches, self.asked = batches, 0
+
+    @property
+    def signum(self):
+        self.asked += 1
+        return signal.SIGTERM if self.asked > self.batches else None
+
+    def on_any_rank(self, device) -> bool:
+        return self.asked > self.batches
+
+
+def test_a_stop_while_generating_keeps_the_made_rows_and_the_next_start_makes_the_same_pairs(tmp_path, monkeypatch):
+    """Files of 64 pairs, batches of 16: a signal after 5 batches leaves file 0 whole and file 1's
+    first 16 rows as a partial file, and raises StoppedBySignal; the next start makes the rest,
+    and the pairs are bitwise those of a generation never stopped."""
+    from configs.fm_toy import get_config
+
+    monkeypatch.setattr(reflow_pairs, "CHUNK", 64)
+    config = get_config()
+    config.training.reflow_pairs, config.training.reflow_sampler = 150, "ode rtol=1e-4 atol=1e-4 denoise=True"
+    config.model.width, config.model.num_blocks, config.sampling.batch_size = 16, 1, 16
+    plan = make_plan(config)
+    torch.manual_seed(0)
+    run = SimpleNamespace(plan=plan, config=config, model=plan.build_network())
+    whole = reflow_pairs.ensure_pairs(run, tmp_path / "whole", generate=True)
+    with pytest.raises(StoppedBySignal, match="stopped by SIGTERM"):
+        reflow_pairs.ensure_pairs(run, tmp_path / "stopped", generate=True, stop=StopAfter(5))
+    folder = tmp_path / "stopped" / reflow_pairs.PAIRS_DIR
+    assert sorted(path.name for path in folder.iterdir()) == ["pairs_0.npz", "pairs_1.partial.npz"]
+    with np.load(folder / "pairs_1.partial.npz") as partial:
+        assert partial["samples"].shape == (16, 2)
+    stopped_again = StopAfter(1)  # one more batch of file 1, then a second stop
+    with pytest.raises(StoppedBySignal):
+        reflow_pairs.ensure_pairs(run, tmp_path / "stopped", generate=True, stop=stopped_again)
+    with np.load(folder / "pairs_1.partial.npz") as partial:
+        assert partial["samples"].shape == (32, 2)
+    resumed = reflow_pairs.ensure_pairs(run, tmp_path / "stopped", generate=True, stop=StopAfter(10 ** 6))
+    assert sorted(path.name for path in folder.iterdir()) == ["pairs_0.npz", "pairs_1.npz", "pairs_2.npz"]
+    assert resumed.fingerprint == whole.fingerprint
+
+
+def test_sigterm_while_generating_pairs_stops_main_py_at_once(tmp_path):
+    """main.py making (far too many) pairs for a 1-step teacher: SIGTERM after the first
+    progress line ends it with status 143 within seconds, the rows made kept on disk."""
+    teacher, student = tmp_path / "teacher", tmp_path / "student"
+    result = main_py("configs/fm_toy.py", teacher, "--mode=train", "--config.training.n_iters=1",
+                     "--config.training.snapshot_freq=1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    command = [sys.executable, "main.py", "--config=configs/reflow_toy.py", f"--workdir={student}", *TOY,
+               "--mode=train", f"--config.training.init_from={teacher}", "--config.training.reflow_pairs=4000000",
+               "--config.training.reflow_sampler=ode rtol=1e-5 atol=1e-5", "--config.sampling.batch_size=512",
+               "--config.training.progress_seconds=0"]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    lines = []
+    for line in process.stderr:
+        lines.append(line)
+        if "reflow pairs: pair" in line:
+            break
+    assert process.poll() is None, "".join(lines)[-2000:]
+    process.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    rest = process.communicate(timeout=HANG_TIMEOUT_S)[1]
+    waited = time.monotonic() - started
+    assert process.returncode == 143, rest[-2000:]
+    assert waited < 30 and "stopped by SIGTERM at step 0" in rest, (waited, rest[-2000:])
+    with np.load(student / reflow_pairs.PAIRS_DIR / "pairs_0.partial.npz") as partial:
+        assert partial["samples"].shape[0] % 512 == 0 and partial["samples"].shape[0] >= 512
 
 
 @pytest.fixture(scope="module")

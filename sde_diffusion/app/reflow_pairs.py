@@ -3,9 +3,10 @@ teacher's deterministic sampler `training.reflow_sampler` (the probability-flow 
 stored in the workdir as `reflow_pairs/pairs_<k>.npz` files of CHUNK pairs each.
 
 The noise of file k is drawn from its own generator (the run's seed and k), so the files do not
-depend on which were written before; each is written whole or not at all (`atomic_write`), so a
-run stopped while generating keeps the finished files and the next start generates only the
-missing ones, the same pairs as an uninterrupted generation. Each file records what made it
+depend on which were written before; each is written whole or not at all (`atomic_write`). A stop
+signal while generating (`signals.StopRequest`) ends the generation after the current batch: the
+finished files stay, the rows of the unfinished one go to `pairs_<k>.partial.npz`, and the next
+start makes only what is missing, the same pairs as an uninterrupted generation. Each file records what made it
 (sampler, teacher, seed); files of another teacher or sampler are refused, not mixed in. The
 pairs are in the model's space and carry a fingerprint, which the checkpoints store like that of
 the user's own data, so a resume on changed pairs is refused.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +28,7 @@ from ..files.output_files import atomic_write
 from ..sampling import parse_spec, sample
 from ..training import distributed
 from .progress import Progress, say
+from .signals import StoppedBySignal
 
 PAIRS_DIR = "reflow_pairs"
 CHUNK = 4096  # pairs per file: what a stopped generation loses at most
@@ -54,39 +57,48 @@ def _chunks(count: int) -> list:
     return [(k, min(CHUNK, count - k * CHUNK)) for k in range((count + CHUNK - 1) // CHUNK)]
 
 
-def _read(path: Path, rows: int, shape: tuple, origin: str):
+def _read(path: Path, rows: int, shape: tuple, origin: str, partial: bool = False):
     """(noise, samples) of a pairs file, or None when there is none; CheckpointError for a file
-    of another origin or size."""
+    of another origin or size. A `partial` file (a stopped generation's) holds the first rows'
+    samples only, and its noise is None."""
     if not path.is_file():
         return None
     try:
         with np.load(path) as stored:
-            noise, samples, made_by = stored["noise"], stored["samples"], str(stored["origin"])
+            noise = None if partial else stored["noise"]
+            samples, made_by = stored["samples"], str(stored["origin"])
     except (OSError, ValueError, KeyError) as error:
         raise checkpoints.CheckpointError(f"{path} is not a reflow pairs file ({error}); remove it") from error
-    if made_by != origin or noise.shape != (rows, *shape) or samples.shape != (rows, *shape):
-        raise checkpoints.CheckpointError(f"{path} holds other pairs ({made_by}, {noise.shape[0]} rows) than this "
+    fits = samples.shape[1:] == shape and (samples.shape[0] < rows if partial else
+                                           samples.shape[0] == rows and noise.shape == samples.shape)
+    if made_by != origin or not fits:
+        raise checkpoints.CheckpointError(f"{path} holds other pairs ({made_by}, {samples.shape[0]} rows) than this "
                                           f"run makes ({origin}, {rows} rows); use another workdir")
-    return torch.from_numpy(noise), torch.from_numpy(samples)
+    return None if partial else torch.from_numpy(noise), torch.from_numpy(samples)
 
 
-def _write(path: Path, noise: torch.Tensor, samples: torch.Tensor, origin: str) -> None:
+def _write(path: Path, origin: str, samples: torch.Tensor, noise=None) -> None:
     def write(temporary: str) -> None:
         buffer = io.BytesIO()
-        np.savez(buffer, noise=noise.numpy(), samples=samples.numpy(), origin=np.array(origin))
+        arrays = {"samples": samples.numpy(), "origin": np.array(origin)}
+        np.savez(buffer, **arrays, **({} if noise is None else {"noise": noise.numpy()}))
         Path(temporary).write_bytes(buffer.getvalue())
     atomic_write(path, write)
 
 
-def _generate(teacher, plan, rows: int, k: int, made) -> tuple:
-    """The noise of file k and the teacher's samples from it; `made(n)` after each batch of n."""
+def _generate(teacher, plan, rows: int, k: int, done: torch.Tensor, made, stopping) -> tuple:
+    """(noise of file k, the teacher's samples from it): the rows after those `done` (a stopped
+    generation's), batch by batch until `stopping()`, so fewer than `rows` samples when stopped;
+    `made(n)` after each batch of n. The batches start where an uninterrupted run's do."""
     config = plan.config
     noise = torch.randn((rows, *plan.data.shape), generator=torch.Generator().manual_seed(
         derive_seed(config.seed, "reflow", k)))
     batch = config.sampling.batch_size or rows
-    samples = []
+    samples = [done]
     with torch.no_grad():
-        for start in range(0, rows, batch):
+        for start in range(len(done), rows, batch):
+            if stopping():
+                break
             z = noise[start:start + batch].to(plan.device)
             x, _ = sample(teacher, plan.sde, z.shape, parse_spec(config.training.reflow_sampler), z=z)
             samples.append(x.float().cpu())
@@ -94,10 +106,42 @@ def _generate(teacher, plan, rows: int, k: int, made) -> tuple:
     return noise, torch.cat(samples)
 
 
-def ensure_pairs(run, workdir: Path, generate: bool) -> PairedData:
+def _make_missing(run, folder: Path, missing: list, origin: str, stopping) -> bool:
+    """Generate the `missing` (k, rows) files from the run's current weights; whether a stop
+    signal ended the generation first (the unfinished file's rows are then kept as partial)."""
+    plan, config, shape = run.plan, run.config, tuple(run.plan.data.shape)
+    partial = {k: _read(folder / f"pairs_{k}.partial.npz", rows, shape, origin, partial=True) for k, rows in missing}
+    done = {k: read[1] if read else torch.empty((0, *shape)) for k, read in partial.items()}
+    total, made = sum(rows for _, rows in missing), sum(len(rows) for rows in done.values())
+    say("reflow: generating %d of %d (noise, sample) pairs with %s into %s", total - made,
+        config.training.reflow_pairs, config.training.reflow_sampler, folder)
+    teacher = plan.denoiser(copy.deepcopy(run.model).eval().requires_grad_(False))
+    progress = Progress("reflow pairs", total, unit="pair", seconds=config.training.progress_seconds)
+
+    def count(rows: int) -> None:
+        nonlocal made
+        made += rows
+        progress.update(made)
+
+    for k, rows in missing:
+        noise, samples = _generate(teacher, plan, rows, k, done[k], count, stopping)
+        if len(samples) < rows:
+            if len(samples) > len(done[k]):
+                _write(folder / f"pairs_{k}.partial.npz", origin, samples)
+            say("reflow: stopped with %d of %d pairs made", made, total)
+            progress.close()
+            return True
+        _write(folder / f"pairs_{k}.npz", origin, samples, noise)
+        (folder / f"pairs_{k}.partial.npz").unlink(missing_ok=True)
+    say("reflow: %d pairs made in %.1f s", total, progress.close())
+    return False
+
+
+def ensure_pairs(run, workdir: Path, generate: bool, stop=None) -> PairedData:
     """The workdir's pairs for the trainer's `run` (`train._Run`), generating the missing files
     from the run's current weights (the teacher's, `teacher.start_from_teacher`) when `generate`;
-    otherwise (a resume) they must all be there."""
+    otherwise (a resume) they must all be there. A signal recorded by `stop` (a
+    `signals.StopRequest`) while generating raises StoppedBySignal on every rank."""
     plan, config = run.plan, run.config
     folder, origin, shape = Path(workdir) / PAIRS_DIR, _origin(config), tuple(plan.data.shape)
     chunks = _chunks(config.training.reflow_pairs)
@@ -105,22 +149,14 @@ def ensure_pairs(run, workdir: Path, generate: bool) -> PairedData:
     if missing and not generate:
         raise checkpoints.CheckpointError(f"{folder} lacks {len(missing)} of its {len(chunks)} reflow pairs files; "
                                           f"the checkpoints of this workdir were trained on them")
+    stopping = (lambda: stop.signum is not None) if stop is not None else (lambda: False)
     if missing and distributed.is_main():
-        total = sum(rows for _, rows in missing)
-        say("reflow: generating %d of %d (noise, sample) pairs with %s into %s", total,
-            config.training.reflow_pairs, config.training.reflow_sampler, folder)
-        teacher = plan.denoiser(copy.deepcopy(run.model).eval().requires_grad_(False))
-        progress = Progress("reflow pairs", total, unit="pair", seconds=config.training.progress_seconds)
-        made = 0
-
-        def count(rows: int) -> None:
-            nonlocal made
-            made += rows
-            progress.update(made)
-
-        for k, rows in missing:
-            _write(folder / f"pairs_{k}.npz", *_generate(teacher, plan, rows, k, count), origin)
-        say("reflow: %d pairs made in %.1f s", total, progress.close())
+        _make_missing(run, folder, missing, origin, stopping)
+    if stop is not None and generate and stop.on_any_rank(plan.device):  # the other ranks wait here
+        stopped = StoppedBySignal(stop.signum or signal.SIGTERM, 0)
+        if distributed.is_main():
+            say("%s", stopped)
+        raise stopped
     distributed.barrier()
     read = [_read(folder / f"pairs_{k}.npz", rows, shape, origin) for k, rows in chunks]
     return PairedData(torch.cat([samples for _, samples in read]), torch.cat([noise for noise, _ in read]))

@@ -21,6 +21,10 @@ import signal
 import threading
 from typing import Optional
 
+import torch
+
+from ..training import distributed
+
 SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
@@ -67,6 +71,14 @@ class StopRequest:
     def __enter__(self) -> "StopRequest":
         self._previous = _install(self._record)
         return self
+
+    def on_any_rank(self, device) -> bool:
+        """Whether this process or (under torchrun) any other recorded a signal: every rank asks
+        at the same point, so that all stop there together."""
+        if not distributed.active():
+            return self.signum is not None
+        flag = torch.tensor([1.0 if self.signum is not None else 0.0], device=device)
+        return bool(distributed.mean_over_ranks(flag).item() > 0)
 
     def __exit__(self, exc_type, exc, traceback) -> None:
         if isinstance(exc, StoppedBySignal) and self._previous:

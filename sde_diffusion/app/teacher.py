@@ -95,10 +95,11 @@ def start_from_teacher(run, path) -> None:
     say("starting from the EMA weights of %s", source)
 
 
-def from_teacher(run, workdir: Path, resuming: bool) -> None:
+def from_teacher(run, workdir: Path, resuming: bool, stop=None) -> None:
     """Before the first step of `run` (or its resume): init_from's weights on a new run, and for
     a loss that takes paired noise the teacher's pairs as the training data (generated now on a
-    new run where they are missing; read, and compared by their fingerprint, on resume)."""
+    new run where they are missing, until `stop`, a `signals.StopRequest`, records a signal;
+    read, and compared by their fingerprint, on resume)."""
     training = run.config.training
     if not resuming and training.get("init_from", ""):
         start_from_teacher(run, training.init_from)
@@ -107,6 +108,6 @@ def from_teacher(run, workdir: Path, resuming: bool) -> None:
     from .reflow_pairs import ensure_pairs
     from .workdir_config import data_fingerprint
 
-    run.train_set = ensure_pairs(run, workdir, generate=not resuming)
+    run.train_set = ensure_pairs(run, workdir, generate=not resuming, stop=stop)
     run.stream = BatchStream(len(run.train_set), training.batch_size, seed=run.config.seed)
     run.data = data_fingerprint(run.train_set)

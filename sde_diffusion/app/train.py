@@ -142,12 +142,12 @@ def _set_up(plan: Plan) -> _Run:
                 data_fingerprint(train_set))
 
 
-def _resume(run: _Run, workdir: Path) -> tuple:
+def _resume(run: _Run, workdir: Path, stop: StopRequest) -> tuple:
     """Load the newest checkpoint that loads into `run`; returns (its path or None, the paths of
-    those that did not load)."""
+    those that did not load). A stop signal while reflow's pairs are made raises StoppedBySignal."""
     unreadable = []
     resumed, path = checkpoints.latest_checkpoint_and_path(workdir, run.device, unreadable=unreadable)
-    from_teacher(run, workdir, resuming=resumed is not None)  # init_from's weights, reflow's pairs
+    from_teacher(run, workdir, resuming=resumed is not None, stop=stop)  # init_from's weights, reflow's pairs
     if resumed is None:
         return None, unreadable
     missing = [key for key in ("optimizer", "data_stream", "rng") if key not in resumed]
@@ -305,7 +305,7 @@ def _train(plan: Plan, workdir: Path, config_file: str, stop: StopRequest) -> di
     distributed.check_batch_divides(config.training.batch_size)
     main, training = distributed.is_main(), config.training
     run = _set_up(plan)
-    resumed_path, unreadable = _resume(run, workdir)
+    resumed_path, unreadable = _resume(run, workdir, stop)
     distributed.check_same_on_all(run.step, "the step to resume from")
     if main:
         announce("train", config_file, workdir, device,
@@ -328,7 +328,7 @@ def _train(plan: Plan, workdir: Path, config_file: str, stop: StopRequest) -> di
             run.step += 1
             log.after_step(loss)
             _save_due(run, workdir, main)
-            if _any_rank_stopping(stop, device) and run.step < training.n_iters:
+            if stop.on_any_rank(device) and run.step < training.n_iters:
                 _stop(run, workdir, main, stop, log)
     finally:
         seconds = log.close()
@@ -350,15 +350,6 @@ def _stop(run: _Run, workdir: Path, main: bool, stop: StopRequest, log: _Log) ->
     if main:
         say("%s", stopped)
     raise stopped
-
-
-def _any_rank_stopping(stop: StopRequest, device) -> bool:
-    """Whether this process or (under torchrun) any other received a stop signal, so that all
-    stop after the same step."""
-    if not distributed.active():
-        return stop.signum is not None
-    flag = torch.tensor([1.0 if stop.signum is not None else 0.0], device=device)
-    return bool(distributed.mean_over_ranks(flag).item() > 0)
 
 
 def _wall_time(seconds: float) -> str:
