@@ -6,8 +6,8 @@ The noise of file k is drawn from its own generator (the run's seed and k), so t
 depend on which were written before; each is written whole or not at all (`atomic_write`). A stop
 signal while generating (`signals.StopRequest`) ends the generation after the current batch: the
 finished files stay, the rows of the unfinished one go to `pairs_<k>.partial.npz`, and the next
-start makes only what is missing, the same pairs as an uninterrupted generation. Each file records what made it
-(sampler, teacher, seed); files of another teacher or sampler are refused, not mixed in. The
+start makes only what is missing, the same pairs as an uninterrupted generation. Each file records
+what made it (sampler, teacher, seed); files of another teacher or sampler are refused, not mixed in. The
 pairs are in the model's space and carry a fingerprint, which the checkpoints store like that of
 the user's own data, so a resume on changed pairs is refused.
 """
@@ -106,9 +106,9 @@ def _generate(teacher, plan, rows: int, k: int, done: torch.Tensor, made, stoppi
     return noise, torch.cat(samples)
 
 
-def _make_missing(run, folder: Path, missing: list, origin: str, stopping) -> bool:
-    """Generate the `missing` (k, rows) files from the run's current weights; whether a stop
-    signal ended the generation first (the unfinished file's rows are then kept as partial)."""
+def _make_missing(run, folder: Path, missing: list, origin: str, stopping) -> None:
+    """Generate the `missing` (k, rows) files from the run's current weights until `stopping()`:
+    the unfinished file's rows are then kept as its partial file."""
     plan, config, shape = run.plan, run.config, tuple(run.plan.data.shape)
     partial = {k: _read(folder / f"pairs_{k}.partial.npz", rows, shape, origin, partial=True) for k, rows in missing}
     done = {k: read[1] if read else torch.empty((0, *shape)) for k, read in partial.items()}
@@ -130,11 +130,10 @@ def _make_missing(run, folder: Path, missing: list, origin: str, stopping) -> bo
                 _write(folder / f"pairs_{k}.partial.npz", origin, samples)
             say("reflow: stopped with %d of %d pairs made", made, total)
             progress.close()
-            return True
+            return
         _write(folder / f"pairs_{k}.npz", origin, samples, noise)
         (folder / f"pairs_{k}.partial.npz").unlink(missing_ok=True)
     say("reflow: %d pairs made in %.1f s", total, progress.close())
-    return False
 
 
 def ensure_pairs(run, workdir: Path, generate: bool, stop=None) -> PairedData:
