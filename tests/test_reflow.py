@@ -6,7 +6,6 @@ import json
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -134,7 +133,8 @@ def test_a_stop_while_generating_keeps_the_made_rows_and_the_next_start_makes_th
 
 def test_sigterm_while_generating_pairs_stops_main_py_at_once(tmp_path):
     """main.py making (far too many) pairs for a 1-step teacher: SIGTERM after the first
-    progress line ends it with status 143 within seconds, the rows made kept on disk."""
+    progress line ends it with status 143 before a tenth of them are made (before the signal was
+    read between batches, all 4M were made first), the rows made kept on disk."""
     teacher, student = tmp_path / "teacher", tmp_path / "student"
     result = main_py("configs/fm_toy.py", teacher, "--mode=train", "--config.training.n_iters=1",
                      "--config.training.snapshot_freq=1")
@@ -151,13 +151,16 @@ def test_sigterm_while_generating_pairs_stops_main_py_at_once(tmp_path):
             break
     assert process.poll() is None, "".join(lines)[-2000:]
     process.send_signal(signal.SIGTERM)
-    started = time.monotonic()
     rest = process.communicate(timeout=HANG_TIMEOUT_S)[1]
-    waited = time.monotonic() - started
-    assert process.returncode == 143, rest[-2000:]
-    assert waited < 30 and "stopped by SIGTERM at step 0" in rest, (waited, rest[-2000:])
-    with np.load(student / reflow_pairs.PAIRS_DIR / "pairs_0.partial.npz") as partial:
-        assert partial["samples"].shape[0] % 512 == 0 and partial["samples"].shape[0] >= 512
+    assert process.returncode == 143 and "stopped by SIGTERM at step 0" in rest, rest[-2000:]
+    folder = student / reflow_pairs.PAIRS_DIR
+    whole = len(list(folder.glob("pairs_*[0-9].npz")))
+    assert whole < 98, f"{whole} of 977 files made: the signal did not stop the generation"
+    partial = list(folder.glob("pairs_*.partial.npz"))
+    for path in partial:  # the rows of the file being made when the signal came, in whole batches
+        with np.load(path) as stored:
+            assert stored["samples"].shape[0] % 512 == 0 and stored["samples"].shape[0] >= 512
+    assert partial or whole, "nothing kept"
 
 
 @pytest.fixture(scope="module")
