@@ -53,6 +53,11 @@ def _origin(config) -> str:
     return f"{parse_spec(training.reflow_sampler).text} | teacher {teacher} | seed {config.seed}"
 
 
+def _file(folder: Path, k: int, partial: bool = False) -> Path:
+    """File k of the pairs, or the rows of it that a stopped generation made."""
+    return folder / (f"pairs_{k}.partial.npz" if partial else f"pairs_{k}.npz")
+
+
 def _chunks(count: int) -> list:
     return [(k, min(CHUNK, count - k * CHUNK)) for k in range((count + CHUNK - 1) // CHUNK)]
 
@@ -110,8 +115,8 @@ def _make_missing(run, folder: Path, missing: list, origin: str, stopping) -> No
     """Generate the `missing` (k, rows) files from the run's current weights until `stopping()`:
     the unfinished file's rows are then kept as its partial file."""
     plan, config, shape = run.plan, run.config, tuple(run.plan.data.shape)
-    partial = {k: _read(folder / f"pairs_{k}.partial.npz", rows, shape, origin, partial=True) for k, rows in missing}
-    done = {k: read[1] if read else torch.empty((0, *shape)) for k, read in partial.items()}
+    kept = {k: _read(_file(folder, k, partial=True), rows, shape, origin, partial=True) for k, rows in missing}
+    done = {k: read[1] if read else torch.empty((0, *shape)) for k, read in kept.items()}
     total, made = sum(rows for _, rows in missing), sum(len(rows) for rows in done.values())
     say("reflow: generating %d of %d (noise, sample) pairs with %s into %s", total - made,
         config.training.reflow_pairs, config.training.reflow_sampler, folder)
@@ -127,12 +132,12 @@ def _make_missing(run, folder: Path, missing: list, origin: str, stopping) -> No
         noise, samples = _generate(teacher, plan, rows, k, done[k], count, stopping)
         if len(samples) < rows:
             if len(samples) > len(done[k]):
-                _write(folder / f"pairs_{k}.partial.npz", origin, samples)
+                _write(_file(folder, k, partial=True), origin, samples)
             say("reflow: stopped with %d of %d pairs made", made, total)
             progress.close()
             return
-        _write(folder / f"pairs_{k}.npz", origin, samples, noise)
-        (folder / f"pairs_{k}.partial.npz").unlink(missing_ok=True)
+        _write(_file(folder, k), origin, samples, noise)
+        _file(folder, k, partial=True).unlink(missing_ok=True)
     say("reflow: %d pairs made in %.1f s", total, progress.close())
 
 
@@ -144,7 +149,7 @@ def ensure_pairs(run, workdir: Path, generate: bool, stop=None) -> PairedData:
     plan, config = run.plan, run.config
     folder, origin, shape = Path(workdir) / PAIRS_DIR, _origin(config), tuple(plan.data.shape)
     chunks = _chunks(config.training.reflow_pairs)
-    missing = [(k, rows) for k, rows in chunks if not (folder / f"pairs_{k}.npz").is_file()]
+    missing = [(k, rows) for k, rows in chunks if not _file(folder, k).is_file()]
     if missing and not generate:
         raise checkpoints.CheckpointError(f"{folder} lacks {len(missing)} of its {len(chunks)} reflow pairs files; "
                                           f"the checkpoints of this workdir were trained on them")
@@ -157,5 +162,5 @@ def ensure_pairs(run, workdir: Path, generate: bool, stop=None) -> PairedData:
             say("%s", stopped)
         raise stopped
     distributed.barrier()
-    read = [_read(folder / f"pairs_{k}.npz", rows, shape, origin) for k, rows in chunks]
+    read = [_read(_file(folder, k), rows, shape, origin) for k, rows in chunks]
     return PairedData(torch.cat([samples for _, samples in read]), torch.cat([noise for noise, _ in read]))
