@@ -291,7 +291,9 @@ def test_sigterm_while_sampling_leaves_no_temporary_and_no_lone_file(tmp_path, t
         time.sleep(rng.uniform(2.0, 8.0))
         process.send_signal(signal.SIGTERM)
         code, stderr = process.wait(timeout=HANG_TIMEOUT_S), process.stderr.read()
-        assert code in (0, 143) and "Traceback" not in stderr, stderr[-2000:]
+        # -15: the signal came before main.py set its handlers (still importing torch on a loaded
+        # machine), when it had written nothing yet; the checks of the files below hold as well.
+        assert code in (0, 143, -signal.SIGTERM) and "Traceback" not in stderr, stderr[-2000:]
         if code == 143:
             assert stderr.strip().splitlines()[-1] == "error: interrupted by SIGTERM; no output was left half-written"
         files = sorted(path.name for path in (workdir / "samples").glob("*")) if (workdir / "samples").is_dir() else []
