@@ -1,4 +1,6 @@
+import atexit
 import os
+import shutil
 import tempfile
 
 import torch
@@ -9,8 +11,18 @@ from sde_diffusion.processes.distributions import GaussianMixture
 # failure: far beyond any run's time on a 5x-loaded machine, so it never decides a result.
 HANG_TIMEOUT_S = 1800
 # What the package caches (classifier judges, image-folder caches) goes to a folder of this test
-# session, never the user's ~/.cache; child processes inherit it.
-os.environ.setdefault("SDE_DIFFUSION_CACHE", tempfile.mkdtemp(prefix="sde_diffusion_cache_"))
+# session, never the user's ~/.cache; child processes (and xdist's workers) inherit it, and the
+# process that made it removes it at the end.
+if "SDE_DIFFUSION_CACHE" not in os.environ:
+    os.environ["SDE_DIFFUSION_CACHE"] = tempfile.mkdtemp(prefix="sde_diffusion_cache_")
+    atexit.register(shutil.rmtree, os.environ["SDE_DIFFUSION_CACHE"], ignore_errors=True)
+# Under pytest-xdist (-n N) the workers share the cores: each worker and the main.py / torchrun
+# processes it starts get their share of torch threads (OMP_NUM_THREADS, inherited), never the
+# whole machine each, whose spinning threads would hold each other up (docs/threads.md).
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
+    _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    os.environ["OMP_NUM_THREADS"] = str(_share)
+    torch.set_num_threads(_share)
 
 
 def mixture_2d() -> GaussianMixture:
