@@ -5,6 +5,7 @@ import tempfile
 
 import torch
 
+from sde_diffusion.app import cpu_share
 from sde_diffusion.processes.distributions import GaussianMixture
 
 # The limit on a test's child process (main.py, torchrun, a driver). It only turns a hang into a
@@ -20,7 +21,7 @@ if "SDE_DIFFUSION_CACHE" not in os.environ:
 # processes it starts get their share of torch threads (OMP_NUM_THREADS, inherited), never the
 # whole machine each, whose spinning threads would hold each other up (docs/threads.md).
 if "PYTEST_XDIST_WORKER_COUNT" in os.environ and "OMP_NUM_THREADS" not in os.environ:
-    _share = max(1, len(os.sched_getaffinity(0)) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+    _share = max(1, len(cpu_share.usable_cores()) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
     os.environ["OMP_NUM_THREADS"] = str(_share)
     torch.set_num_threads(_share)
 

@@ -47,6 +47,14 @@ def _busy_seconds(cores: List[int]) -> Optional[float]:
     return busy / ticks
 
 
+def usable_cores() -> List[int]:
+    """The cores this process may run on (its affinity; every core where the OS does not say)."""
+    try:
+        return sorted(os.sched_getaffinity(0))
+    except AttributeError:
+        return list(range(os.cpu_count() or 1))
+
+
 def threads_for(others: float, cores: int) -> int:
     """Threads for this process when other processes keep `others` of its `cores` busy."""
     return max(1, min(cores, cores - math.floor(others + SPARE_CORE)))
@@ -86,10 +94,7 @@ def start() -> None:
     _state = None
     if os.environ.get("OMP_NUM_THREADS"):
         return
-    try:
-        cores = sorted(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = list(range(os.cpu_count() or 1))
+    cores = usable_cores()
     torch.set_num_threads(len(cores))
     _state = _Share(cores) if _busy_seconds(cores) is not None else None
 
