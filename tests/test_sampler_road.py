@@ -273,13 +273,13 @@ def test_a_noise_prediction_network_gets_its_familys_eta_unless_the_call_sets_on
     assert SamplerSpec("ddim", options={"eta": 0.2}).for_family("noise").options == {"eta": 0.2}
 
 
-def test_edm_and_noise_prediction_networks_step_dpm_solver_on_karras_grid_unless_unipc():
+def test_edm_noise_and_velocity_networks_step_dpm_solver_on_karras_grid_unless_unipc():
     """The declarations measured on the trained Fashion-MNIST models (docs/benchmarks.md,
     "Defaults by family"): dpm_solver++ 2M on Karras' grid there, UniPC on the log-SNR grid,
     and every other family (and the exact oracle, which has none) on the log-SNR grid; ddim on
     Karras' grid for EDM networks only."""
     sde = VPSDE()
-    for family, grid in (("edm", "karras"), ("noise", "karras"), ("velocity", "logsnr"), ("v", "logsnr"), (None, "logsnr")):
+    for family, grid in (("edm", "karras"), ("noise", "karras"), ("velocity", "karras"), ("v", "logsnr"), (None, "logsnr")):
         assert SamplerSpec("dpm_solver++").resolved(sde=sde).for_family(family).schedule == grid, family
         corrected = SamplerSpec("dpm_solver++", options={"order": 3, "unipc": True}).resolved(sde=sde).for_family(family)
         assert corrected.schedule == "logsnr", family

@@ -146,13 +146,14 @@ def heun_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch
 # -- DPM-Solver++ ----------------------------------------------------------------------------
 # The log-SNR grid warped towards high SNR: the best 2nd-order grid on the trained digits model,
 # preferred where the exact mixture favours another warp (README, "Samplers"). Networks trained
-# here with EDM's preconditioning or predicting the noise step better on Karras' grid at 10-20
-# NFE (docs/benchmarks.md, "Defaults by family"); UniPC's corrector keeps the log-SNR grid.
+# here with EDM's preconditioning or predicting the noise or the velocity step better on Karras'
+# grid at 10-20 NFE (docs/benchmarks.md, "Defaults by family"); UniPC's corrector keeps the
+# log-SNR grid.
 @register_sampler("dpm_solver++", schedule="logsnr", schedule_options={"power": 0.65}, end_noise_level=float(VPSDE().noise_level(5e-4)),
                   deterministic=lambda options: options.get("eta", 0.0) == 0,
                   conditioned_options={"eta": 1.0},  # conditioned: its SDE variant, as ddim's
                   family_options={"noise": {"eta": 0.5}},
-                  family_grids={"edm": ("karras", {}), "noise": ("karras", {})},  # rho 7, its own
+                  family_grids={family: ("karras", {}) for family in ("edm", "noise", "velocity")},  # rho 7
                   overridden_by={"eta": ("unipc",), "schedule": ("unipc",)},
                   option_choices={"order": (1, 2, 3)})
 def dpm_solver_pp_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
