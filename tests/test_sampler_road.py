@@ -251,17 +251,19 @@ def _denoiser_of(family):
     return Denoiser(sde, oracle, family=family), sde
 
 
-def test_a_noise_prediction_network_gets_its_familys_eta_unless_the_call_sets_one():
-    noise, sde = _denoiser_of("noise")
-    oracle = Denoiser(sde, noise, family=None)
+@pytest.mark.parametrize("kind, dpm_solver_eta", [("noise", 0.5), ("score", 1.0)])
+def test_a_noise_or_score_network_gets_its_familys_eta_unless_the_call_sets_one(kind, dpm_solver_eta):
+    """Measured on the trained models (docs/benchmarks.md): VP-eps on Fashion-MNIST, VE NCSN++
+    on the digits; both speckle with the deterministic solvers and not with these etas."""
+    network, sde = _denoiser_of(kind)
+    oracle = Denoiser(sde, network, family=None)
     shape = (64, 32)
-    for method in ("ddim", "dpm_solver++"):
-        family_eta = SAMPLER_TRAITS[method].family_options["noise"]["eta"]
-        assert family_eta > 0
-        family, _ = sample(noise, sde, shape, method, steps=8, generator=3)
-        spelled, _ = sample(noise, sde, shape, method, steps=8, generator=3, eta=family_eta)
-        plain, _ = sample(noise, sde, shape, method, steps=8, generator=3, eta=0.0)
-        schedule, schedule_options = SAMPLER_TRAITS[method].grid_for("noise")  # the family's grid, if it declares one
+    for method, eta in (("ddim", 1.0), ("dpm_solver++", dpm_solver_eta)):
+        assert SAMPLER_TRAITS[method].family_options[kind]["eta"] == eta
+        family, _ = sample(network, sde, shape, method, steps=8, generator=3)
+        spelled, _ = sample(network, sde, shape, method, steps=8, generator=3, eta=eta)
+        plain, _ = sample(network, sde, shape, method, steps=8, generator=3, eta=0.0)
+        schedule, schedule_options = SAMPLER_TRAITS[method].grid_for(kind)  # the family's grid, if it declares one
         as_oracle, _ = sample(oracle, sde, shape, method, steps=8, generator=3, schedule=schedule,
                               schedule_options=schedule_options)
         assert torch.equal(family, spelled)
@@ -277,14 +279,15 @@ def test_edm_noise_and_velocity_networks_step_dpm_solver_on_karras_grid_unless_u
     """The declarations measured on the trained Fashion-MNIST models (docs/benchmarks.md,
     "Defaults by family"): dpm_solver++ 2M on Karras' grid there, UniPC on the log-SNR grid,
     and every other family (and the exact oracle, which has none) on the log-SNR grid; ddim on
-    Karras' grid for EDM networks only."""
+    Karras' grid for EDM networks and (at eta 1) score networks (VE NCSN++ on the digits)."""
     sde = VPSDE()
     for family, grid in (("edm", "karras"), ("noise", "karras"), ("velocity", "karras"), ("v", "logsnr"), (None, "logsnr")):
         assert SamplerSpec("dpm_solver++").resolved(sde=sde).for_family(family).schedule == grid, family
         corrected = SamplerSpec("dpm_solver++", options={"order": 3, "unipc": True}).resolved(sde=sde).for_family(family)
         assert corrected.schedule == "logsnr", family
-    for family, grid in (("edm", "karras"), ("noise", "quadratic"), (None, "quadratic")):
+    for family, grid in (("edm", "karras"), ("score", "karras"), ("noise", "quadratic"), (None, "quadratic")):
         assert SamplerSpec("ddim").resolved(sde=sde).for_family(family).schedule == grid, family
+    assert SamplerSpec("dpm_solver++").resolved(sde=sde).for_family("score").schedule == "logsnr"
     edm, _ = _denoiser_of("edm")
     declared, nfe = sample(edm, sde, (64, 32), "dpm_solver++", steps=10, generator=0)
     spelled, _ = sample(edm, sde, (64, 32), "dpm_solver++", steps=10, generator=0, schedule="karras")

@@ -23,8 +23,11 @@ def sampler_table() -> str:
         options = ", ".join(f"`{p.name}={p.default!r}`" for p in parameters
                             if p.kind == inspect.Parameter.KEYWORD_ONLY and p.name != HOOK_ARGUMENT)
         traits = SAMPLER_TRAITS[name]
+        declarations = {}  # declared options' text -> the families declaring them
         for family, declared in traits.family_options.items():
-            options += f"; on {family} " + ", ".join(f"`{k}={v!r}`" for k, v in declared.items())
+            declarations.setdefault(", ".join(f"`{k}={v!r}`" for k, v in declared.items()), []).append(family)
+        for declared, families in declarations.items():
+            options += f"; on {', '.join(families)} {declared}"
         grids = {}  # grid text -> the families declaring it
         for family, (schedule, schedule_options) in traits.family_grids.items():
             grids.setdefault(grid_text(schedule, schedule_options), []).append(family)

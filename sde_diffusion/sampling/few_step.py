@@ -43,16 +43,20 @@ def _grid(sde: SDE, timesteps: torch.Tensor) -> _Grid:
 # multiplied (sigma/alpha)^2-fold in its data prediction, leaks the starting noise into the data,
 # and only fresh noise washes it out. So on that family ddim and dpm_solver++ run as their SDE
 # variants unless the call sets eta, with the eta that scored best on the trained Fashion-MNIST
-# model at 10 and 20 NFE (docs/benchmarks.md, "Speckles of noise-prediction models").
+# model at 10 and 20 NFE (docs/benchmarks.md, "Speckles of noise-prediction models"). Networks
+# that output the score (VE's NCSN++; x0 = x + sigma^2 score magnifies its error the same way)
+# speckle too: on the trained VE digits model, eta 1 is the smallest eta that leaves no sample
+# speckled at 10 and 20 NFE ("Defaults by family").
 
 # -- DDIM ------------------------------------------------------------------------------------
 # Defaults chosen on the trained digits model, where it and the exact mixture disagree (README,
 # "Samplers"): DDIM's own quadratic grid; conditioned by a step hook (inpainting), eta = 1, whose
 # fresh noise lets the replacement's mismatch wash out (docs/controllable.md). Networks with EDM's
-# preconditioning step better on Karras' grid (docs/benchmarks.md, "Defaults by family").
+# preconditioning, and score networks at their eta 1, step better on Karras' grid
+# (docs/benchmarks.md, "Defaults by family").
 @register_sampler("ddim", schedule="quadratic", deterministic=lambda options: options.get("eta", 0.0) == 0,
-                  conditioned_options={"eta": 1.0}, family_options={"noise": {"eta": 1.0}},
-                  family_grids={"edm": ("karras", {})})
+                  conditioned_options={"eta": 1.0}, family_options={"noise": {"eta": 1.0}, "score": {"eta": 1.0}},
+                  family_grids={"edm": ("karras", {}), "score": ("karras", {})})
 def ddim_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch.Tensor,
                  generator: Optional[torch.Generator] = None, *, eta: float = 0.0,
                  step_hook: Optional[StepHook] = None) -> torch.Tensor:
@@ -152,7 +156,7 @@ def heun_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch
 @register_sampler("dpm_solver++", schedule="logsnr", schedule_options={"power": 0.65}, end_noise_level=float(VPSDE().noise_level(5e-4)),
                   deterministic=lambda options: options.get("eta", 0.0) == 0,
                   conditioned_options={"eta": 1.0},  # conditioned: its SDE variant, as ddim's
-                  family_options={"noise": {"eta": 0.5}},
+                  family_options={"noise": {"eta": 0.5}, "score": {"eta": 1.0}},
                   family_grids={family: ("karras", {}) for family in ("edm", "noise", "velocity")},  # rho 7
                   overridden_by={"eta": ("unipc",), "schedule": ("unipc",)},
                   option_choices={"order": (1, 2, 3)})
