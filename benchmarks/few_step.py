@@ -12,7 +12,8 @@ over `--seeds`, and writes a Markdown table of mean +- std, the best teacher sam
 marked (the eval reports also land in the workdirs' eval/ folders). `--only teacher` or
 `--only student` scores one side (the other's cells stay empty), e.g. while the student trains;
 `--cache FILE` keeps each eval's report as it comes, so a rerun after an interruption goes on
-where it stopped; `--student-checkpoints 1500,0` scores the student at a kept step and at its
+where it stopped (a report whose call the sampler's defaults now resolve differently is measured
+again); `--student-checkpoints 1500,0` scores the student at a kept step and at its
 latest, one row each (quality against tuning time).
 `--picture FILE`: 64 samples (seed 0, the same latents) of the student at 1 and 2 steps beside
 the teacher's default sampler at 20 NFE, through `--mode sample`. `--straightness N` (a reflowed
@@ -23,6 +24,7 @@ and of the student to the teacher's probability-flow ODE solution (adaptive RK45
 from __future__ import annotations
 
 import argparse
+import ast
 import datetime
 import json
 import platform
@@ -37,6 +39,9 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*`
+from configs.workdir import get_config as workdir_config  # noqa: E402
+from sde_diffusion.app.config import sampler_spec  # noqa: E402
 from sde_diffusion.files.plotting import image_grid  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +66,21 @@ def evaluate(workdir: str, sampler: str, steps: int, samples: int, seeds: str, c
         flags.append(f"--config.eval.checkpoint={checkpoint}")
     return main_py(workdir, "eval", f"--config.sampling.method={method}", f"--config.sampling.steps={steps}",
                    f"--config.eval.num_samples={samples}", f"--config.eval.seeds={seeds}", *flags)
+
+
+def resolved_call(workdir: str, sampler: str, steps: int) -> str:
+    """What `evaluate` would run, as its report names it ("sampler"): the call with the
+    defaults declared for the workdir's model family filled in. A cached report that names
+    another call was made under other defaults, and is measured again."""
+    config = workdir_config(workdir)  # as main.py reads it: unset fields typed, so eta=1 is 1.0
+    method, *options = sampler.split()
+    config.sampling.method, config.sampling.steps = method, steps
+    for name, value in (option.split("=") for option in options):
+        try:
+            config.sampling[name] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):  # a name, such as a schedule's
+            config.sampling[name] = value
+    return sampler_spec(config).summary()
 
 
 def fd_key(report: dict) -> str:
@@ -147,7 +167,7 @@ def main() -> None:
             cells = {}
             for nfe in nfes:
                 key = f"{workdir}|{sampler}|{nfe}|{args.samples}|{args.seeds}" + (f"|{checkpoint}" if checkpoint else "")
-                if key not in done:
+                if key not in done or done[key]["sampler"] != resolved_call(workdir, sampler, nfe):
                     done[key] = evaluate(workdir, sampler, nfe, args.samples, args.seeds, checkpoint)
                     if args.cache:
                         args.cache.write_text(json.dumps(done, indent=1))
