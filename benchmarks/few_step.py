@@ -39,12 +39,12 @@ import torch
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # for `configs.*`
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # for `configs.*`
 from configs.workdir import get_config as workdir_config  # noqa: E402
 from sde_diffusion.app.config import sampler_spec  # noqa: E402
 from sde_diffusion.files.plotting import image_grid  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 NFES = (1, 2, 4, 10, 20)
 STEPPING = ("dpm_solver++", "ddim", "dpm_solver++ order=3 unipc=True")
 
@@ -58,10 +58,16 @@ def main_py(workdir: str, mode: str, *flags: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def sampler_settings(sampler: str) -> tuple:
+    """'dpm_solver++ eta=1 schedule=karras' -> ('dpm_solver++', [('eta', '1'), ('schedule', 'karras')])."""
+    method, *options = sampler.split()
+    return method, [tuple(option.split("=", 1)) for option in options]
+
+
 def evaluate(workdir: str, sampler: str, steps: int, samples: int, seeds: str, checkpoint: int = 0) -> dict:
     """main.py's eval report; `checkpoint` a kept step of the workdir's run (0: the latest)."""
-    method, *options = sampler.split()
-    flags = [f"--config.sampling.{name}={value}" for name, value in (option.split("=") for option in options)]
+    method, settings = sampler_settings(sampler)
+    flags = [f"--config.sampling.{name}={value}" for name, value in settings]
     if checkpoint:
         flags.append(f"--config.eval.checkpoint={checkpoint}")
     return main_py(workdir, "eval", f"--config.sampling.method={method}", f"--config.sampling.steps={steps}",
@@ -73,9 +79,9 @@ def resolved_call(workdir: str, sampler: str, steps: int) -> str:
     defaults declared for the workdir's model family filled in. A cached report that names
     another call was made under other defaults, and is measured again."""
     config = workdir_config(workdir)  # as main.py reads it: unset fields typed, so eta=1 is 1.0
-    method, *options = sampler.split()
+    method, settings = sampler_settings(sampler)
     config.sampling.method, config.sampling.steps = method, steps
-    for name, value in (option.split("=") for option in options):
+    for name, value in settings:
         try:
             config.sampling[name] = ast.literal_eval(value)
         except (ValueError, SyntaxError):  # a name, such as a schedule's
