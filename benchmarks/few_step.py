@@ -6,8 +6,8 @@
 Scores, through `main.py --mode eval` (so the numbers are what a user's eval reports: FD in the
 data set's classifier features against its test split, with the floor of as many real training
 images), the student's own sampler at 1, 2 and 4 steps and the teacher's training-free samplers
-at 1, 2, 4, 10 and 20 NFE (STEPPING, or `--teacher-samplers`: each named with a step count
-only, at its defaults), each
+at 1, 2, 4, 10 and 20 NFE (or `--teacher-nfes`; STEPPING, or `--teacher-samplers`: each named
+with a step count only, at its defaults), each
 over `--seeds`, and writes a Markdown table of mean +- std, the best teacher sampler per NFE
 marked (the eval reports also land in the workdirs' eval/ folders). `--only teacher` or
 `--only student` scores one side (the other's cells stay empty), e.g. while the student trains;
@@ -45,7 +45,8 @@ from configs.workdir import get_config as workdir_config  # noqa: E402
 from sde_diffusion.app.config import sampler_spec  # noqa: E402
 from sde_diffusion.files.plotting import image_grid  # noqa: E402
 
-NFES = (1, 2, 4, 10, 20)
+NFES = (1, 2, 4, 10, 20)  # the teacher's, unless --teacher-nfes
+STUDENT_NFES = (1, 2, 4)
 STEPPING = ("dpm_solver++", "ddim", "dpm_solver++ order=3 unipc=True")
 
 
@@ -151,6 +152,8 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--teacher-samplers", default=";".join(STEPPING),
                         help="the teacher's rows, ';'-separated specs (default: %(default)s)")
+    parser.add_argument("--teacher-nfes", default=",".join(map(str, NFES)),
+                        help="the NFEs of the teacher's rows, e.g. 10,20 (default: %(default)s)")
     parser.add_argument("--only", choices=("teacher", "student"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--picture", type=Path)
@@ -165,10 +168,13 @@ def main() -> None:
     rows, floor = [], None
     done = json.loads(args.cache.read_text()) if args.cache and args.cache.is_file() else {}
     student_rows = [(args.student_sampler, int(step)) for step in args.student_checkpoints.split(",")]
-    for name, workdir, samplers, nfes in (("student", args.student, student_rows, (1, 2, 4)),
-                                          ("teacher", args.teacher, [(s, 0) for s in args.teacher_samplers.split(";")], NFES)):
+    teacher_nfes = tuple(int(nfe) for nfe in args.teacher_nfes.split(","))
+    columns = set()
+    for name, workdir, samplers, nfes in (("student", args.student, student_rows, STUDENT_NFES),
+                                          ("teacher", args.teacher, [(s, 0) for s in args.teacher_samplers.split(";")], teacher_nfes)):
         if args.only not in (None, name):
             continue
+        columns.update(nfes)
         for sampler, checkpoint in samplers:
             cells = {}
             for nfe in nfes:
@@ -185,17 +191,18 @@ def main() -> None:
                 floor = floor or (report.get(f"{metric_key}_floor"), report.get(f"{metric_key}_floor_spread"))
             rows.append((name, sampler, report["step"], cells))
     best = {nfe: min((cells[nfe][0] for name, _, _, cells in rows if name == "teacher" and nfe in cells),
-                     default=None) for nfe in NFES}
+                     default=None) for nfe in columns}
+    columns = sorted(columns)
     metric = "sliced Wasserstein distance" if floor[0] is None else "FD in the classifier's features"
     lines = [f"## Few-step sampling: {args.student} against its teacher {args.teacher}", "",
              f"{platform.machine()}, torch {torch.__version__}, {datetime.date.today()}; {metric} ({args.samples} samples "
              f"against the test split, mean +- std over seeds {args.seeds}); floor, as many real training images: "
              + (f"{floor[0]:.3f} +- {floor[1]:.3f}" if floor[0] is not None else "none reported") + "; the teacher's best per NFE in bold.", "",
-             "| model | sampler | step | " + " | ".join(f"NFE {nfe}" for nfe in NFES) + " |",
-             "|---|---|---|" + "---|" * len(NFES)]
+             "| model | sampler | step | " + " | ".join(f"NFE {nfe}" for nfe in columns) + " |",
+             "|---|---|---|" + "---|" * len(columns)]
     for name, sampler, step, cells in rows:
         shown = []
-        for nfe in NFES:
+        for nfe in columns:
             if nfe not in cells:
                 shown.append("")
                 continue
