@@ -47,6 +47,4 @@ def reflow(config, pairs: int, pair_sampler: str, n_iters: int, lr: float, snaps
     sampling.method = "ddim"              # Euler on rectified flow's straight path
     sampling.steps = steps
     sampling.schedule = "uniform"
-    for name in ("order", "unipc"):       # flow matching's dpm_solver++ options
-        sampling[name] = None
     return config

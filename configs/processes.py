@@ -18,14 +18,13 @@ def edm(config):
 
 def flow_matching(config):
     """The linear path x_t = (1 - t) x_0 + t z, a network predicting its velocity, the
-    flow-matching loss; sampled with UniPC (dpm_solver++ order 3 with its corrector) on its
-    log-SNR grid: the lowest FD of five samplers at 10 and 20 NFE on the trained digits flow model
-    and within 3% of the best of five on Fashion-MNIST (docs/processes.md, docs/benchmarks.md)."""
+    flow-matching loss; sampled with dpm_solver++, which on velocity networks runs as UniPC
+    (order 3 with its corrector) on its log-SNR grid, the family's declared default: within 3% of
+    the best fast sampler at 10 and 20 NFE on the trained digits and Fashion-MNIST flow models
+    (docs/benchmarks.md, "Defaults by family")."""
     config.training.sde = "rectified_flow"
     config.training.loss = "flow_matching"
     config.model.parameterization = "velocity"
     config.sampling.method = "dpm_solver++"
-    config.sampling.order = 3
-    config.sampling.unipc = True
     config.sampling.steps = 20
     return config

@@ -75,7 +75,10 @@ def test_edm_cifar10_has_edms_ddpmpp_recipe():
     differing = {f"{section}.{field}" for section in sections for field in vp[section]
                  if flow[section][field] != vp[section][field]}
     assert differing == {"training.sde", "training.loss", "model.parameterization", "sampling.method",
-                         "sampling.steps", "sampling.order", "sampling.unipc"}
+                         "sampling.steps"}
+    # its sampler is dpm_solver++ at the velocity family's declared default, UniPC on the log-SNR grid
+    from sde_diffusion.app.config import sampler_spec
+    assert sampler_spec(flow).summary().startswith("dpm_solver++ order=3 unipc=True, 20 steps on the logsnr power=0.65 grid")
 
 
 def test_discrete_losses_follow_the_sde():

@@ -282,7 +282,8 @@ def test_edm_noise_and_velocity_networks_step_dpm_solver_on_karras_grid_unless_u
     Karras' grid for EDM networks and (at eta 1) score networks (VE NCSN++ on the digits)."""
     sde = VPSDE()
     for family, grid in (("edm", "karras"), ("noise", "karras"), ("velocity", "karras"), ("v", "logsnr"), (None, "logsnr")):
-        assert SamplerSpec("dpm_solver++").resolved(sde=sde).for_family(family).schedule == grid, family
+        second_order = SamplerSpec("dpm_solver++", options={"order": 2}).resolved(sde=sde).for_family(family)
+        assert second_order.schedule == grid and second_order.options.get("order") == 2, family
         corrected = SamplerSpec("dpm_solver++", options={"order": 3, "unipc": True}).resolved(sde=sde).for_family(family)
         assert corrected.schedule == "logsnr", family
     for family, grid in (("edm", "karras"), ("score", "karras"), ("noise", "quadratic"), (None, "quadratic")):
@@ -292,6 +293,31 @@ def test_edm_noise_and_velocity_networks_step_dpm_solver_on_karras_grid_unless_u
     declared, nfe = sample(edm, sde, (64, 32), "dpm_solver++", steps=10, generator=0)
     spelled, _ = sample(edm, sde, (64, 32), "dpm_solver++", steps=10, generator=0, schedule="karras")
     assert nfe == 10 and torch.equal(declared, spelled)
+
+
+def test_a_velocity_network_runs_dpm_solver_as_unipc_unless_the_call_sets_the_order_or_an_eta():
+    """Flow models (docs/benchmarks.md, "Defaults by family"): no grid for 2M came within 5% of
+    the best fast sampler on both the digits and the Fashion-MNIST flow model, UniPC did. The
+    declared options run exactly as spelled; a call naming the order gets that plain solver on
+    the family's grid, and an eta (the call's, or a conditioned run's) the SDE variant, which
+    the corrector cannot take."""
+    velocity, sde = _denoiser_of("velocity")
+    shape, run = (64, 32), functools.partial(sample, velocity, sde, method="dpm_solver++", steps=8, generator=3)
+    declared, nfe = run(shape)
+    assert nfe == 8 and torch.equal(declared, run(shape, order=3, unipc=True)[0])
+    assert not torch.equal(declared, run(shape, order=3, unipc=True, schedule="karras")[0])
+    resolve = lambda **options: SamplerSpec("dpm_solver++", options=options).resolved(sde=sde)  # noqa: E731
+    for options, want, grid in (({}, {"order": 3, "unipc": True}, "logsnr"), ({"order": 2}, {"order": 2}, "karras"),
+                                ({"eta": 0.5}, {"eta": 0.5}, "karras")):
+        spec = resolve(**options).for_family("velocity")
+        assert (spec.options, spec.schedule) == (want, grid), options
+    conditioned = resolve().for_family("velocity", conditioned=True)
+    assert (conditioned.options, conditioned.schedule) == ({"eta": 1.0}, "karras")
+    from sde_diffusion.sampling.controllable import inpaint
+    mask = torch.arange(32) < 16
+    inpainted, nfe = inpaint(velocity, sde, declared, mask, spec=SamplerSpec("dpm_solver++", steps=8), generator=3)
+    assert nfe == 8 and torch.equal(inpainted[:, :16], declared[:, :16]) and torch.isfinite(inpainted).all()
+    assert resolve().for_family("v").options == {}  # other families: the sampler's own 2M
 
 
 def test_the_config_road_shows_the_familys_eta_in_the_summary_and_file_names():
@@ -321,12 +347,12 @@ def test_a_family_runs_on_its_declared_grid_unless_the_call_names_one(monkeypatc
     monkeypatch.setitem(SAMPLER_TRAITS, "dpm_solver++",
                         dataclasses.replace(traits, family_grids={"edm": ("karras", {"rho": 5.0})},
                                             overridden_by={**traits.overridden_by, "schedule": ("unipc",)}))
-    (edm, sde), (velocity, _) = _denoiser_of("edm"), _denoiser_of("velocity")
+    (edm, sde), (v_network, _) = _denoiser_of("edm"), _denoiser_of("v")
     shape, run = (64, 32), functools.partial(sample, sde=sde, method="dpm_solver++", steps=8, generator=3)
     declared, spelled = run(edm, shape=shape)[0], run(edm, shape=shape, schedule="karras", schedule_options={"rho": 5.0})[0]
     assert torch.equal(declared, spelled)
     named = run(edm, shape=shape, schedule="logsnr", schedule_options=dict(traits.schedule_options))[0]
-    assert torch.equal(named, run(velocity, shape=shape)[0])  # a named grid is the call's; other families keep the default
+    assert torch.equal(named, run(v_network, shape=shape)[0])  # a named grid is the call's; other families keep the default
     assert float((declared - named).abs().mean()) > 1e-3
     # a call that sets a schedule option keeps the sampler's schedule
     spec = SamplerSpec("dpm_solver++", schedule_options={"power": 0.5}).resolved(sde=sde).for_family("edm")

@@ -65,8 +65,9 @@ class SamplerTraits:
     family_grids: by model family, the grid (schedule, its options) it runs on there unless the
     call names a schedule or sets a schedule option: its best known grid on that family's
     trained networks, where that differs from the oracle's;
-    overridden_by: option -> the options whose being set keeps a declared value of it out
-    (dpm_solver++'s unipc corrector is for eta = 0, so a declared eta does not apply with it);
+    overridden_by: option -> the options whose being set (by the call, or by the conditioned
+    options) keeps a declared value of it out (dpm_solver++'s unipc corrector is for eta = 0, so
+    a declared eta does not apply with it, nor a declared corrector with an eta);
     "schedule" -> those that keep a family's declared grid out;
     option_choices: the values an option may take, where only some can work (dpm_solver++'s
     order: 1, 2, 3), so that a call is refused when it is described, before anything runs."""
@@ -94,9 +95,13 @@ class SamplerTraits:
     def with_declared(self, options: Mapping, family: Optional[str] = None, conditioned: bool = False) -> dict:
         """`options` (what a call sets) with the declared ones it leaves unset: those for the
         model family `family`, then, for a conditioned run, the conditioned ones."""
-        declared = {**self.family_options.get(family, {}), **(self.conditioned_options if conditioned else {})}
+        conditioned_declared = self.conditioned_options if conditioned else {}
+        declared = {**self.family_options.get(family, {}), **conditioned_declared}
+        # A conditioned run's options override the family's as the call's do (its eta keeps
+        # a family's unipc corrector out, which is for eta = 0).
+        setting = {**conditioned_declared, **options}
         kept = {name: value for name, value in declared.items()
-                if not any(options.get(other) for other in self.overridden_by.get(name, ()))}
+                if not any(setting.get(other) for other in self.overridden_by.get(name, ()))}
         return {**kept, **options}
 
 
