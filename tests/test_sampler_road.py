@@ -317,6 +317,8 @@ def test_a_velocity_network_runs_dpm_solver_as_unipc_unless_the_call_sets_the_or
     mask = torch.arange(32) < 16
     inpainted, nfe = inpaint(velocity, sde, declared, mask, spec=SamplerSpec("dpm_solver++", steps=8), generator=3)
     assert nfe == 8 and torch.equal(inpainted[:, :16], declared[:, :16]) and torch.isfinite(inpainted).all()
+    spelled = SamplerSpec("dpm_solver++", steps=8, schedule="karras", options={"order": 2, "eta": 1.0})
+    assert torch.equal(inpainted, inpaint(velocity, sde, declared, mask, spec=spelled, generator=3)[0])
     assert resolve().for_family("v").options == {}  # other families: the sampler's own 2M
 
 
