@@ -25,7 +25,10 @@ def sampler_table() -> str:
         traits = SAMPLER_TRAITS[name]
         declarations = {}  # declared options' text -> the families declaring them
         for family, declared in traits.family_options.items():
-            declarations.setdefault(", ".join(f"`{k}={v!r}`" for k, v in declared.items()), []).append(family)
+            overriding = sorted({other for name in declared for other in traits.overridden_by.get(name, ())})
+            text = ", ".join(f"`{k}={v!r}`" for k, v in declared.items())
+            text += f" unless {' or '.join(f'`{other}`' for other in overriding)}" if overriding else ""
+            declarations.setdefault(text, []).append(family)
         for declared, families in declarations.items():
             options += f"; on {', '.join(families)} {declared}"
         grids = {}  # grid text -> the families declaring it
