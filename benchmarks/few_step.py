@@ -190,9 +190,9 @@ def main() -> None:
                 metric_key = fd_key(report)
                 floor = floor or (report.get(f"{metric_key}_floor"), report.get(f"{metric_key}_floor_spread"))
             rows.append((name, sampler, report["step"], cells))
+    columns = sorted(columns)
     best = {nfe: min((cells[nfe][0] for name, _, _, cells in rows if name == "teacher" and nfe in cells),
                      default=None) for nfe in columns}
-    columns = sorted(columns)
     metric = "sliced Wasserstein distance" if floor[0] is None else "FD in the classifier's features"
     lines = [f"## Few-step sampling: {args.student} against its teacher {args.teacher}", "",
              f"{platform.machine()}, torch {torch.__version__}, {datetime.date.today()}; {metric} ({args.samples} samples "

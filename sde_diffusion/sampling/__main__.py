@@ -25,7 +25,7 @@ def sampler_table() -> str:
         traits = SAMPLER_TRAITS[name]
         declarations = {}  # declared options' text -> the families declaring them
         for family, declared in traits.family_options.items():
-            overriding = sorted({other for name in declared for other in traits.overridden_by.get(name, ())})
+            overriding = sorted({other for option in declared for other in traits.overridden_by.get(option, ())})
             text = ", ".join(f"`{k}={v!r}`" for k, v in declared.items())
             text += f" unless {' or '.join(f'`{other}`' for other in overriding)}" if overriding else ""
             declarations.setdefault(text, []).append(family)
