@@ -275,15 +275,18 @@ def test_a_noise_or_score_network_gets_its_familys_eta_unless_the_call_sets_one(
     assert SamplerSpec("ddim", options={"eta": 0.2}).for_family("noise").options == {"eta": 0.2}
 
 
-def test_edm_noise_and_velocity_networks_step_dpm_solver_on_karras_grid_unless_unipc():
-    """The declarations measured on the trained Fashion-MNIST models (docs/benchmarks.md,
-    "Defaults by family"): dpm_solver++ 2M on Karras' grid there, UniPC on the log-SNR grid,
-    and every other family (and the exact oracle, which has none) on the log-SNR grid; ddim on
-    Karras' grid for EDM networks and (at eta 1) score networks (VE NCSN++ on the digits)."""
+def test_dpm_solver_2m_steps_on_karras_grid_for_noise_and_velocity_and_uniform_log_snr_for_edm():
+    """The declarations measured on the trained models (docs/benchmarks.md, "Defaults by
+    family"): dpm_solver++ 2M on Karras' grid for noise and velocity networks, uniform in
+    log-SNR for EDM networks (the one grid near the best on both EDM models), UniPC on its own
+    log-SNR grid, and every other family (and the exact oracle, which has none) on the log-SNR
+    grid at power 0.65; ddim on Karras' grid for EDM networks and (at eta 1) score networks."""
     sde = VPSDE()
-    for family, grid in (("edm", "karras"), ("noise", "karras"), ("velocity", "karras"), ("v", "logsnr"), (None, "logsnr")):
+    for family, grid, power in (("edm", "logsnr", 1.0), ("noise", "karras", None), ("velocity", "karras", None),
+                                ("v", "logsnr", 0.65), (None, "logsnr", 0.65)):
         second_order = SamplerSpec("dpm_solver++", options={"order": 2}).resolved(sde=sde).for_family(family)
         assert second_order.schedule == grid and second_order.options.get("order") == 2, family
+        assert second_order.schedule_options.get("power") == power, family
         corrected = SamplerSpec("dpm_solver++", options={"order": 3, "unipc": True}).resolved(sde=sde).for_family(family)
         assert corrected.schedule == "logsnr", family
     for family, grid in (("edm", "karras"), ("score", "karras"), ("noise", "quadratic"), (None, "quadratic")):
@@ -291,7 +294,8 @@ def test_edm_noise_and_velocity_networks_step_dpm_solver_on_karras_grid_unless_u
     assert SamplerSpec("dpm_solver++").resolved(sde=sde).for_family("score").schedule == "logsnr"
     edm, _ = _denoiser_of("edm")
     declared, nfe = sample(edm, sde, (64, 32), "dpm_solver++", steps=10, generator=0)
-    spelled, _ = sample(edm, sde, (64, 32), "dpm_solver++", steps=10, generator=0, schedule="karras")
+    spelled, _ = sample(edm, sde, (64, 32), "dpm_solver++", steps=10, generator=0, schedule="logsnr",
+                        schedule_options={"power": 1.0})
     assert nfe == 10 and torch.equal(declared, spelled)
 
 
