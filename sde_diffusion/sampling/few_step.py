@@ -152,8 +152,8 @@ def heun_sampler(denoiser: Denoiser, sde: SDE, x: torch.Tensor, timesteps: torch
 # preferred where the exact mixture favours another warp (README, "Samplers"). Networks
 # predicting the noise or the velocity step better on Karras' grid at 10-20 NFE on Fashion-MNIST
 # (docs/benchmarks.md, "Defaults by family"); EDM networks on the grid uniform in log-SNR, the
-# only grid measured within ~5% of the best at 10 and 20 NFE on both the digits and the
-# Fashion-MNIST EDM model (Karras' grid: +11% on the digits). UniPC's corrector keeps its grid.
+# measured grid whose worst case over the digits and Fashion-MNIST EDM models is smallest
+# (Karras' grid is best on one and far off on the other). UniPC's corrector keeps its grid.
 # Velocity networks run as UniPC (order 3 with the corrector) unless the call sets the order or
 # an eta: between the digits and Fashion-MNIST flow models no grid for 2M came within 5% of the
 # best on both, and UniPC did.
